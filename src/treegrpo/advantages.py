@@ -1,0 +1,135 @@
+"""Advantages: group-normalised leaf scores, backed up the tree into one advantage per edge.
+
+1. Leaf advantage ``A = (S - mean) / (std + eps)`` over all leaves of all trees of a prompt
+   (population std; ``std_scope="global"`` divides by the std over every leaf instead), clamped to
+   ``[-clip, clip]``. Guard: a group whose score spread is below ``min_group_std`` gets zero
+   advantage; without it a tree whose leaves collapse onto one image turns noise into full-size
+   advantages (see ALGORITHM.md, "Practical lessons").
+2. Backup, deepest level first: the edge into node u carries a weighted mean of u's child-edge
+   advantages; weights are uniform (``beta = 0``, the official code) or ``softmax(beta * log pi_old)``
+   over siblings (``beta = 1`` is the paper's probability-weighted rule). One child passes through.
+3. Optional BranchGRPO-style normalisation of edge advantages per (prompt group, depth).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LeafAdvantages:
+    advantages: torch.Tensor  # [L]
+    group_mean: torch.Tensor  # [G]
+    group_std: torch.Tensor  # [G]
+    guarded: torch.Tensor  # [G] bool: group zeroed by the spread guard
+    group_index: torch.Tensor  # [L] dense group id of each leaf
+    num_groups: int
+
+    @property
+    def leaf_guarded(self) -> torch.Tensor:
+        """[L] bool: the leaf's group was zeroed by the guard."""
+        return self.guarded[self.group_index]
+
+    @property
+    def guard_fraction(self) -> float:
+        """Fraction of prompt groups whose advantages the zero-spread guard set to zero."""
+        return float(self.guarded.float().mean()) if self.num_groups else 0.0
+
+
+def _group_stats(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and population std of ``values``."""
+    count = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(
+        0, groups, torch.ones_like(values)
+    )
+    total = torch.zeros_like(count).index_add_(0, groups, values)
+    mean = total / count.clamp_min(1)
+    sq = torch.zeros_like(count).index_add_(0, groups, (values - mean[groups]) ** 2)
+    return mean, (sq / count.clamp_min(1)).sqrt()
+
+
+def normalize_leaf_scores(
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    clip: float = 5.0,
+    eps: float = 1e-8,
+    std_scope: str = "group",
+    min_group_std: float = 1e-3,
+) -> LeafAdvantages:
+    """Group-normalised, clamped leaf advantages with the zero-spread guard.
+
+    ``groups`` are integer prompt-group ids (need not be contiguous); all leaves sharing an id are
+    normalised together.
+    """
+    if std_scope not in ("group", "global"):
+        raise ValueError(f"advantage.std_scope must be 'group' or 'global', got {std_scope!r}")
+    scores = scores.to(torch.float32)
+    _, dense = torch.unique(groups, return_inverse=True)
+    num_groups = int(dense.max()) + 1 if dense.numel() else 0
+    mean, std = _group_stats(scores, dense, num_groups)
+    scale = std[dense] if std_scope == "group" else scores.std(unbiased=False).expand_as(scores)
+    advantages = ((scores - mean[dense]) / (scale + eps)).clamp(-clip, clip)
+    guarded = std < min_group_std
+    advantages = torch.where(guarded[dense], torch.zeros_like(advantages), advantages)
+    return LeafAdvantages(advantages, mean, std, guarded, dense, num_groups)
+
+
+def _sibling_softmax(logits: torch.Tensor, parent: torch.Tensor, num_parents: int) -> torch.Tensor:
+    """Softmax of ``logits`` among edges that share a parent."""
+    peak = torch.full((num_parents,), float("-inf"), device=logits.device).scatter_reduce(
+        0, parent, logits, reduce="amax"
+    )
+    weights = torch.exp(logits - peak[parent])
+    total = torch.zeros(num_parents, device=logits.device).index_add_(0, parent, weights)
+    return weights / total[parent]
+
+
+def backup_edge_advantages(
+    node_parent: torch.Tensor,
+    node_depth: torch.Tensor,
+    edge_child: torch.Tensor,
+    edge_log_prob: torch.Tensor,
+    leaf_node: torch.Tensor,
+    leaf_advantages: torch.Tensor,
+    *,
+    beta: float = 0.0,
+) -> torch.Tensor:
+    """Advantage of every edge (indexed like ``edge_child``), backed up from the leaves.
+
+    Processes depths from deepest to shallowest, so each node's value is final before it is used.
+    """
+    num_nodes = node_parent.shape[0]
+    value = torch.full((num_nodes,), float("nan"), device=leaf_advantages.device)
+    value[leaf_node] = leaf_advantages.to(torch.float32)
+    edge_parent = node_parent[edge_child]
+    child_depth = node_depth[edge_child]
+    for depth in range(int(child_depth.max()) if edge_child.numel() else 0, 0, -1):
+        level = child_depth == depth
+        child, parent = edge_child[level], edge_parent[level]
+        _, local_parent = torch.unique(parent, return_inverse=True)
+        num_local = int(local_parent.max()) + 1
+        logits = beta * edge_log_prob[level].to(torch.float32)
+        weights = _sibling_softmax(logits, local_parent, num_local)
+        weighted = torch.zeros(num_local, device=value.device).index_add_(0, local_parent, weights * value[child])
+        first = torch.zeros(num_local, dtype=torch.long, device=value.device).scatter_(0, local_parent, parent)
+        value[first] = weighted
+    result = value[edge_child]
+    if torch.isnan(result).any():
+        raise RuntimeError("some edges have no leaf below them; the rollout's tree is inconsistent")
+    return result
+
+
+def normalize_per_depth(
+    edge_advantages: torch.Tensor,
+    edge_depth: torch.Tensor,
+    edge_group: torch.Tensor,
+    *,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """BranchGRPO's depth-wise normalisation: zero mean, unit std per (prompt group, depth)."""
+    key = edge_group.long() * (int(edge_depth.max()) + 1) + edge_depth.long()
+    _, dense = torch.unique(key, return_inverse=True)
+    mean, std = _group_stats(edge_advantages, dense, int(dense.max()) + 1)
+    return (edge_advantages - mean[dense]) / (std[dense] + eps)

@@ -1,0 +1,138 @@
+"""Method presets: each GRPO-family method is a rollout schedule plus an advantage rule.
+
+The three config sections below are all a method is made of. A preset is a dict of overrides for
+them; any field can be overridden again by the user (``tree.k=4``, ``advantage.backup_beta=1``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from treegrpo import schedule as S
+from treegrpo.loss import LossConfig
+
+
+@dataclass
+class TreeConfig:
+    """How each prompt's rollout is shaped (the ``tree`` config section)."""
+
+    schedule: str = "tree"  # tree | flat | mix | split
+    k: int = 3  # children per BRANCH step
+    window: int = 3  # steps in the branching (tree) or SDE (mix) window
+    window_placement: str = "geometric"  # fixed | shifting | geometric
+    window_start: int = 0  # fixed start, or first start when shifting
+    shift: int = 1  # shifting: steps moved ...
+    shift_every: int = 1  # ... every this many iterations
+    geometric_ratio: float = 0.5  # geometric: P[i] ~ r^i
+    trees: int = 1  # trees (independent trajectories for flat methods) per prompt
+    split_steps: list[int] = field(default_factory=lambda: [0, 2, 4, 6])  # split: BRANCH steps
+    train_fraction: float = 1.0  # flat: fraction of steps trained, redrawn every iteration
+
+
+@dataclass
+class AdvantageConfig:
+    """How leaf rewards become edge advantages (the ``advantage`` config section)."""
+
+    std_scope: str = "group"  # group | global
+    clip: float = 5.0  # leaf advantages clamped to +-clip
+    min_group_std: float = 1e-3  # zero-spread guard: groups below get zero advantage (0 = off)
+    backup_beta: float = 0.0  # 0 = uniform mean of children, 1 = softmax over log pi_old
+    per_depth_norm: bool = False  # BranchGRPO: normalise edge advantages per depth
+    prune_depths: list[int] = field(default_factory=list)  # BranchGRPO depth pruning
+    prune_keep_fraction: float = 1.0  # BranchGRPO width pruning at the deepest level
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "treegrpo": {
+        "tree": dict(schedule="tree", k=3, window=3, window_placement="geometric", geometric_ratio=0.5, trees=1),
+        "advantage": dict(backup_beta=0.0),
+        "loss": dict(clip_eps=1e-4, node_aggregation="mean", kl_beta=0.0),
+    },
+    "flow_grpo": {
+        "tree": dict(schedule="flat", trees=12, train_fraction=1.0),
+        "advantage": dict(),
+        "loss": dict(clip_eps=1e-4, kl_beta=0.04),
+    },
+    "dance_grpo": {
+        "tree": dict(schedule="flat", trees=12, train_fraction=0.6),
+        "advantage": dict(),
+        "loss": dict(clip_eps=1e-4, kl_beta=0.0),
+    },
+    "mix_grpo": {
+        "tree": dict(schedule="mix", trees=12, window=4, window_placement="shifting", window_start=0,
+                     shift=1, shift_every=25),
+        "advantage": dict(),
+        "loss": dict(clip_eps=1e-4, kl_beta=0.0),
+    },
+    "branch_grpo": {
+        "tree": dict(schedule="split", k=2, split_steps=[0, 2, 4, 6], trees=1),
+        "advantage": dict(backup_beta=1.0, per_depth_norm=True),
+        "loss": dict(clip_eps=1e-3, kl_beta=0.0),
+    },
+    "ddpo": {
+        "tree": dict(schedule="flat", trees=12, train_fraction=1.0),
+        "advantage": dict(),
+        "loss": dict(clip_eps=1e-4, kl_beta=0.0),
+    },
+}
+"""Overrides per preset. ``ddpo`` differs from ``flow_grpo`` by no KL; on SD1.x/2.x models every
+flat preset samples with DDIM-eta (the backbone's stepper), which is DDPO proper."""
+
+METHODS = tuple(PRESETS)
+
+
+@dataclass
+class MethodConfig:
+    """A method resolved to its three sections."""
+
+    name: str = "treegrpo"
+    tree: TreeConfig = field(default_factory=TreeConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def preset(name: str, **overrides: dict[str, Any]) -> MethodConfig:
+    """The preset ``name`` with optional per-section overrides, e.g. ``preset("treegrpo", tree={"k": 2})``."""
+    if name not in PRESETS:
+        import difflib
+
+        near = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown method {name!r}{hint} (available: {', '.join(METHODS)})")
+    sections = copy.deepcopy(PRESETS[name])
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    config = MethodConfig(name=name)
+    for section, values in sections.items():
+        current = getattr(config, section)
+        known = {f.name for f in fields(current)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown {section} keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        setattr(config, section, replace(current, **values))
+    return config
+
+
+def plan_for_epoch(cfg: TreeConfig, num_steps: int, epoch: int, seed: int = 0) -> S.Plan:
+    """The per-step plan of iteration ``epoch`` (pure: the same epoch and seed give the same plan)."""
+    if cfg.trees < 1:
+        raise ValueError(f"tree.trees must be >= 1, got {cfg.trees}")
+    if cfg.schedule in ("tree", "mix"):
+        start = S.window_start(
+            epoch, num_steps, cfg.window, cfg.window_placement,  # type: ignore[arg-type]
+            start=cfg.window_start, shift=cfg.shift, shift_every=cfg.shift_every,
+            geometric_ratio=cfg.geometric_ratio, seed=seed,
+        )
+        if cfg.schedule == "tree":
+            return S.tree_plan(num_steps, cfg.k, cfg.window, start)
+        return S.mix_plan(num_steps, cfg.window, start)
+    if cfg.schedule == "flat":
+        trained = None if cfg.train_fraction >= 1 else S.sample_trained_steps(num_steps, cfg.train_fraction, epoch, seed)
+        return S.flat_plan(num_steps, trained)
+    if cfg.schedule == "split":
+        if cfg.k < 2:
+            raise ValueError(f"tree.k must be >= 2 for the split schedule, got {cfg.k}")
+        return S.split_plan(num_steps, cfg.k, cfg.split_steps)
+    raise ValueError(f"unknown tree.schedule {cfg.schedule!r}; use tree, flat, mix or split")

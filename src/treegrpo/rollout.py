@@ -1,0 +1,243 @@
+"""Tree rollout: grow every tree of every prompt through a per-step plan, one batched call a step.
+
+All trees start from their own initial noise x_T and advance in lock-step. At each step every
+frontier node of every tree goes through the model together (in chunks of ``max_batch``), so the
+rollout's NFE is exactly the number of (node, step) pairs that need a model output. Then, by the
+step's kind:
+- ODE: each node advances deterministically, in place;
+- SDE: each node draws one stochastic child (a new node and a trained edge if the step is trained);
+- BRANCH(k): each node draws k children from the one mean (k noises), k trained edges.
+
+The result keeps, per trained edge, what the training pass needs to re-score it against a new
+policy: the parent latents (stored once per parent), step, conditioning, child latents, old log-prob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from treegrpo.models.base import ModelFn
+from treegrpo.sampling import Stepper
+from treegrpo.schedule import Plan, StepKind
+
+
+@dataclass
+class TreeRollout:
+    """Every tree of one rollout: node table, trained edges (grouped by parent) and leaves.
+
+    Node ids are global over the rollout; roots are nodes ``0 .. R-1`` (tree ``r`` has root ``r``).
+    """
+
+    # nodes
+    node_parent: torch.Tensor  # [N] parent node id, -1 for roots
+    node_depth: torch.Tensor  # [N] number of trained edges from the root
+    node_tree: torch.Tensor  # [N]
+    node_cond: torch.Tensor  # [N] conditioning (prompt) row
+    node_step: torch.Tensor  # [N] step that created the node, -1 for roots
+    # trained-edge parents: one entry per (node, trained step) that produced children
+    parent_latents: torch.Tensor  # [P, ...]
+    parent_step: torch.Tensor  # [P]
+    parent_cond: torch.Tensor  # [P]
+    parent_node: torch.Tensor  # [P]
+    # trained edges
+    edge_parent_slot: torch.Tensor  # [E] row of parent_* arrays
+    edge_child: torch.Tensor  # [E] child node id
+    child_latents: torch.Tensor  # [E, ...]
+    edge_log_prob: torch.Tensor  # [E] log pi_old of the child given the parent
+    # leaves (final latents)
+    leaf_node: torch.Tensor  # [L]
+    leaf_latents: torch.Tensor  # [L, ...]
+    # counters
+    nfe: int = 0
+    model_calls: int = 0
+    root_latents: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+    @property
+    def num_trees(self) -> int:
+        return int(self.root_latents.shape[0])
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_parent.shape[0])
+
+    @property
+    def edge_parent(self) -> torch.Tensor:
+        """[E] parent node id of each trained edge."""
+        return self.parent_node[self.edge_parent_slot]
+
+    @property
+    def edge_step(self) -> torch.Tensor:
+        return self.parent_step[self.edge_parent_slot]
+
+    @property
+    def edge_cond(self) -> torch.Tensor:
+        return self.parent_cond[self.edge_parent_slot]
+
+    @property
+    def edge_tree(self) -> torch.Tensor:
+        return self.node_tree[self.edge_child]
+
+    @property
+    def edge_depth(self) -> torch.Tensor:
+        """Depth of the child node (1 for edges out of the root)."""
+        return self.node_depth[self.edge_child]
+
+    @property
+    def leaf_cond(self) -> torch.Tensor:
+        return self.node_cond[self.leaf_node]
+
+    @property
+    def leaf_tree(self) -> torch.Tensor:
+        return self.node_tree[self.leaf_node]
+
+
+def evaluate_in_chunks(
+    model_fn: ModelFn,
+    latents: torch.Tensor,
+    step_index: torch.Tensor,
+    cond_index: torch.Tensor,
+    max_batch: int,
+) -> tuple[torch.Tensor, int]:
+    """Model outputs for all rows, ``max_batch`` rows per call; returns (outputs, number of calls)."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    outputs = [
+        model_fn(latents[i : i + max_batch], step_index[i : i + max_batch], cond_index[i : i + max_batch])
+        for i in range(0, latents.shape[0], max_batch)
+    ]
+    return torch.cat(outputs).to(torch.float32), len(outputs)
+
+
+class _TreeBuilder:
+    """Accumulates nodes, parents and edges while the frontier advances."""
+
+    def __init__(self, num_roots: int, root_cond: torch.Tensor) -> None:
+        device = root_cond.device
+        roots = torch.arange(num_roots, device=device)
+        self.node_parent = [torch.full((num_roots,), -1, device=device)]
+        self.node_depth = [torch.zeros(num_roots, dtype=torch.long, device=device)]
+        self.node_tree = [roots]
+        self.node_cond = [root_cond]
+        self.node_step = [torch.full((num_roots,), -1, device=device)]
+        self.num_nodes = num_roots
+        self.parents: dict[str, list[torch.Tensor]] = {"latents": [], "step": [], "cond": [], "node": []}
+        self.edges: dict[str, list[torch.Tensor]] = {"slot": [], "child": [], "latents": [], "log_prob": []}
+        self.num_parents = 0
+
+    def add_children(
+        self,
+        parent_node: torch.Tensor,
+        parent_latents: torch.Tensor,
+        parent_cond: torch.Tensor,
+        step: int,
+        k: int,
+        child_latents: torch.Tensor,
+        log_prob: torch.Tensor,
+    ) -> torch.Tensor:
+        """Record ``k`` children of each parent (children ordered parent-major); returns child ids."""
+        n = parent_node.shape[0]
+        device = parent_node.device
+        slots = self.num_parents + torch.arange(n, device=device)
+        self.parents["latents"].append(parent_latents)
+        self.parents["step"].append(torch.full((n,), step, device=device))
+        self.parents["cond"].append(parent_cond)
+        self.parents["node"].append(parent_node)
+        self.num_parents += n
+
+        children = self.num_nodes + torch.arange(n * k, device=device)
+        parent_of_child = parent_node.repeat_interleave(k)
+        depth = torch.cat(self.node_depth)
+        tree = torch.cat(self.node_tree)
+        self.node_parent.append(parent_of_child)
+        self.node_depth.append(depth[parent_of_child] + 1)
+        self.node_tree.append(tree[parent_of_child])
+        self.node_cond.append(parent_cond.repeat_interleave(k))
+        self.node_step.append(torch.full((n * k,), step, device=device))
+        self.num_nodes += n * k
+
+        self.edges["slot"].append(slots.repeat_interleave(k))
+        self.edges["child"].append(children)
+        self.edges["latents"].append(child_latents)
+        self.edges["log_prob"].append(log_prob)
+        return children
+
+    def finish(self, frontier_node: torch.Tensor, frontier_latents: torch.Tensor, roots: torch.Tensor,
+               nfe: int, calls: int) -> TreeRollout:
+        def cat(items: list[torch.Tensor], empty_like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+            if items:
+                return torch.cat(items)
+            return empty_like.new_empty((0, *empty_like.shape[1:]), dtype=dtype or empty_like.dtype)
+
+        index = roots.new_empty(0, dtype=torch.long)
+        scalar = roots.new_empty(0, dtype=torch.float32)
+        return TreeRollout(
+            node_parent=torch.cat(self.node_parent),
+            node_depth=torch.cat(self.node_depth),
+            node_tree=torch.cat(self.node_tree),
+            node_cond=torch.cat(self.node_cond),
+            node_step=torch.cat(self.node_step),
+            parent_latents=cat(self.parents["latents"], roots),
+            parent_step=cat(self.parents["step"], index),
+            parent_cond=cat(self.parents["cond"], index),
+            parent_node=cat(self.parents["node"], index),
+            edge_parent_slot=cat(self.edges["slot"], index),
+            edge_child=cat(self.edges["child"], index),
+            child_latents=cat(self.edges["latents"], roots),
+            edge_log_prob=cat(self.edges["log_prob"], scalar),
+            leaf_node=frontier_node,
+            leaf_latents=frontier_latents,
+            nfe=nfe,
+            model_calls=calls,
+            root_latents=roots,
+        )
+
+
+@torch.no_grad()
+def rollout_trees(
+    model_fn: ModelFn,
+    stepper: Stepper,
+    plan: Plan,
+    initial_noise: torch.Tensor,
+    root_cond: torch.Tensor,
+    *,
+    max_batch: int = 64,
+    generator: torch.Generator | None = None,
+    on_step: "callable[[int, int], None] | None" = None,  # type: ignore[valid-type]
+) -> TreeRollout:
+    """Grow one tree per row of ``initial_noise`` (conditioned on ``root_cond``) through ``plan``.
+
+    ``on_step(step, frontier_size)`` is called after each step (progress bars).
+    """
+    if len(plan) != stepper.num_steps:
+        raise ValueError(f"plan has {len(plan)} steps but the sampler has {stepper.num_steps}")
+    if initial_noise.shape[0] != root_cond.shape[0]:
+        raise ValueError("initial_noise and root_cond must have one row per tree")
+    root_cond = root_cond.long()
+    latents = initial_noise.to(torch.float32)
+    cond = root_cond
+    node = torch.arange(latents.shape[0], device=root_cond.device)
+    builder = _TreeBuilder(latents.shape[0], root_cond)
+    nfe = calls = 0
+
+    for step, spec in enumerate(plan):
+        step_index = torch.full((latents.shape[0],), step, device=latents.device, dtype=torch.long)
+        output, n_calls = evaluate_in_chunks(model_fn, latents, step_index, cond, max_batch)
+        nfe += latents.shape[0]
+        calls += n_calls
+        if spec.kind is StepKind.ODE:
+            latents = stepper.step(output, latents, step_index, False).prev_sample
+        else:
+            k = spec.children
+            repeat = torch.arange(latents.shape[0], device=latents.device).repeat_interleave(k)
+            drawn = stepper.step(output[repeat], latents[repeat], step_index[repeat], True, generator=generator)
+            if spec.trained:
+                node = builder.add_children(node, latents, cond, step, k, drawn.prev_sample, drawn.log_prob)
+            else:
+                node = node[repeat]
+            latents, cond = drawn.prev_sample, cond[repeat]
+        if on_step is not None:
+            on_step(step, int(latents.shape[0]))
+
+    return builder.finish(node, latents, initial_noise.to(torch.float32), nfe, calls)
