@@ -1,0 +1,202 @@
+"""The reward interface, plus the CLIP-style image preparation shared by the neural scorers.
+
+A reward is a callable ``(images [B, 3, H, W] float in [0, 1], prompts) -> scores [B]`` (float32,
+CPU). :class:`BatchedReward` supplies the common part (input checks, ``torch.no_grad()``, batching,
+device/dtype options); a scorer only writes :meth:`BatchedReward.score_batch`.
+
+Image preparation runs in torch so it works batched on a GPU. It reproduces the authors' pipelines,
+which all start from an 8-bit image (PIL or a saved PNG):
+
+* ``quantize_uint8``: images are rounded to the 1/255 grid first, as saving to PIL does.
+* ``resize_shortest_side``: bicubic with ``antialias=True`` (the Keys kernel with a = -0.5 that PIL
+  uses, widened when downscaling). Output size follows torchvision/transformers: the short side
+  becomes ``size``, the long side ``int(size * long / short)`` (truncated). An image already at that
+  size is returned untouched, as torchvision and PIL do.
+* PIL resamples 8-bit images in two separable passes and rounds to 8 bits after each; we resample
+  in float and (for PIL-based pipelines) round once at the end. The difference is at most about one
+  8-bit level per pixel (``tests/test_rewards_clip.py`` measures it against PIL).
+* ``center_crop``: torchvision rounds the offset ``(H - size) / 2`` half-to-even, transformers'
+  CLIPImageProcessor floors it; they differ by one pixel when the excess is odd and ``(excess // 2)``
+  is odd. Both are available.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+CropRounding = Literal["torchvision", "floor"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@runtime_checkable
+class RewardFn(Protocol):
+    """``reward(images [B, 3, H, W] in [0, 1], prompts) -> float32 CPU tensor [B]``."""
+
+    name: str
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Accept a torch dtype or a name such as ``"bf16"``; ``None`` means float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def check_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
+    """Reject anything but a [B, 3, H, W] floating tensor with B prompts (one-line errors)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a [B, 3, H, W] tensor in [0, 1], got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}: divide uint8 by 255")
+    if isinstance(prompts, str) or len(prompts) != images.shape[0]:
+        count = "a single string" if isinstance(prompts, str) else f"{len(prompts)} prompts"
+        raise ValueError(f"need one prompt per image: {images.shape[0]} images but {count}")
+
+
+class BatchedReward(ABC):
+    """Common body of every scorer: checks, ``no_grad``, batching, float32 CPU output."""
+
+    name: str = "reward"
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.batch_size = int(batch_size)
+
+    @abstractmethod
+    def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Score at most ``batch_size`` images (already checked); any device, shape [b]."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        check_inputs(images, prompts)
+        prompts = list(prompts)
+        chunks: list[torch.Tensor] = []
+        with torch.no_grad():
+            for start in range(0, images.shape[0], self.batch_size):
+                stop = start + self.batch_size
+                scores = self.score_batch(images[start:stop], prompts[start:stop])
+                chunks.append(scores.detach().reshape(-1).to("cpu", torch.float32))
+        if not chunks:
+            return torch.zeros(0, dtype=torch.float32)
+        return torch.cat(chunks)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device}, dtype={self.dtype})"
+
+
+# ----------------------------------------------------------------------------- image preparation
+
+
+def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit grid, as converting to a PIL image (``(x * 255).round()``) does."""
+    return (images * 255.0).round().clamp(0.0, 255.0) / 255.0
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """Shortest side -> ``size``, long side -> ``int(size * long / short)`` (torchvision's rule)."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def resize_shortest_side(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bicubic resize (PIL's kernel) of float images so the short side is ``size``."""
+    height, width = images.shape[-2:]
+    new_shape = resized_shape(height, width, size)
+    if new_shape == (height, width):
+        return images
+    return F.interpolate(images.float(), size=new_shape, mode="bicubic", align_corners=False, antialias=True)
+
+
+def crop_offsets(height: int, width: int, size: int, rounding: CropRounding) -> tuple[int, int]:
+    """Top/left offsets of a centred ``size`` crop: torchvision rounds half-to-even, HF floors."""
+    if height < size or width < size:
+        raise ValueError(f"cannot centre-crop {size}x{size} from {height}x{width}: resize first")
+    if rounding == "torchvision":
+        return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    if rounding == "floor":
+        return (height - size) // 2, (width - size) // 2
+    raise ValueError(f"unknown crop rounding {rounding!r}: use 'torchvision' or 'floor'")
+
+
+def center_crop(images: torch.Tensor, size: int, rounding: CropRounding) -> torch.Tensor:
+    """Centred square crop with the given offset rounding convention."""
+    height, width = images.shape[-2:]
+    top, left = crop_offsets(height, width, size, rounding)
+    return images[..., top : top + size, left : left + size]
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std``."""
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def clip_preprocess(
+    images: torch.Tensor,
+    size: int,
+    *,
+    crop_rounding: CropRounding,
+    pil_resample: bool,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """8-bit quantise, resize short side, centre-crop, normalise: the CLIP recipe, in float32.
+
+    ``pil_resample`` rounds the resized image back to 8 bits (PIL resamples uint8 images);
+    without it the resize stays in float, as torchvision does on a tensor (HPS v2's pipeline).
+    """
+    x = quantize_uint8(images.float())
+    x = resize_shortest_side(x, size)
+    if pil_resample:
+        x = quantize_uint8(x)
+    x = center_crop(x, size, crop_rounding)
+    return normalize(x, mean, std)
