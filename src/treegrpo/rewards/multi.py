@@ -1,0 +1,92 @@
+"""Several rewards at once: a weighted sum, with the per-component scores kept for logging.
+
+Two ways to combine components into a training signal:
+
+* ``MultiReward.__call__``: ``S = sum_j w_j R_j`` per image, normalised later by the trainer.
+* :func:`advantage_sum` (MixGRPO's alternative): normalise each component within its prompt group
+  first, ``A_j = (R_j - mean_g) / (std_g + 1e-8)`` (population std), then ``A = sum_j w_j A_j``,
+  so a reward with a large scale cannot drown the others.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from treegrpo.rewards.base import RewardFn, check_inputs
+
+
+class MultiReward:
+    """Weighted sum of named rewards; :meth:`components` exposes each one's scores."""
+
+    name = "multi"
+
+    def __init__(self, rewards: Mapping[str, RewardFn], weights: Mapping[str, float] | None = None) -> None:
+        if not rewards:
+            raise ValueError("MultiReward needs at least one reward")
+        weights = dict(weights) if weights is not None else {k: 1.0 for k in rewards}
+        if set(weights) != set(rewards):
+            raise ValueError(f"weights {sorted(weights)} must name exactly the rewards {sorted(rewards)}")
+        self.rewards = dict(rewards)
+        self.weights = {k: float(v) for k, v in weights.items()}
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Each reward's float32 CPU scores [B], by name (unweighted)."""
+        check_inputs(images, prompts)
+        out = {}
+        for key, reward in self.rewards.items():
+            scores = reward(images, prompts).detach().to("cpu", torch.float32).reshape(-1)
+            if scores.shape[0] != images.shape[0]:
+                raise ValueError(f"reward {key!r} returned {scores.shape[0]} scores for {images.shape[0]} images")
+            out[key] = scores
+        return out
+
+    def combine(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``sum_j w_j R_j`` of already computed components."""
+        return weighted_sum(components, self.weights)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Weighted sum; the components of this call stay in ``last_components`` for logging."""
+        self.last_components = self.components(images, prompts)
+        return self.combine(self.last_components)
+
+
+def weighted_sum(components: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """``sum_j weights[j] * components[j]`` over the weighted names (all must be present)."""
+    missing = sorted(set(weights) - set(components))
+    if missing:
+        raise KeyError(f"no scores for weighted reward(s) {missing}; have {sorted(components)}")
+    total: torch.Tensor | None = None
+    for key, weight in weights.items():
+        term = float(weight) * components[key].to(torch.float32)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("weights is empty: nothing to sum")
+    return total
+
+
+def group_normalize(scores: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - group mean) / (group population std + eps)`` for each element's group."""
+    scores = scores.to(torch.float32).reshape(-1)
+    group_ids = group_ids.reshape(-1)
+    if group_ids.shape != scores.shape:
+        raise ValueError(f"group_ids has {group_ids.numel()} entries for {scores.numel()} scores")
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    count = torch.zeros(groups).index_add_(0, inverse, torch.ones_like(scores))
+    mean = torch.zeros(groups).index_add_(0, inverse, scores) / count
+    centred = scores - mean[inverse]
+    var = torch.zeros(groups).index_add_(0, inverse, centred**2) / count
+    return centred / (var.sqrt()[inverse] + eps)
+
+
+def advantage_sum(
+    component_scores: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    group_ids: torch.Tensor,
+) -> torch.Tensor:
+    """MixGRPO's multi-reward advantage: group-normalise each component, then weight and sum."""
+    normalised = {k: group_normalize(component_scores[k], group_ids) for k in weights if k in component_scores}
+    return weighted_sum(normalised, weights)
