@@ -171,8 +171,9 @@ class ShapesReward:
         max_area_fraction: float = 0.25,
         device: object = None,
         dtype: object = None,
+        batch_size: object = None,
     ) -> None:
-        """Component weights (need not sum to 1), object size limits; device and dtype are ignored."""
+        """Component weights (need not sum to 1), object size limits; device, dtype, batch_size ignored."""
         self.weights: dict[str, float] = {
             "colour": colour,
             "count": count,
@@ -189,6 +190,8 @@ class ShapesReward:
         """Per-component scores, each float32 [B]; position is NaN for count prompts (use nanmean)."""
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
             raise ValueError(f"expected images [B, 3, H, W] with B = {len(prompts)}, got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")
         labels = snap(images)
         height, width = labels.shape[1:]
         scale = width / SIZE
