@@ -246,13 +246,13 @@ class AestheticReward(BatchedReward):
         local_files_only: bool = False,
         **options: Any,
     ) -> None:
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPModel
 
         super().__init__(**options)
-        vision = from_pretrained(
-            CLIPVisionModelWithProjection.from_pretrained,
+        clip = from_pretrained(
+            CLIPModel.from_pretrained,  # the whole model, as ddpo-pytorch loads it; only the vision side runs
             clip_model,
-            what="aesthetic CLIP vision model",
+            what="aesthetic CLIP model",
             get_it=f"https://huggingface.co/{clip_model}",
             local_files_only=local_files_only,
         )
@@ -261,17 +261,16 @@ class AestheticReward(BatchedReward):
             local_files_only=local_files_only,
         )
         mlp = PreferenceMLP.from_state_dict(load_state_dict(path), what=f"aesthetic head {path}")
-        self.vision = vision.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.clip = clip.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.mlp = mlp.to(device=self.device, dtype=self.dtype).requires_grad_(False)
-        self.image_size = _image_size(self.vision)
+        self.image_size = _image_size(self.clip)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised projected image embeddings, preprocessed as CLIPProcessor does."""
         pixels = clip_preprocess(
             images.to(self.device), self.image_size, crop_rounding="floor", pil_resample=True
         ).to(self.dtype)
-        embeds = self.vision(pixel_values=pixels).image_embeds
-        return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
+        return clip_image_embeds(self.clip, pixels)
 
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self.mlp(self.embed(images)).squeeze(1)
