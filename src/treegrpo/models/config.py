@@ -1,0 +1,112 @@
+"""Model section of the configuration: which pipeline to load and how to train it.
+
+Plain dataclasses that OmegaConf accepts as structured configs (primitives, ``Optional``, lists,
+nested dataclasses). String choices are validated by :func:`validate_model_config`, which
+:func:`treegrpo.models.loading.load_backbone` calls before loading anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+SUPPORTED_FAMILIES: tuple[str, ...] = ("sd3", "flux", "sd")
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+LORA_INIT_WEIGHTS: tuple[str, ...] = ("gaussian", "default")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter on the denoiser (peft, through diffusers' ``add_adapter``)."""
+
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.0
+    target_modules: Optional[list[str]] = None
+    """Module-name suffixes to adapt; ``None`` = the family's default (attention projections)."""
+    init_weights: str = "gaussian"
+    """``"gaussian"`` (diffusers' training scripts) or ``"default"`` (peft's Kaiming A); B is zero."""
+
+
+@dataclass
+class ModelConfig:
+    """A diffusers pipeline (SD3/3.5, FLUX.1, SD1.x/2.x) seen as a trainable policy."""
+
+    path: str = ""
+    """Local pipeline folder or hub id (``stabilityai/stable-diffusion-3.5-medium``)."""
+    family: Optional[str] = None
+    """``"sd3"``, ``"flux"`` or ``"sd"``; read from ``model_index.json`` when ``None``."""
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+    """Weight variant to load, e.g. ``"fp16"``."""
+    dtype: str = "bf16"
+    """Weights and compute dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (LoRA weights stay fp32)."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available, else CPU) or any torch device string."""
+    local_files_only: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    full_finetune: bool = False
+    """Train every denoiser weight instead of a LoRA adapter (``lora`` is then ignored)."""
+    gradient_checkpointing: bool = False
+    height: Optional[int] = None
+    """Image height in pixels; ``None`` = the pipeline's default size."""
+    width: Optional[int] = None
+    negative_prompt: str = ""
+    """Unconditional prompt for classifier-free guidance."""
+    max_sequence_length: int = 256
+    """T5 tokens per prompt (SD3, FLUX); ignored by SD."""
+    true_cfg_scale: float = 1.0
+    """FLUX with a guidance embedding (FLUX.1-dev): real CFG scale on top of it; 1 = off."""
+    offload_text_encoders: bool = True
+    """Move text encoders to the CPU after encoding (off the accelerator between rollouts)."""
+    decode_batch_size: int = 8
+    """Images per VAE decode call."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a config dtype string."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype {name!r} is not supported; use one of fp32, bf16, fp16")
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is parsed by torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Check string choices and ranges; raise a one-line error naming the fix."""
+    if not cfg.path:
+        raise ValueError("model.path is empty; set it to a diffusers pipeline folder or hub id")
+    if cfg.family is not None and cfg.family not in SUPPORTED_FAMILIES:
+        raise ValueError(
+            f"model.family {cfg.family!r} is not supported; use one of {', '.join(SUPPORTED_FAMILIES)} "
+            "or leave it unset to read it from model_index.json"
+        )
+    torch_dtype(cfg.dtype)
+    if cfg.lora.init_weights not in LORA_INIT_WEIGHTS:
+        raise ValueError(
+            f"model.lora.init_weights {cfg.lora.init_weights!r} is not supported; use 'gaussian' or 'default'"
+        )
+    if not cfg.full_finetune and cfg.lora.rank < 1:
+        raise ValueError(f"model.lora.rank must be >= 1, got {cfg.lora.rank}")
+    for name in ("height", "width"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"model.{name} must be a positive number of pixels, got {value}")
+    if cfg.decode_batch_size < 1:
+        raise ValueError(f"model.decode_batch_size must be >= 1, got {cfg.decode_batch_size}")

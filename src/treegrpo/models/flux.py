@@ -1,0 +1,129 @@
+"""FLUX.1 (``FluxPipeline``) as a policy of the tree engine.
+
+Mirrors the pipeline's ``__call__``: packed latents (2 x 2 patches, ``[B, H/2 * W/2, 4C]``) from
+``prepare_latents``, sigmas ``linspace(1, 1/T, T)`` shifted with ``mu = calculate_shift(image
+sequence length)``, the transformer called with ``timestep / 1000`` (the scheduler's timesteps in
+the latents' dtype, divided as the pipeline divides), text and image position ids.
+
+Guidance: FLUX.1-dev is guidance-distilled, so ``guidance_scale`` goes into its guidance embedding
+and there is no true CFG unless ``model.true_cfg_scale > 1`` (then uncond + s * (cond - uncond)
+with the negative prompt, in one batched forward). For a FLUX model without a guidance embedding
+(FLUX.1-schnell-like), ``guidance_scale > 1`` is true CFG.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
+from treegrpo.sampling import FlowMatchStepper, SdeType
+
+FLUX_LORA_TARGETS: tuple[str, ...] = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "proj_mlp",
+)
+"""Attention projections of the double and single blocks, plus the single blocks' MLP input."""
+
+
+class FluxBackbone(DiffusersBackbone):
+    """FLUX.1 transformer policy; see :class:`~treegrpo.models.common.DiffusersBackbone`."""
+
+    family = "flux"
+    denoiser_name = "transformer"
+    default_lora_targets = FLUX_LORA_TARGETS
+
+    def _default_size(self) -> tuple[int, int]:
+        """``default_sample_size * vae_scale_factor`` (1024 px for FLUX.1)."""
+        size = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        return size, size
+
+    def _latent_grid(self) -> tuple[int, int]:
+        """Unpacked latent (height, width), rounded to even as ``prepare_latents`` rounds."""
+        factor = self.pipe.vae_scale_factor
+        return 2 * (self.height // (factor * 2)), 2 * (self.width // (factor * 2))
+
+    def _has_guidance_embedding(self) -> bool:
+        return bool(self.denoiser.config.guidance_embeds)
+
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """T5 sequence embeddings and pooled CLIP embeddings via the pipeline."""
+        prompt_embeds, pooled, _ = self.pipe.encode_prompt(
+            prompt=texts,
+            prompt_2=None,
+            device=self.device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.cfg.max_sequence_length,
+        )
+        return prompt_embeds, pooled
+
+    def stepper(self, num_steps: int, noise_level: float, sde_type: SdeType = "sde") -> FlowMatchStepper:
+        """Sigmas of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
+        config = scheduler.config
+        sigmas: Optional[np.ndarray] = np.linspace(1.0, 1 / num_steps, num_steps)
+        if config.get("use_flow_sigmas", False):
+            sigmas = None
+        height, width = self._latent_grid()
+        mu = calculate_shift(
+            (height // 2) * (width // 2),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        if sigmas is None:
+            scheduler.set_timesteps(num_steps, device=self.device, mu=mu)
+        else:
+            scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
+        self._record_timesteps(scheduler.timesteps)
+        return FlowMatchStepper(scheduler.sigmas.to(self.device), noise_level=noise_level, sde_type=sde_type)
+
+    def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Packed ``[num, H/2 * W/2, 4C]`` latents from ``pipe.prepare_latents`` (float32 copy)."""
+        channels = self.denoiser.config.in_channels // 4
+        latents, _ = self.pipe.prepare_latents(
+            num, channels, self.height, self.width, self.dtype, self.device, generator
+        )
+        return latents.to(torch.float32)
+
+    def _cfg_scale(self, guidance_scale: float) -> float:
+        """``model.true_cfg_scale`` with a guidance embedding, else ``guidance_scale``."""
+        return self.cfg.true_cfg_scale if self._has_guidance_embedding() else guidance_scale
+
+    def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
+        """The transformer's velocity, with ids and guidance as the pipeline passes them."""
+        x = inputs.latents
+        height, width = self._latent_grid()
+        image_ids = self.pipe._prepare_latent_image_ids(x.shape[0], height // 2, width // 2, self.device, self.dtype)
+        text_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        guidance = None
+        if self._has_guidance_embedding():
+            guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
+        return denoiser(
+            hidden_states=x,
+            timestep=inputs.timesteps.to(x.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=inputs.pooled_prompt_embeds,
+            encoder_hidden_states=inputs.prompt_embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+
+    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unpack, then undo the latent normalisation (``/ scaling_factor + shift_factor``)."""
+        unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
+        config = self.pipe.vae.config
+        return unpacked / config.scaling_factor + config.shift_factor

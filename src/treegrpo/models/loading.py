@@ -1,0 +1,144 @@
+"""Load a diffusers pipeline (local folder or hub cache) as a :class:`~treegrpo.models.base.Backbone`.
+
+The family is read from ``model_index.json``'s ``_class_name`` unless ``model.family`` says it::
+
+    backbone = load_backbone(ModelConfig(path="stabilityai/stable-diffusion-3.5-medium"))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from treegrpo.models.common import DiffusersBackbone
+from treegrpo.models.config import ModelConfig, resolve_device, torch_dtype, validate_model_config
+
+PIPELINE_FAMILIES: dict[str, str] = {
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "StableDiffusionPipeline": "sd",
+}
+"""Supported pipeline classes (``model_index.json`` ``_class_name``) and their family."""
+
+FAMILY_PIPELINES: dict[str, str] = {family: name for name, family in PIPELINE_FAMILIES.items()}
+
+
+def _supported() -> str:
+    return ", ".join(f"{name} ({family})" for name, family in PIPELINE_FAMILIES.items())
+
+
+def read_model_index(cfg: ModelConfig) -> dict[str, Any]:
+    """The pipeline's ``model_index.json`` from a local folder or the hub (cache honoured)."""
+    folder = Path(cfg.path).expanduser()
+    if folder.is_dir():
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            raise ValueError(
+                f"{cfg.path} is not a diffusers pipeline folder (no model_index.json); point model.path at a "
+                "folder written by pipe.save_pretrained or at a hub id such as stabilityai/stable-diffusion-3.5-medium"
+            )
+        return json.loads(index_file.read_text())
+    if folder.exists():
+        raise ValueError(f"{cfg.path} is a file, not a pipeline folder; point model.path at the pipeline's folder")
+    return _read_hub_model_index(cfg)
+
+
+def _read_hub_model_index(cfg: ModelConfig) -> dict[str, Any]:
+    """``model_index.json`` of a hub repository (or its cached copy)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        index_file = hf_hub_download(
+            cfg.path, "model_index.json", revision=cfg.revision, local_files_only=cfg.local_files_only
+        )
+    except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean the same here
+        raise ValueError(
+            f"cannot read model_index.json of {cfg.path!r} ({type(error).__name__}); set model.path to a local "
+            "pipeline folder, or to a hub id that is cached or reachable (model.local_files_only=false to download)"
+        ) from error
+    return json.loads(Path(index_file).read_text())
+
+
+def family_of(model_index: dict[str, Any], path: str) -> str:
+    """The family of a pipeline from its ``_class_name``; one-line error for unsupported ones."""
+    class_name = model_index.get("_class_name")
+    if class_name not in PIPELINE_FAMILIES:
+        raise ValueError(
+            f"{path} holds a {class_name or 'pipeline without _class_name'}, which is not supported; "
+            f"use one of {_supported()}, or set model.family to load it as one of them"
+        )
+    return PIPELINE_FAMILIES[class_name]
+
+
+def _absent_components(model_index: dict[str, Any]) -> dict[str, None]:
+    """Components saved as ``[null, null]`` (e.g. SD3 without T5), passed as ``None`` when loading."""
+    return {
+        name: None
+        for name, value in model_index.items()
+        if not name.startswith("_") and isinstance(value, list) and value == [None, None]
+    }
+
+
+def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``dtype=`` where diffusers has it (newer releases deprecate ``torch_dtype=``), else ``torch_dtype=``."""
+    from diffusers.utils import deprecation_utils
+
+    if hasattr(deprecation_utils, "_resolve_dtype"):
+        return {"dtype": dtype}
+    return {"torch_dtype": dtype}
+
+
+def load_pipeline(cfg: ModelConfig, family: str, model_index: dict[str, Any]) -> Any:
+    """The family's pipeline from ``cfg.path`` in ``cfg.dtype`` (on the CPU; the backbone places it)."""
+    import diffusers
+
+    pipeline_class = getattr(diffusers, FAMILY_PIPELINES[family])
+    kwargs: dict[str, Any] = _absent_components(model_index)
+    if family == "sd":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return pipeline_class.from_pretrained(
+        cfg.path,
+        **_dtype_argument(torch_dtype(cfg.dtype)),
+        revision=cfg.revision,
+        variant=cfg.variant,
+        local_files_only=cfg.local_files_only,
+        **kwargs,
+    )
+
+
+def backbone_class(family: str) -> type[DiffusersBackbone]:
+    """The adapter class of a family."""
+    if family == "sd3":
+        from treegrpo.models.sd3 import SD3Backbone
+
+        return SD3Backbone
+    if family == "flux":
+        from treegrpo.models.flux import FluxBackbone
+
+        return FluxBackbone
+    from treegrpo.models.sd import SDBackbone
+
+    return SDBackbone
+
+
+def load_backbone(
+    cfg: ModelConfig,
+    device: Optional[torch.device | str] = None,
+    *,
+    with_reference: bool = False,
+) -> DiffusersBackbone:
+    """Load ``cfg.path`` as a trainable policy (LoRA or full fine-tuning) on ``device``.
+
+    ``device`` overrides ``cfg.device``. ``with_reference`` keeps a frozen copy of a fully
+    fine-tuned denoiser for :meth:`~DiffusersBackbone.reference` (needed only with a KL term;
+    LoRA models never need the copy).
+    """
+    validate_model_config(cfg)
+    model_index = read_model_index(cfg)
+    family = cfg.family or family_of(model_index, cfg.path)
+    pipe = load_pipeline(cfg, family, model_index)
+    target = torch.device(device) if device is not None else resolve_device(cfg.device)
+    return backbone_class(family)(pipe, cfg, target, with_reference=with_reference)

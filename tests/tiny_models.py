@@ -1,0 +1,285 @@
+"""Tiny random-weight diffusers pipelines built from config dicts, saved with ``save_pretrained``.
+
+No downloads: tokenizers get in-memory vocabularies (character-level CLIP, a few-piece T5), every
+model is a one-layer toy. Reuse them in any test that needs a real pipeline folder::
+
+    path = build_tiny_sd3(tmp_path / "sd3")
+    backbone = load_backbone(ModelConfig(path=str(path), dtype="fp32", device="cpu"))
+
+Latents are 32 x 32 (VAE scale factor 1), so one forward at batch 8 takes tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+TINY_SIZE = 32
+"""Image height and width (pixels = latent cells, the VAE does not downsample)."""
+
+TINY_MAX_SEQUENCE_LENGTH = 8
+"""T5 sequence length to pass to the pipelines and to ``ModelConfig.max_sequence_length``."""
+
+
+def _byte_characters() -> list[str]:
+    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the 256 byte values."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def tiny_clip_tokenizer():  # -> CLIPTokenizer
+    """Character-level CLIP tokenizer; the end token has the highest id (CLIP pools there)."""
+    from transformers import CLIPTokenizer
+
+    characters = _byte_characters()
+    pieces = characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {piece: index for index, piece in enumerate(pieces)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_t5_tokenizer():  # -> T5Tokenizer
+    """Unigram T5 tokenizer over single characters."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(ord("a"), ord("z") + 1)]
+    pieces += [(chr(c), -3.0) for c in range(ord("0"), ord("9") + 1)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def _clip_text_model(tokenizer, hidden: int, projection: int | None, seed: int):
+    """A one-layer CLIP text encoder (with a projection head when ``projection`` is given)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=projection or hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return model_class(config).eval()
+
+
+def _tiny_vae(latent_channels: int, scaling_factor: float, shift_factor: float | None, seed: int):
+    """A one-block AutoencoderKL (scale factor 1) with the given latent normalisation."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        sample_size=TINY_SIZE,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+
+def build_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny StableDiffusion3Pipeline (two CLIP encoders, no T5) to ``path``; returns it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=TINY_SIZE,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    ).eval()
+    tokenizer = tiny_clip_tokenizer()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae(4, scaling_factor=1.5305, shift_factor=0.0609, seed=seed + 1),
+        text_encoder=_clip_text_model(tokenizer, hidden=16, projection=32, seed=seed + 2),
+        tokenizer=tokenizer,
+        text_encoder_2=_clip_text_model(tokenizer, hidden=16, projection=32, seed=seed + 3),
+        tokenizer_2=tiny_clip_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.save_pretrained(path)
+    _declare_missing_components(path, ("text_encoder_3", "tokenizer_3"))
+    return path
+
+
+def _declare_missing_components(path: Path, names: tuple[str, ...]) -> None:
+    """Write ``[null, null]`` entries for absent components so plain ``from_pretrained`` loads."""
+    index_file = path / "model_index.json"
+    index = json.loads(index_file.read_text())
+    for name in names:
+        index.setdefault(name, [None, None])
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny_flux(path: str | Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """Save a tiny FluxPipeline (CLIP + T5, FLUX.1-dev-style guidance embedding) to ``path``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=[4, 4, 8],
+    ).eval()
+    t5_tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=t5_tokenizer.pad_token_id,
+            eos_token_id=t5_tokenizer.eos_token_id,
+            decoder_start_token_id=t5_tokenizer.pad_token_id,
+        )
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    clip_tokenizer = tiny_clip_tokenizer()
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=_tiny_vae(1, scaling_factor=0.3611, shift_factor=0.1159, seed=seed + 1),
+        text_encoder=_clip_text_model(clip_tokenizer, hidden=32, projection=None, seed=seed + 3),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """Save a tiny StableDiffusionPipeline (UNet, DDIM scheduler, no safety checker) to ``path``."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=TINY_SIZE,
+        in_channels=4,
+        out_channels=4,
+        norm_num_groups=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+    ).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    tokenizer = tiny_clip_tokenizer()
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        scheduler=scheduler,
+        vae=_tiny_vae(4, scaling_factor=0.18215, shift_factor=None, seed=seed + 1),
+        text_encoder=_clip_text_model(tokenizer, hidden=32, projection=None, seed=seed + 2),
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+BUILDERS = {"sd3": build_tiny_sd3, "flux": build_tiny_flux, "sd": build_tiny_sd}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_pipeline(family: str, **options: object) -> Path:
+    """A tiny pipeline folder of ``family`` built once per test process (deleted at exit).
+
+    ``options`` go to the builder (``prediction_type="v_prediction"``, ``guidance_embeds=False``).
+    """
+    root = Path(tempfile.mkdtemp(prefix=f"tiny-{family}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return BUILDERS[family](root / "pipeline", **options)
+
+
+def load_pipeline_like_a_user(path: str | Path):  # -> DiffusionPipeline
+    """``DiffusionPipeline.from_pretrained`` in fp32, passing ``None`` for components saved as null."""
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((Path(path) / "model_index.json").read_text())
+    absent = {name: None for name, value in index.items() if value == [None, None]}
+    pipe = DiffusionPipeline.from_pretrained(path, **absent)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run tiny models on ``count`` intra-op threads (far faster on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
