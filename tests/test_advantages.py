@@ -1,0 +1,118 @@
+"""Leaf normalisation, the zero-spread guard, backup rules and per-depth normalisation."""
+
+import pytest
+import torch
+
+from treegrpo import schedule as S
+from treegrpo.advantages import backup_edge_advantages, normalize_leaf_scores, normalize_per_depth
+from treegrpo.engine import compute_advantages
+from treegrpo.methods import AdvantageConfig
+from tests.test_rollout import _rollout
+
+
+def test_leaf_advantages_are_zero_mean_unit_std_per_group() -> None:
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.5, 30.0, 31.0])
+    groups = torch.tensor([5, 5, 5, 9, 9, 2, 2])
+    leaf = normalize_leaf_scores(scores, groups, clip=100)
+    for g in groups.unique():
+        a = leaf.advantages[groups == g]
+        assert abs(float(a.mean())) < 1e-6
+        assert abs(float(a.std(unbiased=False)) - 1) < 1e-5
+    torch.testing.assert_close(leaf.advantages[:3], torch.tensor([-1.0, 0.0, 1.0]) * (1.5**0.5), rtol=1e-5, atol=0)
+
+
+def test_leaf_advantages_are_clamped_and_global_scope_uses_one_std() -> None:
+    scores = torch.tensor([0.0] * 99 + [1.0])
+    leaf = normalize_leaf_scores(scores, torch.zeros(100, dtype=torch.long), clip=5.0)
+    assert float(leaf.advantages.max()) == 5.0
+    two_groups = normalize_leaf_scores(torch.tensor([0.0, 1.0, 0.0, 3.0]), torch.tensor([0, 0, 1, 1]), std_scope="global")
+    global_std = torch.tensor([0.0, 1.0, 0.0, 3.0]).std(unbiased=False)
+    torch.testing.assert_close(two_groups.advantages, torch.tensor([-0.5, 0.5, -1.5, 1.5]) / global_std)
+
+
+def test_guard_zeroes_groups_without_spread_and_reports_them() -> None:
+    scores = torch.tensor([0.5, 0.5 + 1e-6, 0.5 - 1e-6, 0.1, 0.9, 0.5])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    leaf = normalize_leaf_scores(scores, groups, min_group_std=1e-3)
+    assert torch.all(leaf.advantages[:3] == 0) and torch.all(leaf.advantages[3:5] != 0)
+    assert leaf.guard_fraction == 0.5
+    unguarded = normalize_leaf_scores(scores, groups, min_group_std=0.0)
+    assert float(unguarded.advantages[:3].abs().max()) > 1  # noise blown up to full size
+
+
+def _tree_with_leaf_advantages(beta: float = 0.0):
+    plan = S.tree_plan(6, 3, 3, 1)
+    _, _, r = _rollout(plan, trees=1, prompts=2)
+    g = torch.Generator().manual_seed(4)
+    leaf_adv = torch.randn(r.leaf_node.shape[0], generator=g)
+    edge = backup_edge_advantages(r.node_parent, r.node_depth, r.edge_child, r.edge_log_prob, r.leaf_node,
+                                  leaf_adv, beta=beta)
+    return r, leaf_adv, edge
+
+
+def _leaves_below(r, node: int) -> list[int]:
+    parent = r.node_parent.tolist()
+    out = []
+    for i, leaf in enumerate(r.leaf_node.tolist()):
+        u = leaf
+        while u != -1:
+            if u == node:
+                out.append(i)
+                break
+            u = parent[u]
+    return out
+
+
+def test_uniform_backup_equals_the_mean_of_the_leaves_below() -> None:
+    r, leaf_adv, edge = _tree_with_leaf_advantages(beta=0.0)
+    for e, child in enumerate(r.edge_child.tolist()):
+        below = _leaves_below(r, child)
+        assert below, "every edge has leaves below it"
+        torch.testing.assert_close(edge[e], leaf_adv[below].mean())
+
+
+def test_large_beta_picks_the_most_probable_child() -> None:
+    r, leaf_adv, edge = _tree_with_leaf_advantages(beta=1e4)
+    node_value = dict(zip(r.edge_child.tolist(), edge.tolist()))
+    for parent in r.parent_node.tolist():
+        children = (r.edge_parent == parent).nonzero().squeeze(1)
+        if r.node_parent[parent] == -1:
+            continue  # the root has no incoming edge
+        best = children[r.edge_log_prob[children].argmax()]
+        assert node_value[parent] == pytest.approx(float(edge[best]), abs=1e-5)
+
+
+def test_softmax_backup_weights_by_old_log_prob() -> None:
+    # root with two children, each a leaf: edge into the root does not exist, so use depth 2
+    node_parent = torch.tensor([-1, 0, 1, 1])
+    node_depth = torch.tensor([0, 1, 2, 2])
+    edge_child = torch.tensor([1, 2, 3])
+    log_prob = torch.tensor([0.0, 0.2, -0.3])
+    leaf_adv = torch.tensor([1.0, -2.0])
+    edge = backup_edge_advantages(node_parent, node_depth, edge_child, log_prob, torch.tensor([2, 3]), leaf_adv, beta=1.0)
+    w = torch.softmax(torch.tensor([0.2, -0.3]), 0)
+    torch.testing.assert_close(edge, torch.stack([(w * leaf_adv).sum(), leaf_adv[0], leaf_adv[1]]))
+
+
+def test_one_child_chains_pass_the_leaf_advantage_through() -> None:
+    _, _, r = _rollout(S.flat_plan(5), trees=3, prompts=1)
+    leaf_adv = torch.tensor([0.3, -1.0, 0.7])
+    edge = backup_edge_advantages(r.node_parent, r.node_depth, r.edge_child, r.edge_log_prob, r.leaf_node, leaf_adv)
+    torch.testing.assert_close(edge, leaf_adv[r.edge_tree])
+
+
+def test_per_depth_normalisation() -> None:
+    adv = torch.tensor([1.0, 3.0, 5.0, 7.0, 2.0, 2.0])
+    depth = torch.tensor([1, 1, 2, 2, 1, 1])
+    group = torch.tensor([0, 0, 0, 0, 1, 1])
+    out = normalize_per_depth(adv, depth, group)
+    torch.testing.assert_close(out, torch.tensor([-1.0, 1.0, -1.0, 1.0, 0.0, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_compute_advantages_guard_survives_per_depth_normalisation() -> None:
+    _, _, r = _rollout(S.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
+    scores = torch.where(r.leaf_cond == 0, torch.tensor(0.5), torch.rand(r.leaf_cond.shape[0]))
+    out = compute_advantages(r, scores, r.leaf_cond, AdvantageConfig(per_depth_norm=True, backup_beta=1.0))
+    assert torch.all(out.edge[r.edge_cond == 0] == 0)
+    assert torch.all(out.edge[r.edge_cond == 1] != 0)
+    assert out.leaf.guard_fraction == 0.5
