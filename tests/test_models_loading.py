@@ -1,0 +1,112 @@
+"""Loading: family detection, one-line errors, config validation and OmegaConf compatibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
+from treegrpo.models import LoraConfig, ModelConfig, load_backbone
+from treegrpo.models.base import Backbone
+from treegrpo.models.loading import PIPELINE_FAMILIES, family_of, read_model_index
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path: Path) -> None:
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a diffusers pipeline folder") as error:
+        load_backbone(ModelConfig(path=str(tmp_path), device="cpu"))
+    assert "\n" not in str(error.value) and "save_pretrained" in str(error.value)
+
+
+def test_unsupported_pipeline_class(tmp_path: Path) -> None:
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    with pytest.raises(ValueError, match="KandinskyV22Pipeline, which is not supported") as error:
+        load_backbone(ModelConfig(path=str(tmp_path), device="cpu"))
+    message = str(error.value)
+    assert "\n" not in message
+    assert all(name in message for name in PIPELINE_FAMILIES)
+
+
+def test_missing_hub_model_offline() -> None:
+    config = ModelConfig(path="nobody/no-such-pipeline-xyz", local_files_only=True, device="cpu")
+    with pytest.raises(ValueError, match="cannot read model_index.json"):
+        load_backbone(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"path": ""}, "model.path is empty"),
+        ({"dtype": "fp8"}, "model.dtype 'fp8'"),
+        ({"family": "sdxl"}, "model.family 'sdxl'"),
+        ({"lora": LoraConfig(init_weights="pissa")}, "model.lora.init_weights"),
+        ({"lora": LoraConfig(rank=0)}, "model.lora.rank"),
+        ({"height": 0}, "model.height"),
+    ],
+)
+def test_config_validation(overrides: dict, message: str) -> None:
+    config = ModelConfig(**{"path": "somewhere", **overrides})
+    with pytest.raises(ValueError, match=message):
+        load_backbone(config)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sd"])
+def test_family_is_read_from_model_index(family: str) -> None:
+    config = ModelConfig(path=str(tiny_pipeline(family)))
+    assert family_of(read_model_index(config), config.path) == family
+
+
+def test_backbone_protocol_and_bf16_lora() -> None:
+    """bf16 weights, fp32 LoRA weights, float32 model output; text encoders and VAE frozen."""
+    with torch_threads(1):
+        backbone = load_backbone(
+            ModelConfig(
+                path=str(tiny_pipeline("sd3")),
+                dtype="bf16",
+                device="cpu",
+                height=16,
+                width=16,
+                max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+                lora=LoraConfig(rank=2, alpha=2.0, target_modules=["attn.to_q", "attn.to_v"]),
+            )
+        )
+        assert isinstance(backbone, Backbone)
+        assert backbone.pipe.transformer.dtype == torch.bfloat16
+        names = [n for n, p in backbone.denoiser.named_parameters() if p.requires_grad]
+        assert names and all(("to_q.lora" in n or "to_v.lora" in n) for n in names)
+        assert all(p.dtype == torch.float32 for p in backbone.trainable_parameters())
+        frozen = [backbone.pipe.vae, backbone.pipe.text_encoder, backbone.pipe.text_encoder_2]
+        assert not any(p.requires_grad for module in frozen for p in module.parameters())
+        conditioning = backbone.encode_prompts(["a", "b", "c"])
+        assert len(conditioning) == 3 and len(conditioning.select([2, 0])) == 2
+        backbone.stepper(3, 0.7)
+        latents = backbone.initial_noise(2, torch.Generator().manual_seed(0))
+        output = backbone.model_fn(conditioning, 4.5)(latents, torch.tensor([0, 2]), torch.tensor([2, 1]))
+        assert output.dtype == torch.float32 and output.shape == latents.shape
+        assert torch.isfinite(output).all()
+
+
+def test_model_fn_needs_a_schedule() -> None:
+    backbone = load_backbone(
+        ModelConfig(path=str(tiny_pipeline("flux")), dtype="fp32", device="cpu", height=16, width=16,
+                    max_sequence_length=TINY_MAX_SEQUENCE_LENGTH)
+    )
+    model_fn = backbone.model_fn(backbone.encode_prompts(["a"]), 3.5)
+    latents = backbone.initial_noise(1, None)
+    with pytest.raises(RuntimeError, match=r"call backbone.stepper\(num_steps, noise_level\) first"):
+        model_fn(latents, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+def test_model_config_is_an_omegaconf_structured_config() -> None:
+    schema = OmegaConf.structured(ModelConfig)
+    merged = OmegaConf.merge(schema, {"path": "stabilityai/stable-diffusion-3.5-medium", "lora": {"rank": 8}})
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, ModelConfig) and isinstance(config.lora, LoraConfig)
+    assert config.lora.rank == 8 and config.lora.alpha == 64.0 and config.lora.target_modules is None
+    assert OmegaConf.merge(schema, {"lora": {"target_modules": ["to_q"]}}).lora.target_modules == ["to_q"]
+    with pytest.raises(Exception):
+        OmegaConf.merge(schema, {"lora": {"rank": "eight"}})

@@ -1,0 +1,160 @@
+"""LoRA export round trip through plain diffusers, the reference policy, and full fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
+from treegrpo.models import LoraConfig, ModelConfig, load_backbone
+from treegrpo.models.common import DiffusersBackbone
+from treegrpo.rollout import rollout_trees
+from treegrpo.schedule import ODE
+
+SIZE = 16
+STEPS = 2
+PROMPTS = ["a red cube", "two cats"]
+GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+def _config(family: str, **overrides: Any) -> ModelConfig:
+    return ModelConfig(
+        path=str(tiny_pipeline(family)),
+        dtype="fp32",
+        device="cpu",
+        height=SIZE,
+        width=SIZE,
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+        lora=LoraConfig(rank=4, alpha=8.0),
+        **overrides,
+    )
+
+
+def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> None:
+    """A few steps of a simple loss through model_fn (pushes the outputs towards zero)."""
+    conditioning = backbone.encode_prompts(PROMPTS)
+    backbone.stepper(STEPS, 0.7)
+    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family])
+    optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
+    latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
+    for step in range(steps):
+        index = torch.full((len(PROMPTS),), step % STEPS, dtype=torch.long)
+        loss = model_fn(latents, index, torch.arange(len(PROMPTS))).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _engine_latents(backbone: DiffusersBackbone, seed: int) -> torch.Tensor:
+    """Final latents of the engine's ODE plan from the pipeline's initial noise."""
+    conditioning = backbone.encode_prompts(PROMPTS)
+    stepper = backbone.stepper(STEPS, 0.0)
+    noise = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(seed))
+    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family])
+    return rollout_trees(model_fn, stepper, (ODE,) * STEPS, noise, torch.arange(len(PROMPTS))).leaf_latents
+
+
+def _pipeline_latents(family: str, pipe: Any, seed: int) -> torch.Tensor:
+    """Final latents of the plain diffusers pipeline."""
+    extra: dict[str, Any] = {"height": SIZE, "width": SIZE}
+    if family != "sd":
+        extra["max_sequence_length"] = TINY_MAX_SEQUENCE_LENGTH
+    with torch.no_grad():
+        return pipe(
+            PROMPTS,
+            num_inference_steps=STEPS,
+            guidance_scale=GUIDANCE[family],
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            **extra,
+        ).images.float()
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sd"])
+def test_lora_round_trip_through_load_lora_weights(family: str, tmp_path: Path) -> None:
+    backbone = load_backbone(_config(family))
+    base = _engine_latents(backbone, seed=5)
+    assert all(p.dtype == torch.float32 for p in backbone.trainable_parameters())
+    lora_names = {n for n, p in backbone.denoiser.named_parameters() if p.requires_grad}
+    assert lora_names and all("lora_" in n for n in lora_names)
+
+    _train(backbone)
+    trained = _engine_latents(backbone, seed=5)
+    assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
+    with backbone.reference():
+        reference = _engine_latents(backbone, seed=5)
+    assert torch.equal(reference, base)
+    assert all(p.requires_grad for p in backbone.trainable_parameters())
+
+    backbone.save_trained(tmp_path / "lora")
+    pipe = load_pipeline_like_a_user(tiny_pipeline(family))
+    if family == "sd":
+        pipe.scheduler = backbone.pipe.scheduler
+    plain = _pipeline_latents(family, pipe, seed=5)
+    pipe.load_lora_weights(tmp_path / "lora")
+    with_lora = _pipeline_latents(family, pipe, seed=5)
+    pipe.disable_lora()
+    without_lora = _pipeline_latents(family, pipe, seed=5)
+
+    difference = (with_lora - trained).abs().max().item()
+    print(f"{family}: max |diffusers + saved LoRA - trained policy| = {difference:.3g}")
+    assert difference < 1e-5
+    assert (without_lora - base).abs().max().item() < 1e-5
+    assert (plain - base).abs().max().item() < 1e-5
+
+
+def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> None:
+    backbone = load_backbone(_config("flux", full_finetune=True), with_reference=True)
+    parameters = backbone.trainable_parameters()
+    assert len(parameters) == len(list(backbone.denoiser.parameters()))
+    assert not any("lora_" in n for n, _ in backbone.denoiser.named_parameters())
+    before = _engine_latents(backbone, seed=2)
+    weights = [p.detach().clone() for p in parameters]
+
+    _train(backbone, steps=1, lr=1e-2)
+    assert any(not torch.equal(p, w) for p, w in zip(parameters, weights))
+    assert (_engine_latents(backbone, seed=2) - before).abs().max().item() > 1e-4
+    with backbone.reference():
+        assert torch.equal(_engine_latents(backbone, seed=2), before)
+    assert all(not p.requires_grad for p in backbone._reference_denoiser.parameters())
+
+    backbone.save_trained(tmp_path / "full")
+    from diffusers import FluxTransformer2DModel
+
+    reloaded = FluxTransformer2DModel.from_pretrained(tmp_path / "full", subfolder="transformer")
+    assert (tmp_path / "full" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    for (name, saved), current in zip(reloaded.state_dict().items(), backbone.denoiser.state_dict().values()):
+        assert torch.equal(saved, current), name
+
+
+def test_full_finetune_without_reference_copy_makes_none() -> None:
+    backbone = load_backbone(_config("flux", full_finetune=True))
+    assert backbone._reference_denoiser is None
+    with pytest.raises(RuntimeError, match="with_reference=True"):
+        with backbone.reference():
+            pass
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        backbone = load_backbone(_config("sd3", gradient_checkpointing=checkpointing))
+        conditioning = backbone.encode_prompts(PROMPTS[:1])
+        backbone.stepper(STEPS, 0.7)
+        for p in backbone.trainable_parameters():
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(p.numel()))
+        latents = backbone.initial_noise(1, torch.Generator().manual_seed(0))
+        out = backbone.model_fn(conditioning, 1.0)(latents, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        out.square().mean().backward()
+        assert backbone.denoiser.is_gradient_checkpointing == checkpointing
+        grads.append(torch.cat([p.grad.flatten() for p in backbone.trainable_parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
