@@ -245,3 +245,42 @@ def test_real_aesthetic_head_matches_hand_mlp() -> None:
         got = mlp(embed)
     torch.testing.assert_close(got, _hand_mlp(state, embed), rtol=1e-5, atol=1e-5)
     assert torch.isfinite(got).all() and got.abs().max() < 50
+
+
+def test_incomplete_transformers_checkpoint_is_refused(clip_folder: Path, root: Path) -> None:
+    """transformers would re-initialise a missing weight silently; the loader refuses instead."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = root / "broken_clip"
+    shutil.copytree(clip_folder, broken, dirs_exist_ok=True)
+    weights = broken / "model.safetensors"
+    state = load_file(str(weights))
+    del state["visual_projection.weight"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks 1 weight"):
+        get_reward("pickscore", model=str(broken), processor=str(clip_folder), local_files_only=True)
+
+
+def test_hpsv2_runs_in_bfloat16(hps_files: tuple[Path, Path, dict[str, torch.Tensor]], images: torch.Tensor) -> None:
+    path, tokenizer, _ = hps_files
+    kwargs = dict(checkpoint=str(path), tokenizer=str(tokenizer), vision_head_width=16, text_head_width=12, local_files_only=True)
+    full = get_reward("hpsv2", **kwargs)(images, PROMPTS)
+    half = get_reward("hpsv2", dtype="bf16", **kwargs)(images, PROMPTS)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=0, atol=0.05)
+
+
+def test_hpsv2_antialias_option_reaches_the_resize(hps_files: tuple[Path, Path, dict[str, torch.Tensor]]) -> None:
+    """antialias=False reproduces torchvision < 0.17's plain bicubic tensor resize."""
+    path, tokenizer, state = hps_files
+    kwargs = dict(checkpoint=str(path), tokenizer=str(tokenizer), vision_head_width=16, text_head_width=12, local_files_only=True)
+    images = torch.rand(2, 3, 96, 80, generator=torch.Generator().manual_seed(7))  # downscaled: the kernels differ
+    reward = get_reward("hpsv2", antialias=False, **kwargs)
+    plain = torch.nn.functional.interpolate(quantize_uint8(images), size=(38, 32), mode="bicubic", align_corners=False)
+    pixels = (center_crop(plain, 32, "torchvision") - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image_ref, text_ref = fx.open_clip_reference(state, pixels, reward.tokenize(PROMPTS)["input_ids"], v_heads=2, t_heads=2)
+    torch.testing.assert_close(reward(images, PROMPTS), (image_ref * text_ref).sum(-1), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(get_reward("hpsv2", **kwargs)(images, PROMPTS), reward(images, PROMPTS), atol=1e-6)

@@ -142,13 +142,17 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return size, int(size * width / height)
 
 
-def resize_shortest_side(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bicubic resize (PIL's kernel) of float images so the short side is ``size``."""
+def resize_shortest_side(images: torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tensor:
+    """Bicubic resize of float images so the short side is ``size``.
+
+    ``antialias=True`` is PIL's kernel (and torchvision >= 0.17 on tensors); ``False`` is plain
+    bicubic (a = -0.75), what torchvision < 0.17 did on tensors.
+    """
     height, width = images.shape[-2:]
     new_shape = resized_shape(height, width, size)
     if new_shape == (height, width):
         return images
-    return F.interpolate(images.float(), size=new_shape, mode="bicubic", align_corners=False, antialias=True)
+    return F.interpolate(images.float(), size=new_shape, mode="bicubic", align_corners=False, antialias=antialias)
 
 
 def crop_offsets(height: int, width: int, size: int, rounding: CropRounding) -> tuple[int, int]:
@@ -186,6 +190,7 @@ def clip_preprocess(
     *,
     crop_rounding: CropRounding,
     pil_resample: bool,
+    antialias: bool = True,
     mean: Sequence[float] = OPENAI_CLIP_MEAN,
     std: Sequence[float] = OPENAI_CLIP_STD,
 ) -> torch.Tensor:
@@ -195,7 +200,7 @@ def clip_preprocess(
     without it the resize stays in float, as torchvision does on a tensor (HPS v2's pipeline).
     """
     x = quantize_uint8(images.float())
-    x = resize_shortest_side(x, size)
+    x = resize_shortest_side(x, size, antialias=antialias)
     if pil_resample:
         x = quantize_uint8(x)
     x = center_crop(x, size, crop_rounding)

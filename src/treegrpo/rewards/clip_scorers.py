@@ -27,6 +27,7 @@ from treegrpo.rewards.weights import (
     build_uninitialised,
     from_pretrained,
     load_exactly,
+    load_pretrained_model,
     load_state_dict,
     resolve_file,
     strip_prefix,
@@ -85,6 +86,7 @@ class _ClipPairReward(BatchedReward):
 
     crop_rounding: CropRounding = "floor"
     pil_resample: bool = True
+    antialias: bool = True
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, pad_to_max: bool, **options: Any) -> None:
         super().__init__(**options)
@@ -112,6 +114,7 @@ class _ClipPairReward(BatchedReward):
             self.image_size,
             crop_rounding=self.crop_rounding,
             pil_resample=self.pil_resample,
+            antialias=self.antialias,
         ).to(self.dtype)
         tokens = self.tokenize(prompts)
         if self.pad_to_max:
@@ -141,8 +144,8 @@ class ClipScoreReward(_ClipPairReward):
     ) -> None:
         from transformers import CLIPModel
 
-        clip = from_pretrained(
-            CLIPModel.from_pretrained,
+        clip = load_pretrained_model(
+            CLIPModel,
             model,
             what="clipscore CLIP model",
             get_it=f"https://huggingface.co/{model}",
@@ -178,8 +181,8 @@ class PickScoreReward(_ClipPairReward):
     ) -> None:
         from transformers import CLIPModel
 
-        clip = from_pretrained(
-            CLIPModel.from_pretrained,
+        clip = load_pretrained_model(
+            CLIPModel,
             model,
             what="PickScore model",
             get_it="https://huggingface.co/yuvalkirstain/PickScore_v1",
@@ -249,8 +252,8 @@ class AestheticReward(BatchedReward):
         from transformers import CLIPModel
 
         super().__init__(**options)
-        clip = from_pretrained(
-            CLIPModel.from_pretrained,  # the whole model, as ddpo-pytorch loads it; only the vision side runs
+        clip = load_pretrained_model(
+            CLIPModel,  # the whole model, as ddpo-pytorch loads it; only the vision side runs
             clip_model,
             what="aesthetic CLIP model",
             get_it=f"https://huggingface.co/{clip_model}",
@@ -424,7 +427,8 @@ class HPSv2Reward(_ClipPairReward):
     """HPS v2.1: cosine of open_clip ViT-H-14 image and text embeddings (about 0.2-0.4).
 
     Preprocessing follows hpsv2's ``preprocess_val``: the PIL image becomes a tensor first, then a
-    bicubic tensor resize (torchvision >= 0.17 antialiases it), centre crop, OpenAI mean/std.
+    bicubic tensor resize, centre crop, OpenAI mean/std. torchvision >= 0.17 antialiases that
+    resize, older versions did not: ``antialias=False`` reproduces scores made with those.
     """
 
     name = "hpsv2"
@@ -439,9 +443,11 @@ class HPSv2Reward(_ClipPairReward):
         tokenizer: str = OPEN_CLIP_H14_TOKENIZER,
         vision_head_width: int = 80,
         text_head_width: int = 64,
+        antialias: bool = True,
         local_files_only: bool = False,
         **options: Any,
     ) -> None:
+        self.antialias = bool(antialias)
         path = resolve_file(
             checkpoint, filename, what="HPS v2.1 checkpoint", get_it=f"https://huggingface.co/{HPS_REPO}",
             local_files_only=local_files_only,

@@ -112,6 +112,29 @@ def from_pretrained(
         ) from error
 
 
+def load_pretrained_model(
+    cls: Any,
+    location: str | os.PathLike[str],
+    *,
+    what: str,
+    get_it: str,
+    local_files_only: bool = False,
+) -> Any:
+    """``cls.from_pretrained`` that refuses weights transformers would silently re-initialise."""
+    model, info = from_pretrained(
+        cls.from_pretrained, location, what=what, get_it=get_it,
+        local_files_only=local_files_only, output_loading_info=True,
+    )
+    missing = list(info.get("missing_keys") or [])
+    mismatched = [str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        raise ValueError(
+            f"{what}: {location} lacks {len(missing)} weight(s) {missing[:3]} and has {len(mismatched)} "
+            f"of the wrong shape {mismatched[:3]}; is it the right checkpoint?"
+        )
+    return model
+
+
 def build_uninitialised(cls: Callable[..., T], config: Any, **kwargs: Any) -> T:
     """Construct a transformers model from ``config`` without running weight init (weights follow)."""
     try:
