@@ -74,3 +74,18 @@ def test_advantage_sum_normalises_each_component_first() -> None:
     assert plain[3] > plain[2] and got[2] > got[3]
     with pytest.raises(ValueError, match="group_ids"):
         advantage_sum(comps, weights, torch.tensor([0, 0, 1]))
+
+
+def test_from_names_builds_registered_rewards() -> None:
+    multi = MultiReward.from_names(
+        {"jpeg_compressibility": 1.0, "jpeg_incompressibility": 0.5},
+        options={"jpeg_incompressibility": {"quality": 80}},
+        batch_size=2,
+    )
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    total = multi(images, ["a", "b", "c"])
+    comps = multi.last_components
+    torch.testing.assert_close(total, comps["jpeg_compressibility"] + 0.5 * comps["jpeg_incompressibility"])
+    assert multi.rewards["jpeg_incompressibility"].quality == 80  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="no weight"):
+        MultiReward.from_names({"jpeg_compressibility": 1.0}, options={"hpsv2": {}})

@@ -10,7 +10,7 @@ Two ways to combine components into a training signal:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -31,6 +31,23 @@ class MultiReward:
         self.rewards = dict(rewards)
         self.weights = {k: float(v) for k, v in weights.items()}
         self.last_components: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_names(
+        cls,
+        weights: Mapping[str, float],
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        **shared: Any,
+    ) -> "MultiReward":
+        """Build each named reward with ``get_reward(name, **shared, **options[name])``."""
+        from treegrpo.rewards import get_reward
+
+        options = options or {}
+        unknown = sorted(set(options) - set(weights))
+        if unknown:
+            raise ValueError(f"options given for reward(s) {unknown} that have no weight")
+        rewards = {name: get_reward(name, **{**shared, **options.get(name, {})}) for name in weights}
+        return cls(rewards, weights)
 
     def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Each reward's float32 CPU scores [B], by name (unweighted)."""
