@@ -252,15 +252,15 @@ class AestheticReward(BatchedReward):
         from transformers import CLIPModel
 
         super().__init__(**options)
+        path = resolve_file(
+            head, AESTHETIC_FILENAME, what="aesthetic MLP head", get_it=AESTHETIC_SOURCE,
+            local_files_only=local_files_only,
+        )
         clip = load_pretrained_model(
             CLIPModel,  # the whole model, as ddpo-pytorch loads it; only the vision side runs
             clip_model,
             what="aesthetic CLIP model",
             get_it=f"https://huggingface.co/{clip_model}",
-            local_files_only=local_files_only,
-        )
-        path = resolve_file(
-            head, AESTHETIC_FILENAME, what="aesthetic MLP head", get_it=AESTHETIC_SOURCE,
             local_files_only=local_files_only,
         )
         mlp = PreferenceMLP.from_state_dict(load_state_dict(path), what=f"aesthetic head {path}")
