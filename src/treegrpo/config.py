@@ -1,0 +1,383 @@
+"""The trainer's typed configuration: one schema for every model and method.
+
+Sections (dataclasses used as OmegaConf structured configs)::
+
+    model      ModelConfig (treegrpo.models.config): path, dtype, lora.rank, full_finetune, height, ...
+    data       prompts (.txt / .jsonl / HF dataset), eval_prompts, builtin, prompts_per_iteration, ...
+    method     a preset name from treegrpo.methods.PRESETS (treegrpo, flow_grpo, mix_grpo, ...)
+    tree       TreeConfig: schedule, k, window, window_placement, trees, ...
+    advantage  AdvantageConfig: clip, min_group_std (zero-spread guard), backup_beta, ...
+    loss       LossConfig: clip_eps, node_aggregation, kl_beta
+    sampling   steps, noise_level, guidance_scale, max_batch, sde_type
+    reward     a reward name, or a map name -> weight, or name -> {weight: w, option: value, ...}
+    train      iterations, lr, schedule, EMA, checkpoint / eval / log cadence, ...
+    seed, output_dir
+
+Resolution order (later wins): schema defaults -> the method preset's overrides -> the YAML file
+-> dotted command-line overrides (``tree.trees=24``). Unknown keys and wrong types raise
+:class:`ConfigError`, one line naming the key and the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from treegrpo.loss import LossConfig
+from treegrpo.methods import PRESETS, AdvantageConfig, TreeConfig
+from treegrpo.models.config import ModelConfig
+
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear")
+MIXED_PRECISION: tuple[str, ...] = ("no", "fp16", "bf16")
+SDE_TYPES: tuple[str, ...] = ("sde", "cps")
+BUILTIN_DATA: tuple[str, ...] = ("shapes",)
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message is one line naming the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from and how many each iteration uses."""
+
+    prompts: Optional[str] = None
+    """Training prompts: a .txt file (one per line), a .jsonl file (``prompt_field``), or a HF dataset."""
+    eval_prompts: Optional[str] = None
+    """Held-out prompts (same formats); unset = ``heldout`` prompts split off ``prompts``."""
+    builtin: Optional[str] = None
+    """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files."""
+    prompt_field: str = "prompt"
+    """Field of a .jsonl record or column of a dataset that holds the prompt."""
+    dataset_split: str = "train"
+    eval_dataset_split: str = "test"
+    heldout: int = 0
+    """Prompts split off ``prompts`` (seeded) for evaluation when ``eval_prompts`` is unset."""
+    num_eval_prompts: int = 16
+    """Prompts per evaluation (the first ones of the held-out list)."""
+    prompts_per_iteration: int = 8
+    """Prompts drawn per iteration over all processes (each grows ``tree.trees`` trees)."""
+    builtin_size: int = 4096
+    """Prompts drawn from the built-in generator for the training pool."""
+
+
+@dataclass
+class SamplingConfig:
+    """How trees are sampled (rollout) and how evaluation images are drawn."""
+
+    steps: int = 10
+    noise_level: float = 0.7
+    """SDE strength (eta for DDIM models); 0 = ODE."""
+    guidance_scale: float = 4.5
+    max_batch: int = 64
+    """Rows per model call during rollout (frontier chunk)."""
+    sde_type: str = "sde"
+    """``"sde"`` (Flow-GRPO) or ``"cps"`` (coefficients-preserving)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, cadence and bookkeeping."""
+
+    iterations: int = 250
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    lr_schedule: str = "constant"
+    """``constant``, ``cosine`` or ``linear`` (decay to 0), each after a linear warm-up; stepped per iteration."""
+    warmup: int = 0
+    """Warm-up iterations."""
+    max_grad_norm: float = 1.0
+    inner_epochs: int = 1
+    parents_per_batch: int = 16
+    grad_accum: int = 1
+    """Minibatches per optimizer step (0 = one step per pass over the edges)."""
+    mixed_precision: str = "no"
+    """``no``, ``fp16`` or ``bf16`` (accelerate autocast)."""
+    ema: float = 0.0
+    """EMA decay of the trained weights (0 = off); the EMA is used for evaluation and export."""
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    eval_every: int = 25
+    """Iterations between evaluations (0 = only at the end)."""
+    eval_at_start: bool = True
+    """Evaluate the untrained model first (the "before" of the report's before/after grids)."""
+    log_every: int = 1
+    """Iterations between log lines (metrics.jsonl always gets every iteration)."""
+    progress: bool = True
+    """tqdm bar over denoising steps on the main process."""
+    find_unused_parameters: bool = False
+    """DDP option; needed when some trained weights get no gradient."""
+    debug_dump: bool = False
+    """Write per-process leaf scores, group ids and advantages to RUN/debug/ (tests, debugging)."""
+
+
+@dataclass
+class TrainerConfig:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: str = "treegrpo"
+    tree: TreeConfig = field(default_factory=TreeConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: Any = "hpsv2"
+    """A name, a map name -> weight, or name -> {weight: w, <reward option>: value}."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    output_dir: str = "runs/treegrpo"
+
+
+# ----------------------------------------------------------------------------- key checks
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a dataclass (string annotations evaluated)."""
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(cls: type = TrainerConfig, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key of the schema mapped to its type hint (sections included)."""
+    keys: dict[str, Any] = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        keys[name] = hint
+        if dataclasses.is_dataclass(hint):
+            keys.update(valid_keys(hint, f"{name}."))  # type: ignore[arg-type]
+    return keys
+
+
+def _type_name(hint: Any) -> str:
+    """Readable name of a type hint (``float``, ``list[float]``, ``Optional[str]``)."""
+    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+    return text or str(hint).replace("typing.", "")
+
+
+def _nearest(key: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or a pointer to the defaults."""
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return "; see `treegrpo config --show-defaults` for valid keys"
+
+
+def check_keys(values: Any, source: str, prefix: str = "", keys: dict[str, Any] | None = None) -> None:
+    """Reject keys of ``values`` (a nested dict) that the schema does not have."""
+    keys = valid_keys() if keys is None else keys
+    if not isinstance(values, dict):
+        return
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if name not in keys:
+            probe = f"{name}.{next(iter(value))}" if isinstance(value, dict) and value else name
+            raise ConfigError(f"{source}: unknown config key '{probe}'{_nearest(probe, list(keys))}")
+        if dataclasses.is_dataclass(keys[name]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{name}' is a section; set its keys, e.g. {name}.<key>=value")
+            check_keys(value, source, f"{name}.", keys)
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def _schema() -> DictConfig:
+    """The structured schema with its defaults."""
+    return OmegaConf.structured(TrainerConfig)
+
+
+def _merge(base: DictConfig, values: dict[str, Any], source: str) -> DictConfig:
+    """Merge ``values`` into ``base`` after key checks; type errors become one-line ConfigErrors."""
+    check_keys(values, source)
+    try:
+        return typing.cast(DictConfig, OmegaConf.merge(base, values))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or "?"
+        hint = valid_keys().get(key)
+        expected = f"; set it to a {_type_name(hint)}" if hint is not None else ""
+        message = str(getattr(error, "msg", error)).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {message}{expected}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a plain dict (one-line errors for missing or malformed files)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist; pass the path of a YAML config (see configs/)")
+    try:
+        loaded = OmegaConf.load(file)
+    except Exception as error:  # noqa: BLE001 - yaml raises many types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{file}: not valid YAML ({first}); fix the file's syntax") from None
+    values = OmegaConf.to_container(loaded, resolve=True) if loaded is not None else {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections (model:, data:, ...)")
+    return typing.cast(dict[str, Any], values)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["tree.k=4", "train.lr=1e-5"]`` -> nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like dotted.key=value, e.g. tree.k=4")
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)
+    except Exception as error:  # noqa: BLE001 - grammar errors
+        raise ConfigError(f"cannot parse overrides {list(overrides)} ({type(error).__name__}); use key=value") from None
+    return typing.cast(dict[str, Any], parsed)
+
+
+def check_method(name: Any, source: str) -> str:
+    """The preset name, or a one-line error naming the nearest one."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(
+            f"{source}: unknown method {name!r}{_nearest(str(name), list(PRESETS))} (available: {', '.join(PRESETS)})"
+        )
+    return name
+
+
+def preset_overrides(method: str) -> dict[str, Any]:
+    """The preset's section overrides as a nested dict (plus the method name)."""
+    values: dict[str, Any] = {"method": method}
+    for section, overrides in PRESETS[method].items():
+        values[section] = dict(overrides)
+    return values
+
+
+def resolve_config(
+    yaml_values: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    source: str = "config",
+    method: str | None = None,
+    check: bool = True,
+) -> TrainerConfig:
+    """Defaults -> preset -> YAML values -> dotted overrides, checked; returns the typed config."""
+    yaml_values = dict(yaml_values or {})
+    cli_values = parse_overrides(overrides)
+    name = method or cli_values.get("method") or yaml_values.get("method") or TrainerConfig.method
+    name = check_method(name, "overrides" if "method" in cli_values else source)
+    config = _merge(_schema(), preset_overrides(name), f"preset {name}")
+    config = _merge(config, yaml_values, source)
+    config = _merge(config, cli_values, "override")
+    typed = typing.cast(TrainerConfig, OmegaConf.to_object(config))
+    if check:
+        validate(typed)
+    return typed
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainerConfig:
+    """Resolve the YAML file at ``path`` (or only defaults) plus ``overrides``."""
+    values = load_yaml(path) if path is not None else {}
+    return resolve_config(values, overrides, source=str(path) if path is not None else "defaults")
+
+
+def to_yaml(cfg: TrainerConfig) -> str:
+    """The resolved config as YAML (what RUN/config.yaml holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def show_defaults(method: str | None = None) -> str:
+    """The defaults (with a method preset applied) as YAML."""
+    return to_yaml(resolve_config({}, (), method=method, source="defaults", check=False))
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def reward_weights(spec: Any) -> dict[str, tuple[float, dict[str, Any]]]:
+    """Normalise the ``reward`` value to ``{name: (weight, options)}``."""
+    if isinstance(spec, str):
+        return {spec: (1.0, {})}
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(
+            f"reward must be a name or a map name -> weight (e.g. reward: {{hpsv2: 1.0, pickscore: 0.5}}), got {spec!r}"
+        )
+    result: dict[str, tuple[float, dict[str, Any]]] = {}
+    for name, value in spec.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            result[str(name)] = (float(value), {})
+        elif isinstance(value, dict):
+            options = dict(value)
+            weight = options.pop("weight", 1.0)
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise ConfigError(f"reward.{name}.weight must be a number, got {weight!r}")
+            result[str(name)] = (float(weight), options)
+        else:
+            raise ConfigError(f"reward.{name} must be a weight or a map with 'weight' and options, got {value!r}")
+    return result
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} is {value!r}; use one of {', '.join(choices)}{_nearest(value, choices)}")
+
+
+def _check_positive(key: str, value: float, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def _check_rewards(cfg: TrainerConfig) -> None:
+    """Reward names must be registered."""
+    from treegrpo.rewards import available_rewards
+
+    known = available_rewards()
+    for name in reward_weights(cfg.reward):
+        if name not in known:
+            raise ConfigError(f"unknown reward {name!r}{_nearest(name, known)} (available: {', '.join(known)})")
+
+
+def validate(cfg: TrainerConfig) -> None:
+    """Semantic checks that the types cannot express (choices, ranges, the tree plan)."""
+    from treegrpo.methods import plan_for_epoch
+
+    _check_choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
+    _check_choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
+    _check_choice("sampling.sde_type", cfg.sampling.sde_type, SDE_TYPES)
+    if cfg.data.builtin is not None:
+        _check_choice("data.builtin", cfg.data.builtin, BUILTIN_DATA)
+    for key, value in (
+        ("train.iterations", cfg.train.iterations),
+        ("train.inner_epochs", cfg.train.inner_epochs),
+        ("train.parents_per_batch", cfg.train.parents_per_batch),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints),
+        ("train.log_every", cfg.train.log_every),
+        ("sampling.steps", cfg.sampling.steps),
+        ("sampling.max_batch", cfg.sampling.max_batch),
+        ("data.prompts_per_iteration", cfg.data.prompts_per_iteration),
+    ):
+        _check_positive(key, value)
+    for key, value in (
+        ("train.grad_accum", cfg.train.grad_accum),
+        ("train.checkpoint_every", cfg.train.checkpoint_every),
+        ("train.eval_every", cfg.train.eval_every),
+        ("train.warmup", cfg.train.warmup),
+        ("data.heldout", cfg.data.heldout),
+        ("data.num_eval_prompts", cfg.data.num_eval_prompts),
+        ("train.lr", cfg.train.lr),
+        ("sampling.noise_level", cfg.sampling.noise_level),
+    ):
+        _check_positive(key, value, 0)
+    if not 0 <= cfg.train.ema < 1:
+        raise ConfigError(f"train.ema is an EMA decay in [0, 1) (0 = off), got {cfg.train.ema}")
+    if len(cfg.train.betas) != 2:
+        raise ConfigError(f"train.betas must be two numbers, e.g. [0.9, 0.999], got {cfg.train.betas}")
+    if cfg.data.prompts is None and cfg.data.builtin is None:
+        raise ConfigError("no prompts configured; set data.prompts=FILE (.txt/.jsonl/dataset) or data.builtin=shapes")
+    _check_rewards(cfg)
+    try:
+        plan_for_epoch(cfg.tree, cfg.sampling.steps, 0, cfg.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,188 @@
+"""Prompts: loading (.txt, .jsonl, HF datasets, the built-in shapes generator), a train / held-out
+split, and a seeded, resumable sampler whose position is saved in checkpoints.
+
+The sampler walks through seeded permutations of the prompt pool, one per pass ("epoch"); its
+whole state is ``(epoch, position)``, and the permutation of a pass is a pure function of
+``(seed, epoch)``, so a resumed run draws exactly the prompts the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from treegrpo.config import ConfigError, DataConfig
+
+
+class DataError(ConfigError):
+    """Prompts could not be loaded; the message names the file and the fix."""
+
+
+def _read_text(file: Path) -> str:
+    """A file's text as UTF-8 (one-line error otherwise)."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{file} is not UTF-8 text (byte {error.start}); re-save it as UTF-8, one prompt per line"
+        ) from None
+
+
+def load_txt(file: Path) -> list[str]:
+    """Non-empty, stripped lines of a text file."""
+    return [line.strip() for line in _read_text(file).splitlines() if line.strip()]
+
+
+def load_jsonl(file: Path, field: str = "prompt") -> list[str]:
+    """The ``field`` of every JSON record (one per line) of a .jsonl file."""
+    prompts = []
+    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{file}:{number} is not valid JSON; write one JSON object per line") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise DataError(
+                f"{file}:{number} has no string field {field!r}; add it or set data.prompt_field to the field's name"
+            )
+        if record[field].strip():
+            prompts.append(record[field].strip())
+    return prompts
+
+
+def load_dataset_prompts(name: str, split: str, field: str = "prompt") -> list[str]:
+    """The ``field`` column of a Hugging Face dataset (name or local path); needs ``datasets``."""
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataError(
+            f"{name} is not a .txt/.jsonl file and the 'datasets' package is missing; "
+            "pip install 'treegrpo[datasets]' or point data.prompts at a .txt/.jsonl file"
+        ) from None
+    try:
+        table = datasets.load_dataset(name, split=split)
+    except Exception as error:  # noqa: BLE001 - datasets raises many types
+        raise DataError(
+            f"cannot load dataset {name!r} split {split!r} ({type(error).__name__}); check the name/path and "
+            "data.dataset_split, or use a .txt/.jsonl file"
+        ) from None
+    if field not in table.column_names:
+        raise DataError(f"dataset {name!r} has no column {field!r} (columns: {table.column_names}); set data.prompt_field")
+    return [str(p).strip() for p in table[field] if str(p).strip()]
+
+
+def load_prompts(source: str, *, field: str = "prompt", split: str = "train") -> list[str]:
+    """Prompts from a .txt / .jsonl file or a HF dataset name or folder; never empty."""
+    file = Path(source).expanduser()
+    suffix = file.suffix.lower()
+    if suffix in (".txt", ".jsonl", ".json"):
+        if not file.is_file():
+            raise DataError(f"prompt file {file} does not exist; set data.prompts to an existing .txt or .jsonl file")
+        prompts = load_txt(file) if suffix == ".txt" else load_jsonl(file, field)
+    elif file.is_file():
+        raise DataError(f"{file} has an unknown extension; use .txt (one prompt per line) or .jsonl")
+    else:
+        prompts = load_dataset_prompts(source, split, field)
+    if not prompts:
+        raise DataError(f"{source} holds no prompts; add at least one non-empty prompt")
+    return prompts
+
+
+@dataclass
+class PromptSets:
+    """Training pool and held-out prompts."""
+
+    train: list[str]
+    eval: list[str]
+
+
+def split_heldout(prompts: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of ``count`` held-out prompts off ``prompts``; returns (train, held-out)."""
+    if count <= 0:
+        return prompts, []
+    if count >= len(prompts):
+        raise DataError(
+            f"data.heldout={count} leaves no training prompts out of {len(prompts)}; lower it or set data.eval_prompts"
+        )
+    order = list(range(len(prompts)))
+    random.Random(f"{seed}:heldout").shuffle(order)
+    held = set(order[:count])
+    return [p for i, p in enumerate(prompts) if i not in held], [prompts[i] for i in sorted(held)]
+
+
+def builtin_prompts(name: str, cfg: DataConfig, seed: int) -> PromptSets:
+    """The demo's shapes captions: a training pool and held-out captions."""
+    if name != "shapes":
+        raise DataError(f"unknown data.builtin {name!r}; use 'shapes'")
+    from treegrpo.demo.shapes import heldout_prompts, train_prompts
+
+    return PromptSets(train_prompts(cfg.builtin_size, seed), heldout_prompts(max(cfg.num_eval_prompts, 1), seed + 1))
+
+
+def load_prompt_sets(cfg: DataConfig, seed: int) -> PromptSets:
+    """Training and evaluation prompts as the ``data`` section describes them."""
+    if cfg.builtin is not None:
+        sets = builtin_prompts(cfg.builtin, cfg, seed)
+    else:
+        assert cfg.prompts is not None, "validated by treegrpo.config.validate"
+        train = load_prompts(cfg.prompts, field=cfg.prompt_field, split=cfg.dataset_split)
+        if cfg.eval_prompts is not None:
+            sets = PromptSets(train, load_prompts(cfg.eval_prompts, field=cfg.prompt_field, split=cfg.eval_dataset_split))
+        else:
+            kept, held = split_heldout(train, cfg.heldout, seed)
+            sets = PromptSets(kept, held or kept)
+    sets.eval = sets.eval[: cfg.num_eval_prompts]
+    if len(sets.train) < cfg.prompts_per_iteration:
+        raise DataError(
+            f"only {len(sets.train)} training prompts but data.prompts_per_iteration={cfg.prompts_per_iteration}; "
+            "add prompts or lower data.prompts_per_iteration"
+        )
+    return sets
+
+
+class PromptSampler:
+    """Seeded draws without replacement within a pass over the pool; state = (epoch, position)."""
+
+    def __init__(self, pool_size: int, seed: int) -> None:
+        if pool_size < 1:
+            raise DataError("the prompt pool is empty; add prompts to data.prompts")
+        self.pool_size = pool_size
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+
+    def _permutation(self, epoch: int) -> list[int]:
+        """The order of pass ``epoch`` (pure function of seed and epoch)."""
+        order = list(range(self.pool_size))
+        random.Random(f"{self.seed}:prompts:{epoch}").shuffle(order)
+        return order
+
+    def draw(self, count: int) -> list[int]:
+        """The next ``count`` pool indices (crossing into the next pass when one runs out)."""
+        drawn: list[int] = []
+        while len(drawn) < count:
+            order = self._permutation(self.epoch)
+            take = min(count - len(drawn), self.pool_size - self.position)
+            drawn.extend(order[self.position : self.position + take])
+            self.position += take
+            if self.position == self.pool_size:
+                self.epoch, self.position = self.epoch + 1, 0
+        return drawn
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position."""
+        return {"pool_size": self.pool_size, "seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a saved position (the pool and seed must match the saved ones)."""
+        if state["pool_size"] != self.pool_size or state["seed"] != self.seed:
+            raise DataError(
+                f"the checkpoint's prompt pool ({state['pool_size']} prompts, seed {state['seed']}) differs from this "
+                f"run's ({self.pool_size}, seed {self.seed}); resume with the run's original data and seed"
+            )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
