@@ -481,7 +481,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.output_dir)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=cfg.train.find_unused_parameters)
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp])
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available()
+        )
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -741,6 +743,7 @@ class Trainer:
         mine = slice(self.rank * leaves, (self.rank + 1) * leaves)
         torch.save(
             {
+                "weights_checksum": torch.stack([p.detach().double().sum() for p in self.parameters]).sum().cpu(),
                 "scores": scores.cpu(), "groups": groups.cpu(), "leaf_advantages": advantages.leaf.advantages[mine].cpu(),
                 "all_scores": all_scores.cpu(), "all_groups": structure.leaf_cond.cpu(),
                 "group_mean": advantages.leaf.group_mean.cpu(), "group_std": advantages.leaf.group_std.cpu(),
@@ -899,7 +902,7 @@ def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool =
 
     run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume))
     checkpoint = find_resume_checkpoint(run_dir, explicit=resume not in (None, "auto")) if resume else None
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
     if state.is_main_process:
         prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
     state.wait_for_everyone()

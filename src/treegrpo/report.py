@@ -1,0 +1,129 @@
+"""``treegrpo report RUN``: one PNG of the run's curves and an HTML page with every picture.
+
+Reads ``RUN/metrics.jsonl`` and ``RUN/eval.jsonl`` and writes ``RUN/report.png`` (reward per
+component against iterations, cumulative NFE, seconds per iteration, held-out rewards) and
+``RUN/report.html`` (that figure, the newest tree picture, the before / after sample grids).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from treegrpo.config import ConfigError
+
+
+def read_jsonl(file: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file (empty when absent)."""
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` where present and not null."""
+    points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def _cumulative(values: list[float]) -> list[float]:
+    total, out = 0.0, []
+    for value in values:
+        total += value
+        out.append(total)
+    return out
+
+
+def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file: Path) -> None:
+    """Reward components, NFE and seconds against iterations, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reward_keys = sorted(k for k in metrics[0] if k.startswith("reward/") and k.endswith("_mean")) if metrics else []
+    eval_keys = sorted({k for r in evals for k in r if k.startswith("eval/")})
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0][0]
+    for key in reward_keys or ["reward_mean"]:
+        ax.plot(*_series(metrics, key), label=key.removeprefix("reward/").removesuffix("_mean"))
+    ax.set(title="training reward (mean over leaves)", xlabel="iteration")
+    ax.legend(fontsize=7)
+    ax = axes[0][1]
+    for key in eval_keys:
+        ax.plot(*_series(evals, key), marker="o", label=key.removeprefix("eval/"))
+    ax.set(title="held-out reward (ODE samples)", xlabel="iteration")
+    if eval_keys:
+        ax.legend(fontsize=7)
+    ax = axes[1][0]
+    for key in ("rollout_nfe", "training_nfe"):
+        steps, values = _series(metrics, key)
+        ax.plot(steps, _cumulative(values), label=key)
+    ax.set(title="cumulative model evaluations (NFE)", xlabel="iteration")
+    ax.legend(fontsize=7)
+    ax = axes[1][1]
+    ax.plot(*_series(metrics, "seconds"), label="seconds / iteration")
+    ax.set(title="wall time", xlabel="iteration")
+    fig.tight_layout()
+    fig.savefig(file, dpi=100)
+    plt.close(fig)
+
+
+def _image_tag(run: Path, file: Path | None, caption: str) -> str:
+    """An <img> with a caption, or a note that the picture is missing."""
+    if file is None:
+        return f"<p><em>{html.escape(caption)}: not available</em></p>"
+    return (
+        f'<figure><img src="{html.escape(str(file.relative_to(run)))}" style="max-width:100%">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _newest(folder: Path) -> Path | None:
+    files = sorted(folder.glob("step-*.png")) if folder.is_dir() else []
+    return files[-1] if files else None
+
+
+def _oldest(folder: Path) -> Path | None:
+    files = sorted(folder.glob("step-*.png")) if folder.is_dir() else []
+    return files[0] if files else None
+
+
+def write_html(run: Path, metrics: list[dict[str, Any]], evals: list[dict[str, Any]], figure: Path) -> Path:
+    """The report page (relative links to the run's pictures)."""
+    last = metrics[-1] if metrics else {}
+    summary = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in last.items()
+    )
+    evals_rows = "".join(f"<tr><td>{html.escape(json.dumps(e))}</td></tr>" for e in evals)
+    samples = run / "samples"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>treegrpo report: {html.escape(run.name)}</title></head>
+<body style="font-family:sans-serif;max-width:1100px;margin:auto">
+<h1>treegrpo run {html.escape(str(run))}</h1>
+{_image_tag(run, figure, "reward curves, NFE and seconds per iteration")}
+<h2>Before / after</h2>
+{_image_tag(run, _oldest(samples), "held-out samples, first evaluation")}
+{_image_tag(run, _newest(samples), "held-out samples, last evaluation")}
+<h2>One tree</h2>
+{_image_tag(run, _newest(run / "trees"), "decoded image at every node of tree 0 of the latest rollout")}
+<h2>Last iteration</h2><table>{summary}</table>
+<h2>Evaluations</h2><table>{evals_rows}</table>
+</body></html>"""
+    file = run / "report.html"
+    file.write_text(page, encoding="utf-8")
+    return file
+
+
+def make_report(run: str | Path) -> tuple[Path, Path]:
+    """Write RUN/report.png and RUN/report.html; returns their paths."""
+    folder = Path(run)
+    metrics = read_jsonl(folder / "metrics.jsonl")
+    if not metrics:
+        raise ConfigError(f"{folder} has no metrics.jsonl records; pass the folder of a run that trained at least one iteration")
+    evals = read_jsonl(folder / "eval.jsonl")
+    figure = folder / "report.png"
+    plot_curves(metrics, evals, figure)
+    return figure, write_html(folder, metrics, evals, figure)
