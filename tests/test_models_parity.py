@@ -105,8 +105,8 @@ def test_ode_plan_reproduces_pipeline(
     assert (decoded - images.float()).abs().max().item() < 1e-4
 
 
-def test_stochastic_step_log_prob_and_engine_schedule() -> None:
-    """``noise_level`` 0 is the ODE; the stepper's sigmas end at 0 and match the timesteps."""
+def test_flow_stepper_follows_the_scheduler_tables() -> None:
+    """The stepper's sigmas end at 0 and model_fn's timesteps are sigma * 1000."""
     backbone = load_backbone(_config(tiny_pipeline("flux")))
     stepper = backbone.stepper(4, 0.7)
     assert stepper.num_steps == 4 and float(stepper.sigmas[-1]) == 0.0
