@@ -111,30 +111,24 @@ def resolve_model_path(path: str) -> str:
 
 @dataclass
 class RewardSet:
-    """The configured rewards and weights: the leaf score is ``sum_j w_j R_j``."""
+    """The configured rewards (a :class:`~treegrpo.rewards.multi.MultiReward`): score ``sum_j w_j R_j``."""
 
-    functions: dict[str, Callable[[torch.Tensor, Sequence[str]], torch.Tensor]]
-    weights: dict[str, float]
+    multi: Any
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted score [B], each component [B]) as float32 CPU tensors."""
-        components = {name: fn(images, prompts).to("cpu", torch.float32).reshape(-1) for name, fn in self.functions.items()}
-        total = torch.zeros(images.shape[0], dtype=torch.float32)
-        for name, values in components.items():
-            total = total + self.weights[name] * values
-        return total, components
+        components = self.multi.components(images, list(prompts))
+        return self.multi.combine(components), components
 
 
-def build_rewards(spec: Any, device: torch.device) -> RewardSet:
-    """Instantiate every configured reward (``device`` unless its options name one)."""
-    from treegrpo.rewards import get_reward
+def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
+    """Instantiate every configured reward (on ``device`` unless its options name one)."""
+    from treegrpo.rewards.multi import MultiReward
 
-    functions, weights = {}, {}
-    for name, (weight, options) in reward_weights(spec).items():
-        options = {"device": str(device), **options}
-        functions[name] = get_reward(name, **options)
-        weights[name] = weight
-    return RewardSet(functions, weights)
+    parsed = reward_weights(spec)
+    weights = {name: weight for name, (weight, _) in parsed.items()}
+    options = {name: {"device": str(device), **opts} for name, (_, opts) in parsed.items()}
+    return RewardSet(MultiReward.from_names(weights, options))
 
 
 # ----------------------------------------------------------------------------- optimisation

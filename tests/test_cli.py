@@ -1,0 +1,61 @@
+"""The command line: help, bad input (one line, exit code 2), config and toy commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from treegrpo.cli import main
+
+COMMANDS = ("train", "sample", "eval", "report", "config", "toy", "demo")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert all(command in text for command in COMMANDS)
+    for command in ("train", "sample", "eval", "report", "config", "toy"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "error" in err
+    return err
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{prompts: {tmp_path / 'p.txt'}}}\n")
+    assert "did you mean 'tree.k'" in _one_line_error(capsys, ["train", str(config), "tree.kk=3"])
+    assert "does not exist" in _one_line_error(capsys, ["train", str(tmp_path / "missing.yaml")])
+    assert "no config given" in _one_line_error(capsys, ["train"])
+    assert "bad value for 'train.lr'" in _one_line_error(capsys, ["eval", str(config), "train.lr=x"])
+    assert "not a run folder" in _one_line_error(capsys, ["report", str(tmp_path / "nope")])
+    assert "flow_grpo" in _one_line_error(capsys, ["config", "--show-defaults", "--method", "flow"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert "--overwrite" in _one_line_error(capsys, ["train", str(config), "--output-dir", str(run)])
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    with pytest.raises(SystemExit) as done:
+        main(["bogus"])
+    assert done.value.code == 2
+
+
+def test_show_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--show-defaults", "--method", "flow_grpo"]) == 0
+    out = capsys.readouterr().out
+    assert "schedule: flat" in out and "kl_beta: 0.04" in out
+
+
+def test_toy_prints_reward_before_and_after(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["toy", "--iterations", "2"]) == 0
+    assert "treegrpo: reward" in capsys.readouterr().out
