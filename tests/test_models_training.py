@@ -27,16 +27,16 @@ def _one_thread() -> Iterator[None]:
 
 
 def _config(family: str, **overrides: Any) -> ModelConfig:
-    return ModelConfig(
-        path=str(tiny_pipeline(family)),
-        dtype="fp32",
-        device="cpu",
-        height=SIZE,
-        width=SIZE,
-        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
-        lora=LoraConfig(rank=4, alpha=8.0),
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "path": str(tiny_pipeline(family)),
+        "dtype": "fp32",
+        "device": "cpu",
+        "height": SIZE,
+        "width": SIZE,
+        "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
+        "lora": LoraConfig(rank=4, alpha=8.0),
+    }
+    return ModelConfig(**{**settings, **overrides})
 
 
 def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> None:
@@ -158,3 +158,19 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         assert backbone.denoiser.is_gradient_checkpointing == checkpointing
         grads.append(torch.cat([p.grad.flatten() for p in backbone.trainable_parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_full_finetune_keeps_fp32_master_weights_and_a_bf16_reference() -> None:
+    backbone = load_backbone(_config("flux", full_finetune=True, dtype="bf16"), with_reference=True)
+    assert all(p.dtype == torch.float32 for p in backbone.trainable_parameters())
+    assert all(p.dtype == torch.bfloat16 for p in backbone._reference_denoiser.parameters())
+    assert backbone.pipe.vae.dtype == torch.bfloat16
+    _train(backbone, steps=1, lr=1e-4)
+    conditioning = backbone.encode_prompts(PROMPTS)
+    latents = backbone.initial_noise(2, torch.Generator().manual_seed(0))
+    index = torch.zeros(2, dtype=torch.long)
+    policy = backbone.model_fn(conditioning, 3.5)(latents, index, torch.arange(2))
+    with backbone.reference():
+        reference = backbone.model_fn(conditioning, 3.5)(latents, index, torch.arange(2))
+    assert policy.dtype == reference.dtype == torch.float32
+    assert torch.isfinite(policy).all() and torch.isfinite(reference).all()

@@ -4,6 +4,12 @@
 prompt encoder, the schedule, the initial noise, the denoiser call and the latent -> VAE mapping;
 this class turns them into the :class:`~treegrpo.models.base.Backbone` interface.
 
+Precision: frozen parts (text encoders, VAE, the base weights under LoRA) are in ``model.dtype``.
+Trained weights are float32 when ``model.trainable_fp32`` (the default): LoRA weights, or with
+``full_finetune`` the whole denoiser, which then computes in float32 unless the trainer runs it
+under autocast (accelerate's ``mixed_precision``). ``model_fn`` casts its inputs to the dtype of
+the denoiser's weights and always returns float32.
+
 Memory: with ``full_finetune`` and ``with_reference=True`` a frozen deep copy of the denoiser is
 kept as the reference policy (one more denoiser in ``model.dtype``: about 5 GB for SD3.5-medium,
 24 GB for FLUX.1 in bf16). LoRA needs no copy: the reference is the model with adapters disabled.
@@ -98,6 +104,8 @@ class DiffusersBackbone:
         self._timesteps: Optional[torch.Tensor] = None
         self._reference_denoiser: Optional[torch.nn.Module] = None
         self._use_reference = False
+        self._denoiser_dtype = self.dtype
+        """Dtype of the trained denoiser's (non-LoRA) weights, which its inputs are cast to."""
 
         self._freeze_all()
         self._place_modules()
@@ -191,13 +199,17 @@ class DiffusersBackbone:
                 f"model.lora.target_modules {targets} match no layer of the {self.family} {self.denoiser_name} "
                 f"({error}); leave it unset for the family default"
             ) from error
-        cast_training_params(self.denoiser, dtype=torch.float32)
+        if self.cfg.trainable_fp32:
+            cast_training_params(self.denoiser, dtype=torch.float32)
 
     def _setup_full_finetune(self, with_reference: bool) -> None:
         """Every denoiser weight trainable; a frozen copy is kept only when a reference is needed."""
         if with_reference:
             self._reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self.denoiser.requires_grad_(True)
+        if self.cfg.trainable_fp32:
+            self.denoiser.to(torch.float32)
+            self._denoiser_dtype = torch.float32
 
     # ------------------------------------------------------------------ Backbone interface
 
@@ -219,8 +231,9 @@ class DiffusersBackbone:
         cfg_scale = self._cfg_scale(guidance_scale)
 
         def model_fn(latents: torch.Tensor, step_index: torch.Tensor, cond_index: torch.Tensor) -> torch.Tensor:
-            inputs = self._inputs(cond, latents, step_index, cond_index, with_uncond=cfg_scale > 1)
-            output = self._forward(self._active_denoiser(), inputs, guidance_scale).to(torch.float32)
+            denoiser, dtype = self._active_denoiser()
+            inputs = self._inputs(cond, latents, step_index, cond_index, dtype, with_uncond=cfg_scale > 1)
+            output = self._forward(denoiser, inputs, guidance_scale).to(torch.float32)
             if cfg_scale <= 1:
                 return output
             uncond, text = output.chunk(2)
@@ -289,11 +302,11 @@ class DiffusersBackbone:
 
         return get_peft_model_state_dict(self.denoiser, adapter_name=ADAPTER_NAME)
 
-    def _active_denoiser(self) -> torch.nn.Module:
-        """The trained denoiser, or its frozen copy inside :meth:`reference`."""
+    def _active_denoiser(self) -> tuple[torch.nn.Module, torch.dtype]:
+        """The trained denoiser, or its frozen copy inside :meth:`reference`, and its weights' dtype."""
         if self._use_reference and self._reference_denoiser is not None:
-            return self._reference_denoiser
-        return self.denoiser
+            return self._reference_denoiser, self.dtype
+        return self.denoiser, self._denoiser_dtype
 
     def _record_timesteps(self, timesteps: torch.Tensor) -> None:
         """Remember the timestep table ``model_fn`` looks steps up in."""
@@ -311,22 +324,25 @@ class DiffusersBackbone:
         latents: torch.Tensor,
         step_index: torch.Tensor,
         cond_index: torch.Tensor,
+        dtype: torch.dtype,
         *,
         with_uncond: bool,
     ) -> DenoiserInputs:
-        """Denoiser inputs for the rows; with CFG the unconditional rows come first, as in the pipelines."""
-        x = latents.to(self.device, self.dtype)
+        """Denoiser inputs (in ``dtype``) for the rows; with CFG the unconditional rows come first."""
+        x = latents.to(self.device, dtype)
         timesteps = self._timesteps_at(step_index)
         rows = cond_index.to(self.device).long()
-        embeds = cond.prompt_embeds[rows]
-        pooled = None if cond.pooled_prompt_embeds is None else cond.pooled_prompt_embeds[rows]
+        embeds = cond.prompt_embeds[rows].to(dtype)
+        pooled = None if cond.pooled_prompt_embeds is None else cond.pooled_prompt_embeds[rows].to(dtype)
         if with_uncond:
             n = x.shape[0]
             x = torch.cat([x, x])
             timesteps = torch.cat([timesteps, timesteps])
-            embeds = torch.cat([cond.negative_prompt_embeds.expand(n, *embeds.shape[1:]), embeds])
+            negative = cond.negative_prompt_embeds.to(dtype).expand(n, *embeds.shape[1:])
+            embeds = torch.cat([negative, embeds])
             if pooled is not None and cond.negative_pooled_prompt_embeds is not None:
-                pooled = torch.cat([cond.negative_pooled_prompt_embeds.expand(n, *pooled.shape[1:]), pooled])
+                negative_pooled = cond.negative_pooled_prompt_embeds.to(dtype).expand(n, *pooled.shape[1:])
+                pooled = torch.cat([negative_pooled, pooled])
         return DenoiserInputs(x, timesteps, embeds, pooled)
 
     @contextlib.contextmanager

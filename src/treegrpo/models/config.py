@@ -58,6 +58,12 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     full_finetune: bool = False
     """Train every denoiser weight instead of a LoRA adapter (``lora`` is then ignored)."""
+    trainable_fp32: bool = True
+    """Keep trained weights in float32 (master weights; compute follows the trainer's autocast).
+
+    LoRA weights are small; for ``full_finetune`` this doubles the denoiser's memory against bf16
+    but keeps small updates from rounding away. False trains in ``model.dtype``.
+    """
     gradient_checkpointing: bool = False
     height: Optional[int] = None
     """Image height in pixels; ``None`` = the pipeline's default size."""

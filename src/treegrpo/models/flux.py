@@ -106,8 +106,8 @@ class FluxBackbone(DiffusersBackbone):
         """The transformer's velocity, with ids and guidance as the pipeline passes them."""
         x = inputs.latents
         height, width = self._latent_grid()
-        image_ids = self.pipe._prepare_latent_image_ids(x.shape[0], height // 2, width // 2, self.device, self.dtype)
-        text_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        image_ids = self.pipe._prepare_latent_image_ids(x.shape[0], height // 2, width // 2, self.device, x.dtype)
+        text_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=self.device, dtype=x.dtype)
         guidance = None
         if self._has_guidance_embedding():
             guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
