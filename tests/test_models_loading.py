@@ -110,3 +110,12 @@ def test_model_config_is_an_omegaconf_structured_config() -> None:
     assert OmegaConf.merge(schema, {"lora": {"target_modules": ["to_q"]}}).lora.target_modules == ["to_q"]
     with pytest.raises(Exception):
         OmegaConf.merge(schema, {"lora": {"rank": "eight"}})
+
+
+@pytest.mark.parametrize("config_file", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_shipped_configs_model_sections_fit_the_schema(config_file: Path) -> None:
+    section = OmegaConf.load(config_file).get("model")
+    if section is None:
+        pytest.skip(f"{config_file.name} has no model section")
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), section))
+    assert isinstance(config, ModelConfig) and config.path

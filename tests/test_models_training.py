@@ -174,3 +174,20 @@ def test_full_finetune_keeps_fp32_master_weights_and_a_bf16_reference() -> None:
         reference = backbone.model_fn(conditioning, 3.5)(latents, index, torch.arange(2))
     assert policy.dtype == reference.dtype == torch.float32
     assert torch.isfinite(policy).all() and torch.isfinite(reference).all()
+
+
+def test_frozen_backbone_for_sampling_loads_a_saved_lora(tmp_path: Path) -> None:
+    """``trainable=False``: no adapter, nothing trainable; a saved LoRA loads through the pipeline."""
+    trained_backbone = load_backbone(_config("sd"))
+    _train(trained_backbone)
+    trained = _engine_latents(trained_backbone, seed=4)
+    trained_backbone.save_trained(tmp_path / "lora")
+
+    backbone = load_backbone(_config("sd", dtype="bf16"), trainable=False)
+    assert backbone.trainable_parameters() == []
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in backbone.denoiser.parameters())
+    with pytest.raises(RuntimeError, match="trainable=False"):
+        backbone.save_trained(tmp_path / "nothing")
+    backbone = load_backbone(_config("sd"), trainable=False)
+    backbone.pipe.load_lora_weights(tmp_path / "lora")
+    assert (_engine_latents(backbone, seed=4) - trained).abs().max().item() < 1e-5

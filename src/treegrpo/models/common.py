@@ -94,6 +94,7 @@ class DiffusersBackbone:
         device: torch.device,
         *,
         with_reference: bool = False,
+        trainable: bool = True,
     ) -> None:
         self.pipe = pipe
         self.cfg = cfg
@@ -104,12 +105,15 @@ class DiffusersBackbone:
         self._timesteps: Optional[torch.Tensor] = None
         self._reference_denoiser: Optional[torch.nn.Module] = None
         self._use_reference = False
+        self.trainable = trainable
         self._denoiser_dtype = self.dtype
         """Dtype of the trained denoiser's (non-LoRA) weights, which its inputs are cast to."""
 
         self._freeze_all()
         self._place_modules()
-        if cfg.full_finetune:
+        if not trainable:
+            pass
+        elif cfg.full_finetune:
             self._setup_full_finetune(with_reference)
         else:
             self._setup_lora()
@@ -257,7 +261,13 @@ class DiffusersBackbone:
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """Inside, ``model_fn`` computes the frozen reference policy (adapters off, or the copy)."""
+        """Inside, ``model_fn`` computes the frozen reference policy (adapters off, or the copy).
+
+        A backbone loaded with ``trainable=False`` is its own reference.
+        """
+        if not self.trainable:
+            yield
+            return
         if self.cfg.full_finetune:
             if self._reference_denoiser is None:
                 raise RuntimeError(
@@ -280,6 +290,8 @@ class DiffusersBackbone:
 
     def save_trained(self, folder: Path | str) -> None:
         """LoRA in diffusers format (``pipe.load_lora_weights(folder)``), or the denoiser (safetensors)."""
+        if not self.trainable:
+            raise RuntimeError("this backbone was loaded with trainable=False and holds nothing trained to save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.cfg.full_finetune:

@@ -129,16 +129,18 @@ def load_backbone(
     device: Optional[torch.device | str] = None,
     *,
     with_reference: bool = False,
+    trainable: bool = True,
 ) -> DiffusersBackbone:
     """Load ``cfg.path`` as a trainable policy (LoRA or full fine-tuning) on ``device``.
 
     ``device`` overrides ``cfg.device``. ``with_reference`` keeps a frozen copy of a fully
     fine-tuned denoiser for :meth:`~DiffusersBackbone.reference` (needed only with a KL term;
-    LoRA models never need the copy).
+    LoRA models never need the copy). ``trainable=False`` loads for sampling only: no adapter,
+    every weight frozen in ``cfg.dtype`` (load a trained LoRA with ``backbone.pipe.load_lora_weights``).
     """
     validate_model_config(cfg)
     model_index = read_model_index(cfg)
     family = cfg.family or family_of(model_index, cfg.path)
     pipe = load_pipeline(cfg, family, model_index)
     target = torch.device(device) if device is not None else resolve_device(cfg.device)
-    return backbone_class(family)(pipe, cfg, target, with_reference=with_reference)
+    return backbone_class(family)(pipe, cfg, target, with_reference=with_reference, trainable=trainable)

@@ -35,7 +35,9 @@ class SDBackbone(DiffusersBackbone):
     denoiser_name = "unet"
     default_lora_targets = SD_LORA_TARGETS
 
-    def __init__(self, pipe: Any, cfg: ModelConfig, device: torch.device, *, with_reference: bool = False) -> None:
+    def __init__(
+        self, pipe: Any, cfg: ModelConfig, device: torch.device, *, with_reference: bool = False, trainable: bool = True
+    ) -> None:
         if pipe.unet.config.get("time_cond_proj_dim", None) is not None:
             raise ValueError(
                 "this UNet takes a guidance-scale embedding (LCM-style); use a plain SD1.x/2.x checkpoint"
@@ -47,7 +49,7 @@ class SDBackbone(DiffusersBackbone):
                 f"scheduler prediction_type {prediction_type!r} is not supported; "
                 f"use a model with one of {', '.join(SUPPORTED_PREDICTION_TYPES)}"
             )
-        super().__init__(pipe, cfg, device, with_reference=with_reference)
+        super().__init__(pipe, cfg, device, with_reference=with_reference, trainable=trainable)
 
     def _default_size(self) -> tuple[int, int]:
         """``unet.config.sample_size * vae_scale_factor``, as the pipeline defaults."""
