@@ -59,6 +59,7 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(family: str) -> None:
     (batch,) = make_minibatches(rollout, everything, parents_per_batch=10_000)
     scored = rescore_edges(model_fn, stepper, rollout, batch)
     ratio = torch.exp(scored.log_prob - rollout.edge_log_prob[batch.edge_ids])
+    print(f"{family}: max |ratio - 1| before any update = {(ratio - 1).abs().max().item():.3g}")
     assert (ratio - 1).abs().max().item() < 1e-5
 
     # A full iteration: decode leaves, score them, back the advantages up the tree, one update.
