@@ -1,0 +1,401 @@
+"""Shared pieces of the benchmarks: run specs and histories, the 2-D toy runner, summaries, plots.
+
+A *task runner* is any ``Callable[[RunSpec], RunHistory]``: it trains one (method, learning rate,
+seed) under a budget of model evaluations and returns reward at evaluation points with the
+cumulative NFE and wall seconds there. The toy runner below drives the engine exactly as
+:func:`treegrpo.toy.train_toy` does (same calls, same random draws), adding the budget, the
+timing and sparse evaluation; ``tests/test_benchmarks.py`` checks that both give the same rewards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from treegrpo import schedule as S
+from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.methods import MethodConfig, plan_for_epoch, preset
+from treegrpo.rollout import rollout_trees
+from treegrpo.toy import ToyBackbone, ToyTask, ToyVelocity, evaluate_toy, pretrain_toy
+
+
+# ----------------------------------------------------------------------------- specs and histories
+
+
+@dataclass
+class RunSpec:
+    """One training run: a labelled method variant at one learning rate and seed, under a budget."""
+
+    label: str
+    method: str
+    lr: float
+    seed: int
+    budget_nfe: int
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class EvalPoint:
+    """Held-out reward after ``iteration`` iterations, with the cumulative cost spent to get there."""
+
+    iteration: int
+    rollout_nfe: int
+    training_nfe: int
+    reference_nfe: int
+    seconds: float
+    reward: float
+    guard_fraction: float  # mean over the iterations since the previous point
+
+    @property
+    def nfe(self) -> int:
+        """Budgeted model evaluations: rollout + training (the KL reference is listed apart)."""
+        return self.rollout_nfe + self.training_nfe
+
+
+@dataclass
+class RunHistory:
+    """What one run returns: its spec and its evaluation points (the first is before training)."""
+
+    spec: RunSpec
+    points: list[EvalPoint]
+    leaves_per_prompt: int
+
+    @property
+    def final(self) -> EvalPoint:
+        return self.points[-1]
+
+    @property
+    def peak_reward(self) -> float:
+        return max(point.reward for point in self.points)
+
+    def keeps_peak(self, ratio: float) -> bool:
+        """Whether the final reward is at least ``ratio`` times the best reward seen."""
+        return self.final.reward >= ratio * self.peak_reward
+
+    def to_json(self) -> dict[str, Any]:
+        """Spec and evaluation points as columns (one list per field), to keep result files small."""
+        columns = {name: [getattr(point, name) for point in self.points] for name in asdict(self.points[0])}
+        return {"spec": asdict(self.spec), "leaves_per_prompt": self.leaves_per_prompt, "points": columns}
+
+
+TaskRunner = Callable[[RunSpec], RunHistory]
+
+
+# ----------------------------------------------------------------------------- the 2-D toy task
+
+
+@dataclass
+class ToyProtocol:
+    """Fixed settings of the toy runs (every method shares them)."""
+
+    prompts_per_iteration: int = 8
+    num_steps: int = 10
+    noise_level: float = 0.7
+    eval_samples: int = 512
+    eval_points: int = 60  # evaluations spread evenly over the NFE budget (plus one before training)
+    max_iterations: int = 100_000
+    pretrain_steps: int = 1500  # rectified-flow pretraining of each seed's base (treegrpo.toy's default)
+    update: UpdateConfig = field(default_factory=lambda: UpdateConfig(inner_epochs=1, parents_per_batch=256, grad_accum=0))
+
+
+def iteration_cost(method: MethodConfig, plan: S.Plan, prompts: int) -> int:
+    """Closed-form rollout + training NFE of one iteration (training: every trained parent; an upper bound)."""
+    roots = prompts * method.tree.trees
+    return roots * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
+
+
+def leaves_per_prompt(method: MethodConfig, num_steps: int) -> int:
+    """Leaves one prompt gets per iteration (window placement does not change it)."""
+    return method.tree.trees * S.leaves_per_tree(plan_for_epoch(method.tree, num_steps, 0, 0))
+
+
+class ToyRunner:
+    """Task runner on the 2-D toy; the pretrained base of each seed is made once and reused."""
+
+    def __init__(self, protocol: ToyProtocol, task: ToyTask | None = None) -> None:
+        self.protocol = protocol
+        self.task = task or ToyTask()
+        self._bases: dict[int, ToyVelocity] = {}
+
+    def base(self, seed: int) -> ToyVelocity:
+        """The rectified-flow pretrained velocity field of ``seed`` (cached)."""
+        if seed not in self._bases:
+            self._bases[seed] = pretrain_toy(self.task, steps=self.protocol.pretrain_steps, seed=seed)
+        return self._bases[seed]
+
+    def __call__(self, spec: RunSpec) -> RunHistory:
+        return run_toy(spec, self.protocol, self.task, self.base(spec.seed))
+
+
+def run_toy(spec: RunSpec, protocol: ToyProtocol, task: ToyTask, base: ToyVelocity) -> RunHistory:
+    """Train ``spec`` on the toy for as many iterations as fit its NFE budget (mirrors ``train_toy``)."""
+    p = protocol
+    method = preset(spec.method, **spec.overrides)
+    torch.manual_seed(spec.seed)
+    backbone = ToyBackbone(task, copy.deepcopy(base), keep_reference=method.loss.kl_beta > 0)
+    stepper = backbone.stepper(p.num_steps, p.noise_level)
+    optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=spec.lr, weight_decay=0.0)
+    learner = TorchLearner(backbone.trainable_parameters(), optimizer, max_grad_norm=1.0)
+    generator = torch.Generator().manual_seed(spec.seed)
+    kl_on = method.loss.kl_beta > 0
+    spacing = spec.budget_nfe / p.eval_points
+    rollout_nfe = training_nfe = reference_nfe = 0
+    seconds = 0.0
+    guards: list[float] = []
+    points = [EvalPoint(0, 0, 0, 0, 0.0, evaluate_toy(backbone, p.num_steps, p.eval_samples, spec.seed), 0.0)]
+    iteration = 0
+    while iteration < p.max_iterations:
+        plan = plan_for_epoch(method.tree, p.num_steps, iteration, spec.seed)
+        if rollout_nfe + training_nfe + iteration_cost(method, plan, p.prompts_per_iteration) > spec.budget_nfe:
+            break
+        start = time.perf_counter()
+        prompts = torch.randint(task.num_classes, (p.prompts_per_iteration,), generator=generator)
+        root_cond = torch.arange(p.prompts_per_iteration).repeat_interleave(method.tree.trees)
+        model_fn = backbone.model_fn(prompts)
+        rollout = rollout_trees(model_fn, stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
+                                root_cond, max_batch=4096, generator=generator)
+        scores = task.reward(backbone.decode(rollout.leaf_latents), prompts[rollout.leaf_cond])
+        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, method.advantage)
+        mask = select_edges(rollout, advantages.edge, method.advantage, kl_on)
+        reference_fn = backbone.model_fn(prompts, reference=True) if kl_on else None
+        stats = update_policy(model_fn, stepper, rollout, advantages.edge, mask, learner, method.loss, p.update,
+                              reference_fn=reference_fn, generator=generator)
+        seconds += time.perf_counter() - start
+        crossed = math.floor((rollout_nfe + training_nfe) / spacing)
+        rollout_nfe += rollout.nfe
+        training_nfe += int(stats["training_nfe"])
+        reference_nfe += int(stats["training_nfe"]) if kl_on else 0
+        guards.append(advantages.leaf.guard_fraction)
+        iteration += 1
+        if math.floor((rollout_nfe + training_nfe) / spacing) > crossed:
+            points.append(_eval_point(backbone, p, spec.seed, iteration, rollout_nfe, training_nfe,
+                                      reference_nfe, seconds, guards))
+            guards = []
+    if points[-1].iteration != iteration:
+        points.append(_eval_point(backbone, p, spec.seed, iteration, rollout_nfe, training_nfe,
+                                  reference_nfe, seconds, guards))
+    return RunHistory(spec, points, leaves_per_prompt(method, p.num_steps))
+
+
+def _eval_point(backbone: ToyBackbone, p: ToyProtocol, seed: int, iteration: int, rollout_nfe: int,
+                training_nfe: int, reference_nfe: int, seconds: float, guards: list[float]) -> EvalPoint:
+    """Evaluate the current policy (not timed) and record the cumulative counters."""
+    reward = evaluate_toy(backbone, p.num_steps, p.eval_samples, seed)
+    guard = sum(guards) / len(guards) if guards else 0.0
+    return EvalPoint(iteration, rollout_nfe, training_nfe, reference_nfe, seconds, reward, guard)
+
+
+# ----------------------------------------------------------------------------- curves and summaries
+
+
+def step_value(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Value at ``x`` of the step function that holds ``ys[i]`` from ``xs[i]`` on (xs increasing)."""
+    value = ys[0]
+    for xi, yi in zip(xs, ys):
+        if xi > x:
+            break
+        value = yi
+    return value
+
+
+def reward_curve(histories: Sequence[RunHistory], axis: str, grid: Sequence[float]) -> list[list[float]]:
+    """Per run, the reward on ``grid`` of ``axis`` ("nfe" or "seconds"): the last evaluation at or before x."""
+    curves = []
+    for history in histories:
+        xs = [float(point.nfe if axis == "nfe" else point.seconds) for point in history.points]
+        ys = [point.reward for point in history.points]
+        curves.append([step_value(xs, ys, x) for x in grid])
+    return curves
+
+
+def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    return [sum(column) / len(column) for column in zip(*curves)]
+
+
+def first_reach(grid: Sequence[float], values: Sequence[float], target: float) -> float | None:
+    """First grid point where ``values`` reaches ``target`` (None if never)."""
+    for x, value in zip(grid, values):
+        if value >= target - 1e-12:
+            return x
+    return None
+
+
+def linear_grid(stop: float, points: int) -> list[float]:
+    """``points + 1`` evenly spaced values from 0 to ``stop``."""
+    return [stop * i / points for i in range(points + 1)]
+
+
+@dataclass
+class GroupStats:
+    """One (label, learning rate) group of seeds."""
+
+    label: str
+    method: str
+    lr: float
+    seeds: int
+    leaves_per_prompt: int
+    final_mean: float
+    final_min: float
+    final_max: float
+    peak_mean: float
+    keep_fraction: float
+    iterations_mean: float
+    nfe_per_iteration: float
+    seconds_per_iteration: float
+    guard_fraction_mean: float
+
+
+def group_stats(histories: Sequence[RunHistory], keep_ratio: float) -> GroupStats:
+    """Final and peak rewards, keep-peak fraction and per-iteration costs over the seeds of a group."""
+    finals = [h.final.reward for h in histories]
+    iterations = sum(h.final.iteration for h in histories)
+    guards = [p.guard_fraction for h in histories for p in h.points[1:]]
+    first = histories[0].spec
+    return GroupStats(
+        label=first.label, method=first.method, lr=first.lr, seeds=len(histories),
+        leaves_per_prompt=histories[0].leaves_per_prompt,
+        final_mean=sum(finals) / len(finals), final_min=min(finals), final_max=max(finals),
+        peak_mean=sum(h.peak_reward for h in histories) / len(histories),
+        keep_fraction=sum(h.keeps_peak(keep_ratio) for h in histories) / len(histories),
+        iterations_mean=iterations / len(histories),
+        nfe_per_iteration=sum(h.final.nfe for h in histories) / max(iterations, 1),
+        seconds_per_iteration=sum(h.final.seconds for h in histories) / max(iterations, 1),
+        guard_fraction_mean=sum(guards) / len(guards) if guards else 0.0,
+    )
+
+
+def pick_best(groups: Sequence[GroupStats], min_keep_fraction: float) -> tuple[GroupStats, bool]:
+    """Highest mean final reward among stable groups (keep fraction > ``min_keep_fraction``).
+
+    Returns the group and whether it is stable; when no learning rate is stable, the highest mean
+    final reward overall is returned, flagged unstable.
+    """
+    stable = [g for g in groups if g.keep_fraction > min_keep_fraction]
+    pool = stable or list(groups)
+    best = max(pool, key=lambda g: g.final_mean)
+    return best, bool(stable)
+
+
+@dataclass
+class ReachRow:
+    """Cost for one label (at its chosen learning rate) to reach the reference's rewards.
+
+    Two targets: the reference's final mean reward, and ``gain_target`` = the reference's mean start
+    reward plus ``gain_fraction`` of its mean gain (less sensitive to noise once rewards saturate).
+    """
+
+    label: str
+    lr: float
+    stable: bool
+    target: float
+    nfe_to_target: float | None
+    seconds_to_target: float | None
+    nfe_ratio: float | None
+    seconds_ratio: float | None
+    seeds_reaching: float  # fraction of seeds whose own curve reaches the target
+    gain_target: float
+    nfe_to_gain: float | None
+    seconds_to_gain: float | None
+    nfe_ratio_gain: float | None
+    seconds_ratio_gain: float | None
+
+
+def reach_rows(best: dict[str, tuple[GroupStats, bool]], runs: dict[tuple[str, float], list[RunHistory]],
+               reference: str, nfe_grid: Sequence[float], seconds_grid: Sequence[float],
+               gain_fraction: float = 0.9) -> list[ReachRow]:
+    """NFE and seconds each label's seed-mean curve needs to reach the reference's targets."""
+    target = best[reference][0].final_mean
+    reference_runs = runs[(reference, best[reference][0].lr)]
+    start = sum(h.points[0].reward for h in reference_runs) / len(reference_runs)
+    gain_target = start + gain_fraction * (target - start)
+    costs: dict[str, tuple[float | None, ...]] = {}
+    for label, (stats, _) in best.items():
+        histories = runs[(label, stats.lr)]
+        by_nfe = mean_curve(reward_curve(histories, "nfe", nfe_grid))
+        by_seconds = mean_curve(reward_curve(histories, "seconds", seconds_grid))
+        per_seed = [max(p.reward for p in h.points) >= target - 1e-12 for h in histories]
+        costs[label] = (first_reach(nfe_grid, by_nfe, target), first_reach(seconds_grid, by_seconds, target),
+                        first_reach(nfe_grid, by_nfe, gain_target), first_reach(seconds_grid, by_seconds, gain_target),
+                        sum(per_seed) / len(per_seed))
+    ref = costs[reference]
+    rows = []
+    for label, (stats, stable) in best.items():
+        nfe, seconds, nfe_gain, seconds_gain, reaching = costs[label]
+        rows.append(ReachRow(label, stats.lr, stable, target, nfe, seconds, _ratio(nfe, ref[0]),
+                             _ratio(seconds, ref[1]), float(reaching or 0.0), gain_target, nfe_gain, seconds_gain,
+                             _ratio(nfe_gain, ref[2]), _ratio(seconds_gain, ref[3])))
+    return rows
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    """Number or "not reached"."""
+    return "not reached" if value is None else format(value, spec)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(path: Path, series: dict[str, list[RunHistory]], nfe_grid: Sequence[float],
+                seconds_grid: Sequence[float], target: float | None, title: str) -> None:
+    """Reward against NFE and against seconds: seed mean and min/max band per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, name, grid in ((axes[0], "nfe", nfe_grid), (axes[1], "seconds", seconds_grid)):
+        for label, histories in series.items():
+            curves = reward_curve(histories, name, grid)
+            low = [min(column) for column in zip(*curves)]
+            high = [max(column) for column in zip(*curves)]
+            line, = axis.plot(grid, mean_curve(curves), label=label)
+            axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
+        if target is not None:
+            axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("rollout + training NFE" if name == "nfe" else "wall seconds (training loop, 1 CPU thread)")
+        axis.set_ylabel("held-out reward")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def rounded(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits (recursively)."""
+    if isinstance(value, float):
+        return float(format(value, f".{digits}g")) if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, digits) for item in value]
+    return value
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as compact JSON, floats to 6 significant digits (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rounded(payload), separators=(",", ":")) + "\n")

@@ -1,0 +1,208 @@
+"""Reward per model evaluation and per second: every preset at an equal NFE budget, several seeds.
+
+Protocol (the main table): each method runs for as many iterations as fit ``--budget`` rollout +
+training NFE, at every learning rate of one shared grid (``--lrs``) and every seed. A method's
+learning rate is the one with the highest mean final reward among those where most seeds keep their
+peak (final >= ``--keep-ratio`` x peak); the table then gives the NFE and seconds each method's
+seed-mean curve needs to reach flat GRPO's (flow_grpo's) final mean reward, and the ratios.
+Flat methods get ``--flat-trees`` trajectories per prompt (27 = the leaves of one k3w3 tree).
+
+Ablations (``--ablation shape|window``) run TreeGRPO variants the same way; the target is the
+first variant's final mean reward (k3w3 with the paper's geometric window, i.e. the preset).
+
+    python benchmarks/efficiency.py --out benchmarks/results
+    python benchmarks/efficiency.py --ablation shape --lrs 3e-3 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, ToyProtocol, ToyRunner, fmt, group_stats, linear_grid,
+    markdown_table, pick_best, plot_curves, reach_rows, write_json,
+)
+
+METHODS = ("treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo")
+FLAT_SCHEDULES = ("flow_grpo", "dance_grpo", "mix_grpo", "ddpo")  # independent trajectories per prompt
+Variant = tuple[str, str, dict[str, dict[str, Any]]]  # (label, preset, overrides)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="toy", choices=sorted(TASKS), help="where the runs train")
+    parser.add_argument("--ablation", default="none", choices=["none", "shape", "window"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2], help="shared learning-rate grid")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=400_000, help="rollout + training NFE per run")
+    parser.add_argument("--flat-trees", type=int, default=27, help="trajectories per prompt of the flat methods")
+    parser.add_argument("--keep-ratio", type=float, default=0.9, help="a seed keeps its peak if final >= ratio x peak")
+    parser.add_argument("--gain-fraction", type=float, default=0.9,
+                        help="second target: reference start + this fraction of its gain")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
+    parser.add_argument("--eval-points", type=int, default=60, help="evaluations spread over the budget")
+    parser.add_argument("--eval-samples", type=int, default=512)
+    parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--quiet", action="store_true")
+    return parser.parse_args(argv)
+
+
+def make_toy_runner(args: argparse.Namespace) -> TaskRunner:
+    """The 2-D toy (``treegrpo.toy``) with the protocol's shared settings."""
+    protocol = ToyProtocol(prompts_per_iteration=args.prompts, eval_points=args.eval_points,
+                           eval_samples=args.eval_samples, pretrain_steps=args.pretrain_steps)
+    return ToyRunner(protocol)
+
+
+TASKS: dict[str, Callable[[argparse.Namespace], TaskRunner]] = {"toy": make_toy_runner}
+"""Pluggable tasks: name -> factory of a runner that trains one (method, lr, seed) and returns its history."""
+
+
+def main_variants(methods: Sequence[str], flat_trees: int) -> list[Variant]:
+    """Every preset; flat ones get ``flat_trees`` trajectories per prompt."""
+    return [(m, m, {"tree": {"trees": flat_trees}} if m in FLAT_SCHEDULES else {}) for m in methods]
+
+
+def shape_variants() -> list[Variant]:
+    """Tree shapes of the paper's ablation (geometric window, r = 0.5)."""
+    shapes = [("k3w3", 3, 3, 1), ("k2w3", 2, 3, 1), ("k2w4", 2, 4, 1), ("k4w3", 4, 3, 1), ("k3w3 x2 trees", 3, 3, 2)]
+    return [(label, "treegrpo", {"tree": {"k": k, "window": w, "trees": trees}}) for label, k, w, trees in shapes]
+
+
+def window_variants() -> list[Variant]:
+    """Window placements for k3w3: fixed at step 0, shifting (1 step every 25 iterations), geometric r."""
+    return [
+        ("geometric r=0.5", "treegrpo", {"tree": {"window_placement": "geometric", "geometric_ratio": 0.5}}),
+        ("geometric r=0.3", "treegrpo", {"tree": {"window_placement": "geometric", "geometric_ratio": 0.3}}),
+        ("fixed start 0", "treegrpo", {"tree": {"window_placement": "fixed", "window_start": 0}}),
+        ("shifting 1/25 it", "treegrpo", {"tree": {"window_placement": "shifting", "window_start": 0,
+                                                    "shift": 1, "shift_every": 25}}),
+    ]
+
+
+def variants_for(args: argparse.Namespace) -> tuple[list[Variant], str]:
+    """The variants of the chosen protocol and the label whose final reward is the target."""
+    if args.ablation == "shape":
+        return shape_variants(), "k3w3"
+    if args.ablation == "window":
+        return window_variants(), "geometric r=0.5"
+    if "flow_grpo" not in args.methods:
+        raise SystemExit("the main protocol measures against flow_grpo: keep it in --methods")
+    return main_variants(args.methods, args.flat_trees), "flow_grpo"
+
+
+def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float], seeds: Sequence[int],
+            budget: int, log: Callable[[str], None]) -> dict[tuple[str, float], list[RunHistory]]:
+    """Every (variant, lr, seed), one after the other; histories grouped by (label, lr)."""
+    runs: dict[tuple[str, float], list[RunHistory]] = {}
+    for seed in seeds:
+        for label, method, overrides in variants:
+            for lr in lrs:
+                start = time.perf_counter()
+                history = runner(RunSpec(label, method, lr, seed, budget, overrides))
+                runs.setdefault((label, lr), []).append(history)
+                log(f"{label:>18} lr={lr:<7g} seed={seed}  it={history.final.iteration:5d}  "
+                    f"reward {history.points[0].reward:.3f} -> {history.final.reward:.3f} "
+                    f"(peak {history.peak_reward:.3f})  {time.perf_counter() - start:5.1f}s")
+    return runs
+
+
+def choose_learning_rates(runs: dict[tuple[str, float], list[RunHistory]], variants: Sequence[Variant],
+                          lrs: Sequence[float], keep_ratio: float) -> tuple[dict[str, tuple[GroupStats, bool]], list[GroupStats]]:
+    """Per label: the chosen group and whether it is stable; also every group's stats."""
+    every: list[GroupStats] = []
+    best: dict[str, tuple[GroupStats, bool]] = {}
+    for label, _, _ in variants:
+        groups = [group_stats(runs[(label, lr)], keep_ratio) for lr in lrs]
+        every.extend(groups)
+        best[label] = pick_best(groups, min_keep_fraction=0.5)
+    return best, every
+
+
+def reach_table(rows: Sequence[ReachRow], best: dict[str, tuple[GroupStats, bool]], reference: str) -> str:
+    """Markdown: cost to reach the reference's final mean reward, and ratios."""
+    header = ["method", "leaves/prompt", "lr", "final reward mean [min, max]", "keeps peak", "NFE/it", "s/it",
+              "NFE to target", f"NFE / {reference}", "s to target", f"s / {reference}", "seeds reaching",
+              "NFE / ref @gain", "s / ref @gain"]
+    body = []
+    for row in rows:
+        stats, stable = best[row.label]
+        body.append([
+            row.label, str(stats.leaves_per_prompt), f"{row.lr:g}" + ("" if stable else " (unstable)"),
+            f"{stats.final_mean:.3f} [{stats.final_min:.3f}, {stats.final_max:.3f}]",
+            f"{stats.keep_fraction:.2f}", f"{stats.nfe_per_iteration:.0f}", f"{stats.seconds_per_iteration:.4f}",
+            fmt(row.nfe_to_target, ".3g"), fmt(row.nfe_ratio, ".2f"), fmt(row.seconds_to_target, ".3g"),
+            fmt(row.seconds_ratio, ".2f"), f"{row.seeds_reaching:.2f}",
+            fmt(row.nfe_ratio_gain, ".2f"), fmt(row.seconds_ratio_gain, ".2f"),
+        ])
+    return markdown_table(header, body)
+
+
+def grid_table(groups: Sequence[GroupStats]) -> str:
+    """Markdown: every (label, lr) group's final reward and stability."""
+    header = ["method", "lr", "final mean", "final min", "peak mean", "keeps peak", "iterations", "guard fraction"]
+    body = [[g.label, f"{g.lr:g}", f"{g.final_mean:.3f}", f"{g.final_min:.3f}", f"{g.peak_mean:.3f}",
+             f"{g.keep_fraction:.2f}", f"{g.iterations_mean:.0f}", f"{g.guard_fraction_mean:.3f}"] for g in groups]
+    return markdown_table(header, body)
+
+
+def output_stem(args: argparse.Namespace) -> str:
+    return f"efficiency_{args.task}" if args.ablation == "none" else f"ablation_{args.ablation}_{args.task}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Run the protocol, print the tables, write JSON and PNG under ``--out``; returns the JSON payload."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log: Callable[[str], None] = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
+    variants, reference = variants_for(args)
+    runner = TASKS[args.task](args)
+    started = time.time()
+    runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log)
+    best, every = choose_learning_rates(runs, variants, args.lrs, args.keep_ratio)
+    nfe_grid = linear_grid(args.budget, args.eval_points)
+    max_seconds = max(h.final.seconds for histories in runs.values() for h in histories)
+    seconds_grid = linear_grid(max_seconds, 200)
+    rows = reach_rows(best, runs, reference, nfe_grid, seconds_grid, args.gain_fraction)
+    tables = {"reach": reach_table(rows, best, reference), "grid": grid_table(every)}
+    stem = output_stem(args)
+    plot = args.out / f"{stem}.png"
+    chosen = {label: runs[(label, stats.lr)] for label, (stats, _) in best.items()}
+    plot_curves(plot, chosen, nfe_grid, seconds_grid, rows[0].target,
+                f"{stem}: seed mean and min/max band, each at its chosen lr; dotted: {reference} final mean")
+    payload = {
+        "protocol": "main" if args.ablation == "none" else f"ablation_{args.ablation}",
+        "task": args.task, "reference": reference, "target_reward": rows[0].target,
+        "gain_target_reward": rows[0].gain_target,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "torch_threads": torch.get_num_threads(), "wall_seconds_total": time.time() - started,
+        "chosen": {label: {"lr": stats.lr, "stable": stable} for label, (stats, stable) in best.items()},
+        "reach": [asdict(row) for row in rows], "groups": [asdict(g) for g in every],
+        "tables": tables, "plot": str(plot),
+        "runs": [h.to_json() for histories in runs.values() for h in histories],
+    }
+    write_json(args.out / f"{stem}.json", payload)
+    if not args.quiet:
+        print(f"\nTarget: {reference} final mean reward {rows[0].target:.4f}; @gain: {rows[0].gain_target:.4f} "
+              f"(start + {args.gain_fraction} x gain); keep ratio {args.keep_ratio}\n")
+        print(tables["reach"], "\n")
+        print(tables["grid"])
+        print(f"\nwrote {args.out / (stem + '.json')} and {plot}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""One training iteration on the SD3.5-medium architecture: TreeGRPO k3w3 against a DanceGRPO schedule.
+
+Random weights of the published sizes (``/work/shared/MODEL-CONFIGS.md``): the SD3.5-medium
+transformer, the SD3 VAE (decode included) and a CLIP ViT-H/14-sized vision tower as the reward
+model, at 512 x 512 (latents 16 x 64 x 64), 10 steps, CFG 4.5 (uncond + cond in one batch), random
+prompt embeddings of the real shapes ((B, 333, 4096) and pooled (B, 2048)). The iteration runs the
+library's real code path: ``SD3Backbone`` (built around the random transformer) gives the model
+function and the schedule; ``rollout_trees``, ``compute_advantages``, ``select_edges`` and
+``update_policy`` with a plain-torch learner do the rest.
+
+Measured per method: seconds of rollout / decode + reward / training, rollout and training NFE from
+the engine's counters (and the closed forms), peak GPU memory, and the achieved TFLOP/s of one
+training forward + backward (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``, which
+counts matrix products, convolutions and attention), with MFU against ``--peak-tflops``.
+
+    python benchmarks/gpu_iteration.py --size sd35m --device cuda --dtype bf16 --out benchmarks/results
+    python benchmarks/gpu_iteration.py --size tiny --device cpu --dtype fp32      # seconds, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import markdown_table, write_json  # noqa: E402
+
+from treegrpo import schedule as S  # noqa: E402
+from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
+from treegrpo.methods import MethodConfig, plan_for_epoch, preset  # noqa: E402
+from treegrpo.models.common import TextConditioning  # noqa: E402
+from treegrpo.models.config import LoraConfig, ModelConfig, torch_dtype  # noqa: E402
+from treegrpo.models.sd3 import SD3Backbone  # noqa: E402
+from treegrpo.rollout import TreeRollout, rollout_trees  # noqa: E402
+from treegrpo.training import make_minibatches, minibatch_loss  # noqa: E402
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ----------------------------------------------------------------------------- architecture configs
+
+
+@dataclass
+class SizeSpec:
+    """Architecture configs and shapes of one benchmark size."""
+
+    transformer: dict[str, Any]
+    vae: dict[str, Any]
+    reward: dict[str, Any]  # transformers CLIPVisionConfig keyword arguments
+    resolution: int
+    text_tokens: int
+    text_dim: int
+    pooled_dim: int
+
+
+SD35_MEDIUM_TRANSFORMER: dict[str, Any] = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+SD3_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16, norm_num_groups=32,
+    sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+)
+CLIP_VIT_H14: dict[str, Any] = dict(
+    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
+    patch_size=14, projection_dim=1024, hidden_act="gelu",
+)
+
+SIZES: dict[str, SizeSpec] = {
+    "sd35m": SizeSpec(SD35_MEDIUM_TRANSFORMER, SD3_VAE, CLIP_VIT_H14, resolution=512, text_tokens=333,
+                      text_dim=4096, pooled_dim=2048),
+    "tiny": SizeSpec(
+        transformer=dict(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                         caption_projection_dim=16, pooled_projection_dim=64, pos_embed_max_size=16,
+                         dual_attention_layers=(0,), qk_norm="rms_norm"),
+        vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
+                 latent_channels=16, norm_num_groups=4, sample_size=32, scaling_factor=1.5305,
+                 shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+        reward=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=32, patch_size=8, projection_dim=16),
+        resolution=32, text_tokens=8, text_dim=32, pooled_dim=64,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="sd35m", choices=sorted(SIZES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
+    parser.add_argument("--methods", nargs="+", default=["treegrpo", "dance_grpo"], choices=["treegrpo", "dance_grpo"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--guidance", type=float, default=4.5)
+    parser.add_argument("--noise-level", type=float, default=0.7)
+    parser.add_argument("--window-start", type=int, default=0,
+                        help="TreeGRPO window start (fixed; 0 = the most expensive placement)")
+    parser.add_argument("--dance-train-fraction", type=float, default=0.6,
+                        help="fraction of the 10 steps DanceGRPO trains (the preset's 0.6; 1.0 = every step)")
+    parser.add_argument("--leaves", type=int, default=27, help="DanceGRPO trajectories per prompt (= k3w3 leaves)")
+    parser.add_argument("--train", default="full", choices=["full", "lora"], help="full fine-tuning (paper) or LoRA")
+    parser.add_argument("--lora-rank", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--train-batch", type=int, default=4, help="parents per training forward (x2 rows with CFG)")
+    parser.add_argument("--max-batch", type=int, default=16, help="rollout rows per model call (x2 with CFG)")
+    parser.add_argument("--decode-batch", type=int, default=8)
+    parser.add_argument("--reward-batch", type=int, default=32)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per method first")
+    parser.add_argument("--iterations", type=int, default=1, help="timed iterations per method (medians reported)")
+    parser.add_argument("--flop-repeats", type=int, default=3, help="timed training forward+backward repeats")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense peak of the device (H100 SXM bf16: 989)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_iteration_<size>.json")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- building the models
+
+
+@contextlib.contextmanager
+def created_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """New modules are initialised directly on ``device`` in ``dtype`` (no fp32 CPU copy of 2.5B weights)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> SD3Backbone:
+    """A StableDiffusion3Pipeline of random weights (no text encoders) wrapped by the library's SD3Backbone."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(args.seed)
+    with created_on(torch.device(args.device), torch_dtype(args.dtype)):
+        transformer = SD3Transformer2DModel(**spec.transformer)
+        vae = AutoencoderKL(**spec.vae)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )
+    config = ModelConfig(
+        path="random-weights", family="sd3", dtype=args.dtype, device=args.device, full_finetune=args.train == "full",
+        lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)), gradient_checkpointing=args.gradient_checkpointing,
+        height=spec.resolution, width=spec.resolution, decode_batch_size=args.decode_batch,
+    )
+    return SD3Backbone(pipe, config, torch.device(args.device))
+
+
+def random_conditioning(spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device) -> TextConditioning:
+    """Random prompt embeddings of the real shapes (T5 + CLIP tokens, pooled CLIP), with the negative row."""
+    generator = torch.Generator().manual_seed(1)
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device, dtype)
+
+    return TextConditioning(
+        prompt_embeds=draw(prompts, spec.text_tokens, spec.text_dim),
+        negative_prompt_embeds=draw(1, spec.text_tokens, spec.text_dim),
+        pooled_prompt_embeds=draw(prompts, spec.pooled_dim),
+        negative_pooled_prompt_embeds=draw(1, spec.pooled_dim),
+    )
+
+
+class ClipReward:
+    """A CLIP-vision-tower reward of realistic size: cosine of the image embedding with a per-prompt embedding."""
+
+    def __init__(self, spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device, batch: int) -> None:
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        config = CLIPVisionConfig(**spec.reward)
+        self.model = CLIPVisionModelWithProjection(config).to(device, dtype).eval().requires_grad_(False)
+        self.size = config.image_size
+        self.dtype = dtype
+        self.batch = batch
+        generator = torch.Generator().manual_seed(2)
+        self.text = torch.nn.functional.normalize(torch.randn(prompts, config.projection_dim, generator=generator), dim=-1).to(device)
+        self.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B]`` of images ``[B, 3, H, W]`` in [0, 1] for their prompts."""
+        scores = []
+        for start in range(0, images.shape[0], self.batch):
+            chunk = images[start : start + self.batch]
+            pixels = torch.nn.functional.interpolate(chunk, size=(self.size, self.size), mode="bicubic",
+                                                     antialias=True, align_corners=False)
+            pixels = ((pixels - self.mean) / self.std).to(self.dtype)
+            embeds = self.model(pixel_values=pixels).image_embeds.to(torch.float32)
+            text = self.text[prompt_index[start : start + self.batch]]
+            scores.append((torch.nn.functional.normalize(embeds, dim=-1) * text).sum(-1))
+        return torch.cat(scores)
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+@dataclass
+class IterationResult:
+    """Timings and counters of one measured iteration of one method."""
+
+    method: str
+    plan: str
+    leaves_per_prompt: int
+    rollout_s: float
+    decode_reward_s: float
+    training_s: float
+    rollout_nfe: int
+    training_nfe: int
+    rollout_nfe_closed_form: int
+    training_nfe_closed_form: int
+    rollout_model_calls: int
+    optimizer_steps: int
+    peak_memory_gb: float | None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_s(self) -> float:
+        return self.rollout_s + self.decode_reward_s + self.training_s
+
+
+def method_config(name: str, args: argparse.Namespace) -> MethodConfig:
+    """TreeGRPO k3w3 with a fixed window, or DanceGRPO flat with ``--leaves`` trajectories per prompt."""
+    if name == "treegrpo":
+        return preset("treegrpo", tree={"window_placement": "fixed", "window_start": args.window_start})
+    return preset("dance_grpo", tree={"trees": args.leaves, "train_fraction": args.dance_train_fraction})
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and its wall seconds (device synchronised on both ends)."""
+    synchronize(device)
+    start = time.perf_counter()
+    value = fn()
+    synchronize(device)
+    return value, time.perf_counter() - start
+
+
+@dataclass
+class Bench:
+    """Everything an iteration needs, built once."""
+
+    args: argparse.Namespace
+    backbone: SD3Backbone
+    conditioning: TextConditioning
+    reward: ClipReward
+    learner: TorchLearner
+    device: torch.device
+
+
+def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult, TreeRollout, torch.Tensor, torch.Tensor]:
+    """Rollout, decode + reward, advantages + update of ``name``; returns the result, rollout, advantages, mask."""
+    args, backbone, device = bench.args, bench.backbone, bench.device
+    method = method_config(name, args)
+    plan = plan_for_epoch(method.tree, args.steps, epoch, args.seed)
+    stepper = backbone.stepper(args.steps, args.noise_level)
+    model_fn = backbone.model_fn(bench.conditioning, args.guidance)
+    roots = args.prompts * method.tree.trees
+    root_cond = torch.arange(args.prompts, device=device).repeat_interleave(method.tree.trees)
+    rollout_generator = torch.Generator(device=device).manual_seed(args.seed + epoch)
+    update_generator = torch.Generator().manual_seed(args.seed + epoch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    noise = backbone.initial_noise(roots, rollout_generator)
+    rollout, rollout_s = timed(device, lambda: rollout_trees(model_fn, stepper, plan, noise, root_cond,
+                                                             max_batch=args.max_batch, generator=rollout_generator))
+    scores, reward_s = timed(device, lambda: bench.reward(backbone.decode(rollout.leaf_latents), rollout.leaf_cond))
+
+    def train() -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, method.advantage)
+        mask = select_edges(rollout, advantages.edge, method.advantage, kl_on=False)
+        stats = update_policy(model_fn, stepper, rollout, advantages.edge, mask, bench.learner, method.loss,
+                              UpdateConfig(inner_epochs=1, parents_per_batch=args.train_batch, grad_accum=0),
+                              generator=update_generator)
+        return stats, advantages.edge, mask
+
+    (stats, edge_advantages, mask), training_s = timed(device, train)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    result = IterationResult(
+        method=name, plan=S.describe(plan), leaves_per_prompt=method.tree.trees * S.leaves_per_tree(plan),
+        rollout_s=rollout_s, decode_reward_s=reward_s, training_s=training_s,
+        rollout_nfe=rollout.nfe, training_nfe=int(stats["training_nfe"]),
+        rollout_nfe_closed_form=roots * S.rollout_nfe_per_tree(plan),
+        training_nfe_closed_form=roots * S.training_nfe_per_tree(plan),
+        rollout_model_calls=rollout.model_calls, optimizer_steps=int(stats["optimizer_steps"]), peak_memory_gb=peak,
+    )
+    return result, rollout, edge_advantages, mask
+
+
+def measure_training_flops(bench: Bench, name: str, rollout: TreeRollout, edge_advantages: torch.Tensor,
+                           mask: torch.Tensor) -> dict[str, float]:
+    """FLOPs of one training forward + backward (one minibatch of ``--train-batch`` parents) and its time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args, backbone, device = bench.args, bench.backbone, bench.device
+    method = method_config(name, args)
+    stepper = backbone.stepper(args.steps, args.noise_level)
+    model_fn = backbone.model_fn(bench.conditioning, args.guidance)
+    batch = make_minibatches(rollout, mask, args.train_batch, torch.Generator().manual_seed(0))[0]
+
+    def forward_backward() -> None:
+        out = minibatch_loss(model_fn, stepper, rollout, batch, edge_advantages, method.loss)
+        out.loss.backward()
+
+    with FlopCounterMode(display=False) as counter:
+        forward_backward()
+    bench.learner.optimizer.zero_grad(set_to_none=True)
+    seconds = []
+    for _ in range(max(1, args.flop_repeats)):
+        seconds.append(timed(device, forward_backward)[1])
+        bench.learner.optimizer.zero_grad(set_to_none=True)
+    flops = float(counter.get_total_flops())
+    median = statistics.median(seconds)
+    tflops = flops / median / 1e12
+    return {"minibatch_parents": float(batch.parent_slots.numel()), "minibatch_flops": flops,
+            "minibatch_seconds": median, "tflops": tflops, "mfu": tflops / args.peak_tflops}
+
+
+def median_result(results: Sequence[IterationResult]) -> IterationResult:
+    """The measured iteration with the median total time."""
+    ordered = sorted(results, key=lambda r: r.total_s)
+    return ordered[len(ordered) // 2]
+
+
+def benchmark_method(bench: Bench, name: str) -> IterationResult:
+    """Warm-up iterations, timed iterations, then the training FLOP measurement."""
+    for epoch in range(bench.args.warmup):
+        run_iteration(bench, name, epoch)
+    timed_runs = [run_iteration(bench, name, bench.args.warmup + i) for i in range(max(1, bench.args.iterations))]
+    result = median_result([run[0] for run in timed_runs])
+    _, rollout, edge_advantages, mask = timed_runs[-1]
+    flops = measure_training_flops(bench, name, rollout, edge_advantages, mask)
+    per_parent = flops["minibatch_flops"] / flops["minibatch_parents"]
+    flops["training_phase_tflops_estimate"] = per_parent * result.training_nfe / max(result.training_s, 1e-12) / 1e12
+    result.extra = flops
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def results_table(results: Sequence[IterationResult]) -> str:
+    """Markdown table of the measured iterations."""
+    header = ["method", "plan", "leaves/prompt", "rollout s", "decode+reward s", "training s", "total s",
+              "rollout NFE (closed form)", "training NFE (closed form)", "peak GiB", "train fwd+bwd TFLOP/s", "MFU"]
+    body = []
+    for r in results:
+        body.append([
+            r.method, r.plan, str(r.leaves_per_prompt), f"{r.rollout_s:.3f}", f"{r.decode_reward_s:.3f}",
+            f"{r.training_s:.3f}", f"{r.total_s:.3f}", f"{r.rollout_nfe} ({r.rollout_nfe_closed_form})",
+            f"{r.training_nfe} ({r.training_nfe_closed_form})",
+            "-" if r.peak_memory_gb is None else f"{r.peak_memory_gb:.1f}",
+            f"{r.extra['tflops']:.2f}", f"{100 * r.extra['mfu']:.1f}%",
+        ])
+    return markdown_table(header, body)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and the device name."""
+    import diffusers
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "device_name": name, "torch_threads": torch.get_num_threads()}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Build the models, measure every method, print the table and write JSON; returns the payload."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    spec = SIZES[args.size]
+    backbone = build_backbone(spec, args)
+    dtype = torch_dtype(args.dtype)
+    parameters = backbone.trainable_parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    bench = Bench(args, backbone, random_conditioning(spec, args.prompts, dtype, device),
+                  ClipReward(spec, args.prompts, dtype, device, args.reward_batch),
+                  TorchLearner(parameters, optimizer, max_grad_norm=1.0), device)
+    results = [benchmark_method(bench, name) for name in args.methods]
+    table = results_table(results)
+    payload = {
+        "size": args.size, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": environment(device),
+        "trainable_parameters": sum(p.numel() for p in parameters),
+        "transformer_parameters": sum(p.numel() for p in backbone.denoiser.parameters()),
+        "results": [asdict(r) | {"total_s": r.total_s} for r in results], "table": table,
+    }
+    if len(results) == 2:
+        payload["iteration_speedup"] = results[1].total_s / results[0].total_s
+    print(table)
+    if args.out is not None:
+        path = args.out / f"gpu_iteration_{args.size}.json"
+        write_json(path, payload)
+        print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

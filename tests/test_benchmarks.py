@@ -1,0 +1,126 @@
+"""The benchmark scripts run at a tiny size; their JSON has the expected fields and NFE matches the closed forms."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import pytest
+import torch
+
+from treegrpo import schedule as S
+from treegrpo.methods import plan_for_epoch, preset
+from treegrpo.toy import ToyRunConfig, ToyTask, pretrain_toy, train_toy
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (its folder on the path, for ``common``)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Benchmarks set one torch thread; restore the previous count afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_TOY = ["--seeds", "0", "--lrs", "3e-3", "--budget", "6000", "--prompts", "2", "--eval-points", "4",
+            "--eval-samples", "32", "--pretrain-steps", "30", "--quiet"]
+
+
+def closed_form_rollout_nfe(method: str, overrides: dict[str, dict[str, object]], iterations: int, prompts: int, seed: int) -> int:
+    """Sum over iterations of the rollout NFE that ``treegrpo.schedule`` predicts for each iteration's plan."""
+    config = preset(method, **overrides)
+    total = 0
+    for iteration in range(iterations):
+        plan = plan_for_epoch(config.tree, 10, iteration, seed)
+        total += prompts * config.tree.trees * S.rollout_nfe_per_tree(plan)
+    return total
+
+
+def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
+    efficiency = load("efficiency")
+    payload = efficiency.main([*TINY_TOY, "--methods", "treegrpo", "flow_grpo", "branch_grpo", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "efficiency_toy.json").read_text())
+    assert (tmp_path / "efficiency_toy.png").stat().st_size > 0
+    assert saved["reference"] == "flow_grpo" and saved["target_reward"] == pytest.approx(payload["target_reward"], rel=1e-5)
+    assert {row["label"] for row in saved["reach"]} == {"treegrpo", "flow_grpo", "branch_grpo"}
+    for key in ("nfe_to_target", "seconds_to_target", "nfe_ratio", "seconds_ratio", "seeds_reaching", "gain_target"):
+        assert all(key in row for row in saved["reach"])
+    flow = next(row for row in saved["reach"] if row["label"] == "flow_grpo")
+    assert flow["nfe_to_target"] is not None  # the reference reaches its own final mean reward
+    assert {"keep_fraction", "final_mean", "nfe_per_iteration", "seconds_per_iteration"} <= set(saved["groups"][0])
+    for run in saved["runs"]:
+        spec, points = run["spec"], run["points"]  # points: one list per field
+        iterations = points["iteration"]
+        assert iterations[0] == 0 and iterations[-1] > 0 and len(points["reward"]) == len(iterations)
+        assert points["rollout_nfe"][-1] + points["training_nfe"][-1] <= spec["budget_nfe"]
+        assert points["seconds"] == sorted(points["seconds"])
+        expected = closed_form_rollout_nfe(spec["method"], spec["overrides"], iterations[-1], 2, spec["seed"])
+        assert points["rollout_nfe"][-1] == expected
+    leaves = {run["spec"]["label"]: run["leaves_per_prompt"] for run in saved["runs"]}
+    assert leaves == {"treegrpo": 27, "flow_grpo": 27, "branch_grpo": 16}
+
+
+@pytest.mark.parametrize("ablation, labels", [
+    ("shape", {"k3w3", "k2w3", "k2w4", "k4w3", "k3w3 x2 trees"}),
+    ("window", {"geometric r=0.5", "geometric r=0.3", "fixed start 0", "shifting 1/25 it"}),
+])
+def test_efficiency_ablations_json(tmp_path: Path, ablation: str, labels: set[str]) -> None:
+    efficiency = load("efficiency")
+    efficiency.main([*TINY_TOY, "--ablation", ablation, "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / f"ablation_{ablation}_toy.json").read_text())
+    assert {row["label"] for row in saved["reach"]} == labels
+    leaves = {run["spec"]["label"]: run["leaves_per_prompt"] for run in saved["runs"]}
+    if ablation == "shape":
+        assert leaves == {"k3w3": 27, "k2w3": 8, "k2w4": 16, "k4w3": 64, "k3w3 x2 trees": 54}
+
+
+def test_toy_runner_follows_train_toy() -> None:
+    common = load("common")
+    task = ToyTask()
+    base = pretrain_toy(task, steps=30, seed=0)
+    for method, overrides in (("treegrpo", {}), ("flow_grpo", {"tree": {"trees": 3}})):
+        reference = train_toy(ToyRunConfig(method=method, iterations=3, lr=3e-3, prompts_per_iteration=2,
+                                           eval_samples=32, method_overrides=overrides), task, base)
+        protocol = common.ToyProtocol(prompts_per_iteration=2, eval_samples=32, eval_points=10**6, max_iterations=3)
+        history = common.run_toy(common.RunSpec(method, method, 3e-3, 0, 10**6, overrides), protocol, task, base)
+        assert [p.reward for p in history.points] == reference["reward"]
+        assert history.final.rollout_nfe == sum(reference["rollout_nfe"])
+        assert history.final.training_nfe == sum(reference["training_nfe"])
+
+
+def test_gpu_iteration_tiny_on_cpu(tmp_path: Path) -> None:
+    gpu = load("gpu_iteration")
+    payload = gpu.main(["--size", "tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1", "--warmup", "0",
+                        "--iterations", "1", "--flop-repeats", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_iteration_tiny.json").read_text())
+    assert saved["table"] == payload["table"]
+    results = {r["method"]: r for r in saved["results"]}
+    assert set(results) == {"treegrpo", "dance_grpo"}
+    tree, dance = results["treegrpo"], results["dance_grpo"]
+    # k3w3 with the window at steps 0-2: 1 + 3 + 9 branching evaluations, then 27 leaves x 7 ODE steps
+    tree_plan = S.tree_plan(10, 3, 3, 0)
+    assert tree["rollout_nfe"] == tree["rollout_nfe_closed_form"] == S.rollout_nfe_per_tree(tree_plan) == 202
+    assert tree["training_nfe"] <= tree["training_nfe_closed_form"] == S.training_nfe_per_tree(tree_plan) == 13
+    assert dance["rollout_nfe"] == dance["rollout_nfe_closed_form"] == 27 * 10
+    assert dance["training_nfe"] <= dance["training_nfe_closed_form"] == 27 * 6
+    assert tree["leaves_per_prompt"] == dance["leaves_per_prompt"] == 27
+    for result in (tree, dance):
+        for key in ("rollout_s", "decode_reward_s", "training_s", "total_s", "peak_memory_gb", "optimizer_steps"):
+            assert key in result
+        assert result["extra"]["minibatch_flops"] > 0 and result["extra"]["mfu"] > 0
