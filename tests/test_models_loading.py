@@ -119,3 +119,9 @@ def test_shipped_configs_model_sections_fit_the_schema(config_file: Path) -> Non
         pytest.skip(f"{config_file.name} has no model section")
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), section))
     assert isinstance(config, ModelConfig) and config.path
+
+
+def test_family_override_must_not_contradict_the_pipeline() -> None:
+    config = ModelConfig(path=str(tiny_pipeline("sd3")), family="flux", device="cpu")
+    with pytest.raises(ValueError, match="model.family is 'flux' but .* StableDiffusion3Pipeline"):
+        load_backbone(config)

@@ -73,6 +73,19 @@ def family_of(model_index: dict[str, Any], path: str) -> str:
     return PIPELINE_FAMILIES[class_name]
 
 
+def chosen_family(cfg: ModelConfig, model_index: dict[str, Any]) -> str:
+    """``cfg.family`` when set (it must not contradict a supported ``_class_name``), else the detected one."""
+    if cfg.family is None:
+        return family_of(model_index, cfg.path)
+    detected = PIPELINE_FAMILIES.get(model_index.get("_class_name", ""))
+    if detected is not None and detected != cfg.family:
+        raise ValueError(
+            f"model.family is {cfg.family!r} but {cfg.path} holds a {model_index['_class_name']} ({detected}); "
+            "unset model.family to use the detected one"
+        )
+    return cfg.family
+
+
 def _absent_components(model_index: dict[str, Any]) -> dict[str, None]:
     """Components saved as ``[null, null]`` (e.g. SD3 without T5), passed as ``None`` when loading."""
     return {
@@ -140,7 +153,7 @@ def load_backbone(
     """
     validate_model_config(cfg)
     model_index = read_model_index(cfg)
-    family = cfg.family or family_of(model_index, cfg.path)
+    family = chosen_family(cfg, model_index)
     pipe = load_pipeline(cfg, family, model_index)
     target = torch.device(device) if device is not None else resolve_device(cfg.device)
     return backbone_class(family)(pipe, cfg, target, with_reference=with_reference, trainable=trainable)
