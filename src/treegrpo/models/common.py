@@ -111,13 +111,11 @@ class DiffusersBackbone:
 
         self._freeze_all()
         self._place_modules()
-        if not trainable:
-            pass
-        elif cfg.full_finetune:
+        if trainable and cfg.full_finetune:
             self._setup_full_finetune(with_reference)
-        else:
+        elif trainable:
             self._setup_lora()
-        if cfg.gradient_checkpointing:
+        if trainable and cfg.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self._trainable = [p for p in self.denoiser.parameters() if p.requires_grad]
 
