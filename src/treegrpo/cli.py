@@ -92,7 +92,7 @@ def load_for_inference(model: Any, trained: Optional[str]) -> Any:
     from treegrpo.models.loading import load_backbone
     from treegrpo.trainer import resolve_model_path
 
-    backbone = load_backbone(replace(model, path=resolve_model_path(model.path), full_finetune=True))
+    backbone = load_backbone(replace(model, path=resolve_model_path(model.path)), trainable=False)
     if trained is not None:
         apply_trained(backbone, Path(trained))
     backbone.denoiser.requires_grad_(False)

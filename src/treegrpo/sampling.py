@@ -253,7 +253,8 @@ class DDIMStepper:
     def __post_init__(self) -> None:
         self.alphas_cumprod = self.alphas_cumprod.detach().to(torch.float32)
         self.timesteps = self.timesteps.detach().long()
-        step_ratio = int(self.timesteps[0] - self.timesteps[1]) if len(self.timesteps) > 1 else 1
+        # as DDIMScheduler: the previous timestep is ``t - num_train_timesteps // num_inference_steps``
+        step_ratio = self.alphas_cumprod.shape[0] // self.timesteps.shape[0]
         previous = self.timesteps - step_ratio
         final = torch.tensor(self.final_alpha_cumprod, dtype=torch.float32)
         self._alpha_prev = torch.where(
