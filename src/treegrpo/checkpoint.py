@@ -9,16 +9,21 @@
     rng-rank{R}.pt           RNG states of process R as tensors: torch, cuda, numpy, trainer generators
     rng-rank{R}.json         python ``random`` state and numpy's scalar fields
     state.json               iteration, prompt-sampler position, metrics offset, world size
+    MANIFEST.json            size and SHA-256 of every file above (written after them)
     COMPLETE                 written last
 
 Everything is written into ``.tmp-step-NNNNNN`` and renamed into place after an fsync, so a
-folder named ``step-*`` is always whole; loading also requires ``COMPLETE``. The newest ``keep``
-complete checkpoints are kept.
+folder named ``step-*`` is always whole; loading also requires ``COMPLETE`` and a manifest that
+matches the files. Resume takes the newest checkpoint that passes :func:`verify` and warns about
+newer ones that do not. The newest ``keep`` complete checkpoints are kept; stale temp folders of
+an interrupted save are deleted at the next save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -30,8 +35,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from treegrpo.faults import fault_point
+
+logger = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
+MANIFEST = "MANIFEST.json"
 STEP_PATTERN = re.compile(r"^step-(\d{6,})$")
 
 
@@ -69,6 +79,7 @@ def _fsync_tree(folder: Path) -> None:
 
 def write_json(file: Path, value: Any) -> None:
     """Write JSON and fsync it."""
+    fault_point("checkpoint_write")
     with open(file, "w", encoding="utf-8") as handle:
         json.dump(value, handle, indent=2, sort_keys=True)
         handle.flush()
@@ -170,10 +181,14 @@ def save_main(
     state: dict[str, Any],
 ) -> None:
     """The main process's share: weights, EMA, optimizer, scheduler, run state."""
+    fault_point("checkpoint_write")
     save_file(weights, str(folder / "trained.safetensors"))
     if ema is not None:
+        fault_point("checkpoint_write")
         save_file(ema, str(folder / "ema.safetensors"))
+    fault_point("checkpoint_write")
     torch.save(optimizer, folder / "optimizer.pt")
+    fault_point("checkpoint_write")
     torch.save(scheduler, folder / "scheduler.pt")
     write_json(folder / "state.json", state)
 
@@ -181,6 +196,7 @@ def save_main(
 def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) -> None:
     """Every process writes its own RNG states."""
     tensors, info = capture_rng(generators)
+    fault_point("checkpoint_write")
     torch.save(tensors, folder / f"rng-rank{rank}.pt")
     write_json(folder / f"rng-rank{rank}.json", info)
 
@@ -188,15 +204,66 @@ def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) ->
 def finish(run_dir: Path, iteration: int, keep: int) -> Path:
     """Mark the temp folder complete, rename it into place and prune old checkpoints (main only)."""
     folder = temp_folder(run_dir, iteration)
+    _fsync_tree(folder)
+    write_json(folder / MANIFEST, manifest(folder))
+    fault_point("checkpoint_write")
     (folder / COMPLETE).write_text("ok\n")
     _fsync_tree(folder)
     final = run_dir / CHECKPOINTS / step_name(iteration)
+    fault_point("checkpoint_write")
     if final.exists():
         shutil.rmtree(final)
     os.replace(folder, final)
     _fsync_dir(final.parent)
+    fault_point("checkpoint_write")
     prune(run_dir, keep)
     return final
+
+
+def file_digest(file: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{file name: {"size": bytes, "sha256": hex}}`` of every file of a checkpoint folder."""
+    return {
+        file.name: {"size": file.stat().st_size, "sha256": file_digest(file)}
+        for file in sorted(folder.iterdir())
+        if file.is_file() and file.name not in (MANIFEST, COMPLETE)
+    }
+
+
+def problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a usable checkpoint (one phrase), or None when it is whole."""
+    if not (folder / COMPLETE).is_file():
+        return f"no {COMPLETE} marker"
+    try:
+        listed = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"missing or unreadable {MANIFEST}"
+    if not isinstance(listed, dict):
+        return f"malformed {MANIFEST}"
+    for name, expected in listed.items():
+        file = folder / name
+        if not isinstance(expected, dict) or not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected.get("size"):
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected.get('size')}"
+        if file_digest(file) != expected.get("sha256"):
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def verify(folder: Path) -> None:
+    """Raise a one-line :class:`CheckpointError` unless ``folder`` is a whole checkpoint."""
+    reason = problem(folder)
+    if reason is not None:
+        raise CheckpointError(f"{folder} is incomplete or corrupt ({reason}); resume from an earlier checkpoint")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -212,18 +279,23 @@ def prune(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` complete checkpoints, and stale temp folders."""
     for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in (run_dir / CHECKPOINTS).glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest checkpoint of a run that passes :func:`verify` (newer broken ones are warned about), or None."""
+    for folder in reversed(complete_checkpoints(run_dir)):
+        reason = problem(folder)
+        if reason is None:
+            return folder
+        logger.warning("skipping checkpoint %s: %s; falling back to the previous one", folder, reason)
+    return None
 
 
 def read_state(folder: Path) -> dict[str, Any]:
-    """The run state of a checkpoint (after checking it is complete)."""
-    if not (folder / COMPLETE).is_file():
-        raise CheckpointError(f"{folder} is incomplete (no {COMPLETE} marker); resume from an earlier checkpoint")
+    """The run state of a checkpoint (after checking it is whole: marker, manifest, sizes, hashes)."""
+    verify(folder)
     return json.loads((folder / "state.json").read_text())
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,8 @@ class TrainConfig:
     """DDP option; needed when some trained weights get no gradient."""
     debug_dump: bool = False
     """Write per-process leaf scores, group ids and advantages to RUN/debug/ (tests, debugging)."""
+    max_nonfinite_in_a_row: int = 3
+    """Stop the run after this many iterations in a row whose update was skipped for NaN / inf values."""
 
 
 @dataclass
@@ -339,10 +342,27 @@ def _check_rewards(cfg: TrainerConfig) -> None:
             raise ConfigError(f"unknown reward {name!r}{_nearest(name, known)} (available: {', '.join(known)})")
 
 
+MAX_STEPS = 1000
+"""Upper bound on ``sampling.steps`` (a plan is built per step at validation time)."""
+
+
+def _check_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float of the config must be finite (``nan`` and ``inf`` parse as floats)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} is {value}; set it to a finite number")
+        elif isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"{prefix}{f.name} holds {value}; use finite numbers only")
+
+
 def validate(cfg: TrainerConfig) -> None:
     """Semantic checks that the types cannot express (choices, ranges, the tree plan)."""
     from treegrpo.methods import plan_for_epoch
 
+    _check_finite(cfg)
     _check_choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
     _check_choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
     _check_choice("sampling.sde_type", cfg.sampling.sde_type, SDE_TYPES)
@@ -357,8 +377,12 @@ def validate(cfg: TrainerConfig) -> None:
         ("sampling.steps", cfg.sampling.steps),
         ("sampling.max_batch", cfg.sampling.max_batch),
         ("data.prompts_per_iteration", cfg.data.prompts_per_iteration),
+        ("train.max_nonfinite_in_a_row", cfg.train.max_nonfinite_in_a_row),
+        ("tree.trees", cfg.tree.trees),
     ):
         _check_positive(key, value)
+    if cfg.sampling.steps > MAX_STEPS:
+        raise ConfigError(f"sampling.steps must be <= {MAX_STEPS}, got {cfg.sampling.steps}; lower it")
     for key, value in (
         ("train.grad_accum", cfg.train.grad_accum),
         ("train.checkpoint_every", cfg.train.checkpoint_every),
@@ -380,4 +404,4 @@ def validate(cfg: TrainerConfig) -> None:
     try:
         plan_for_epoch(cfg.tree, cfg.sampling.steps, 0, cfg.seed)
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"{error}; fix the tree section for sampling.steps={cfg.sampling.steps}") from None
