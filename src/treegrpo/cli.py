@@ -10,6 +10,8 @@
 
 Multi-process: ``accelerate launch --config_file configs/accelerate/8gpu_ddp.yaml -m treegrpo train ...``.
 Bad input prints one line on stderr naming the problem and the fix, and exits with code 2.
+SIGTERM / Ctrl-C during ``train`` save a checkpoint and exit with 128 + the signal number (143 / 130);
+a run stopped by repeated NaN / inf values exits with code 1; both print one line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 from treegrpo.config import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 class CliError(ConfigError):
@@ -297,6 +300,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+def _stopped(command: str, error: RuntimeError) -> int:
+    """A training run that stopped on purpose: one line on stderr and its exit code; re-raises anything else."""
+    from treegrpo.guards import NonFiniteError
+    from treegrpo.trainer import TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
+        sys.stderr.write(f"treegrpo {command}: {error}\n")
+        return 128 + error.signum
+    if isinstance(error, NonFiniteError):
+        sys.stderr.write(f"treegrpo {command}: error: {error}\n")
+        return EXIT_FAILED
+    raise error
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser (every subcommand)."""
     parser = _Parser(prog="treegrpo", description="RL post-training (TreeGRPO, GRPO family) of diffusers image generators.")
@@ -322,6 +339,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except RuntimeError as error:
+        return _stopped(args.command, error)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"treegrpo {args.command}: interrupted before training started; nothing was saved\n")
+        return 128 + 2
     except (ConfigError, FileNotFoundError) as error:
         sys.stderr.write(f"treegrpo {args.command}: error: {error}\n")
         return EXIT_BAD_INPUT

@@ -22,7 +22,14 @@ Run directory contract (``RUN`` = ``output_dir``)::
     RUN/checkpoints/step-NNNNNN/    see treegrpo.checkpoint (exact resume)
     RUN/final/                      the trained weights via backbone.save_trained (EMA when on)
 
-An output folder holding another run's files is refused unless resuming or overwriting.
+An output folder holding another run's files is refused unless resuming or overwriting; every
+input (prompts, model folder, reward weights) is checked before the folder is touched.
+
+Reliability: SIGTERM and SIGINT finish the current iteration, save a checkpoint and raise
+:class:`TrainingInterrupted` (the CLI exits 128 + signal number); a second signal quits at once.
+A non-finite reward, rollout log-prob, ratio, loss or gradient skips the update it would poison
+(``nonfinite_skips`` / ``nonfinite`` in metrics.jsonl); ``train.max_nonfinite_in_a_row`` bad
+iterations in a row stop the run with :class:`~treegrpo.guards.NonFiniteError`.
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ import inspect
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +55,8 @@ from treegrpo import checkpoint as ckpt
 from treegrpo.config import ConfigError, TrainerConfig, reward_weights, to_yaml
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
 from treegrpo.engine import UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.faults import fault_point
+from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, stats_findings
 from treegrpo.methods import plan_for_epoch
 from treegrpo.models.base import Backbone, ModelFn
 from treegrpo.rollout import TreeRollout, rollout_trees
@@ -135,30 +146,117 @@ def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
 
 
 class AccelerateLearner:
-    """The engine's Learner through accelerate: backward (scaled / synced), clip, AdamW step."""
+    """The engine's Learner through accelerate: backward (scaled / synced), clip, AdamW step.
+
+    A non-finite loss or gradient norm skips that optimizer step on every process (the decision
+    is shared, so DDP replicas stay equal) and is recorded in ``findings`` / ``skipped``.
+    """
 
     def __init__(self, accelerator: Any, optimizer: Any, parameters: list[torch.nn.Parameter], max_grad_norm: float):
         self.accelerator = accelerator
         self.optimizer = optimizer
         self.parameters = parameters
         self.max_grad_norm = max_grad_norm
+        self.findings: list[str] = []
+        self.skipped = 0
+        self._minibatch = 0
+        self._bad_loss = False
+
+    def reset(self) -> None:
+        """Forget the previous iteration's findings."""
+        self.findings, self.skipped, self._minibatch, self._bad_loss = [], 0, 0, False
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward through the (possibly DDP-wrapped) denoiser; DDP all-reduces here."""
+        """Backward through the (possibly DDP-wrapped) denoiser; DDP all-reduces here (even for a bad loss)."""
+        self._minibatch += 1
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._bad_loss = True
+            self.findings.append(f"loss: {float(loss.detach().float().sum())} in minibatch {self._minibatch}")
         self.accelerator.backward(loss)
 
     def step(self) -> float:
-        """Clip, step (skipped on a non-finite norm unless a grad scaler handles it), zero grads."""
+        """Clip and step, unless a loss or the gradient norm is non-finite anywhere; zero grads."""
         norm = self._clip()
-        if math.isfinite(norm) or self.accelerator.scaler is not None:
+        scaled = self.accelerator.scaler is not None  # fp16: the grad scaler skips inf steps itself
+        bad_norm = not math.isfinite(norm) and not scaled
+        if self._shared_flag(self._bad_loss or bad_norm):
+            if bad_norm:
+                self.findings.append(f"grad_norm: {norm} at optimizer step after minibatch {self._minibatch}")
+            self.skipped += 1
+        else:
             self.optimizer.step()
+            fault_point("update")
+        self._bad_loss = False
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    def _shared_flag(self, flag: bool) -> bool:
+        """True when ``flag`` is set on any process."""
+        return any_process(self.accelerator, flag)
 
     def _clip(self) -> float:
         """Gradient norm after clipping to ``max_grad_norm`` (0 = measure only)."""
         limit = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
         return float(self.accelerator.clip_grad_norm_(self.parameters, limit))
+
+
+def any_process(accelerator: Any, flag: bool) -> bool:
+    """True when ``flag`` is set on any process (a collective: every process must call it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.gather(value).max() > 0)
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM / SIGINT stopped the run at an iteration boundary, after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[Path]) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        saved = f"checkpoint {checkpoint} saved" if checkpoint is not None else "no iteration finished, nothing saved"
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; {saved}; "
+            "continue with `treegrpo train CONFIG --resume auto` (same output dir)"
+        )
+
+
+class StopSignals:
+    """The first SIGTERM / SIGINT asks the loop to stop at the next iteration boundary; a second quits now."""
+
+    SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        """Remember the first signal; re-deliver a second one with the default action."""
+        if self.received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        logger.warning(
+            "received %s: finishing this iteration, then saving a checkpoint (send it again to quit without saving)",
+            signal.Signals(signum).name,
+        )
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Inside, SIGTERM / SIGINT are caught (main thread only; elsewhere nothing changes)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -503,6 +601,8 @@ class Trainer:
         self.metrics_lines = 0
         self.writer: Any = None
         self.last: Optional[IterationResult] = None
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite_in_a_row)
+        self.stop = StopSignals()
         if resume_from is not None:
             self._resume(resume_from)
 
@@ -571,6 +671,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.start_iteration = int(state["iteration"])
         self.metrics_lines = int(state["metrics_lines"])
+        self.guard.in_a_row = int(state.get("nonfinite_in_a_row", 0))
         ckpt.load_rng(folder, self.rank, self.generators)
 
     def save_checkpoint(self, iteration: int) -> None:
@@ -588,6 +689,7 @@ class Trainer:
                 "metrics_lines": self.metrics_lines,
                 "world_size": self.world,
                 "method": self.cfg.method,
+                "nonfinite_in_a_row": self.guard.in_a_row,
             }
             ckpt.save_main(
                 ckpt.temp_folder(self.run_dir, iteration),
@@ -649,15 +751,51 @@ class Trainer:
                 root_cond.to(device), max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
                 on_step=lambda step, width: bar.update(1),
             )
+        fault_point("rollout")
         rollout_seconds = time.time() - start
         images = self.backbone.decode(rollout.leaf_latents)
         leaf_prompts = [texts[int(i)] for i in rollout.leaf_cond]
         scores, components = self.rewards(images, leaf_prompts)
+        fault_point("reward")
         reward_seconds = time.time() - start - rollout_seconds
 
         structure = global_structure(_cpu(rollout), root_group, self.rank, self._gather)
         all_scores = self._gather(scores)
-        advantages = compute_advantages(structure, all_scores, structure.leaf_cond, cfg.advantage)
+        findings = log_prob_findings(rollout.edge_log_prob, rollout.parent_step[rollout.edge_parent_slot])
+        findings += reward_findings(components, leaf_prompts)
+        skip = any_process(self.accelerator, bool(findings) or not bool(torch.isfinite(all_scores).all()))
+        if skip and not findings:
+            findings = ["reward: non-finite scores on another process"]
+        safe_scores = torch.nan_to_num(all_scores, nan=0.0, posinf=0.0, neginf=0.0) if skip else all_scores
+        advantages = compute_advantages(structure, safe_scores, structure.leaf_cond, cfg.advantage)
+
+        update_start = time.time()
+        self.learner.reset()
+        if skip:
+            stats: dict[str, float] = {"training_nfe": 0.0, "trained_edges": 0.0, "optimizer_steps": 0.0}
+        else:
+            stats = self._update(iteration, rollout, structure, advantages, all_scores, scores, root_group, conditioning, stepper)
+            findings += self.learner.findings + stats_findings(stats)
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.scheduler.step()
+        if self.ema is not None and not skip:
+            self.ema.update()
+        update_seconds = time.time() - update_start
+
+        metrics = self._metrics(iteration, plan, all_scores, components, advantages, stats, rollout, lr)
+        metrics.update(
+            seconds=time.time() - start, rollout_seconds=rollout_seconds, reward_seconds=reward_seconds,
+            update_seconds=update_seconds,
+        )
+        metrics.update(self.guard.end_iteration(iteration + 1, findings, 1 if skip else self.learner.skipped))
+        return IterationResult(metrics, rollout, scores)
+
+    def _update(
+        self, iteration: int, rollout: TreeRollout, structure: TreeRollout, advantages: Any, all_scores: torch.Tensor,
+        scores: torch.Tensor, root_group: torch.Tensor, conditioning: Any, stepper: Any,
+    ) -> dict[str, float]:
+        """Select and balance this process's edges, then run the clipped update; returns its stats."""
+        cfg, device = self.cfg, self.accelerator.device
         kl_on = cfg.loss.kl_beta > 0
         edges = int(rollout.edge_child.shape[0])
         mine = slice(self.rank * edges, (self.rank + 1) * edges)
@@ -669,8 +807,6 @@ class Trainer:
         mask, edge_adv = balance_parents(rollout, mask, edge_adv, target)
         if cfg.train.debug_dump:
             self._dump(iteration, scores, root_group[rollout.leaf_tree.cpu()], advantages, all_scores, structure)
-
-        update_start = time.time()
         self.backbone.denoiser.train()
         with routed_through(self.backbone, self.wrapped):
             train_fn = self.backbone.model_fn(conditioning, cfg.sampling.guidance_scale)
@@ -680,18 +816,7 @@ class Trainer:
                 reference_fn=reference_fn, generator=self.generators["minibatch"],
             )
         self.backbone.denoiser.eval()
-        lr = float(self.scheduler.get_last_lr()[0])
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update()
-        update_seconds = time.time() - update_start
-
-        metrics = self._metrics(iteration, plan, all_scores, components, advantages, stats, rollout, lr)
-        metrics.update(
-            seconds=time.time() - start, rollout_seconds=rollout_seconds, reward_seconds=reward_seconds,
-            update_seconds=update_seconds,
-        )
-        return IterationResult(metrics, rollout, scores)
+        return stats
 
     def _metrics(
         self, iteration: int, plan: Plan, all_scores: torch.Tensor, components: dict[str, torch.Tensor],
@@ -757,22 +882,24 @@ class Trainer:
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def _truncate_metrics(self) -> None:
-        """Drop metrics lines written after the checkpoint being resumed (main process)."""
-        for name in ("metrics.jsonl",):
-            file = self.run_dir / name
-            if self.is_main and file.exists():
-                lines = file.read_text().splitlines(keepends=True)[: self.metrics_lines]
-                file.write_text("".join(lines))
+        """Drop metrics lines written after the checkpoint being resumed, and torn last lines (main process)."""
+        if not self.is_main:
+            return
+        file = self.run_dir / "metrics.jsonl"
+        if file.exists():
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[: self.metrics_lines]
+            write_atomic(file, "".join(line for line in lines if line.endswith("\n")))
         file = self.run_dir / "eval.jsonl"
-        if self.is_main and file.exists():
-            kept = [line for line in file.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= self.start_iteration]
-            file.write_text("".join(kept))
+        if file.exists():
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            write_atomic(file, "".join(line for line in lines if _eval_step(line) <= self.start_iteration))
 
     def _log(self, record: dict[str, Any]) -> None:
         """Append to metrics.jsonl, TensorBoard and the log (main process)."""
         self.metrics_lines += 1
         if not self.is_main:
             return
+        fault_point("metrics")
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
         step = record["step"]
@@ -829,6 +956,16 @@ class Trainer:
         self.writer.add_figure("tree", figure, step)
         plt.close(figure)
 
+    def _stop_if_requested(self, step: int, saved: bool) -> None:
+        """After a SIGTERM / SIGINT on any process: checkpoint ``step`` (unless just saved) and stop."""
+        local = float(self.stop.received or 0)
+        signum = int(self._gather(torch.tensor([local])).max()) if self.world > 1 else int(local)
+        if not signum:
+            return
+        if not saved:
+            self.save_checkpoint(step)
+        raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step))
+
     def export(self) -> Path:
         """Write RUN/final via ``backbone.save_trained`` (EMA weights when on)."""
         folder = self.run_dir / "final"
@@ -844,29 +981,51 @@ class Trainer:
         """Run from ``start_iteration`` to ``train.iterations``; returns this session's metrics."""
         cfg = self.cfg.train
         if self.is_main:
-            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            write_atomic(self.run_dir / "config.yaml", to_yaml(self.cfg))
         self._truncate_metrics()
         self._open_writer()
         records = []
         try:
-            if self.start_iteration == 0 and cfg.eval_at_start:
-                self.evaluate_and_draw(0)
-            for iteration in range(self.start_iteration, cfg.iterations):
-                self.last = self.run_iteration(iteration)
-                self._log(self.last.metrics)
-                records.append(self.last.metrics)
-                step = iteration + 1
-                if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.iterations:
-                    self.evaluate_and_draw(step)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations:
-                    self.save_checkpoint(step)
-            if self.start_iteration < cfg.iterations:
-                self.evaluate_and_draw(cfg.iterations)
-            self.export()
+            with self.stop.installed():
+                if self.start_iteration == 0 and cfg.eval_at_start:
+                    self.evaluate_and_draw(0)
+                for iteration in range(self.start_iteration, cfg.iterations):
+                    self.last = self.run_iteration(iteration)
+                    self._log(self.last.metrics)
+                    records.append(self.last.metrics)
+                    step = iteration + 1
+                    self.guard.check(step)
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.iterations:
+                        self.evaluate_and_draw(step)
+                    saved = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations
+                    if saved:
+                        self.save_checkpoint(step)
+                    self._stop_if_requested(step, bool(saved))
+                if self.start_iteration < cfg.iterations:
+                    self.evaluate_and_draw(cfg.iterations)
+                self.export()
         finally:
             if self.writer is not None:
                 self.writer.close()
         return records
+
+
+def write_atomic(file: Path, text: str) -> None:
+    """Replace ``file`` with ``text`` so that a crash leaves either the old or the new content."""
+    temporary = file.with_name(f".{file.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, file)
+
+
+def _eval_step(line: str) -> float:
+    """The step of one eval.jsonl line (a torn or malformed line counts as infinitely late)."""
+    try:
+        return float(json.loads(line)["step"]) if line.endswith("\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _cpu(rollout: TreeRollout) -> TreeRollout:
@@ -890,6 +1049,30 @@ def find_resume_checkpoint(run_dir: Path, explicit: bool) -> Optional[Path]:
     return latest
 
 
+def check_model_folder(cfg: TrainerConfig) -> None:
+    """``model.path`` must be a supported pipeline (read from model_index.json, nothing loaded)."""
+    from dataclasses import replace
+
+    from treegrpo.models.loading import chosen_family, read_model_index
+
+    model = replace(cfg.model, path=resolve_model_path(cfg.model.path))
+    try:
+        chosen_family(model, read_model_index(model))
+    except ValueError as error:
+        raise ConfigError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+
+
+def preflight(cfg: TrainerConfig, device: torch.device | str) -> RewardSet:
+    """Every user input that can be checked before the run folder is touched: prompts, model, rewards.
+
+    Prompts and the model folder are checked without loading a model; the rewards are built here
+    (missing weights fail now, before the diffusion model loads) and handed to the trainer.
+    """
+    load_prompt_sets(cfg.data, cfg.seed)
+    check_model_folder(cfg)
+    return build_rewards(cfg.reward, device)
+
+
 def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool = False) -> list[dict[str, Any]]:
     """Train as ``cfg`` says; ``resume`` is a run folder or ``"auto"`` (newest complete checkpoint)."""
     from accelerate import PartialState
@@ -897,8 +1080,11 @@ def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool =
     run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume))
     checkpoint = find_resume_checkpoint(run_dir, explicit=resume not in (None, "auto")) if resume else None
     state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
+    if holds_run(run_dir) and resume is None and not overwrite:
+        prepare_run_dir(run_dir, resume=False, overwrite=False)  # raises the one-line RunDirError
+    rewards = preflight(cfg, state.device)
     if state.is_main_process:
         prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
     state.wait_for_everyone()
-    trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint)
+    trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint, rewards=rewards)
     return trainer.train()
