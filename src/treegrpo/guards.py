@@ -79,7 +79,7 @@ class NonFiniteGuard:
         for finding in findings:
             logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step, finding, self.in_a_row)
         quantities = sorted({finding.split(":")[0].split(" ")[0] for finding in findings})
-        return {"nonfinite_skips": max(1, skips), "nonfinite": ",".join(quantities), "nonfinite_in_a_row": self.in_a_row}
+        return {"nonfinite_skips": skips, "nonfinite": ",".join(quantities), "nonfinite_in_a_row": self.in_a_row}
 
     def check(self, step: int) -> None:
         """Raise :class:`NonFiniteError` once ``limit`` bad iterations came in a row."""
