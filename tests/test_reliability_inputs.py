@@ -1,0 +1,166 @@
+"""Bad input through the real CLI (``python -m treegrpo train`` in subprocesses, run concurrently):
+one line on stderr naming the fix, exit code 2, and the output folder byte-identical afterwards.
+Property tests: numeric config values load or raise ConfigError, never anything else, and the
+tree-shape check accepts exactly the shapes ``treegrpo.schedule`` can build. Plus a source grep:
+no ``import pickle`` and no ``torch.load(`` without ``weights_only=True``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_trainer import tiny_values
+from treegrpo.config import ConfigError, resolve_config, valid_keys
+from treegrpo.methods import TreeConfig, plan_for_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (overrides, extra files to create: path suffix -> bytes, expected text in the error)
+CASES: dict[str, tuple[list[str], str]] = {
+    "typo-key": (["tree.kk=3"], "did you mean 'tree.k'"),
+    "wrong-type": (["train.lr=fast"], "bad value for 'train.lr'"),
+    "nan-value": (["train.lr=.nan"], "finite"),
+    "section-as-value": (["train=3"], "is a section"),
+    "missing-prompts": (["data.prompts={tmp}/nope.txt"], "does not exist"),
+    "empty-prompts": (["data.prompts={tmp}/empty.txt"], "holds no prompts"),
+    "latin1-prompts": (["data.prompts={tmp}/latin.txt"], "not UTF-8"),
+    "too-few-prompts": (["data.prompts_per_iteration=9"], "lower data.prompts_per_iteration"),
+    "not-a-pipeline": (["model.path={tmp}/notapipeline"], "model_index.json"),
+    "missing-reward-weights": (["reward={aesthetic: {head: {tmp}/none.pth, local_files_only: true}}"], "does not exist"),
+    "k-below-1": (["tree.k=0"], "tree.k must be >= 1"),
+    "window-past-last-step": (["tree.window=4"], "tree.window <= 3"),
+    "split-outside-schedule": (["tree.schedule=split", "tree.split_steps=[0,7]"], "outside 0..3"),
+    "another-run": ([], "already holds a run"),
+}
+
+
+def _prepare(tmp_path: Path) -> Path:
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "notapipeline").mkdir()
+    (tmp_path / "notapipeline" / "weights.bin").write_bytes(b"\0" * 16)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(tiny_values(tmp_path, iterations=1, eval_at_start=False)))
+    return config
+
+
+def _launch(config: Path, tmp_path: Path, name: str, overrides: list[str]) -> tuple[subprocess.Popen, Path, bytes]:
+    out = tmp_path / f"out-{name}"
+    out.mkdir()
+    keep = out / ("metrics.jsonl" if name == "another-run" else "notes.txt")
+    keep.write_bytes(b'{"step": 1}\n' + name.encode())
+    items = [item.replace("{tmp}", str(tmp_path)) for item in overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "treegrpo", "train", str(config), *items, "--output-dir", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, keep, keep.read_bytes()
+
+
+def test_bad_inputs_through_the_cli_exit_2_with_one_line_and_touch_nothing(tmp_path: Path) -> None:
+    config = _prepare(tmp_path)
+    names = list(CASES)
+    failures = []
+    for batch in (names[i : i + 4] for i in range(0, len(names), 4)):  # 4 at a time on 2 shared cores
+        running = {name: _launch(config, tmp_path, name, CASES[name][0]) for name in batch}
+        for name, (process, keep, before) in running.items():
+            _, err = process.communicate(timeout=180)
+            lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[transformers]")]
+            ok = (process.returncode == 2 and len(lines) == 1 and CASES[name][1] in lines[0]
+                  and keep.read_bytes() == before and sorted(p.name for p in keep.parent.iterdir()) == [keep.name])
+            if not ok:
+                failures.append(f"{name}: rc={process.returncode} stderr={err[-600:]!r}")
+    assert not failures, "\n".join(failures)
+
+
+# ----------------------------------------------------------------------------- properties
+
+BASE: dict[str, Any] = {"data": {"prompts": "prompts.txt"}, "reward": "jpeg_compressibility"}
+NUMERIC_KEYS = sorted(key for key, hint in valid_keys().items() if hint in (int, float) or hint in (typing.Optional[int], typing.Optional[float]))
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    values: dict[str, Any] = json.loads(json.dumps(BASE))
+    *sections, leaf = key.split(".")
+    node = values
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = value
+    return values
+
+
+NUMBERS = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from([0, 1, -1, 2**63, 0.5, "3", "x", None, True]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(NUMERIC_KEYS), value=NUMBERS)
+def test_numeric_values_load_or_raise_config_error(key: str, value: Any) -> None:
+    try:
+        resolve_config(_nested(key, value))
+    except ConfigError as error:
+        assert "\n" not in str(error)
+
+
+def _buildable(tree: TreeConfig, steps: int) -> bool:
+    """Whether the schedule builds this shape for several iterations."""
+    try:
+        for epoch in range(4):
+            plan_for_epoch(tree, steps, epoch, 0)
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(schedule=st.sampled_from(["tree", "mix", "flat", "split"]), k=st.integers(-2, 5), window=st.integers(-1, 10),
+       placement=st.sampled_from(["fixed", "shifting", "geometric"]), start=st.integers(-2, 10),
+       ratio=st.sampled_from([0.0, 0.5, 0.99, 1.0]), steps=st.integers(1, 10),
+       splits=st.lists(st.integers(-2, 11), max_size=4), fraction=st.sampled_from([0.0, 0.3, 1.0, 1.5]))
+def test_tree_validation_accepts_exactly_the_buildable_shapes(schedule: str, k: int, window: int, placement: str,
+                                                              start: int, ratio: float, steps: int, splits: list[int],
+                                                              fraction: float) -> None:
+    tree = {"schedule": schedule, "k": k, "window": window, "window_placement": placement, "window_start": start,
+            "geometric_ratio": ratio, "split_steps": splits, "train_fraction": fraction}
+    values = {**BASE, "tree": tree, "sampling": {"steps": steps}}
+    try:
+        cfg = resolve_config(values)
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == _buildable(TreeConfig(**tree), steps), tree
+
+
+# ----------------------------------------------------------------------------- security
+
+
+def _call_text(text: str, open_paren: int) -> str:
+    """The argument text of the call whose ``(`` is at ``open_paren`` (balanced parentheses)."""
+    depth = 0
+    for index in range(open_paren, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[open_paren : index + 1]
+    return text[open_paren:]
+
+
+def test_no_pickle_loading_in_the_source_tree() -> None:
+    offenders = []
+    for file in sorted((ROOT / "src").rglob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py")):
+        text = file.read_text(encoding="utf-8")
+        if re.search(r"^\s*(import pickle|from pickle import|import cPickle|import dill)", text, re.MULTILINE):
+            offenders.append(f"{file}: imports pickle")
+        for match in re.finditer(r"torch\.load\(", text):
+            if "weights_only=True" not in _call_text(text, match.end() - 1):
+                offenders.append(f"{file}: torch.load without weights_only=True")
+        if re.search(r"\byaml\.load\(|\bnp\.load\([^)]*allow_pickle=True|\bpd\.read_pickle\(", text):
+            offenders.append(f"{file}: pickle-capable loader")
+    assert not offenders, offenders
