@@ -125,6 +125,21 @@ def _slow(handler: BaseHTTPRequestHandler) -> None:
         pass  # the client gave up long ago
 
 
+def _trickle(handler: BaseHTTPRequestHandler) -> None:
+    """Headers at once, then one body byte every 0.2 s: each read is quick, the whole is not."""
+    body = b'{"scores": [0.0]}' + b" " * 20
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    try:
+        for byte in body:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.2)
+    except OSError:
+        pass  # the client gave up
+
+
 def _raw_garbage(handler: BaseHTTPRequestHandler) -> None:
     handler.wfile.write(b"\x00\x01 this is not HTTP\r\n\r\n")
 
@@ -133,6 +148,7 @@ def _raw_garbage(handler: BaseHTTPRequestHandler) -> None:
     ("behaviour", "reason"),
     [
         (_slow, "timed out"),
+        (_trickle, "timed out"),
         (lambda h: _reply(h, 200, b"<html>hello</html>"), "not JSON"),
         (lambda h: _reply(h, 200, b'{"scores": [1.0, 2.0, 3.0]}'), "numeric scores"),
         (lambda h: _reply(h, 200, b'{"scores": ["high"]}'), "numeric scores"),
@@ -140,7 +156,7 @@ def _raw_garbage(handler: BaseHTTPRequestHandler) -> None:
         (lambda h: _reply(h, 503, b'{"error": "overloaded"}'), "overloaded"),
         (_raw_garbage, "BadStatusLine"),
     ],
-    ids=["slow", "html", "wrong-count", "strings", "nan", "503", "not-http"],
+    ids=["slow", "trickle", "html", "wrong-count", "strings", "nan", "503", "not-http"],
 )
 def test_failures_retry_then_raise_one_line(behaviour: Callable[[BaseHTTPRequestHandler], None], reason: str) -> None:
     server = _scripted_server(behaviour)

@@ -304,7 +304,7 @@ class RemoteReward(BatchedReward):
 
     Images travel as 8-bit PNG, the same rounding the local scorers apply first. Each attempt is
     bounded by ``timeout`` per socket operation; attempts are ``retries + 1``, spaced by
-    ``backoff * 2**k`` seconds.
+    ``backoff * 2**k`` seconds; a response body must arrive within ``timeout`` in all.
     """
 
     name = "remote"
@@ -342,9 +342,10 @@ class RemoteReward(BatchedReward):
             self.url + path, data=body, method="POST" if body is not None else "GET",
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
+        deadline = time.monotonic() + self.timeout
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read(self.max_response_bytes + 1)
+                raw = self._read_before(response, deadline)
         except urllib.error.HTTPError as error:
             detail = _error_detail(error)
             if 400 <= error.code < 500:
@@ -356,6 +357,21 @@ class RemoteReward(BatchedReward):
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
+
+    def _read_before(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
+        """The body, read chunk by chunk, so a server trickling bytes cannot outlast ``timeout``."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = response.read1(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                return b"".join(chunks)  # the caller reports the size
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out")
 
     def _with_retries(self, path: str, body: bytes | None, check: Any) -> Any:
         """Call ``_request`` up to ``retries + 1`` times with exponential backoff."""
