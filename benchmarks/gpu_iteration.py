@@ -414,8 +414,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "transformer_parameters": sum(p.numel() for p in backbone.denoiser.parameters()),
         "results": [asdict(r) | {"total_s": r.total_s} for r in results], "table": table,
     }
-    if len(results) == 2:
-        payload["iteration_speedup"] = results[1].total_s / results[0].total_s
+    by_name = {r.method: r for r in results}
+    if {"treegrpo", "dance_grpo"} <= set(by_name):
+        payload["dance_over_tree_seconds"] = by_name["dance_grpo"].total_s / by_name["treegrpo"].total_s
     print(table)
     if args.out is not None:
         path = args.out / f"gpu_iteration_{args.size}.json"
