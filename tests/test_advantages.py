@@ -116,3 +116,10 @@ def test_compute_advantages_guard_survives_per_depth_normalisation() -> None:
     assert torch.all(out.edge[r.edge_cond == 0] == 0)
     assert torch.all(out.edge[r.edge_cond == 1] != 0)
     assert out.leaf.guard_fraction == 0.5
+
+
+def test_std_floor_keeps_tiny_spreads_small() -> None:
+    scores = torch.tensor([0.5, 0.502, 0.1, 0.9])
+    groups = torch.tensor([0, 0, 1, 1])
+    leaf = normalize_leaf_scores(scores, groups, std_floor=0.1, min_group_std=0.0)
+    torch.testing.assert_close(leaf.advantages, torch.tensor([-0.01, 0.01, -1.0, 1.0]), atol=1e-6, rtol=1e-4)

@@ -57,6 +57,7 @@ def normalize_leaf_scores(
     eps: float = 1e-8,
     std_scope: str = "group",
     min_group_std: float = 1e-3,
+    std_floor: float = 0.0,
 ) -> LeafAdvantages:
     """Group-normalised, clamped leaf advantages with the zero-spread guard.
 
@@ -70,6 +71,7 @@ def normalize_leaf_scores(
     num_groups = int(dense.max()) + 1 if dense.numel() else 0
     mean, std = _group_stats(scores, dense, num_groups)
     scale = std[dense] if std_scope == "group" else scores.std(unbiased=False).expand_as(scores)
+    scale = scale.clamp_min(std_floor)
     advantages = ((scores - mean[dense]) / (scale + eps)).clamp(-clip, clip)
     guarded = std < min_group_std
     advantages = torch.where(guarded[dense], torch.zeros_like(advantages), advantages)

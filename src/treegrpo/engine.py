@@ -35,7 +35,8 @@ def compute_advantages(
     ``leaf_groups`` are prompt-group ids per leaf (global ids when processes share a prompt).
     """
     leaf = normalize_leaf_scores(
-        leaf_scores, leaf_groups, clip=cfg.clip, std_scope=cfg.std_scope, min_group_std=cfg.min_group_std
+        leaf_scores, leaf_groups, clip=cfg.clip, std_scope=cfg.std_scope, min_group_std=cfg.min_group_std,
+        std_floor=cfg.std_floor,
     )
     edge = backup_edge_advantages(
         rollout.node_parent, rollout.node_depth, rollout.edge_child, rollout.edge_log_prob,
