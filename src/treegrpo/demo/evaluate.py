@@ -1,6 +1,6 @@
 """Held-out reward of a shapes pipeline, sampled with the pipeline's own call (seeded).
 
-    python -m treegrpo.demo.evaluate [--model DIR] [--n 256] [--seeds 0 1 2] [--steps 16] [--cfg 4.5]
+    python -m treegrpo.demo.evaluate [--model DIR] [--n 256] [--seeds 0 1 2] [--steps 16] [--cfg 2.0]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def sample_images(
     prompts: Sequence[str],
     seed: int,
     num_inference_steps: int = 16,
-    guidance_scale: float = 4.5,
+    guidance_scale: float = 2.0,
     batch_size: int = 64,
     max_sequence_length: int = 1,
 ) -> torch.Tensor:
@@ -59,7 +59,7 @@ def evaluate_pipeline(
     prompts: Sequence[str],
     seed: int = 0,
     num_inference_steps: int = 16,
-    guidance_scale: float = 4.5,
+    guidance_scale: float = 2.0,
     max_sequence_length: int = 1,
     reward: ShapesReward | None = None,
 ) -> dict[str, float]:
@@ -76,7 +76,7 @@ def evaluate_seeds(
     n: int,
     seeds: Sequence[int],
     num_inference_steps: int = 16,
-    guidance_scale: float = 4.5,
+    guidance_scale: float = 2.0,
     prompt_seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Held-out evaluation over several sampling seeds: per seed, and mean / std (over seeds) per key."""
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)

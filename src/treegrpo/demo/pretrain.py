@@ -62,7 +62,7 @@ class PretrainConfig:
     eval_every_s: float = 300.0
     eval_prompts: int = 64
     final_eval_prompts: int = 256
-    guidance_scale: float = 4.5
+    guidance_scale: float = 2.0
     sample_steps: int = 16
 
 
@@ -380,7 +380,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, object]) ->
         "```python",
         "from diffusers import StableDiffusion3Pipeline",
         "pipe = StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)",
-        'image = pipe("two red circles", num_inference_steps=16, guidance_scale=4.5,',
+        'image = pipe("two red circles", num_inference_steps=16, guidance_scale=2.0,',
         "             height=32, width=32, max_sequence_length=1).images[0]",
         "```",
         "",
