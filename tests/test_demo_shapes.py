@@ -78,7 +78,6 @@ def test_objects_never_touch() -> None:
 
 
 def test_wrong_colour_or_count_loses_marks() -> None:
-    images, _ = shapes.generate(1, seed=0)
     rng = np.random.default_rng(1)
     two_red = _canvas(shapes.layout(shapes.parse_caption("two red circles"), rng))
     assert _score(two_red, "two red circles") == pytest.approx(1.0)

@@ -137,7 +137,7 @@ def _shape(caption: Caption, blobs: list[Blob]) -> float:
 
 def score_components(labels: np.ndarray, caption: Caption, min_area: int, max_area: int) -> dict[str, float]:
     """Component scores of one snapped image [H, W]; position is NaN for count captions."""
-    height, width = labels.shape
+    width = labels.shape[1]
     scale = width / SIZE
     blobs = find_blobs(labels, min_area, max_area)
     colours = caption.colours
