@@ -97,3 +97,16 @@ def test_two_processes_gather_whole_groups(tmp_path: Path) -> None:
         assert parts[0]["weights_checksum"] == parts[1]["weights_checksum"]  # DDP kept the replicas equal
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["num_processes"] for r in records] == [2, 2]
+
+
+def test_fsdp_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from treegrpo.trainer import Trainer
+
+    fake = SimpleNamespace(distributed_type=DistributedType.FSDP, process_index=0, num_processes=8, is_main_process=True)
+    cfg = resolve_config(tiny_values(tmp_path), [f"output_dir={tmp_path / 'run'}", "data.prompts_per_iteration=8"])
+    with pytest.raises(ConfigError, match="FSDP is not supported yet.*8gpu_ddp.yaml"):
+        Trainer(cfg, run_dir=tmp_path / "run", accelerator=fake)

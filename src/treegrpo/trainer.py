@@ -609,7 +609,14 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def _check_sharding(self) -> None:
-        """Trees must split evenly over processes."""
+        """Trees must split evenly over processes; FSDP is refused until its checkpoints are right."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise ConfigError(
+                "FSDP is not supported yet (checkpoints would keep only the main process's optimizer "
+                "shard); launch with DDP, e.g. --config_file configs/accelerate/8gpu_ddp.yaml"
+            )
         roots = self.cfg.data.prompts_per_iteration * self.cfg.tree.trees
         if roots % self.world:
             raise ConfigError(
