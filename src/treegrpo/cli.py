@@ -331,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: run a subcommand; bad input -> one line on stderr, exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["demo"]:  # everything after "demo" is the demo's own (argparse.REMAINDER drops leading --options)
+        args = argparse.Namespace(command="demo", func=cmd_demo, rest=words[1:])
+    else:
+        args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
