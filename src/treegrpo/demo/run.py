@@ -54,10 +54,10 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 """The demo's settings (on top of the method preset); dotted overrides on the command line win."""
 
-ITERATIONS_PER_MINUTE = 4.0
+ITERATIONS_PER_MINUTE = 8.0
 """Training iterations per minute of the default settings on a 2-core CPU (for ``--minutes``)."""
 
-FIXED_MINUTES = 1.5
+FIXED_MINUTES = 0.5
 """Minutes of a default run that are not training iterations (loading, two evaluations, pictures)."""
 
 
