@@ -9,7 +9,6 @@ timing and sparse evaluation; ``tests/test_benchmarks.py`` checks that both give
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -17,13 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 from treegrpo import schedule as S
-from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.engine import UpdateConfig
 from treegrpo.methods import MethodConfig, plan_for_epoch, preset
-from treegrpo.rollout import rollout_trees
-from treegrpo.toy import ToyBackbone, ToyTask, ToyVelocity, evaluate_toy, pretrain_toy
+from treegrpo.toy import ToyRun, ToyTask, ToyVelocity, pretrain_toy
 
 
 # ----------------------------------------------------------------------------- specs and histories
@@ -135,59 +132,42 @@ class ToyRunner:
 
 
 def run_toy(spec: RunSpec, protocol: ToyProtocol, task: ToyTask, base: ToyVelocity) -> RunHistory:
-    """Train ``spec`` on the toy for as many iterations as fit its NFE budget (mirrors ``train_toy``)."""
+    """Train ``spec`` on the toy for as many iterations as fit its NFE budget (``treegrpo.toy.ToyRun``)."""
     p = protocol
     method = preset(spec.method, **spec.overrides)
-    torch.manual_seed(spec.seed)
-    backbone = ToyBackbone(task, copy.deepcopy(base), keep_reference=method.loss.kl_beta > 0)
-    stepper = backbone.stepper(p.num_steps, p.noise_level)
-    optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=spec.lr, weight_decay=0.0)
-    learner = TorchLearner(backbone.trainable_parameters(), optimizer, max_grad_norm=1.0)
-    generator = torch.Generator().manual_seed(spec.seed)
-    kl_on = method.loss.kl_beta > 0
+    run = ToyRun(task, method, base, lr=spec.lr, seed=spec.seed, num_steps=p.num_steps, noise_level=p.noise_level,
+                 prompts_per_iteration=p.prompts_per_iteration, update=p.update)
     spacing = spec.budget_nfe / p.eval_points
     rollout_nfe = training_nfe = reference_nfe = 0
     seconds = 0.0
     guards: list[float] = []
-    points = [EvalPoint(0, 0, 0, 0, 0.0, evaluate_toy(backbone, p.num_steps, p.eval_samples, spec.seed), 0.0)]
+    points = [EvalPoint(0, 0, 0, 0, 0.0, run.evaluate(p.eval_samples), 0.0)]
     iteration = 0
     while iteration < p.max_iterations:
-        plan = plan_for_epoch(method.tree, p.num_steps, iteration, spec.seed)
+        plan = run.plan(iteration)
         if rollout_nfe + training_nfe + iteration_cost(method, plan, p.prompts_per_iteration) > spec.budget_nfe:
             break
         start = time.perf_counter()
-        prompts = torch.randint(task.num_classes, (p.prompts_per_iteration,), generator=generator)
-        root_cond = torch.arange(p.prompts_per_iteration).repeat_interleave(method.tree.trees)
-        model_fn = backbone.model_fn(prompts)
-        rollout = rollout_trees(model_fn, stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
-                                root_cond, max_batch=4096, generator=generator)
-        scores = task.reward(backbone.decode(rollout.leaf_latents), prompts[rollout.leaf_cond])
-        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, method.advantage)
-        mask = select_edges(rollout, advantages.edge, method.advantage, kl_on)
-        reference_fn = backbone.model_fn(prompts, reference=True) if kl_on else None
-        stats = update_policy(model_fn, stepper, rollout, advantages.edge, mask, learner, method.loss, p.update,
-                              reference_fn=reference_fn, generator=generator)
+        step = run.step(plan)
         seconds += time.perf_counter() - start
         crossed = math.floor((rollout_nfe + training_nfe) / spacing)
-        rollout_nfe += rollout.nfe
-        training_nfe += int(stats["training_nfe"])
-        reference_nfe += int(stats["training_nfe"]) if kl_on else 0
-        guards.append(advantages.leaf.guard_fraction)
+        rollout_nfe += step.rollout_nfe
+        training_nfe += step.training_nfe
+        reference_nfe += step.training_nfe if run.kl_on else 0
+        guards.append(step.guard_fraction)
         iteration += 1
         if math.floor((rollout_nfe + training_nfe) / spacing) > crossed:
-            points.append(_eval_point(backbone, p, spec.seed, iteration, rollout_nfe, training_nfe,
-                                      reference_nfe, seconds, guards))
+            points.append(_eval_point(run, p, iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
             guards = []
     if points[-1].iteration != iteration:
-        points.append(_eval_point(backbone, p, spec.seed, iteration, rollout_nfe, training_nfe,
-                                  reference_nfe, seconds, guards))
+        points.append(_eval_point(run, p, iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
     return RunHistory(spec, points, leaves_per_prompt(method, p.num_steps))
 
 
-def _eval_point(backbone: ToyBackbone, p: ToyProtocol, seed: int, iteration: int, rollout_nfe: int,
+def _eval_point(run: ToyRun, p: ToyProtocol, iteration: int, rollout_nfe: int,
                 training_nfe: int, reference_nfe: int, seconds: float, guards: list[float]) -> EvalPoint:
     """Evaluate the current policy (not timed) and record the cumulative counters."""
-    reward = evaluate_toy(backbone, p.num_steps, p.eval_samples, seed)
+    reward = run.evaluate(p.eval_samples)
     guard = sum(guards) / len(guards) if guards else 0.0
     return EvalPoint(iteration, rollout_nfe, training_nfe, reference_nfe, seconds, reward, guard)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy
 from treegrpo.methods import MethodConfig, plan_for_epoch, preset
+from treegrpo.schedule import Plan
 from treegrpo.models.base import ModelFn
 from treegrpo.rollout import rollout_trees
 from treegrpo.sampling import FlowMatchStepper
@@ -170,36 +171,65 @@ def evaluate_toy(backbone: ToyBackbone, num_steps: int, samples: int, seed: int)
     return float(backbone.task.reward(x, cls).mean())
 
 
+@dataclass
+class ToyStep:
+    """What one toy iteration spent and how often the guard fired."""
+
+    rollout_nfe: int
+    training_nfe: int
+    guard_fraction: float
+
+
+class ToyRun:
+    """One training run on the toy: policy, sampler, optimizer and RNG, advanced one plan at a time."""
+
+    def __init__(self, task: ToyTask, method: MethodConfig, base: ToyVelocity | None, *, lr: float, seed: int,
+                 num_steps: int, noise_level: float, prompts_per_iteration: int, update: UpdateConfig):
+        self.task, self.method, self.seed = task, method, seed
+        self.num_steps, self.prompts_per_iteration, self.update = num_steps, prompts_per_iteration, update
+        self.kl_on = method.loss.kl_beta > 0
+        torch.manual_seed(seed)
+        denoiser = copy.deepcopy(base) if base is not None else pretrain_toy(task, seed=seed)
+        self.backbone = ToyBackbone(task, denoiser, keep_reference=self.kl_on)
+        self.stepper = self.backbone.stepper(num_steps, noise_level)
+        optimizer = torch.optim.AdamW(self.backbone.trainable_parameters(), lr=lr, weight_decay=0.0)
+        self.learner = TorchLearner(self.backbone.trainable_parameters(), optimizer, max_grad_norm=1.0)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def plan(self, iteration: int) -> Plan:
+        return plan_for_epoch(self.method.tree, self.num_steps, iteration, self.seed)
+
+    def step(self, plan: Plan) -> ToyStep:
+        """Rollout, score, advantages and update for one iteration following ``plan``."""
+        backbone, generator = self.backbone, self.generator
+        prompts = torch.randint(self.task.num_classes, (self.prompts_per_iteration,), generator=generator)
+        root_cond = torch.arange(self.prompts_per_iteration).repeat_interleave(self.method.tree.trees)
+        model_fn = backbone.model_fn(prompts)
+        rollout = rollout_trees(model_fn, self.stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
+                                root_cond, max_batch=4096, generator=generator)
+        scores = self.task.reward(backbone.decode(rollout.leaf_latents), prompts[rollout.leaf_cond])
+        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, self.method.advantage)
+        mask = select_edges(rollout, advantages.edge, self.method.advantage, self.kl_on)
+        reference_fn = backbone.model_fn(prompts, reference=True) if self.kl_on else None
+        stats = update_policy(model_fn, self.stepper, rollout, advantages.edge, mask, self.learner, self.method.loss,
+                              self.update, reference_fn=reference_fn, generator=generator)
+        return ToyStep(rollout.nfe, int(stats["training_nfe"]), advantages.leaf.guard_fraction)
+
+    def evaluate(self, samples: int) -> float:
+        return evaluate_toy(self.backbone, self.num_steps, samples, self.seed)
+
+
 def train_toy(cfg: ToyRunConfig, task: ToyTask | None = None, base: ToyVelocity | None = None) -> dict[str, Any]:
     """Train a preset on the toy; returns the reward history and the engine's NFE counters."""
-    task = task or ToyTask()
-    method: MethodConfig = preset(cfg.method, **cfg.method_overrides)
-    torch.manual_seed(cfg.seed)
-    denoiser = copy.deepcopy(base) if base is not None else pretrain_toy(task, seed=cfg.seed)
-    backbone = ToyBackbone(task, denoiser, keep_reference=method.loss.kl_beta > 0)
-    stepper = backbone.stepper(cfg.num_steps, cfg.noise_level)
-    optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
-    learner = TorchLearner(backbone.trainable_parameters(), optimizer, max_grad_norm=1.0)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    history: dict[str, Any] = {"reward": [evaluate_toy(backbone, cfg.num_steps, cfg.eval_samples, cfg.seed)],
+    run = ToyRun(task or ToyTask(), preset(cfg.method, **cfg.method_overrides), base, lr=cfg.lr, seed=cfg.seed,
+                 num_steps=cfg.num_steps, noise_level=cfg.noise_level,
+                 prompts_per_iteration=cfg.prompts_per_iteration, update=cfg.update)
+    history: dict[str, Any] = {"reward": [run.evaluate(cfg.eval_samples)],
                                "rollout_nfe": [], "training_nfe": [], "guard_fraction": []}
     for iteration in range(cfg.iterations):
-        plan = plan_for_epoch(method.tree, cfg.num_steps, iteration, cfg.seed)
-        prompts = torch.randint(task.num_classes, (cfg.prompts_per_iteration,), generator=generator)
-        root_cond = torch.arange(cfg.prompts_per_iteration).repeat_interleave(method.tree.trees)
-        model_fn = backbone.model_fn(prompts)
-        rollout = rollout_trees(model_fn, stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
-                                root_cond, max_batch=4096, generator=generator)
-        leaf_classes = prompts[rollout.leaf_cond]
-        scores = task.reward(backbone.decode(rollout.leaf_latents), leaf_classes)
-        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, method.advantage)
-        kl_on = method.loss.kl_beta > 0
-        mask = select_edges(rollout, advantages.edge, method.advantage, kl_on)
-        reference_fn = backbone.model_fn(prompts, reference=True) if kl_on else None
-        stats = update_policy(model_fn, stepper, rollout, advantages.edge, mask, learner, method.loss, cfg.update,
-                              reference_fn=reference_fn, generator=generator)
-        history["rollout_nfe"].append(rollout.nfe)
-        history["training_nfe"].append(stats["training_nfe"])
-        history["guard_fraction"].append(advantages.leaf.guard_fraction)
-        history["reward"].append(evaluate_toy(backbone, cfg.num_steps, cfg.eval_samples, cfg.seed))
+        step = run.step(run.plan(iteration))
+        history["rollout_nfe"].append(step.rollout_nfe)
+        history["training_nfe"].append(step.training_nfe)
+        history["guard_fraction"].append(step.guard_fraction)
+        history["reward"].append(run.evaluate(cfg.eval_samples))
     return history
