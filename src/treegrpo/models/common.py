@@ -122,8 +122,9 @@ class DiffusersBackbone:
     # ------------------------------------------------------------------ family hooks
 
     def _default_size(self) -> tuple[int, int]:
-        """The pipeline's default (height, width) in pixels."""
-        raise NotImplementedError
+        """The pipeline's default (height, width): ``default_sample_size * vae_scale_factor`` (SD3, FLUX)."""
+        size = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        return size, size
 
     def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(prompt_embeds, pooled or None) from the pipeline's own ``encode_prompt``."""

@@ -19,19 +19,10 @@ import numpy as np
 import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
+from treegrpo.models.sd3 import SD3_LORA_TARGETS
 from treegrpo.sampling import FlowMatchStepper, SdeType
 
-FLUX_LORA_TARGETS: tuple[str, ...] = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "proj_mlp",
-)
+FLUX_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS + ("proj_mlp",)
 """Attention projections of the double and single blocks, plus the single blocks' MLP input."""
 
 
@@ -41,11 +32,6 @@ class FluxBackbone(DiffusersBackbone):
     family = "flux"
     denoiser_name = "transformer"
     default_lora_targets = FLUX_LORA_TARGETS
-
-    def _default_size(self) -> tuple[int, int]:
-        """``default_sample_size * vae_scale_factor`` (1024 px for FLUX.1)."""
-        size = self.pipe.default_sample_size * self.pipe.vae_scale_factor
-        return size, size
 
     def _latent_grid(self) -> tuple[int, int]:
         """Unpacked latent (height, width), rounded to even as ``prepare_latents`` rounds."""

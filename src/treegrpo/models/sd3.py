@@ -34,11 +34,6 @@ class SD3Backbone(DiffusersBackbone):
     denoiser_name = "transformer"
     default_lora_targets = SD3_LORA_TARGETS
 
-    def _default_size(self) -> tuple[int, int]:
-        """``default_sample_size * vae_scale_factor``, as the pipeline defaults."""
-        size = self.pipe.default_sample_size * self.pipe.vae_scale_factor
-        return size, size
-
     def _latent_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the latents ``prepare_latents`` draws."""
         factor = self.pipe.vae_scale_factor
