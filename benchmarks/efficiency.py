@@ -8,10 +8,14 @@ seed-mean curve needs to reach flat GRPO's (flow_grpo's) final mean reward, and 
 Flat methods get ``--flat-trees`` trajectories per prompt (27 = the leaves of one k3w3 tree).
 
 Ablations (``--ablation shape|window``) run TreeGRPO variants the same way; the target is the
-first variant's final mean reward (k3w3 with the paper's geometric window, i.e. the preset).
+first variant's final mean reward (shape: k3w3, the preset; window: the paper's geometric r=0.5).
+
+Tasks (``--task``): ``toy``, the 2-D task of ``treegrpo.toy``; ``shapes``, the built-in task (the
+shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
 
     python benchmarks/efficiency.py --out benchmarks/results
     python benchmarks/efficiency.py --ablation shape --lrs 3e-3 --out benchmarks/results
+    python benchmarks/efficiency.py --task shapes --threads 2 --lrs 1e-3 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from common import (  # noqa: E402
     markdown_table, pick_best, plot_curves, reach_rows, write_json,
 )
 
+TASK_DEFAULTS: dict[str, dict[str, int]] = {
+    "toy": {"budget": 400_000, "eval_points": 60},
+    "shapes": {"budget": 40_000, "eval_points": 8},
+}
 METHODS = ("treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo")
 FLAT_SCHEDULES = ("flow_grpo", "dance_grpo", "mix_grpo", "ddpo")  # independent trajectories per prompt
 Variant = tuple[str, str, dict[str, dict[str, Any]]]  # (label, preset, overrides)
@@ -45,19 +53,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2], help="shared learning-rate grid")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--budget", type=int, default=400_000, help="rollout + training NFE per run")
+    parser.add_argument("--budget", type=int, help="rollout + training NFE per run (default: toy 400000, shapes 40000)")
     parser.add_argument("--flat-trees", type=int, default=27, help="trajectories per prompt of the flat methods")
     parser.add_argument("--keep-ratio", type=float, default=0.9, help="a seed keeps its peak if final >= ratio x peak")
     parser.add_argument("--gain-fraction", type=float, default=0.9,
                         help="second target: reference start + this fraction of its gain")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
-    parser.add_argument("--eval-points", type=int, default=60, help="evaluations spread over the budget")
-    parser.add_argument("--eval-samples", type=int, default=512)
+    parser.add_argument("--eval-points", type=int, help="evaluations spread over the budget (default: toy 60, shapes 8)")
+    parser.add_argument("--eval-samples", type=int, default=512, help="toy: samples per evaluation")
+    parser.add_argument("--eval-prompts", type=int, default=128, help="shapes: held-out prompts per evaluation")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="shapes: CFG scale of rollouts and evaluation")
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quiet", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    defaults = TASK_DEFAULTS[args.task]
+    args.budget = args.budget if args.budget is not None else defaults["budget"]
+    args.eval_points = args.eval_points if args.eval_points is not None else defaults["eval_points"]
+    return args
 
 
 def make_toy_runner(args: argparse.Namespace) -> TaskRunner:
@@ -67,7 +81,16 @@ def make_toy_runner(args: argparse.Namespace) -> TaskRunner:
     return ToyRunner(protocol)
 
 
-TASKS: dict[str, Callable[[argparse.Namespace], TaskRunner]] = {"toy": make_toy_runner}
+def make_shapes_runner(args: argparse.Namespace) -> TaskRunner:
+    """The built-in shapes task (shipped tiny SD3 base, real trainer) with the protocol's shared settings."""
+    from shapes_task import ShapesProtocol, ShapesRunner
+
+    protocol = ShapesProtocol(prompts_per_iteration=args.prompts, eval_prompts=args.eval_prompts,
+                              eval_points=args.eval_points, guidance_scale=args.guidance_scale)
+    return ShapesRunner(protocol)
+
+
+TASKS: dict[str, Callable[[argparse.Namespace], TaskRunner]] = {"toy": make_toy_runner, "shapes": make_shapes_runner}
 """Pluggable tasks: name -> factory of a runner that trains one (method, lr, seed) and returns its history."""
 
 
@@ -77,7 +100,7 @@ def main_variants(methods: Sequence[str], flat_trees: int) -> list[Variant]:
 
 
 def shape_variants() -> list[Variant]:
-    """Tree shapes of the paper's ablation (geometric window, r = 0.5)."""
+    """Tree shapes of the paper's ablation (each with the preset's window placement)."""
     shapes = [("k3w3", 3, 3, 1), ("k2w3", 2, 3, 1), ("k2w4", 2, 4, 1), ("k4w3", 4, 3, 1), ("k3w3 x2 trees", 3, 3, 2)]
     return [(label, "treegrpo", {"tree": {"k": k, "window": w, "trees": trees}}) for label, k, w, trees in shapes]
 

@@ -90,6 +90,37 @@ def test_efficiency_ablations_json(tmp_path: Path, ablation: str, labels: set[st
         assert leaves == {"k3w3": 27, "k2w3": 8, "k2w4": 16, "k4w3": 64, "k3w3 x2 trees": 54}
 
 
+def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
+    """The built-in task through the real trainer: every run stays in budget, rollout NFE = closed form."""
+    efficiency = load("efficiency")
+    efficiency.main(["--task", "shapes", "--methods", "treegrpo", "flow_grpo", "--flat-trees", "3", "--seeds", "0",
+                     "--lrs", "1e-3", "--budget", "240", "--prompts", "2", "--eval-points", "2", "--eval-prompts", "4",
+                     "--threads", "1", "--quiet", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "efficiency_shapes.json").read_text())
+    assert {row["label"] for row in saved["reach"]} == {"treegrpo", "flow_grpo"}
+    for run in saved["runs"]:
+        spec, points = run["spec"], run["points"]
+        config = preset(spec["method"], **spec["overrides"])
+        iterations = points["iteration"][-1]
+        plans = [plan_for_epoch(config.tree, 4, i, 0) for i in range(iterations)]
+        assert iterations >= 2 and points["rollout_nfe"][-1] + points["training_nfe"][-1] <= 240
+        assert points["rollout_nfe"][-1] == sum(2 * config.tree.trees * S.rollout_nfe_per_tree(p) for p in plans)
+        assert points["reward"][0] == saved["runs"][0]["points"]["reward"][0]  # same base, prompts, noise
+    leaves = {run["spec"]["label"]: run["leaves_per_prompt"] for run in saved["runs"]}
+    assert leaves == {"treegrpo": 27, "flow_grpo": 3}
+
+
+@pytest.mark.parametrize("method, expected", [("mix_grpo", {"tree": {"window": 2}}),
+                                              ("branch_grpo", {"tree": {"split_steps": [0, 1, 2, 3]}}),
+                                              ("treegrpo", {})])
+def test_shapes_task_adapts_long_schedules_to_four_steps(method: str, expected: dict[str, object]) -> None:
+    load("efficiency")
+    import shapes_task
+
+    assert shapes_task.adapt_to_steps(method, 4) == expected
+    assert shapes_task.dotted({"tree": {"split_steps": [0, 1], "k": 2}}) == ["tree.split_steps=[0,1]", "tree.k=2"]
+
+
 def test_toy_runner_follows_train_toy() -> None:
     common = load("common")
     task = ToyTask()

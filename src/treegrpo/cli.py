@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     backbone = load_for_inference(cfg.model, args.trained)
     rewards = build_rewards(cfg.reward, backbone.device if hasattr(backbone, "device") else "cpu")
     result, _ = evaluate(backbone, rewards, prompts, steps=cfg.sampling.steps, guidance_scale=cfg.sampling.guidance_scale,
-                         seed=cfg.seed, max_batch=cfg.sampling.max_batch)
+                         seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch)
     output = {"model": cfg.model.path, "trained": args.trained, "prompts": len(prompts), **result}
     text = json.dumps(output, indent=2)
     if args.out:

@@ -67,6 +67,9 @@ class DataConfig:
     """Prompts drawn per iteration over all processes (each grows ``tree.trees`` trees)."""
     builtin_size: int = 4096
     """Prompts drawn from the built-in generator for the training pool."""
+    eval_seed: int = 0
+    """Seed of the held-out split and of the evaluation noise. Independent of ``seed`` so runs with
+    different seeds are evaluated on the same prompts with the same noise."""
 
 
 @dataclass

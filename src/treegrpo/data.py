@@ -121,11 +121,14 @@ def builtin_prompts(name: str, cfg: DataConfig, seed: int) -> PromptSets:
         raise DataError(f"unknown data.builtin {name!r}; use 'shapes'")
     from treegrpo.demo.shapes import heldout_prompts, train_prompts
 
-    return PromptSets(train_prompts(cfg.builtin_size, seed), heldout_prompts(max(cfg.num_eval_prompts, 1), seed + 1))
+    return PromptSets(train_prompts(cfg.builtin_size, seed), heldout_prompts(max(cfg.num_eval_prompts, 1), cfg.eval_seed + 1))
 
 
 def load_prompt_sets(cfg: DataConfig, seed: int) -> PromptSets:
-    """Training and evaluation prompts as the ``data`` section describes them."""
+    """Training and evaluation prompts as the ``data`` section describes them.
+
+    ``seed`` draws the built-in training pool; the held-out prompts depend only on ``cfg.eval_seed``.
+    """
     if cfg.builtin is not None:
         sets = builtin_prompts(cfg.builtin, cfg, seed)
     else:
@@ -134,7 +137,7 @@ def load_prompt_sets(cfg: DataConfig, seed: int) -> PromptSets:
         if cfg.eval_prompts is not None:
             sets = PromptSets(train, load_prompts(cfg.eval_prompts, field=cfg.prompt_field, split=cfg.eval_dataset_split))
         else:
-            kept, held = split_heldout(train, cfg.heldout, seed)
+            kept, held = split_heldout(train, cfg.heldout, cfg.eval_seed)
             sets = PromptSets(kept, held or kept)
     sets.eval = sets.eval[: cfg.num_eval_prompts]
     if len(sets.train) < cfg.prompts_per_iteration:

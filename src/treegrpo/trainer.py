@@ -936,7 +936,7 @@ class Trainer:
             with self._eval_weights():
                 result, images = evaluate(
                     self.backbone, self.rewards, self.prompts.eval, steps=cfg.sampling.steps,
-                    guidance_scale=cfg.sampling.guidance_scale, seed=cfg.seed, max_batch=cfg.sampling.max_batch,
+                    guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
                 )
             grid = image_grid(images, math.ceil(math.sqrt(images.shape[0])))
             save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")

@@ -1,0 +1,135 @@
+"""The built-in shapes task as a benchmark runner: the shipped tiny SD3 base trained by the real trainer.
+
+Every run starts from the shipped base (``builtin:shapes``) with a fresh LoRA, takes the demo's
+settings (``treegrpo.demo.run.DEMO_CONFIG``: 4 steps, LoRA r8, minibatches of 32 parents, clip
+1e-2) and the method preset, and trains through :class:`treegrpo.trainer.Trainer` one iteration at
+a time until the next iteration would exceed the NFE budget. The reward at each evaluation point
+is the shapes reward of ODE samples of fixed held-out prompts with fixed noise (``data.eval_seed``),
+so every method and seed is measured on the same images' prompts and noise.
+
+Presets written for 10+ steps are adapted to the task's steps (``adapt_to_steps``): MixGRPO's SDE
+window and BranchGRPO's split steps are scaled down; everything else is the preset as shipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import EvalPoint, RunHistory, RunSpec
+
+from treegrpo import schedule as S
+from treegrpo.methods import plan_for_epoch
+
+
+@dataclass
+class ShapesProtocol:
+    """Fixed settings of the shapes runs (every method shares them)."""
+
+    prompts_per_iteration: int = 8
+    eval_prompts: int = 128
+    eval_points: int = 8  # evaluations spread evenly over the NFE budget (plus one before training)
+    guidance_scale: float = 1.0
+    max_iterations: int = 10_000
+    overrides: list[str] = field(default_factory=list)  # extra dotted config overrides for every run
+
+
+def adapt_to_steps(method: str, steps: int) -> dict[str, dict[str, Any]]:
+    """Preset fields that assume 10+ sampling steps, rescaled to ``steps`` (empty when nothing to do)."""
+    if method == "mix_grpo":
+        return {"tree": {"window": max(1, steps // 2)}}
+    if method == "branch_grpo":
+        return {"tree": {"split_steps": list(range(min(4, steps)))}}
+    return {}
+
+
+def dotted(sections: dict[str, dict[str, Any]]) -> list[str]:
+    """``{"tree": {"k": 2}}`` -> ``["tree.k=2"]`` (lists in YAML flow style)."""
+    items = []
+    for section, values in sections.items():
+        for key, value in values.items():
+            text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, (list, tuple)) else str(value)
+            items.append(f"{section}.{key}={text}")
+    return items
+
+
+def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any:
+    """The trainer config of one benchmark run."""
+    from treegrpo.config import resolve_config
+    from treegrpo.demo.run import DEMO_CONFIG
+
+    values = copy.deepcopy(DEMO_CONFIG)
+    values.pop("tree")  # the demo's tree shape is TreeGRPO's; other presets keep their own
+    steps = values["sampling"]["steps"]
+    sections = adapt_to_steps(spec.method, steps)
+    for section, overrides in spec.overrides.items():
+        sections.setdefault(section, {}).update(overrides)
+    overrides = [
+        f"seed={spec.seed}", f"train.lr={spec.lr}", f"output_dir={run_dir}",
+        f"train.iterations={protocol.max_iterations}", f"data.prompts_per_iteration={protocol.prompts_per_iteration}",
+        f"data.num_eval_prompts={protocol.eval_prompts}", f"sampling.guidance_scale={protocol.guidance_scale}",
+        *dotted(sections), *protocol.overrides,
+    ]
+    return resolve_config(values, overrides, source="shapes benchmark", method=spec.method)
+
+
+class ShapesRunner:
+    """Task runner on the built-in shapes task (each run loads the shipped base afresh)."""
+
+    def __init__(self, protocol: ShapesProtocol) -> None:
+        self.protocol = protocol
+
+    def __call__(self, spec: RunSpec) -> RunHistory:
+        with tempfile.TemporaryDirectory(prefix="treegrpo-bench-") as folder:
+            return run_shapes(spec, self.protocol, Path(folder))
+
+
+def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHistory:
+    """Train ``spec`` on the shapes task for as many iterations as fit its NFE budget."""
+    from treegrpo.trainer import Trainer, evaluate
+
+    cfg = shapes_config(spec, protocol, run_dir)
+    trainer = Trainer(cfg, run_dir=run_dir)
+
+    def held_out_reward() -> float:
+        with trainer._eval_weights():
+            result, _ = evaluate(trainer.backbone, trainer.rewards, trainer.prompts.eval, steps=cfg.sampling.steps,
+                                 guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed,
+                                 max_batch=cfg.sampling.max_batch)
+        return result["eval/score"]
+
+    spacing = spec.budget_nfe / protocol.eval_points
+    rollout_nfe = training_nfe = reference_nfe = 0
+    seconds = 0.0
+    guards: list[float] = []
+    points = [EvalPoint(0, 0, 0, 0, 0.0, held_out_reward(), 0.0)]
+    iteration = 0
+    while iteration < protocol.max_iterations:
+        plan = plan_for_epoch(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
+        cost = protocol.prompts_per_iteration * cfg.tree.trees * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
+        if rollout_nfe + training_nfe + cost > spec.budget_nfe:
+            break
+        metrics = trainer.run_iteration(iteration).metrics
+        crossed = (rollout_nfe + training_nfe) // spacing
+        rollout_nfe += int(metrics["rollout_nfe"])
+        training_nfe += int(metrics["training_nfe"])
+        reference_nfe += int(metrics["training_nfe"]) if cfg.loss.kl_beta > 0 else 0
+        seconds += float(metrics["seconds"])
+        guards.append(float(metrics["guard_fraction"]))
+        iteration += 1
+        if (rollout_nfe + training_nfe) // spacing > crossed:
+            points.append(_point(held_out_reward(), iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
+            guards = []
+    if points[-1].iteration != iteration:
+        points.append(_point(held_out_reward(), iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
+    leaves = cfg.tree.trees * S.leaves_per_tree(plan_for_epoch(cfg.tree, cfg.sampling.steps, 0, 0))
+    return RunHistory(spec, points, leaves)
+
+
+def _point(reward: float, iteration: int, rollout_nfe: int, training_nfe: int, reference_nfe: int,
+           seconds: float, guards: list[float]) -> EvalPoint:
+    guard = sum(guards) / len(guards) if guards else 0.0
+    return EvalPoint(iteration, rollout_nfe, training_nfe, reference_nfe, seconds, reward, guard)
