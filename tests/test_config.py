@@ -109,6 +109,18 @@ def test_too_few_prompts_and_heldout_split(tmp_path: Path) -> None:
     assert len(train) == 7 and len(held) == 3 and not set(train) & set(held)
 
 
+def test_heldout_prompts_follow_eval_seed_not_seed(tmp_path: Path) -> None:
+    """Runs with different seeds are evaluated on the same held-out prompts (data.eval_seed)."""
+    shapes = resolve_config({"data": {"builtin": "shapes", "builtin_size": 64, "num_eval_prompts": 32}})
+    a, b = load_prompt_sets(shapes.data, 0), load_prompt_sets(shapes.data, 1)
+    assert a.eval == b.eval and a.train != b.train
+    shapes.data.eval_seed = 1
+    assert load_prompt_sets(shapes.data, 0).eval != a.eval
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}\n" for i in range(40)))
+    files = resolve_config({"data": {"prompts": str(tmp_path / "p.txt"), "heldout": 8}})
+    assert load_prompt_sets(files.data, 0).eval == load_prompt_sets(files.data, 3).eval
+
+
 @settings(max_examples=30, deadline=None)
 @given(pool=st.integers(1, 20), sizes=st.lists(st.integers(1, 9), min_size=2, max_size=8), cut=st.integers(0, 7))
 def test_sampler_resumes_exactly(pool: int, sizes: list[int], cut: int) -> None:
