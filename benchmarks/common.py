@@ -81,6 +81,14 @@ class RunHistory:
         columns = {name: [getattr(point, name) for point in self.points] for name in asdict(self.points[0])}
         return {"spec": asdict(self.spec), "leaves_per_prompt": self.leaves_per_prompt, "points": columns}
 
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "RunHistory":
+        """The inverse of :meth:`to_json`."""
+        columns = value["points"]
+        count = len(columns["reward"])
+        points = [EvalPoint(**{name: columns[name][i] for name in columns}) for i in range(count)]
+        return cls(RunSpec(**value["spec"]), points, int(value["leaves_per_prompt"]))
+
 
 TaskRunner = Callable[[RunSpec], RunHistory]
 

@@ -16,11 +16,16 @@ shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
     python benchmarks/efficiency.py --out benchmarks/results
     python benchmarks/efficiency.py --ablation shape --lrs 3e-3 --out benchmarks/results
     python benchmarks/efficiency.py --task shapes --threads 2 --lrs 1e-3 --out benchmarks/results
+
+Every finished run is appended to ``OUT/<stem>.runs.jsonl`` at once, so an interrupted benchmark
+keeps what it finished; ``--reuse FILE ...`` (that file, or an earlier result JSON) takes runs
+with the same spec from there instead of training them again (runs are deterministic per seed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict
@@ -66,6 +71,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--reuse", nargs="*", type=Path, default=[],
+                        help="earlier result .json or .runs.jsonl files whose runs with the same spec are reused")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     defaults = TASK_DEFAULTS[args.task]
@@ -127,19 +134,45 @@ def variants_for(args: argparse.Namespace) -> tuple[list[Variant], str]:
     return main_variants(args.methods, args.flat_trees), "flow_grpo"
 
 
+def spec_key(spec: RunSpec) -> str:
+    """A run's identity for reuse: everything that determines its result."""
+    return json.dumps(asdict(spec), sort_keys=True)
+
+
+def load_runs(files: Sequence[Path]) -> dict[str, RunHistory]:
+    """Finished runs from result JSONs (``runs``) or run logs (one JSON object per line), by spec."""
+    found: dict[str, RunHistory] = {}
+    for file in files:
+        text = file.read_text()
+        entries = json.loads(text)["runs"] if file.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        for entry in entries:
+            history = RunHistory.from_json(entry)
+            found[spec_key(history.spec)] = history
+    return found
+
+
 def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float], seeds: Sequence[int],
-            budget: int, log: Callable[[str], None]) -> dict[tuple[str, float], list[RunHistory]]:
-    """Every (variant, lr, seed), one after the other; histories grouped by (label, lr)."""
+            budget: int, log: Callable[[str], None], reuse: Optional[dict[str, RunHistory]] = None,
+            run_log: Optional[Path] = None) -> dict[tuple[str, float], list[RunHistory]]:
+    """Every (variant, lr, seed), one after the other (or from ``reuse``); histories grouped by (label, lr)."""
     runs: dict[tuple[str, float], list[RunHistory]] = {}
+    reuse = reuse or {}
     for seed in seeds:
         for label, method, overrides in variants:
             for lr in lrs:
+                spec = RunSpec(label, method, lr, seed, budget, overrides)
                 start = time.perf_counter()
-                history = runner(RunSpec(label, method, lr, seed, budget, overrides))
+                reused = reuse.get(spec_key(spec))
+                history = reused if reused is not None else runner(spec)
                 runs.setdefault((label, lr), []).append(history)
+                if run_log is not None and reused is None:
+                    run_log.parent.mkdir(parents=True, exist_ok=True)
+                    with open(run_log, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(history.to_json()) + "\n")
+                source = "reused" if reused is not None else f"{time.perf_counter() - start:5.1f}s"
                 log(f"{label:>18} lr={lr:<7g} seed={seed}  it={history.final.iteration:5d}  "
                     f"reward {history.points[0].reward:.3f} -> {history.final.reward:.3f} "
-                    f"(peak {history.peak_reward:.3f})  {time.perf_counter() - start:5.1f}s")
+                    f"(peak {history.peak_reward:.3f})  {source}")
     return runs
 
 
@@ -194,14 +227,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     variants, reference = variants_for(args)
     runner = TASKS[args.task](args)
     started = time.time()
-    runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log)
+    stem = output_stem(args)
+    runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
+                   run_log=args.out / f"{stem}.runs.jsonl")
     best, every = choose_learning_rates(runs, variants, args.lrs, args.keep_ratio)
     nfe_grid = linear_grid(args.budget, args.eval_points)
     max_seconds = max(h.final.seconds for histories in runs.values() for h in histories)
     seconds_grid = linear_grid(max_seconds, 200)
     rows = reach_rows(best, runs, reference, nfe_grid, seconds_grid, args.gain_fraction)
     tables = {"reach": reach_table(rows, best, reference), "grid": grid_table(every)}
-    stem = output_stem(args)
     plot = args.out / f"{stem}.png"
     chosen = {label: runs[(label, stats.lr)] for label, (stats, _) in best.items()}
     plot_curves(plot, chosen, nfe_grid, seconds_grid, rows[0].target,
@@ -210,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "protocol": "main" if args.ablation == "none" else f"ablation_{args.ablation}",
         "task": args.task, "reference": reference, "target_reward": rows[0].target,
         "gain_target_reward": rows[0].gain_target,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": json.loads(json.dumps(vars(args), default=str)),
         "torch_threads": torch.get_num_threads(), "wall_seconds_total": time.time() - started,
         "chosen": {label: {"lr": stats.lr, "stable": stable} for label, (stats, stable) in best.items()},
         "reach": [asdict(row) for row in rows], "groups": [asdict(g) for g in every],

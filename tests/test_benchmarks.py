@@ -75,6 +75,16 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
     leaves = {run["spec"]["label"]: run["leaves_per_prompt"] for run in saved["runs"]}
     assert leaves == {"treegrpo": 27, "flow_grpo": 27, "branch_grpo": 16}
 
+    # another invocation reuses every finished run (from the run log or the result JSON) and trains none
+    assert len((tmp_path / "efficiency_toy.runs.jsonl").read_text().splitlines()) == 3
+    for source in ("efficiency_toy.runs.jsonl", "efficiency_toy.json"):
+        out = tmp_path / source.replace(".", "_")
+        again = efficiency.main([*TINY_TOY, "--methods", "treegrpo", "flow_grpo", "branch_grpo", "--out", str(out),
+                                 "--reuse", str(tmp_path / source)])
+        assert not (out / "efficiency_toy.runs.jsonl").exists()
+        assert again["target_reward"] == pytest.approx(payload["target_reward"], rel=1e-5)
+        assert [r["label"] for r in again["reach"]] == [r["label"] for r in payload["reach"]]
+
 
 @pytest.mark.parametrize("ablation, labels", [
     ("shape", {"k3w3", "k2w3", "k2w4", "k4w3", "k3w3 x2 trees"}),
