@@ -135,6 +135,14 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
     for (name, saved), current in zip(reloaded.state_dict().items(), backbone.denoiser.state_dict().values()):
         assert torch.equal(saved, current), name
 
+    # the FSDP export path: weights gathered whole and handed in, written in the same layout
+    from treegrpo.sharding import full_state_dict
+
+    backbone.save_trained(tmp_path / "gathered", weights=full_state_dict(backbone.denoiser, trainable_only=False))
+    regathered = FluxTransformer2DModel.from_pretrained(tmp_path / "gathered", subfolder="transformer")
+    for (name, saved), current in zip(regathered.state_dict().items(), backbone.denoiser.state_dict().values()):
+        assert torch.equal(saved, current), name
+
 
 def test_full_finetune_without_reference_copy_makes_none() -> None:
     backbone = load_backbone(_config("flux", full_finetune=True))

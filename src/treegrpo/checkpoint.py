@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from treegrpo.faults import fault_point
+from treegrpo.sharding import full_state_dict, shard_like
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +130,15 @@ def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any], generato
 
 
 def trained_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable weights of ``module`` by name (detached, contiguous CPU copies)."""
-    return {
-        name: parameter.detach().to("cpu").contiguous().clone()
-        for name, parameter in module.named_parameters()
-        if parameter.requires_grad
-    }
+    """Trainable weights of ``module`` by name (full, detached, contiguous CPU copies).
+
+    With an FSDP-sharded module this gathers every weight whole: every process must call it.
+    """
+    return full_state_dict(module, trainable_only=True)
 
 
 def load_trained_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable weights into ``module`` (names must match exactly)."""
+    """Copy saved trainable weights into ``module`` (names must match exactly; sharded modules take their shard)."""
     parameters = {name: p for name, p in module.named_parameters() if p.requires_grad}
     missing = sorted(set(parameters) - set(state))
     unexpected = sorted(set(state) - set(parameters))
@@ -149,7 +149,7 @@ def load_trained_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) 
         )
     with torch.no_grad():
         for name, parameter in parameters.items():
-            parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+            parameter.copy_(shard_like(state[name], parameter))
 
 
 def safe_torch_load(file: Path) -> Any:

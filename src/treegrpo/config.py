@@ -120,6 +120,8 @@ class TrainConfig:
     """tqdm bar over denoising steps on the main process."""
     find_unused_parameters: bool = False
     """DDP option; needed when some trained weights get no gradient."""
+    fsdp: bool = False
+    """Shard the denoiser's weights, gradients and optimizer state over processes (FSDP2) instead of DDP."""
     debug_dump: bool = False
     """Write per-process leaf scores, group ids and advantages to RUN/debug/ (tests, debugging)."""
     max_nonfinite_in_a_row: int = 3
@@ -399,6 +401,10 @@ def validate(cfg: TrainerConfig) -> None:
         _check_positive(key, value, 0)
     if not 0 <= cfg.train.ema < 1:
         raise ConfigError(f"train.ema is an EMA decay in [0, 1) (0 = off), got {cfg.train.ema}")
+    if cfg.train.fsdp and cfg.train.ema > 0:
+        raise ConfigError("train.ema is not supported with train.fsdp=true (the EMA would need whole weights); set train.ema=0")
+    if cfg.train.fsdp and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision=fp16 is not supported with train.fsdp=true; use bf16")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas must be two numbers, e.g. [0.9, 0.999], got {cfg.train.betas}")
     if cfg.data.prompts is None and cfg.data.builtin is None:

@@ -115,11 +115,11 @@ class ToyBackbone:
     def reference(self) -> ContextManager[None]:
         return contextlib.nullcontext()
 
-    def save_trained(self, folder: Path) -> None:
+    def save_trained(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.denoiser.state_dict(), str(folder / "toy_velocity.safetensors"))
+        save_file(weights if weights is not None else self.denoiser.state_dict(), str(folder / "toy_velocity.safetensors"))
 
 
 def pretrain_toy(task: ToyTask, *, steps: int = 1500, batch: int = 512, lr: float = 3e-3, seed: int = 0) -> ToyVelocity:

@@ -61,6 +61,7 @@ from treegrpo.methods import plan_for_epoch
 from treegrpo.models.base import Backbone, ModelFn
 from treegrpo.rollout import TreeRollout, rollout_trees
 from treegrpo.schedule import ODE, Plan, describe
+from treegrpo.sharding import clip_grad_norm, full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +153,13 @@ class AccelerateLearner:
     is shared, so DDP replicas stay equal) and is recorded in ``findings`` / ``skipped``.
     """
 
-    def __init__(self, accelerator: Any, optimizer: Any, parameters: list[torch.nn.Parameter], max_grad_norm: float):
+    def __init__(self, accelerator: Any, optimizer: Any, parameters: list[torch.nn.Parameter], max_grad_norm: float,
+                 sharded: bool = False):
         self.accelerator = accelerator
         self.optimizer = optimizer
         self.parameters = parameters
         self.max_grad_norm = max_grad_norm
+        self.sharded = sharded
         self.findings: list[str] = []
         self.skipped = 0
         self._minibatch = 0
@@ -197,6 +200,8 @@ class AccelerateLearner:
     def _clip(self) -> float:
         """Gradient norm after clipping to ``max_grad_norm`` (0 = measure only)."""
         limit = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        if self.sharded:
+            return clip_grad_norm(self.parameters, limit)
         return float(self.accelerator.clip_grad_norm_(self.parameters, limit))
 
 
@@ -585,7 +590,8 @@ class Trainer:
         self._seed_everything()
         self.backbone = backbone or self._load_backbone()
         self.rewards = rewards or build_rewards(cfg.reward, self.accelerator.device)
-        self.wrapped = self.accelerator.prepare(self.backbone.denoiser)
+        self.sharded = self._shard()
+        self.wrapped = self.backbone.denoiser if self.sharded else self.accelerator.prepare(self.backbone.denoiser)
         self.parameters = self.backbone.trainable_parameters()
         self.named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.optimizer = self.accelerator.prepare(self._make_optimizer())
@@ -593,7 +599,7 @@ class Trainer:
             self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
             lr_lambda(cfg.train.lr_schedule, cfg.train.warmup, cfg.train.iterations),
         )
-        self.learner = AccelerateLearner(self.accelerator, self.optimizer, self.parameters, cfg.train.max_grad_norm)
+        self.learner = AccelerateLearner(self.accelerator, self.optimizer, self.parameters, cfg.train.max_grad_norm, self.sharded)
         self.ema = Ema(self.named, cfg.train.ema) if cfg.train.ema > 0 else None
         self.generators = self._make_generators()
         self.update_cfg = UpdateConfig(cfg.train.inner_epochs, cfg.train.parents_per_batch, cfg.train.grad_accum)
@@ -609,13 +615,13 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def _check_sharding(self) -> None:
-        """Trees must split evenly over processes; FSDP is refused until its checkpoints are right."""
+        """Trees must split evenly over processes; FSDP comes from ``train.fsdp``, not accelerate's plugin."""
         from accelerate.utils import DistributedType
 
         if self.accelerator.distributed_type == DistributedType.FSDP:
             raise ConfigError(
-                "FSDP is not supported yet (checkpoints would keep only the main process's optimizer "
-                "shard); launch with DDP, e.g. --config_file configs/accelerate/8gpu_ddp.yaml"
+                "accelerate's FSDP plugin is not used by treegrpo; launch with a multi-process config "
+                "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model"
             )
         roots = self.cfg.data.prompts_per_iteration * self.cfg.tree.trees
         if roots % self.world:
@@ -623,6 +629,17 @@ class Trainer:
                 f"{roots} trees per iteration (data.prompts_per_iteration x tree.trees) do not split over "
                 f"{self.world} processes; make it a multiple of {self.world}"
             )
+
+    def _shard(self) -> bool:
+        """With ``train.fsdp`` and several processes, shard the denoiser (FSDP2); whether it was sharded."""
+        if not self.cfg.train.fsdp:
+            return False
+        if self.world == 1:
+            logger.warning("train.fsdp=true with one process: nothing to shard, training unsharded")
+            return False
+        units = shard_denoiser(self.backbone.denoiser, self.cfg.train.mixed_precision)
+        logger.info("FSDP: denoiser sharded over %d processes in %d units", self.world, units)
+        return True
 
     def _seed_everything(self) -> None:
         """Seed the global RNGs (same model init on every process)."""
@@ -671,6 +688,8 @@ class Trainer:
         assert weights is not None, f"{folder} has no trained.safetensors"
         ckpt.load_trained_state(self.backbone.denoiser, weights)
         self.optimizer.load_state_dict(ckpt.safe_torch_load(folder / "optimizer.pt"))
+        if self.sharded:
+            shard_optimizer_state(self._raw_optimizer())
         self.scheduler.load_state_dict(ckpt.safe_torch_load(folder / "scheduler.pt"))
         ema = ckpt.load_weights(folder, "ema")
         if self.ema is not None and ema is not None:
@@ -681,9 +700,23 @@ class Trainer:
         self.guard.in_a_row = int(state.get("nonfinite_in_a_row", 0))
         ckpt.load_rng(folder, self.rank, self.generators)
 
+    def _raw_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer inside accelerate's wrapper."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
     def save_checkpoint(self, iteration: int) -> None:
-        """Write the checkpoint of ``iteration`` completed iterations (all processes take part)."""
+        """Write the checkpoint of ``iteration`` completed iterations (all processes take part).
+
+        Weights and optimizer state are saved whole; with FSDP every process helps gather them.
+        """
         acc = self.accelerator
+        weights = optimizer = None
+        if self.sharded:
+            weights = ckpt.trained_state(self.backbone.denoiser)
+            optimizer = full_optimizer_state(self._raw_optimizer())
+        elif self.is_main:
+            weights = ckpt.trained_state(self.backbone.denoiser)
+            optimizer = self.optimizer.state_dict()
         if self.is_main:
             ckpt.begin(self.run_dir, iteration)
         acc.wait_for_everyone()
@@ -700,9 +733,9 @@ class Trainer:
             }
             ckpt.save_main(
                 ckpt.temp_folder(self.run_dir, iteration),
-                weights=ckpt.trained_state(self.backbone.denoiser),
+                weights=weights,
                 ema=self.ema.state_dict() if self.ema is not None else None,
-                optimizer=self.optimizer.state_dict(),
+                optimizer=optimizer,
                 scheduler=self.scheduler.state_dict(),
                 state=state,
             )
@@ -869,7 +902,7 @@ class Trainer:
         mine = slice(self.rank * leaves, (self.rank + 1) * leaves)
         torch.save(
             {
-                "weights_checksum": torch.stack([p.detach().double().sum() for p in self.parameters]).sum().cpu(),
+                "weights_checksum": torch.stack([full_tensor(p.detach()).double().sum() for p in self.parameters]).sum().cpu(),
                 "scores": scores.cpu(), "groups": groups.cpu(), "leaf_advantages": advantages.leaf.advantages[mine].cpu(),
                 "all_scores": all_scores.cpu(), "all_groups": structure.leaf_cond.cpu(),
                 "group_mean": advantages.leaf.group_mean.cpu(), "group_std": advantages.leaf.group_std.cpu(),
@@ -928,16 +961,21 @@ class Trainer:
             yield
 
     def evaluate_and_draw(self, step: int) -> Optional[dict[str, float]]:
-        """Held-out evaluation, sample grid and tree picture (main process); returns eval metrics."""
+        """Held-out evaluation, sample grid and tree picture (main process); returns eval metrics.
+
+        With FSDP every process runs the evaluation's forwards (they are collectives); only the
+        main process writes.
+        """
         self.accelerator.wait_for_everyone()
         result = None
-        if self.is_main and self.prompts.eval:
+        if (self.is_main or self.sharded) and self.prompts.eval:
             cfg = self.cfg
             with self._eval_weights():
                 result, images = evaluate(
                     self.backbone, self.rewards, self.prompts.eval, steps=cfg.sampling.steps,
                     guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
                 )
+        if self.is_main and result is not None:
             grid = image_grid(images, math.ceil(math.sqrt(images.shape[0])))
             save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")
             self.writer.add_image("eval/samples", grid, step)
@@ -974,11 +1012,14 @@ class Trainer:
         raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step))
 
     def export(self) -> Path:
-        """Write RUN/final via ``backbone.save_trained`` (EMA weights when on)."""
+        """Write RUN/final via ``backbone.save_trained`` (EMA weights when on; gathered whole under FSDP)."""
         folder = self.run_dir / "final"
+        weights = None
+        if self.sharded:
+            weights = full_state_dict(self.backbone.denoiser, trainable_only=not self.cfg.model.full_finetune)
         if self.is_main:
             with self._eval_weights():
-                self.backbone.save_trained(folder)
+                self.backbone.save_trained(folder, weights=weights)
         self.accelerator.wait_for_everyone()
         return folder
 

@@ -61,8 +61,11 @@ class Backbone(Protocol):
         """Context in which ``model_fn`` computes the frozen reference policy (for a KL term)."""
         ...
 
-    def save_trained(self, folder: Path) -> None:
-        """Write what was trained: LoRA in diffusers format, or full weights (safetensors)."""
+    def save_trained(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Write what was trained: LoRA in diffusers format, or full weights (safetensors).
+
+        ``weights``: the trained weights gathered whole, when the denoiser holds FSDP shards.
+        """
         ...
 
 

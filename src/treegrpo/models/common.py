@@ -117,7 +117,8 @@ class DiffusersBackbone:
             self._setup_lora()
         if trainable and cfg.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self._trainable = [p for p in self.denoiser.parameters() if p.requires_grad]
+        self._trainable_names = {name for name, p in self.denoiser.named_parameters() if p.requires_grad}
+        """Names, not Parameter objects: FSDP replaces the objects when it shards the denoiser."""
 
     # ------------------------------------------------------------------ family hooks
 
@@ -256,7 +257,7 @@ class DiffusersBackbone:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """LoRA weights, or every denoiser weight with ``full_finetune``."""
-        return list(self._trainable)
+        return [p for name, p in self.denoiser.named_parameters() if name in self._trainable_names]
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
@@ -284,34 +285,45 @@ class DiffusersBackbone:
             yield
         finally:
             self.denoiser.enable_adapters()
-            for parameter in self._trainable:
+            for parameter in self.trainable_parameters():
                 parameter.requires_grad_(True)
 
-    def save_trained(self, folder: Path | str) -> None:
-        """LoRA in diffusers format (``pipe.load_lora_weights(folder)``), or the denoiser (safetensors)."""
+    def save_trained(self, folder: Path | str, weights: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """LoRA in diffusers format (``pipe.load_lora_weights(folder)``), or the denoiser (safetensors).
+
+        ``weights`` are the trained weights gathered whole (the denoiser's whole state dict with
+        ``full_finetune``), for a denoiser whose own weights are FSDP shards.
+        """
         if not self.trainable:
             raise RuntimeError("this backbone was loaded with trainable=False and holds nothing trained to save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.cfg.full_finetune:
-            self.denoiser.save_pretrained(folder / self.denoiser_name, safe_serialization=True)
+            target = folder / self.denoiser_name
+            if weights is None:
+                self.denoiser.save_pretrained(target, safe_serialization=True)
+                return
+            from huggingface_hub import save_torch_state_dict
+
+            self.denoiser.save_config(target)
+            save_torch_state_dict(weights, target, filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
             return
         type(self.pipe).save_lora_weights(
             folder,
             safe_serialization=True,
             **{
-                f"{self.denoiser_name}_lora_layers": self._lora_state_dict(),
+                f"{self.denoiser_name}_lora_layers": self._lora_state_dict(weights),
                 f"{self.denoiser_name}_lora_adapter_metadata": self.denoiser.peft_config[ADAPTER_NAME].to_dict(),
             },
         )
 
     # ------------------------------------------------------------------ helpers
 
-    def _lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """The adapter's weights in the layout the family's LoRA loader expects."""
+    def _lora_state_dict(self, weights: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """The adapter's weights (the module's own, or ``weights``) in the layout the family's LoRA loader expects."""
         from peft.utils import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.denoiser, adapter_name=ADAPTER_NAME)
+        return get_peft_model_state_dict(self.denoiser, state_dict=weights, adapter_name=ADAPTER_NAME)
 
     def _active_denoiser(self) -> tuple[torch.nn.Module, torch.dtype]:
         """The trained denoiser, or its frozen copy inside :meth:`reference`, and its weights' dtype."""

@@ -93,8 +93,8 @@ class SDBackbone(DiffusersBackbone):
         """Undo the latent scaling: ``latents / scaling_factor``."""
         return latents / self.pipe.vae.config.scaling_factor
 
-    def _lora_state_dict(self) -> dict[str, torch.Tensor]:
+    def _lora_state_dict(self, weights: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """UNet adapter weights converted to the diffusers layout (as diffusers' SD LoRA script does)."""
         from diffusers.utils import convert_state_dict_to_diffusers
 
-        return convert_state_dict_to_diffusers(super()._lora_state_dict())
+        return convert_state_dict_to_diffusers(super()._lora_state_dict(weights))
