@@ -621,7 +621,8 @@ class Trainer:
         if self.accelerator.distributed_type == DistributedType.FSDP:
             raise ConfigError(
                 "accelerate's FSDP plugin is not used by treegrpo; launch with a multi-process config "
-                "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model"
+                "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model "
+                "(configs/accelerate/README.md)"
             )
         roots = self.cfg.data.prompts_per_iteration * self.cfg.tree.trees
         if roots % self.world:
