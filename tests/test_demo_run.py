@@ -47,6 +47,27 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     assert float(match.group(1)) == pytest.approx(evals[0]["eval/score"], abs=5e-4)
     assert float(match.group(2)) == pytest.approx(evals[-1]["eval/score"], abs=5e-4)
 
+    # before_after.png's crops are the evaluated images: re-scored from the PNG they give the eval's mean
+    from treegrpo.config import load_config
+    from treegrpo.data import load_prompt_sets
+    from treegrpo.demo.reward import ShapesReward
+
+    cfg = load_config(out / "config.yaml")
+    prompts = load_prompt_sets(cfg.data, cfg.seed).eval
+    cells = demo.grid_cells(out / "samples/step-000000.png", len(prompts), len(prompts))
+    assert float(ShapesReward()(cells, prompts).mean()) == pytest.approx(evals[0]["eval/score"], abs=0.02)
+
+
+def test_grid_cells_invert_the_sample_grid(tmp_path: Path) -> None:
+    import torch
+
+    from treegrpo.trainer import image_grid, save_png
+
+    images = torch.rand(11, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    save_png(image_grid(images, 4), tmp_path / "grid.png")  # 11 images: 4 columns, as for 11 eval prompts
+    cells = demo.grid_cells(tmp_path / "grid.png", 11, 11)
+    assert cells.shape == images.shape and (cells - images).abs().max() <= 0.5 / 255 + 1e-6
+
 
 def test_bad_demo_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

@@ -8,7 +8,8 @@ prompts (ODE samples, fixed noise), trains it with the chosen preset through the
 (so RUN has the same layout as ``treegrpo train``: config.yaml, metrics.jsonl, eval.jsonl,
 tensorboard/, checkpoints/, final/), evaluates again on the same prompts and noise, and writes
 
-    RUN/before_after.png   held-out samples of the base (left) and the trained model (right)
+    RUN/before_after.png   the first 24 held-out prompts: base (left) and trained (right) samples, each
+                           with its caption and reward
     RUN/report.png         reward curves (training reward per component, held-out reward, NFE, s/iter)
     RUN/trees/step-N.png   the decoded image at every node of one tree of the last rollout
 
@@ -26,7 +27,10 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("treegrpo.demo")
 
@@ -114,23 +118,60 @@ def demo_config(args: argparse.Namespace) -> Any:
     return resolve_config(DEMO_CONFIG, overrides, source="demo settings", method=args.method)
 
 
-def before_after_png(run: Path, before: Path, after: Path, scores: tuple[float, float], file: Path) -> None:
-    """Two sample grids side by side, titled with their held-out rewards."""
+BEFORE_AFTER_PAIRS = 24
+"""Held-out prompts shown in before_after.png (the first ones of the fixed evaluation set)."""
+
+
+def grid_cells(grid: Path, count: int, total: int) -> torch.Tensor:
+    """The first ``count`` of the ``total`` square images in a sample grid PNG (``trainer.image_grid`` layout)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    array = np.asarray(Image.open(grid).convert("RGB"), dtype=np.float32) / 255
+    columns = math.ceil(math.sqrt(total))
+    size = array.shape[1] // columns - 2
+    cells = []
+    for i in range(count):
+        row, column = divmod(i, columns)
+        top, left = row * (size + 2) + 1, column * (size + 2) + 1
+        cells.append(array[top : top + size, left : left + size])
+    return torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2)
+
+
+def before_after_png(before: Path, after: Path, prompts: Sequence[str], scores: tuple[float, float], file: Path) -> None:
+    """Base and trained samples of the first held-out prompts side by side, captioned, with each image's reward."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
+    import torch
 
-    left, right = Image.open(before), Image.open(after)
-    width = 5.5 * max(1.0, left.width / 550)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width, width * left.height / left.width + 0.6))
-    for ax, image, title in ((axes[0], left, f"base: {scores[0]:.3f}"), (axes[1], right, f"trained: {scores[1]:.3f}")):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"{title} (held-out reward)", fontsize=11)
+    from treegrpo.demo.reward import ShapesReward
+
+    shown = min(BEFORE_AFTER_PAIRS, len(prompts))
+    base, trained = grid_cells(before, shown, len(prompts)), grid_cells(after, shown, len(prompts))
+    reward = ShapesReward()
+    base_scores, trained_scores = reward(base, prompts[:shown]), reward(trained, prompts[:shown])
+    columns = min(6, shown)
+    rows = math.ceil(shown / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 1.75 * rows + 0.7), squeeze=False)
+    gap = torch.ones(3, base.shape[2], 2)
+    for i, ax in enumerate(axes.flat):
         ax.axis("off")
+        if i >= shown:
+            continue
+        pair = torch.cat([base[i], gap, trained[i]], dim=2).permute(1, 2, 0).numpy()
+        ax.imshow(pair, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(prompts[i], 26)), fontsize=7)
+        ax.text(0.5, -0.04, f"{float(base_scores[i]):.2f} -> {float(trained_scores[i]):.2f}", fontsize=7,
+                ha="center", va="top", transform=ax.transAxes)
+    fig.suptitle(f"held-out reward over {len(prompts)} prompts: base {scores[0]:.3f} -> trained {scores[1]:.3f}\n"
+                 f"first {shown} prompts, base (left) and trained (right), same noise", fontsize=9)
     fig.tight_layout()
-    fig.savefig(file, dpi=100)
+    fig.savefig(file, dpi=110)
     plt.close(fig)
 
 
@@ -138,7 +179,7 @@ def _steps(folder: Path) -> list[Path]:
     return sorted(folder.glob("step-*.png")) if folder.is_dir() else []
 
 
-def summarize(run: Path) -> dict[str, Any]:
+def summarize(run: Path, eval_prompts: Sequence[str]) -> dict[str, Any]:
     """Base and trained held-out rewards of a finished run, and its pictures."""
     from treegrpo.report import make_report, read_jsonl
 
@@ -148,7 +189,7 @@ def summarize(run: Path) -> dict[str, Any]:
     first, last = evals[0], evals[-1]
     samples, trees = _steps(run / "samples"), _steps(run / "trees")
     before_after = run / "before_after.png"
-    before_after_png(run, samples[0], samples[-1], (first["eval/score"], last["eval/score"]), before_after)
+    before_after_png(samples[0], samples[-1], eval_prompts, (first["eval/score"], last["eval/score"]), before_after)
     curves, _ = make_report(run)
     return {"base": first, "trained": last, "before_after": before_after, "curves": curves,
             "tree": trees[-1] if trees else None}
@@ -161,6 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from treegrpo.data import load_prompt_sets
     from treegrpo.trainer import train
 
     start = time.time()
@@ -169,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info("demo: %s on the shipped shapes base, %d iterations, %d held-out prompts, %d threads -> %s",
                 cfg.method, cfg.train.iterations, cfg.data.num_eval_prompts, torch.get_num_threads(), run)
     train(cfg, overwrite=args.overwrite)
-    out = summarize(run)
+    out = summarize(run, load_prompt_sets(cfg.data, cfg.seed).eval)
     minutes = (time.time() - start) / 60
     base, trained = out["base"]["eval/score"], out["trained"]["eval/score"]
     n = cfg.data.num_eval_prompts
