@@ -68,6 +68,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=512, help="toy: samples per evaluation")
     parser.add_argument("--eval-prompts", type=int, default=128, help="shapes: held-out prompts per evaluation")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="shapes: CFG scale of rollouts and evaluation")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="shapes: sampling steps (4 = the demo; at 4 a 3-step window has one legal start)")
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -93,7 +95,7 @@ def make_shapes_runner(args: argparse.Namespace) -> TaskRunner:
     from shapes_task import ShapesProtocol, ShapesRunner
 
     protocol = ShapesProtocol(prompts_per_iteration=args.prompts, eval_prompts=args.eval_prompts,
-                              eval_points=args.eval_points, guidance_scale=args.guidance_scale)
+                              eval_points=args.eval_points, guidance_scale=args.guidance_scale, steps=args.steps)
     return ShapesRunner(protocol)
 
 

@@ -1,8 +1,8 @@
 """The built-in shapes task as a benchmark runner: the shipped tiny SD3 base trained by the real trainer.
 
 Every run starts from the shipped base (``builtin:shapes``) with a fresh LoRA, takes the demo's
-settings (``treegrpo.demo.run.DEMO_CONFIG``: 4 steps, LoRA r8, minibatches of 32 parents, clip
-1e-2) and the method preset, and trains through :class:`treegrpo.trainer.Trainer` one iteration at
+settings (``treegrpo.demo.run.DEMO_CONFIG``: 4 steps unless ``ShapesProtocol.steps`` says
+otherwise, LoRA r8, minibatches of 32 parents, clip 1e-2) and the method preset, and trains through :class:`treegrpo.trainer.Trainer` one iteration at
 a time until the next iteration would exceed the NFE budget. The reward at each evaluation point
 is the shapes reward of ODE samples of fixed held-out prompts with fixed noise (``data.eval_seed``),
 so every method and seed is measured on the same images' prompts and noise.
@@ -33,6 +33,7 @@ class ShapesProtocol:
     eval_prompts: int = 128
     eval_points: int = 8  # evaluations spread evenly over the NFE budget (plus one before training)
     guidance_scale: float = 1.0
+    steps: int = 4  # sampling steps (the demo's 4; the ablations need more room for their windows)
     max_iterations: int = 10_000
     overrides: list[str] = field(default_factory=list)  # extra dotted config overrides for every run
 
@@ -63,7 +64,7 @@ def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any
 
     values = copy.deepcopy(DEMO_CONFIG)
     values.pop("tree")  # the demo's tree shape is TreeGRPO's; other presets keep their own
-    steps = values["sampling"]["steps"]
+    steps = protocol.steps
     sections = adapt_to_steps(spec.method, steps)
     for section, overrides in spec.overrides.items():
         sections.setdefault(section, {}).update(overrides)
@@ -71,6 +72,7 @@ def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any
         f"seed={spec.seed}", f"train.lr={spec.lr}", f"output_dir={run_dir}",
         f"train.iterations={protocol.max_iterations}", f"data.prompts_per_iteration={protocol.prompts_per_iteration}",
         f"data.num_eval_prompts={protocol.eval_prompts}", f"sampling.guidance_scale={protocol.guidance_scale}",
+        f"sampling.steps={steps}",
         *dotted(sections), *protocol.overrides,
     ]
     return resolve_config(values, overrides, source="shapes benchmark", method=spec.method)

@@ -131,6 +131,27 @@ def test_shapes_task_adapts_long_schedules_to_four_steps(method: str, expected: 
     assert shapes_task.dotted({"tree": {"split_steps": [0, 1], "k": 2}}) == ["tree.split_steps=[0,1]", "tree.k=2"]
 
 
+def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
+    """At 4 steps k2w4 does not fit (a window may not touch the last step); at 6 every ablation variant does."""
+    efficiency = load("efficiency")
+    import shapes_task
+    from common import RunSpec
+
+    from treegrpo.config import ConfigError
+
+    k2w4 = next(v for v in efficiency.shape_variants() if v[0] == "k2w4")
+    spec = RunSpec(k2w4[0], k2w4[1], 1e-3, 0, 1000, k2w4[2])
+    with pytest.raises(ConfigError, match="tree.window <= 3"):
+        shapes_task.shapes_config(spec, shapes_task.ShapesProtocol(), tmp_path)
+    for label, method, overrides in efficiency.shape_variants() + efficiency.window_variants():
+        cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 1000, overrides), shapes_task.ShapesProtocol(steps=6), tmp_path)
+        assert cfg.sampling.steps == 6
+        starts = {S.window_start(e, 6, cfg.tree.window, cfg.tree.window_placement, start=cfg.tree.window_start,
+                                 shift=cfg.tree.shift, shift_every=cfg.tree.shift_every,
+                                 geometric_ratio=cfg.tree.geometric_ratio, seed=0) for e in range(60)}
+        assert len(starts) > 1 or cfg.tree.window_placement == "fixed", label  # the window has room to move
+
+
 def test_toy_runner_follows_train_toy() -> None:
     common = load("common")
     task = ToyTask()
