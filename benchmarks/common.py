@@ -344,7 +344,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def plot_curves(path: Path, series: dict[str, list[RunHistory]], nfe_grid: Sequence[float],
-                seconds_grid: Sequence[float], target: float | None, title: str) -> None:
+                seconds_grid: Sequence[float], target: float | None, title: str, threads: int = 1) -> None:
     """Reward against NFE and against seconds: seed mean and min/max band per label."""
     import matplotlib
 
@@ -361,7 +361,7 @@ def plot_curves(path: Path, series: dict[str, list[RunHistory]], nfe_grid: Seque
             axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
         if target is not None:
             axis.axhline(target, color="grey", linestyle=":", linewidth=1)
-        axis.set_xlabel("rollout + training NFE" if name == "nfe" else "wall seconds (training loop, 1 CPU thread)")
+        axis.set_xlabel("rollout + training NFE" if name == "nfe" else f"wall seconds (training loop, {threads} CPU thread{'s' if threads > 1 else ''})")
         axis.set_ylabel("held-out reward")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

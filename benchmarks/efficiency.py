@@ -241,7 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     plot = args.out / f"{stem}.png"
     chosen = {label: runs[(label, stats.lr)] for label, (stats, _) in best.items()}
     plot_curves(plot, chosen, nfe_grid, seconds_grid, rows[0].target,
-                f"{stem}: seed mean and min/max band, each at its chosen lr; dotted: {reference} final mean")
+                f"{stem}: seed mean and min/max band, each at its chosen lr; dotted: {reference} final mean",
+                threads=args.threads)
     payload = {
         "protocol": "main" if args.ablation == "none" else f"ablation_{args.ablation}",
         "task": args.task, "reference": reference, "target_reward": rows[0].target,
