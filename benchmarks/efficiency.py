@@ -17,6 +17,10 @@ shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
     python benchmarks/efficiency.py --ablation shape --lrs 3e-3 --out benchmarks/results
     python benchmarks/efficiency.py --task shapes --threads 2 --lrs 1e-3 --out benchmarks/results
 
+On the shapes task ``--set section.key=value ...`` adds trainer settings to every run (they
+become part of its spec), e.g. ``--set train.lr_schedule=cosine``; a run's ``train.iterations`` is
+the number of iterations that fit its budget, so schedules decay over the whole run.
+
 Every finished run is appended to ``OUT/<stem>.runs.jsonl`` at once, so an interrupted benchmark
 keeps what it finished; ``--reuse FILE ...`` (that file, or an earlier result JSON) takes runs
 with the same spec from there instead of training them again (runs are deterministic per seed).
@@ -70,6 +74,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="shapes: CFG scale of rollouts and evaluation")
     parser.add_argument("--steps", type=int, default=4,
                         help="shapes: sampling steps (4 = the demo; at 4 a 3-step window has one legal start)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", dest="settings",
+                        help="shapes: trainer config values for every run, e.g. train.lr_schedule=cosine")
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -77,6 +83,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="earlier result .json or .runs.jsonl files whose runs with the same spec are reused")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.settings and args.task != "shapes":
+        parser.error("--set applies to --task shapes only")
     defaults = TASK_DEFAULTS[args.task]
     args.budget = args.budget if args.budget is not None else defaults["budget"]
     args.eval_points = args.eval_points if args.eval_points is not None else defaults["eval_points"]
@@ -125,15 +133,33 @@ def window_variants() -> list[Variant]:
     ]
 
 
+def with_settings(variants: list[Variant], settings: Sequence[str]) -> list[Variant]:
+    """Every variant with ``section.key=value`` settings added to its overrides (part of each run's spec)."""
+    extra: dict[str, dict[str, Any]] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and name):
+            raise SystemExit(f"--set {item!r} must look like section.key=value, e.g. train.lr_schedule=cosine")
+        extra.setdefault(section, {})[name] = value
+    merged = []
+    for label, method, overrides in variants:
+        sections = {section: dict(values) for section, values in overrides.items()}
+        for section, values in extra.items():
+            sections.setdefault(section, {}).update(values)
+        merged.append((label, method, sections))
+    return merged
+
+
 def variants_for(args: argparse.Namespace) -> tuple[list[Variant], str]:
     """The variants of the chosen protocol and the label whose final reward is the target."""
     if args.ablation == "shape":
-        return shape_variants(), "k3w3"
+        return with_settings(shape_variants(), args.settings), "k3w3"
     if args.ablation == "window":
-        return window_variants(), "geometric r=0.5"
+        return with_settings(window_variants(), args.settings), "geometric r=0.5"
     if "flow_grpo" not in args.methods:
         raise SystemExit("the main protocol measures against flow_grpo: keep it in --methods")
-    return main_variants(args.methods, args.flat_trees), "flow_grpo"
+    return with_settings(main_variants(args.methods, args.flat_trees), args.settings), "flow_grpo"
 
 
 def spec_key(spec: RunSpec) -> str:

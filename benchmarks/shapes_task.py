@@ -57,8 +57,21 @@ def dotted(sections: dict[str, dict[str, Any]]) -> list[str]:
     return items
 
 
+def iterations_in_budget(tree: Any, steps: int, prompts: int, budget: int, seed: int, cap: int) -> int:
+    """Iterations whose closed-form rollout + training NFE fit ``budget`` (the horizon of lr schedules)."""
+    spent = iteration = 0
+    while iteration < cap:
+        plan = plan_for_epoch(tree, steps, iteration, seed)
+        cost = prompts * tree.trees * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
+        if spent + cost > budget:
+            break
+        spent += cost
+        iteration += 1
+    return max(1, iteration)
+
+
 def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any:
-    """The trainer config of one benchmark run."""
+    """The trainer config of one benchmark run (``train.iterations``: the iterations that fit the budget)."""
     from treegrpo.config import resolve_config
     from treegrpo.demo.run import DEMO_CONFIG
 
@@ -75,7 +88,10 @@ def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any
         f"sampling.steps={steps}",
         *dotted(sections), *protocol.overrides,
     ]
-    return resolve_config(values, overrides, source="shapes benchmark", method=spec.method)
+    cfg = resolve_config(values, overrides, source="shapes benchmark", method=spec.method)
+    cfg.train.iterations = iterations_in_budget(cfg.tree, steps, protocol.prompts_per_iteration, spec.budget_nfe,
+                                                spec.seed, protocol.max_iterations)
+    return cfg
 
 
 class ShapesRunner:

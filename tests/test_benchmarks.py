@@ -152,6 +152,26 @@ def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
         assert len(starts) > 1 or cfg.tree.window_placement == "fixed", label  # the window has room to move
 
 
+def test_shapes_settings_and_schedule_horizon(tmp_path: Path) -> None:
+    """--set reaches every run's spec and config; lr schedules decay over the iterations that fit the budget."""
+    efficiency = load("efficiency")
+    import shapes_task
+    from common import RunSpec
+
+    args = efficiency.parse_args(["--task", "shapes", "--methods", "treegrpo", "flow_grpo",
+                                  "--set", "train.lr_schedule=cosine", "loss.kl_beta=0"])
+    variants, _ = efficiency.variants_for(args)
+    assert variants[1] == ("flow_grpo", "flow_grpo", {"tree": {"trees": 27}, "train": {"lr_schedule": "cosine"},
+                                                      "loss": {"kl_beta": "0"}})
+    # 8 prompts, 30k NFE: 70 TreeGRPO iterations (424 NFE each) and 17 flat ones (1728), as measured
+    expected = {"treegrpo": 70, "flow_grpo": 17}
+    for label, method, overrides in variants:
+        cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 30_000, overrides), shapes_task.ShapesProtocol(), tmp_path)
+        assert cfg.train.lr_schedule == "cosine" and cfg.train.iterations == expected[label]
+    with pytest.raises(SystemExit):
+        efficiency.variants_for(efficiency.parse_args(["--task", "shapes", "--set", "lr_schedule"]))
+
+
 def test_toy_runner_follows_train_toy() -> None:
     common = load("common")
     task = ToyTask()
