@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from treegrpo import schedule as S
 from treegrpo.engine import UpdateConfig
-from treegrpo.methods import MethodConfig, plan_for_epoch, preset
+from treegrpo.methods import TreeConfig, plan_for_epoch, preset
 from treegrpo.toy import ToyRun, ToyTask, ToyVelocity, pretrain_toy
 
 
@@ -110,15 +110,64 @@ class ToyProtocol:
     update: UpdateConfig = field(default_factory=lambda: UpdateConfig(inner_epochs=1, parents_per_batch=256, grad_accum=0))
 
 
-def iteration_cost(method: MethodConfig, plan: S.Plan, prompts: int) -> int:
+def iteration_cost(tree: TreeConfig, plan: S.Plan, prompts: int) -> int:
     """Closed-form rollout + training NFE of one iteration (training: every trained parent; an upper bound)."""
-    roots = prompts * method.tree.trees
+    roots = prompts * tree.trees
     return roots * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
 
 
-def leaves_per_prompt(method: MethodConfig, num_steps: int) -> int:
+def leaves_per_prompt(tree: TreeConfig, num_steps: int) -> int:
     """Leaves one prompt gets per iteration (window placement does not change it)."""
-    return method.tree.trees * S.leaves_per_tree(plan_for_epoch(method.tree, num_steps, 0, 0))
+    return tree.trees * S.leaves_per_tree(plan_for_epoch(tree, num_steps, 0, 0))
+
+
+@dataclass
+class IterationSpend:
+    """What one training iteration spent, as a task runner reports it."""
+
+    rollout_nfe: int
+    training_nfe: int
+    seconds: float
+    guard_fraction: float
+
+
+def train_under_budget(
+    spec: RunSpec, *, cost: Callable[[int], int], step: Callable[[int], IterationSpend], evaluate: Callable[[], float],
+    eval_points: int, max_iterations: int, kl_on: bool, leaves: int,
+) -> RunHistory:
+    """Run iterations while the next one's closed-form ``cost`` fits the budget; evaluate (untimed)
+    before training, whenever the spent NFE crosses a multiple of ``budget / eval_points``, and at the end.
+
+    Every task runner (toy, shapes) shares this loop, so budgets and evaluation points mean the same.
+    """
+    spacing = spec.budget_nfe / eval_points
+    rollout_nfe = training_nfe = reference_nfe = 0
+    seconds = 0.0
+    guards: list[float] = []
+
+    def point(iteration: int) -> EvalPoint:
+        guard = sum(guards) / len(guards) if guards else 0.0
+        return EvalPoint(iteration, rollout_nfe, training_nfe, reference_nfe, seconds, evaluate(), guard)
+
+    points = [EvalPoint(0, 0, 0, 0, 0.0, evaluate(), 0.0)]
+    iteration = 0
+    while iteration < max_iterations:
+        if rollout_nfe + training_nfe + cost(iteration) > spec.budget_nfe:
+            break
+        spent = step(iteration)
+        crossed = math.floor((rollout_nfe + training_nfe) / spacing)
+        rollout_nfe += spent.rollout_nfe
+        training_nfe += spent.training_nfe
+        reference_nfe += spent.training_nfe if kl_on else 0
+        seconds += spent.seconds
+        guards.append(spent.guard_fraction)
+        iteration += 1
+        if math.floor((rollout_nfe + training_nfe) / spacing) > crossed:
+            points.append(point(iteration))
+            guards = []
+    if points[-1].iteration != iteration:
+        points.append(point(iteration))
+    return RunHistory(spec, points, leaves)
 
 
 class ToyRunner:
@@ -145,39 +194,17 @@ def run_toy(spec: RunSpec, protocol: ToyProtocol, task: ToyTask, base: ToyVeloci
     method = preset(spec.method, **spec.overrides)
     run = ToyRun(task, method, base, lr=spec.lr, seed=spec.seed, num_steps=p.num_steps, noise_level=p.noise_level,
                  prompts_per_iteration=p.prompts_per_iteration, update=p.update)
-    spacing = spec.budget_nfe / p.eval_points
-    rollout_nfe = training_nfe = reference_nfe = 0
-    seconds = 0.0
-    guards: list[float] = []
-    points = [EvalPoint(0, 0, 0, 0, 0.0, run.evaluate(p.eval_samples), 0.0)]
-    iteration = 0
-    while iteration < p.max_iterations:
-        plan = run.plan(iteration)
-        if rollout_nfe + training_nfe + iteration_cost(method, plan, p.prompts_per_iteration) > spec.budget_nfe:
-            break
+
+    def step(iteration: int) -> IterationSpend:
         start = time.perf_counter()
-        step = run.step(plan)
-        seconds += time.perf_counter() - start
-        crossed = math.floor((rollout_nfe + training_nfe) / spacing)
-        rollout_nfe += step.rollout_nfe
-        training_nfe += step.training_nfe
-        reference_nfe += step.training_nfe if run.kl_on else 0
-        guards.append(step.guard_fraction)
-        iteration += 1
-        if math.floor((rollout_nfe + training_nfe) / spacing) > crossed:
-            points.append(_eval_point(run, p, iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
-            guards = []
-    if points[-1].iteration != iteration:
-        points.append(_eval_point(run, p, iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
-    return RunHistory(spec, points, leaves_per_prompt(method, p.num_steps))
+        spent = run.step(run.plan(iteration))
+        return IterationSpend(spent.rollout_nfe, spent.training_nfe, time.perf_counter() - start, spent.guard_fraction)
 
-
-def _eval_point(run: ToyRun, p: ToyProtocol, iteration: int, rollout_nfe: int,
-                training_nfe: int, reference_nfe: int, seconds: float, guards: list[float]) -> EvalPoint:
-    """Evaluate the current policy (not timed) and record the cumulative counters."""
-    reward = run.evaluate(p.eval_samples)
-    guard = sum(guards) / len(guards) if guards else 0.0
-    return EvalPoint(iteration, rollout_nfe, training_nfe, reference_nfe, seconds, reward, guard)
+    return train_under_budget(
+        spec, cost=lambda i: iteration_cost(method.tree, run.plan(i), p.prompts_per_iteration), step=step,
+        evaluate=lambda: run.evaluate(p.eval_samples), eval_points=p.eval_points, max_iterations=p.max_iterations,
+        kl_on=run.kl_on, leaves=leaves_per_prompt(method.tree, p.num_steps),
+    )
 
 
 # ----------------------------------------------------------------------------- curves and summaries

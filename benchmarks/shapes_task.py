@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import EvalPoint, RunHistory, RunSpec
+from common import IterationSpend, RunHistory, RunSpec, iteration_cost, leaves_per_prompt, train_under_budget
 
-from treegrpo import schedule as S
-from treegrpo.methods import plan_for_epoch
+from treegrpo.methods import TreeConfig, plan_for_epoch
 
 
 @dataclass
@@ -35,7 +34,6 @@ class ShapesProtocol:
     guidance_scale: float = 1.0
     steps: int = 4  # sampling steps (the demo's 4; the ablations need more room for their windows)
     max_iterations: int = 10_000
-    overrides: list[str] = field(default_factory=list)  # extra dotted config overrides for every run
 
 
 def adapt_to_steps(method: str, steps: int) -> dict[str, dict[str, Any]]:
@@ -57,12 +55,11 @@ def dotted(sections: dict[str, dict[str, Any]]) -> list[str]:
     return items
 
 
-def iterations_in_budget(tree: Any, steps: int, prompts: int, budget: int, seed: int, cap: int) -> int:
+def iterations_in_budget(tree: TreeConfig, steps: int, prompts: int, budget: int, seed: int, cap: int) -> int:
     """Iterations whose closed-form rollout + training NFE fit ``budget`` (the horizon of lr schedules)."""
     spent = iteration = 0
     while iteration < cap:
-        plan = plan_for_epoch(tree, steps, iteration, seed)
-        cost = prompts * tree.trees * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
+        cost = iteration_cost(tree, plan_for_epoch(tree, steps, iteration, seed), prompts)
         if spent + cost > budget:
             break
         spent += cost
@@ -83,10 +80,8 @@ def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any
         sections.setdefault(section, {}).update(overrides)
     overrides = [
         f"seed={spec.seed}", f"train.lr={spec.lr}", f"output_dir={run_dir}",
-        f"train.iterations={protocol.max_iterations}", f"data.prompts_per_iteration={protocol.prompts_per_iteration}",
-        f"data.num_eval_prompts={protocol.eval_prompts}", f"sampling.guidance_scale={protocol.guidance_scale}",
-        f"sampling.steps={steps}",
-        *dotted(sections), *protocol.overrides,
+        f"data.prompts_per_iteration={protocol.prompts_per_iteration}", f"data.num_eval_prompts={protocol.eval_prompts}",
+        f"sampling.guidance_scale={protocol.guidance_scale}", f"sampling.steps={steps}", *dotted(sections),
     ]
     cfg = resolve_config(values, overrides, source="shapes benchmark", method=spec.method)
     cfg.train.iterations = iterations_in_budget(cfg.tree, steps, protocol.prompts_per_iteration, spec.budget_nfe,
@@ -119,35 +114,17 @@ def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHis
                                  max_batch=cfg.sampling.max_batch)
         return result["eval/score"]
 
-    spacing = spec.budget_nfe / protocol.eval_points
-    rollout_nfe = training_nfe = reference_nfe = 0
-    seconds = 0.0
-    guards: list[float] = []
-    points = [EvalPoint(0, 0, 0, 0, 0.0, held_out_reward(), 0.0)]
-    iteration = 0
-    while iteration < protocol.max_iterations:
-        plan = plan_for_epoch(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
-        cost = protocol.prompts_per_iteration * cfg.tree.trees * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
-        if rollout_nfe + training_nfe + cost > spec.budget_nfe:
-            break
+    def step(iteration: int) -> IterationSpend:
         metrics = trainer.run_iteration(iteration).metrics
-        crossed = (rollout_nfe + training_nfe) // spacing
-        rollout_nfe += int(metrics["rollout_nfe"])
-        training_nfe += int(metrics["training_nfe"])
-        reference_nfe += int(metrics["training_nfe"]) if cfg.loss.kl_beta > 0 else 0
-        seconds += float(metrics["seconds"])
-        guards.append(float(metrics["guard_fraction"]))
-        iteration += 1
-        if (rollout_nfe + training_nfe) // spacing > crossed:
-            points.append(_point(held_out_reward(), iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
-            guards = []
-    if points[-1].iteration != iteration:
-        points.append(_point(held_out_reward(), iteration, rollout_nfe, training_nfe, reference_nfe, seconds, guards))
-    leaves = cfg.tree.trees * S.leaves_per_tree(plan_for_epoch(cfg.tree, cfg.sampling.steps, 0, 0))
-    return RunHistory(spec, points, leaves)
+        return IterationSpend(int(metrics["rollout_nfe"]), int(metrics["training_nfe"]), float(metrics["seconds"]),
+                              float(metrics["guard_fraction"]))
 
+    def cost(iteration: int) -> int:
+        plan = plan_for_epoch(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
+        return iteration_cost(cfg.tree, plan, protocol.prompts_per_iteration)
 
-def _point(reward: float, iteration: int, rollout_nfe: int, training_nfe: int, reference_nfe: int,
-           seconds: float, guards: list[float]) -> EvalPoint:
-    guard = sum(guards) / len(guards) if guards else 0.0
-    return EvalPoint(iteration, rollout_nfe, training_nfe, reference_nfe, seconds, reward, guard)
+    return train_under_budget(
+        spec, cost=cost, step=step, evaluate=held_out_reward, eval_points=protocol.eval_points,
+        max_iterations=protocol.max_iterations, kl_on=cfg.loss.kl_beta > 0,
+        leaves=leaves_per_prompt(cfg.tree, cfg.sampling.steps),
+    )

@@ -596,7 +596,7 @@ class Trainer:
         self.named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.optimizer = self.accelerator.prepare(self._make_optimizer())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+            self._raw_optimizer(),
             lr_lambda(cfg.train.lr_schedule, cfg.train.warmup, cfg.train.iterations),
         )
         self.learner = AccelerateLearner(self.accelerator, self.optimizer, self.parameters, cfg.train.max_grad_norm, self.sharded)
@@ -712,12 +712,9 @@ class Trainer:
         """
         acc = self.accelerator
         weights = optimizer = None
-        if self.sharded:
+        if self.sharded or self.is_main:  # gathering shards is a collective: then every process takes part
             weights = ckpt.trained_state(self.backbone.denoiser)
-            optimizer = full_optimizer_state(self._raw_optimizer())
-        elif self.is_main:
-            weights = ckpt.trained_state(self.backbone.denoiser)
-            optimizer = self.optimizer.state_dict()
+            optimizer = full_optimizer_state(self._raw_optimizer()) if self.sharded else self.optimizer.state_dict()
         if self.is_main:
             ckpt.begin(self.run_dir, iteration)
         acc.wait_for_everyone()
