@@ -85,6 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.settings and args.task != "shapes":
         parser.error("--set applies to --task shapes only")
+    for file in args.reuse:
+        if not file.is_file():
+            parser.error(f"--reuse {file}: no such file; pass a result .json or a .runs.jsonl an earlier run wrote")
     defaults = TASK_DEFAULTS[args.task]
     args.budget = args.budget if args.budget is not None else defaults["budget"]
     args.eval_points = args.eval_points if args.eval_points is not None else defaults["eval_points"]

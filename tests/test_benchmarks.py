@@ -152,7 +152,7 @@ def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
         assert len(starts) > 1 or cfg.tree.window_placement == "fixed", label  # the window has room to move
 
 
-def test_shapes_settings_and_schedule_horizon(tmp_path: Path) -> None:
+def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--set reaches every run's spec and config; lr schedules decay over the iterations that fit the budget."""
     efficiency = load("efficiency")
     import shapes_task
@@ -168,8 +168,13 @@ def test_shapes_settings_and_schedule_horizon(tmp_path: Path) -> None:
     for label, method, overrides in variants:
         cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 30_000, overrides), shapes_task.ShapesProtocol(), tmp_path)
         assert cfg.train.lr_schedule == "cosine" and cfg.train.iterations == expected[label]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="must look like section.key=value"):
         efficiency.variants_for(efficiency.parse_args(["--task", "shapes", "--set", "lr_schedule"]))
+    for bad, message in ((["--set", "train.lr_schedule=cosine"], "--set applies to --task shapes only"),
+                         (["--reuse", str(tmp_path / "missing.json")], "missing.json: no such file")):
+        with pytest.raises(SystemExit) as error:
+            efficiency.parse_args(bad)
+        assert error.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_toy_runner_follows_train_toy() -> None:
