@@ -4,6 +4,7 @@
 #   bash benchmarks/processes.sh [OUT]      (OUT defaults to a temp folder; prints one line per setting)
 set -euo pipefail
 out=${1:-$(mktemp -d)}
+mkdir -p "$out"
 python=${PYTHON:-python}
 common="train.iterations=4 train.eval_every=0 train.eval_at_start=false train.checkpoint_every=0 train.progress=false"
 launch="$python -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port 29531 -m treegrpo"
