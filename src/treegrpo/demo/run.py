@@ -14,7 +14,7 @@ tensorboard/, checkpoints/, final/), evaluates again on the same prompts and noi
     RUN/trees/step-N.png   the decoded image at every node of one tree of the last rollout
 
 The default settings were chosen from measurements on a 2-core CPU (see TUNING.md next to this
-file); they fit the whole run, loading and both evaluations included, in about 7.5 minutes there,
+file); they fit the whole run, loading and both evaluations included, in 7-8.5 minutes there,
 and gained +0.045, +0.064 and +0.079 held-out reward on seeds 0, 1 and 2.
 """
 
