@@ -210,41 +210,30 @@ def run_toy(spec: RunSpec, protocol: ToyProtocol, task: ToyTask, base: ToyVeloci
 # ----------------------------------------------------------------------------- curves and summaries
 
 
-def step_value(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Value at ``x`` of the step function that holds ``ys[i]`` from ``xs[i]`` on (xs increasing)."""
-    value = ys[0]
-    for xi, yi in zip(xs, ys):
-        if xi > x:
-            break
-        value = yi
-    return value
+def evaluation_curve(histories: Sequence[RunHistory], axis: str) -> tuple[list[float], list[list[float]]]:
+    """Seeds' rewards aligned by evaluation index, at the seeds' mean cost (``axis``: "nfe" or
+    "seconds") by then.
+
+    Evaluations fire as soon as a run passes each point of the budget grid, so they sit a little
+    past it; reading a curve on the grid itself would credit each evaluation one point late.
+    """
+    count = min(len(h.points) for h in histories)
+    xs = [sum(float(h.points[i].nfe if axis == "nfe" else h.points[i].seconds) for h in histories) / len(histories)
+          for i in range(count)]
+    return xs, [[h.points[i].reward for h in histories] for i in range(count)]
 
 
-def reward_curve(histories: Sequence[RunHistory], axis: str, grid: Sequence[float]) -> list[list[float]]:
-    """Per run, the reward on ``grid`` of ``axis`` ("nfe" or "seconds"): the last evaluation at or before x."""
-    curves = []
-    for history in histories:
-        xs = [float(point.nfe if axis == "nfe" else point.seconds) for point in history.points]
-        ys = [point.reward for point in history.points]
-        curves.append([step_value(xs, ys, x) for x in grid])
-    return curves
+def mean_curve(columns: Sequence[Sequence[float]]) -> list[float]:
+    """Mean of each column (one column per evaluation)."""
+    return [sum(column) / len(column) for column in columns]
 
 
-def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
-    return [sum(column) / len(column) for column in zip(*curves)]
-
-
-def first_reach(grid: Sequence[float], values: Sequence[float], target: float) -> float | None:
-    """First grid point where ``values`` reaches ``target`` (None if never)."""
-    for x, value in zip(grid, values):
+def first_reach(xs: Sequence[float], values: Sequence[float], target: float) -> float | None:
+    """First ``x`` where ``values`` reaches ``target`` (None if never)."""
+    for x, value in zip(xs, values):
         if value >= target - 1e-12:
             return x
     return None
-
-
-def linear_grid(stop: float, points: int) -> list[float]:
-    """``points + 1`` evenly spaced values from 0 to ``stop``."""
-    return [stop * i / points for i in range(points + 1)]
 
 
 @dataclass
@@ -323,8 +312,7 @@ class ReachRow:
 
 
 def reach_rows(best: dict[str, tuple[GroupStats, bool]], runs: dict[tuple[str, float], list[RunHistory]],
-               reference: str, nfe_grid: Sequence[float], seconds_grid: Sequence[float],
-               gain_fraction: float = 0.9) -> list[ReachRow]:
+               reference: str, gain_fraction: float = 0.9) -> list[ReachRow]:
     """NFE and seconds each label's seed-mean curve needs to reach the reference's targets."""
     target = best[reference][0].final_mean
     reference_runs = runs[(reference, best[reference][0].lr)]
@@ -333,11 +321,12 @@ def reach_rows(best: dict[str, tuple[GroupStats, bool]], runs: dict[tuple[str, f
     costs: dict[str, tuple[float | None, ...]] = {}
     for label, (stats, _) in best.items():
         histories = runs[(label, stats.lr)]
-        by_nfe = mean_curve(reward_curve(histories, "nfe", nfe_grid))
-        by_seconds = mean_curve(reward_curve(histories, "seconds", seconds_grid))
+        nfe, columns = evaluation_curve(histories, "nfe")
+        seconds, _ = evaluation_curve(histories, "seconds")
+        mean = mean_curve(columns)
         per_seed = [max(p.reward for p in h.points) >= target - 1e-12 for h in histories]
-        costs[label] = (first_reach(nfe_grid, by_nfe, target), first_reach(seconds_grid, by_seconds, target),
-                        first_reach(nfe_grid, by_nfe, gain_target), first_reach(seconds_grid, by_seconds, gain_target),
+        costs[label] = (first_reach(nfe, mean, target), first_reach(seconds, mean, target),
+                        first_reach(nfe, mean, gain_target), first_reach(seconds, mean, gain_target),
                         sum(per_seed) / len(per_seed))
     ref = costs[reference]
     rows = []
@@ -370,22 +359,21 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(path: Path, series: dict[str, list[RunHistory]], nfe_grid: Sequence[float],
-                seconds_grid: Sequence[float], target: float | None, title: str, threads: int = 1) -> None:
-    """Reward against NFE and against seconds: seed mean and min/max band per label."""
+def plot_curves(path: Path, series: dict[str, list[RunHistory]], target: float | None, title: str,
+                threads: int = 1) -> None:
+    """Reward against NFE and against seconds: seed mean and min/max band per label, per evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, name, grid in ((axes[0], "nfe", nfe_grid), (axes[1], "seconds", seconds_grid)):
+    for axis, name in ((axes[0], "nfe"), (axes[1], "seconds")):
         for label, histories in series.items():
-            curves = reward_curve(histories, name, grid)
-            low = [min(column) for column in zip(*curves)]
-            high = [max(column) for column in zip(*curves)]
-            line, = axis.plot(grid, mean_curve(curves), label=label)
-            axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
+            xs, columns = evaluation_curve(histories, name)
+            line, = axis.plot(xs, mean_curve(columns), label=label, marker="." if len(xs) < 20 else None)
+            axis.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(),
+                              alpha=0.15)
         if target is not None:
             axis.axhline(target, color="grey", linestyle=":", linewidth=1)
         axis.set_xlabel("rollout + training NFE" if name == "nfe" else f"wall seconds (training loop, {threads} CPU thread{'s' if threads > 1 else ''})")

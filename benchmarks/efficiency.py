@@ -18,8 +18,10 @@ shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
     python benchmarks/efficiency.py --task shapes --threads 2 --lrs 1e-3 --out benchmarks/results
 
 On the shapes task ``--set section.key=value ...`` adds trainer settings to every run (they
-become part of its spec), e.g. ``--set train.lr_schedule=cosine``; a run's ``train.iterations`` is
-the number of iterations that fit its budget, so schedules decay over the whole run.
+become part of its spec), e.g. ``--set train.lr_schedule=cosine``, or with a ``method:`` prefix to
+that preset's runs only, e.g. ``--set treegrpo:train.parents_per_batch=8``; a run's
+``train.iterations`` is the number of iterations that fit its budget, so schedules decay over the
+whole run.
 
 Every finished run is appended to ``OUT/<stem>.runs.jsonl`` at once, so an interrupted benchmark
 keeps what it finished; ``--reuse FILE ...`` (that file, or an earlier result JSON) takes runs
@@ -41,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, ToyProtocol, ToyRunner, fmt, group_stats, linear_grid,
+    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, ToyProtocol, ToyRunner, fmt, group_stats,
     markdown_table, pick_best, plot_curves, reach_rows, write_json,
 )
 
@@ -74,8 +76,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="shapes: CFG scale of rollouts and evaluation")
     parser.add_argument("--steps", type=int, default=4,
                         help="shapes: sampling steps (4 = the demo; at 4 a 3-step window has one legal start)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", dest="settings",
-                        help="shapes: trainer config values for every run, e.g. train.lr_schedule=cosine")
+    parser.add_argument("--set", nargs="*", default=[], metavar="[METHOD:]SECTION.KEY=VALUE", dest="settings",
+                        help="shapes: trainer config values for every run (or one preset's runs), "
+                             "e.g. train.lr_schedule=cosine treegrpo:train.parents_per_batch=8")
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -137,19 +140,23 @@ def window_variants() -> list[Variant]:
 
 
 def with_settings(variants: list[Variant], settings: Sequence[str]) -> list[Variant]:
-    """Every variant with ``section.key=value`` settings added to its overrides (part of each run's spec)."""
-    extra: dict[str, dict[str, Any]] = {}
+    """Every variant with ``[method:]section.key=value`` settings added to its overrides (part of each
+    run's spec); a ``method:`` prefix limits a setting to the variants of that preset."""
+    extra: list[tuple[str, str, str, str]] = []  # (method or "", section, key, value)
     for item in settings:
         key, sep, value = item.partition("=")
+        scope, colon, key = key.rpartition(":")
         section, dot, name = key.partition(".")
-        if not (sep and dot and name):
-            raise SystemExit(f"--set {item!r} must look like section.key=value, e.g. train.lr_schedule=cosine")
-        extra.setdefault(section, {})[name] = value
+        if not (sep and dot and name) or (colon and scope not in METHODS):
+            raise SystemExit(f"--set {item!r} must look like [method:]section.key=value with method one of "
+                             f"{', '.join(METHODS)}, e.g. train.lr_schedule=cosine or treegrpo:train.warmup=5")
+        extra.append((scope, section, name, value))
     merged = []
     for label, method, overrides in variants:
         sections = {section: dict(values) for section, values in overrides.items()}
-        for section, values in extra.items():
-            sections.setdefault(section, {}).update(values)
+        for scope, section, name, value in extra:
+            if scope in ("", method):
+                sections.setdefault(section, {})[name] = value
         merged.append((label, method, sections))
     return merged
 
@@ -262,14 +269,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
                    run_log=args.out / f"{stem}.runs.jsonl")
     best, every = choose_learning_rates(runs, variants, args.lrs, args.keep_ratio)
-    nfe_grid = linear_grid(args.budget, args.eval_points)
-    max_seconds = max(h.final.seconds for histories in runs.values() for h in histories)
-    seconds_grid = linear_grid(max_seconds, 200)
-    rows = reach_rows(best, runs, reference, nfe_grid, seconds_grid, args.gain_fraction)
+    rows = reach_rows(best, runs, reference, args.gain_fraction)
     tables = {"reach": reach_table(rows, best, reference), "grid": grid_table(every)}
     plot = args.out / f"{stem}.png"
     chosen = {label: runs[(label, stats.lr)] for label, (stats, _) in best.items()}
-    plot_curves(plot, chosen, nfe_grid, seconds_grid, rows[0].target,
+    plot_curves(plot, chosen, rows[0].target,
                 f"{stem}: seed mean and min/max band, each at its chosen lr; dotted: {reference} final mean",
                 threads=args.threads)
     payload = {

@@ -86,6 +86,31 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
         assert [r["label"] for r in again["reach"]] == [r["label"] for r in payload["reach"]]
 
 
+def test_reach_is_read_at_the_evaluations_not_on_the_budget_grid() -> None:
+    """Hand-worked: evaluations land just past the 5k grid points (5088, 10176); the tree's seed mean
+    reaches flat's final mean (0.61) at its first evaluation, so 5088 NFE, not the next grid point."""
+    common = load("common")
+
+    def history(label: str, seed: int, nfe: list[int], seconds: list[float], rewards: list[float]):
+        points = [common.EvalPoint(i, n, 0, 0, t, r, 0.0) for i, (n, t, r) in enumerate(zip(nfe, seconds, rewards))]
+        return common.RunHistory(common.RunSpec(label, label, 1e-3, seed, 12_000), points, 27)
+
+    runs = {
+        ("flat", 1e-3): [history("flat", 0, [0, 5184, 10368], [0, 10, 20], [0.5, 0.55, 0.60]),
+                         history("flat", 1, [0, 5184, 10368], [0, 11, 22], [0.5, 0.57, 0.62])],
+        ("tree", 1e-3): [history("tree", 0, [0, 5088, 10176], [0, 2, 4], [0.5, 0.62, 0.58]),
+                         history("tree", 1, [0, 5088, 10176], [0, 3, 5], [0.5, 0.60, 0.60])],
+    }
+    best = {label: (common.group_stats(runs[(label, 1e-3)], 0.9), True) for label in ("flat", "tree")}
+    rows = {row.label: row for row in common.reach_rows(best, runs, "flat", gain_fraction=0.9)}
+    assert rows["flat"].target == pytest.approx(0.61) and rows["flat"].gain_target == pytest.approx(0.599)
+    assert (rows["flat"].nfe_to_target, rows["flat"].seconds_to_target) == (10368, 21)  # the seeds' mean clock
+    tree = rows["tree"]
+    assert (tree.nfe_to_target, tree.seconds_to_target, tree.nfe_to_gain) == (5088, 2.5, 5088)
+    assert tree.nfe_ratio == pytest.approx(5088 / 10368) and tree.seconds_ratio == pytest.approx(2.5 / 21)
+    assert tree.seeds_reaching == 0.5  # seed 0 peaks at 0.62, seed 1 at 0.60 < 0.61
+
+
 @pytest.mark.parametrize("ablation, labels", [
     ("shape", {"k3w3", "k2w3", "k2w4", "k4w3", "k3w3 x2 trees"}),
     ("window", {"geometric r=0.5", "geometric r=0.3", "fixed start 0", "shifting 1/25 it"}),
@@ -159,8 +184,10 @@ def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.Cap
     from common import RunSpec
 
     args = efficiency.parse_args(["--task", "shapes", "--methods", "treegrpo", "flow_grpo",
-                                  "--set", "train.lr_schedule=cosine", "loss.kl_beta=0"])
+                                  "--set", "train.lr_schedule=cosine", "loss.kl_beta=0", "treegrpo:train.warmup=3"])
     variants, _ = efficiency.variants_for(args)
+    assert variants[0] == ("treegrpo", "treegrpo", {"train": {"lr_schedule": "cosine", "warmup": "3"},
+                                                    "loss": {"kl_beta": "0"}})
     assert variants[1] == ("flow_grpo", "flow_grpo", {"tree": {"trees": 27}, "train": {"lr_schedule": "cosine"},
                                                       "loss": {"kl_beta": "0"}})
     # 8 prompts, 30k NFE: 70 TreeGRPO iterations (424 NFE each) and 17 flat ones (1728), as measured
@@ -168,8 +195,9 @@ def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.Cap
     for label, method, overrides in variants:
         cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 30_000, overrides), shapes_task.ShapesProtocol(), tmp_path)
         assert cfg.train.lr_schedule == "cosine" and cfg.train.iterations == expected[label]
-    with pytest.raises(SystemExit, match="must look like section.key=value"):
-        efficiency.variants_for(efficiency.parse_args(["--task", "shapes", "--set", "lr_schedule"]))
+    for bad in ("lr_schedule", "treegrpp:train.warmup=3"):
+        with pytest.raises(SystemExit, match=r"must look like \[method:\]section.key=value"):
+            efficiency.variants_for(efficiency.parse_args(["--task", "shapes", "--set", bad]))
     for bad, message in ((["--set", "train.lr_schedule=cosine"], "--set applies to --task shapes only"),
                          (["--reuse", str(tmp_path / "missing.json")], "missing.json: no such file")):
         with pytest.raises(SystemExit) as error:

@@ -102,6 +102,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     inner_epochs: int = 1
     parents_per_batch: int = 16
+    """Parents per minibatch; one forward scores all of a parent's children, so a step of a k-ary
+    tree sees k x this many edges (a k3 tree at 11 matches a flat method at 32: benchmarks/RESULTS.md 5)."""
     grad_accum: int = 1
     """Minibatches per optimizer step (0 = one step per pass over the edges)."""
     mixed_precision: str = "no"
