@@ -19,7 +19,7 @@ shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
 
 On the shapes task ``--set section.key=value ...`` adds trainer settings to every run (they
 become part of its spec), e.g. ``--set train.lr_schedule=cosine``, or with a ``method:`` prefix to
-that preset's runs only, e.g. ``--set treegrpo:train.parents_per_batch=8``; a run's
+that preset's runs only, e.g. ``--set treegrpo:train.parents_per_batch=11``; a run's
 ``train.iterations`` is the number of iterations that fit its budget, so schedules decay over the
 whole run.
 
@@ -78,7 +78,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="shapes: sampling steps (4 = the demo; at 4 a 3-step window has one legal start)")
     parser.add_argument("--set", nargs="*", default=[], metavar="[METHOD:]SECTION.KEY=VALUE", dest="settings",
                         help="shapes: trainer config values for every run (or one preset's runs), "
-                             "e.g. train.lr_schedule=cosine treegrpo:train.parents_per_batch=8")
+                             "e.g. train.lr_schedule=cosine treegrpo:train.parents_per_batch=11")
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -2,8 +2,10 @@
 
 Every run starts from the shipped base (``builtin:shapes``) with a fresh LoRA, takes the demo's
 settings (``treegrpo.demo.run.DEMO_CONFIG``: 4 steps unless ``ShapesProtocol.steps`` says
-otherwise, LoRA r8, minibatches of 32 parents, clip 1e-2) and the method preset, and trains through :class:`treegrpo.trainer.Trainer` one iteration at
-a time until the next iteration would exceed the NFE budget. The reward at each evaluation point
+otherwise, LoRA r8, minibatches of 32 parents, clip 1e-2) and the method preset, and trains
+through :class:`treegrpo.trainer.Trainer` one iteration at a time until the next iteration would
+exceed the NFE budget. (RESULTS.md section 5 sets 11 parents for k3 trees and 16 for BranchGRPO
+with ``--set``, so every optimizer step sees 32-33 edges.) The reward at each evaluation point
 is the shapes reward of ODE samples of fixed held-out prompts with fixed noise (``data.eval_seed``),
 so every method and seed is measured on the same images' prompts and noise.
 
