@@ -71,6 +71,34 @@ def evaluate_pipeline(
     return (reward or ShapesReward()).component_means(images, prompts)
 
 
+PROMPT_GROUPS: tuple[str, ...] = ("one_object", "count", "relation")
+"""Held-out prompt groups reported separately: one object ("one red circle", "a blue square on the
+left"), two or three identical objects, two objects in a relation."""
+
+
+def prompt_group(prompt: str) -> str:
+    """Which of :data:`PROMPT_GROUPS` a shapes caption belongs to."""
+    caption = shapes.parse_caption(prompt)
+    if caption.kind == "relation":
+        return "relation"
+    return "one_object" if caption.kind == "side" or caption.count == 1 else "count"
+
+
+def component_means_by_group(
+    images: torch.Tensor, prompts: Sequence[str], reward: ShapesReward | None = None
+) -> dict[str, dict[str, float]]:
+    """Reward components of each prompt group and of all prompts ("all"), with the count "n" of each."""
+    reward = reward or ShapesReward()
+    groups = [prompt_group(p) for p in prompts]
+    out: dict[str, dict[str, float]] = {"all": {**reward.component_means(images, prompts), "n": float(len(prompts))}}
+    for group in PROMPT_GROUPS:
+        rows = [i for i, g in enumerate(groups) if g == group]
+        if rows:
+            picked = [prompts[i] for i in rows]
+            out[group] = {**reward.component_means(images[rows], picked), "n": float(len(rows))}
+    return out
+
+
 def evaluate_seeds(
     pipe: StableDiffusion3Pipeline,
     n: int,

@@ -1,18 +1,21 @@
 """Pretrain the demo's tiny text-to-image StableDiffusion3Pipeline from scratch on the shapes task.
 
-    python -m treegrpo.demo.pretrain --out DIR [--minutes M] [--threads 1] [--seed 0]
+    python -m treegrpo.demo.pretrain --out DIR [--steps N | --minutes M] [--threads 1] [--seed 0] [--resume]
 
-Phase 1 trains a one-level AutoencoderKL (latents 4 x 32 x 32) on shapes images and sets its
-shift/scaling factors from latent statistics. Phase 2 trains an SD3Transformer2DModel (patch 4)
-jointly with two tiny character-level CLIP text encoders by rectified flow: logit-normal t,
-10% caption dropout (so classifier-free guidance works), AdamW, linear warm-up then cosine decay,
-and an exponential moving average of the trained weights, which is what gets saved. There is no
-T5: reload with ``StableDiffusion3Pipeline.from_pretrained(DIR, text_encoder_3=None,
-tokenizer_3=None)`` and call the pipeline with ``max_sequence_length=1``.
+Phase 1 trains a two-level AutoencoderKL (32x32 RGB <-> 4x16x16 latents: its decoder draws the
+edges) on shapes images and sets its shift/scaling factors from latent statistics. Phase 2 trains
+an SD3Transformer2DModel (patch 2: 64 image tokens) jointly with two tiny character-level CLIP text
+encoders by rectified flow: logit-normal t, 10% caption dropout (so classifier-free guidance
+works), AdamW, linear warm-up then cosine decay, and an exponential moving average of the trained
+weights, which is what gets saved. There is no T5: reload with
+``StableDiffusion3Pipeline.from_pretrained(DIR, text_encoder_3=None, tokenizer_3=None)`` and call
+the pipeline with ``max_sequence_length=1``.
 
+The run writes a resume point into ``DIR/resume/`` every few minutes (safetensors + JSON);
+``--resume`` continues from it and gives the same weights as an uninterrupted single-threaded run.
 With ``--minutes`` the number of transformer steps is fixed after 20 timed steps so that the
-whole run fits the budget; the step count is written to the model card and ``--steps N``
-reproduces the run exactly (single-threaded runs are deterministic).
+whole run fits the budget; the step count is kept in the resume point and the model card, and
+``--steps N`` reproduces the run.
 """
 
 from __future__ import annotations
@@ -21,20 +24,23 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shlex
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
 from treegrpo.demo import shapes
-from treegrpo.demo.evaluate import evaluate_pipeline
+from treegrpo.demo.evaluate import component_means_by_group, sample_images
 from treegrpo.demo.reward import ShapesReward
 
 TEXT_LENGTH = 56
@@ -48,10 +54,10 @@ class PretrainConfig:
     """Everything that determines a pretraining run."""
 
     seed: int = 0
-    minutes: float = 38.0
+    minutes: float = 120.0
     steps: int | None = None
-    vae_steps: int = 500
-    vae_batch: int = 32
+    vae_steps: int = 400
+    vae_batch: int = 64
     vae_lr: float = 2e-3
     batch: int = 64
     lr: float = 1e-3
@@ -59,11 +65,12 @@ class PretrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
-    eval_every_s: float = 300.0
-    eval_prompts: int = 64
-    final_eval_prompts: int = 256
-    guidance_scale: float = 2.0
-    sample_steps: int = 16
+    eval_every_s: float = 900.0
+    eval_prompts: int = 128
+    final_eval_prompts: int = 1024
+    guidance_scale: float = 4.5
+    sample_steps: int = 8
+    checkpoint_every_s: float = 300.0
 
 
 def byte_characters() -> list[str]:
@@ -106,13 +113,13 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
 
 
 def build_vae() -> AutoencoderKL:
-    """A one-level AutoencoderKL: 32x32 RGB <-> 4x32x32 latents, no quant convs (136K params)."""
+    """A two-level AutoencoderKL: 32x32 RGB <-> 4x16x16 latents, no quant convs (625K params)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(32,),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -124,10 +131,10 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_transformer() -> SD3Transformer2DModel:
-    """A small SD3 transformer (4 layers, 4 heads x 32, patch 4: 64 image tokens; 2.3M params)."""
+    """A small SD3 transformer on 16x16 latents (4 layers, 4 heads x 32, patch 2: 64 image tokens)."""
     return SD3Transformer2DModel(
-        sample_size=32,
-        patch_size=4,
+        sample_size=16,
+        patch_size=2,
         in_channels=4,
         out_channels=4,
         num_layers=4,
@@ -290,35 +297,131 @@ class Ema:
                 p.copy_(s)
 
 
-def _eval_line(pipe: StableDiffusion3Pipeline, cfg: PretrainConfig, n: int) -> dict[str, float]:
-    """Held-out reward of the current pipeline (n prompts, seed 0)."""
-    return evaluate_pipeline(
+def _eval_line(
+    pipe: StableDiffusion3Pipeline, cfg: PretrainConfig, n: int, steps: int | None = None, guidance: float | None = None
+) -> dict[str, dict[str, float]]:
+    """Held-out reward components of the current pipeline by prompt group (n prompts, seed 0)."""
+    prompts = shapes.heldout_prompts(n, seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    images = sample_images(
         pipe,
-        shapes.heldout_prompts(n, seed=0),
+        prompts,
         seed=0,
-        num_inference_steps=cfg.sample_steps,
-        guidance_scale=cfg.guidance_scale,
+        num_inference_steps=steps or cfg.sample_steps,
+        guidance_scale=cfg.guidance_scale if guidance is None else guidance,
         max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    return component_means_by_group(images, prompts)
+
+
+def _trained_modules(pipe: StableDiffusion3Pipeline) -> dict[str, torch.nn.Module]:
+    """The modules phase 2 trains, by the pipeline's component names."""
+    return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+
+
+@dataclass
+class DenoiserState:
+    """Everything phase 2 carries from one step to the next (what a resume point holds)."""
+
+    step: int
+    total: int | None
+    optimizer: torch.optim.AdamW
+    ema: Ema
+    generator: torch.Generator
+    elapsed_s: float
+
+
+def save_resume_point(out: Path, pipe: StableDiffusion3Pipeline, state: DenoiserState, info: dict[str, Any]) -> None:
+    """Write ``out/resume/`` atomically: weights, EMA, optimizer moments and RNG state (safetensors) + JSON."""
+    tensors: dict[str, torch.Tensor] = {f"vae.{k}": v for k, v in pipe.vae.state_dict().items()}
+    for name, module in _trained_modules(pipe).items():
+        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    for m, shadow in enumerate(state.ema.shadow):
+        tensors.update({f"ema.{m}.{i}": t for i, t in enumerate(shadow)})
+    opt_state = state.optimizer.state_dict()
+    for index, slots in opt_state["state"].items():
+        tensors.update({f"opt.{index}.{k}": torch.as_tensor(v) for k, v in slots.items()})
+    tensors["generator"] = state.generator.get_state()
+    meta = {
+        **info,
+        "step": state.step,
+        "total": state.total,
+        "elapsed_s": state.elapsed_s,
+        "ema_updates": state.ema.updates,
+        "param_groups": opt_state["param_groups"],
+    }
+    tmp = out / "resume.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+    final = out / "resume"
+    if final.exists():
+        old = out / "resume.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def load_resume_point(out: Path, pipe: StableDiffusion3Pipeline, cfg: PretrainConfig) -> tuple[DenoiserState, dict[str, Any]]:
+    """Restore a pipeline and phase-2 state from ``out/resume/`` (see :func:`save_resume_point`)."""
+    tensors = load_file(str(out / "resume" / "state.safetensors"))
+    meta = json.loads((out / "resume" / "state.json").read_text())
+    pipe.vae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae.")})
+    pipe.vae.register_to_config(shift_factor=meta["latent_shift"], scaling_factor=meta["latent_scaling"])
+    pipe.vae.eval().requires_grad_(False)
+    for name, module in _trained_modules(pipe).items():
+        prefix = name + "."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    state = _new_denoiser_state(pipe, cfg)
+    for m, shadow in enumerate(state.ema.shadow):
+        for i, t in enumerate(shadow):
+            t.copy_(tensors[f"ema.{m}.{i}"])
+    state.ema.updates = meta["ema_updates"]
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, slot = key.split(".", 2)
+            slots.setdefault(int(index), {})[slot] = value
+    state.optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    state.generator.set_state(tensors["generator"])
+    state.step, state.total, state.elapsed_s = meta["step"], meta["total"], meta["elapsed_s"]
+    return state, meta
+
+
+def _new_denoiser_state(pipe: StableDiffusion3Pipeline, cfg: PretrainConfig) -> DenoiserState:
+    """Fresh optimizer, EMA and noise generator for phase 2."""
+    modules = list(_trained_modules(pipe).values())
+    params = [p for m in modules for p in m.parameters()]
+    return DenoiserState(
+        step=0,
+        total=cfg.steps,
+        optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        ema=Ema(modules, cfg.ema_decay),
+        generator=torch.Generator().manual_seed(cfg.seed + 1),
+        elapsed_s=0.0,
     )
 
 
-def train_denoiser(pipe: StableDiffusion3Pipeline, cfg: PretrainConfig, deadline: float) -> tuple[int, Ema]:
-    """Train transformer and text encoders jointly until ``cfg.steps`` or the deadline; return (steps, EMA)."""
-    modules: list[torch.nn.Module] = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
+def train_denoiser(
+    pipe: StableDiffusion3Pipeline, cfg: PretrainConfig, state: DenoiserState, deadline: float, out: Path, info: dict[str, Any]
+) -> None:
+    """Train transformer and text encoders jointly until ``state.total`` steps (fixed from the deadline if unset)."""
+    modules = list(_trained_modules(pipe).values())
     params = [p for m in modules for p in m.parameters()]
-    for m in modules:
-        m.train()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = Ema(modules, cfg.ema_decay)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    total = cfg.steps
-    start = time.time()
-    last_eval = start
-    step = 0
-    while total is None or step < total:
+    _set_train(modules, True)
+    opt, gen = state.optimizer, state.generator
+    session_start = time.time()
+    session_step0 = state.step
+    elapsed0 = state.elapsed_s
+    last_eval = last_save = session_start
+    while state.total is None or state.step < state.total:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup, total or 10**9)
-        images, captions = shapes.generate(cfg.batch, seed=_data_seed(cfg.seed, step, phase=3))
+            group["lr"] = cfg.lr * _lr_factor(state.step, cfg.warmup, state.total or 10**9)
+        images, captions = shapes.generate(cfg.batch, seed=_data_seed(cfg.seed, state.step, phase=3))
         keep = torch.rand(cfg.batch, generator=gen) >= cfg.caption_dropout
         captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
         loss = flow_loss(pipe, encode_images(pipe.vae, images), captions, gen)
@@ -326,23 +429,30 @@ def train_denoiser(pipe: StableDiffusion3Pipeline, cfg: PretrainConfig, deadline
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema.update()
-        step += 1
-        if total is None and step == 20:
-            per_step = (time.time() - start) / step
-            total = max(cfg.warmup + 1, int((deadline - time.time()) / per_step) + step)
-            _log(f"{per_step:.3f} s/step: training {total} steps")
-        if step % 50 == 0 or step == total:
-            _log(f"step {step}/{total} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} elapsed {time.time() - start:.0f}s")
-        if cfg.eval_every_s > 0 and time.time() - last_eval >= cfg.eval_every_s and step != total:
-            with ema.applied():
+        state.ema.update()
+        state.step += 1
+        now = time.time()
+        state.elapsed_s = elapsed0 + now - session_start
+        if state.total is None and state.step - session_step0 == 20:
+            per_step = (now - session_start) / 20
+            state.total = max(cfg.warmup + 1, int((deadline - now) / per_step) + state.step)
+            _log(f"{per_step:.3f} s/step: training {state.total} steps")
+        if state.step % 50 == 0 or state.step == state.total:
+            _log(
+                f"step {state.step}/{state.total} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"elapsed {state.elapsed_s:.0f}s"
+            )
+        if cfg.eval_every_s > 0 and now - last_eval >= cfg.eval_every_s and state.step != state.total:
+            with state.ema.applied():
                 _set_train(modules, False)
                 result = _eval_line(pipe, cfg, cfg.eval_prompts)
                 _set_train(modules, True)
-            _log(f"eval step {step} (EMA, {cfg.eval_prompts} held-out prompts): {_fmt(result)}")
+            _log(f"eval step {state.step} (EMA, {cfg.eval_prompts} held-out prompts): {_fmt_groups(result)}")
             last_eval = time.time()
+        if cfg.checkpoint_every_s > 0 and now - last_save >= cfg.checkpoint_every_s and state.total is not None:
+            save_resume_point(out, pipe, state, info)
+            last_save = time.time()
     _set_train(modules, False)
-    return step, ema
 
 
 def _set_train(modules: list[torch.nn.Module], mode: bool) -> None:
@@ -353,14 +463,27 @@ def _set_train(modules: list[torch.nn.Module], mode: bool) -> None:
 
 def _fmt(result: dict[str, float]) -> str:
     """One-line rendering of an evaluation."""
-    return " ".join(f"{k} {v:.3f}" for k, v in result.items())
+    return " ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "n")
 
 
-def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, object]) -> None:
+def _fmt_groups(result: dict[str, dict[str, float]]) -> str:
+    """One-line rendering of an evaluation by prompt group."""
+    return " | ".join(f"{group}: {_fmt(values)}" for group, values in result.items())
+
+
+def _group_table(result: dict[str, dict[str, float]]) -> list[str]:
+    """A markdown table of reward components (columns) by prompt group (rows)."""
+    keys = [k for k in next(iter(result.values())) if k != "n"]
+    lines = ["| prompts | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for group, values in result.items():
+        cells = " | ".join("n/a" if math.isnan(values[k]) else f"{values[k]:.3f}" for k in keys)
+        lines.append(f"| {group} | {int(values['n'])} | {cells} |")
+    return lines
+
+
+def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> None:
     """README.md (human) and pretrain.json (machine) describing how the base was made."""
-    (out / "pretrain.json").write_text(json.dumps({"config": asdict(cfg), **info}, indent=2) + "\n")
-    result = info["heldout"]
-    assert isinstance(result, dict)
+    (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
     lines = [
         "# treegrpo demo base: a tiny StableDiffusion3Pipeline for the shapes task",
         "",
@@ -368,19 +491,22 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, object]) ->
         "captions only) by `treegrpo.demo.pretrain`. Not a general-purpose model.",
         "",
         f"- command: `{info['command']}`",
-        f"- seed {cfg.seed}, threads {info['threads']}, budget {cfg.minutes} min, wall {info['wall_minutes']:.1f} min",
-        f"- autoencoder steps {cfg.vae_steps}, transformer steps {info['steps']} (batch {cfg.batch}); "
-        f"reproduce with `--steps {info['steps']}`",
+        f"- seed {cfg.seed}, threads {info['threads']}, wall {info['wall_minutes']:.1f} min (all sessions of the run)",
+        f"- autoencoder: two levels, latents 4x16x16, {cfg.vae_steps} steps (batch {cfg.vae_batch}); "
+        f"transformer: patch 2, {info['steps']} steps (batch {cfg.batch}); reproduce with `--steps {info['steps']}`",
         f"- saved weights: exponential moving average (decay {cfg.ema_decay}) of transformer and text encoders",
-        f"- held-out reward (ShapesReward, {cfg.final_eval_prompts} held-out prompts, seed 0, "
-        f"{cfg.sample_steps} steps, CFG {cfg.guidance_scale}): {_fmt(result)}",
+        f"- size on disk: {info['size_mb']:.1f} MB",
         "",
+    ]
+    for title, key in info["evaluations"]:
+        lines += [f"Held-out reward ({title}; ShapesReward components, seed 0):", "", *_group_table(info[key]), ""]
+    lines += [
         "Load and sample (there is no T5; keep max_sequence_length=1, as in training):",
         "",
         "```python",
         "from diffusers import StableDiffusion3Pipeline",
         "pipe = StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)",
-        'image = pipe("two red circles", num_inference_steps=16, guidance_scale=2.0,',
+        f'image = pipe("two red circles", num_inference_steps={cfg.sample_steps}, guidance_scale={cfg.guidance_scale},',
         "             height=32, width=32, max_sequence_length=1).images[0]",
         "```",
         "",
@@ -388,40 +514,58 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, object]) ->
     (out / "README.md").write_text("\n".join(lines))
 
 
-def pretrain(out: Path, cfg: PretrainConfig, threads: int, command: str) -> dict[str, object]:
-    """Run both phases, save the EMA pipeline and its model card into ``out``; return the card's facts."""
+def _folder_mb(folder: Path) -> float:
+    """Size of the saved pipeline's files in MB (the resume point excluded)."""
+    files = [f for f in folder.rglob("*") if f.is_file() and "resume" not in f.relative_to(folder).parts[0]]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def pretrain(out: Path, cfg: PretrainConfig, threads: int, command: str, resume: bool = False) -> dict[str, Any]:
+    """Run both phases (or continue from ``out/resume``), save the EMA pipeline and its model card into ``out``."""
     torch.set_num_threads(threads)
     start = time.time()
     deadline = start + cfg.minutes * 60
     pipe = build_pipeline(cfg.seed)
-    train_vae(pipe.vae, cfg)
-    shift, scale = set_latent_statistics(pipe.vae, cfg.seed)
-    _log(f"autoencoder reconstructions, held-out captions: {_fmt(reconstruction_reward(pipe.vae))}")
-    _log(f"latent shift {shift:.4f} scaling {scale:.4f}; autoencoder done at {time.time() - start:.0f}s")
-    steps, ema = train_denoiser(pipe, cfg, deadline)
-    ema.copy_to_modules()
-    wall = (time.time() - start) / 60
-    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        state, info = load_resume_point(out, pipe, cfg)
+        info["command"] = info["command"] + " && " + command
+        _log(f"resumed at step {state.step}/{state.total}, {state.elapsed_s / 60:.1f} min trained so far")
+    else:
+        train_vae(pipe.vae, cfg)
+        shift, scale = set_latent_statistics(pipe.vae, cfg.seed)
+        recon = reconstruction_reward(pipe.vae)
+        _log(f"autoencoder reconstructions, held-out captions: {_fmt(recon)}")
+        _log(f"latent shift {shift:.4f} scaling {scale:.4f}; autoencoder done at {time.time() - start:.0f}s")
+        info = {"config": asdict(cfg), "command": command, "threads": threads, "latent_shift": shift,
+                "latent_scaling": scale, "vae_seconds": time.time() - start, "reconstruction": recon}
+        state = _new_denoiser_state(pipe, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+    train_denoiser(pipe, cfg, state, deadline, out, info)
+    state.ema.copy_to_modules()
     pipe.save_pretrained(out, safe_serialization=True)
+    info.update(steps=state.step, wall_minutes=(info["vae_seconds"] + state.elapsed_s) / 60, size_mb=_folder_mb(out))
     reloaded = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
-    result = _eval_line(reloaded, cfg, cfg.final_eval_prompts)
-    _log(f"final (reloaded, {cfg.final_eval_prompts} held-out prompts): {_fmt(result)}")
-    info: dict[str, object] = {
-        "command": command,
-        "threads": threads,
-        "steps": steps,
-        "wall_minutes": wall,
-        "latent_shift": shift,
-        "latent_scaling": scale,
-        "heldout": result,
-    }
+    evaluations = [
+        (f"{cfg.final_eval_prompts} prompts, {cfg.sample_steps} steps, CFG {cfg.guidance_scale}", "heldout"),
+        (f"{cfg.final_eval_prompts} prompts, {2 * cfg.sample_steps} steps, CFG {cfg.guidance_scale}", "heldout_2x_steps"),
+    ]
+    info["heldout"] = _eval_line(reloaded, cfg, cfg.final_eval_prompts)
+    info["heldout_2x_steps"] = _eval_line(reloaded, cfg, cfg.final_eval_prompts, steps=2 * cfg.sample_steps)
+    for guidance in (1.0, 2.0, 3.0, 7.0):
+        key = f"heldout_cfg{guidance:g}"
+        info[key] = _eval_line(reloaded, cfg, cfg.eval_prompts, guidance=guidance)
+        evaluations.append((f"{cfg.eval_prompts} prompts, {cfg.sample_steps} steps, CFG {guidance:g}", key))
+    info["evaluations"] = evaluations
+    for title, key in evaluations:
+        _log(f"final (reloaded, {title}): {_fmt_groups(info[key])}")
     write_model_card(out, cfg, info)
+    shutil.rmtree(out / "resume", ignore_errors=True)
     return info
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int]:
-    """Command line -> (output folder, config, threads)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int, bool]:
+    """Command line -> (output folder, config, threads, resume)."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder to save the pipeline into")
     p.add_argument("--minutes", type=float, default=PretrainConfig.minutes, help="wall budget for training")
     p.add_argument("--steps", type=int, default=None, help="transformer steps (overrides --minutes)")
@@ -429,8 +573,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
     p.add_argument("--batch", type=int, default=PretrainConfig.batch)
     p.add_argument("--lr", type=float, default=PretrainConfig.lr)
     p.add_argument("--eval-every", type=float, default=PretrainConfig.eval_every_s, help="seconds; 0 disables")
+    p.add_argument("--eval-prompts", type=int, default=PretrainConfig.eval_prompts)
+    p.add_argument("--final-eval-prompts", type=int, default=PretrainConfig.final_eval_prompts)
+    p.add_argument("--checkpoint-every", type=float, default=PretrainConfig.checkpoint_every_s, help="seconds; 0 disables")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume (same settings)")
     a = p.parse_args(argv)
     cfg = PretrainConfig(
         seed=a.seed,
@@ -440,15 +588,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
         batch=a.batch,
         lr=a.lr,
         eval_every_s=a.eval_every,
+        eval_prompts=a.eval_prompts,
+        final_eval_prompts=a.final_eval_prompts,
+        checkpoint_every_s=a.checkpoint_every,
     )
-    return a.out, cfg, a.threads
+    resume_point = a.out / "resume" / "state.json"
+    if a.resume and not resume_point.exists():
+        p.error(f"--resume: {resume_point} does not exist; start without --resume")
+    if not a.resume and resume_point.exists():
+        p.error(f"{a.out} holds an unfinished run; add --resume to continue it, or choose another --out")
+    if a.resume:
+        saved = json.loads(resume_point.read_text())["config"]
+        if saved != {**asdict(cfg), "steps": saved["steps"], "minutes": saved["minutes"]}:
+            p.error("--resume with different settings than the saved run; repeat the original options")
+        cfg = replace(cfg, steps=saved["steps"], minutes=saved["minutes"])
+    return a.out, cfg, a.threads, a.resume
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m treegrpo.demo.pretrain``."""
-    out, cfg, threads = parse_args(argv)
+    out, cfg, threads, resume = parse_args(argv)
     command = "python -m treegrpo.demo.pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-    pretrain(out, cfg, threads, command)
+    pretrain(out, cfg, threads, command, resume=resume)
 
 
 if __name__ == "__main__":
