@@ -78,8 +78,9 @@ def time_family(path: str, args: argparse.Namespace, tiny: bool) -> dict[str, An
     family = backbone.family
     guidance = 1.0 if args.no_cfg else GUIDANCE[family]
     conditioning = backbone.encode_prompts(["a photo of a cat", "a red cube on a table"])
-    stepper = backbone.stepper(10, NOISE_LEVEL[family])
-    model_fn = backbone.model_fn(conditioning, guidance)
+    schedule = backbone.schedule(10)
+    stepper = schedule.stepper(NOISE_LEVEL[family])
+    model_fn = backbone.model_fn(conditioning, guidance, schedule)
     generator = torch.Generator().manual_seed(0)
     parents = backbone.initial_noise(args.batch, generator).to(backbone.device)
     step_index = torch.full((args.batch,), 3, dtype=torch.long, device=backbone.device)

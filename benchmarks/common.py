@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from treegrpo import schedule as S
 from treegrpo.engine import UpdateConfig
-from treegrpo.methods import TreeConfig, plan_for_epoch, preset
+from treegrpo.methods import TreeConfig, plan_for_iteration, preset
 from treegrpo.toy import ToyRun, ToyTask, ToyVelocity, pretrain_toy
 
 
@@ -118,7 +118,7 @@ def iteration_cost(tree: TreeConfig, plan: S.Plan, prompts: int) -> int:
 
 def leaves_per_prompt(tree: TreeConfig, num_steps: int) -> int:
     """Leaves one prompt gets per iteration (window placement does not change it)."""
-    return tree.trees * S.leaves_per_tree(plan_for_epoch(tree, num_steps, 0, 0))
+    return tree.trees * S.leaves_per_tree(plan_for_iteration(tree, num_steps, 0, 0))
 
 
 @dataclass

@@ -36,7 +36,7 @@ from common import markdown_table, write_json  # noqa: E402
 
 from treegrpo import schedule as S  # noqa: E402
 from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
-from treegrpo.methods import MethodConfig, plan_for_epoch, preset  # noqa: E402
+from treegrpo.methods import MethodConfig, plan_for_iteration, preset  # noqa: E402
 from treegrpo.models.common import TextConditioning  # noqa: E402
 from treegrpo.models.config import LoraConfig, ModelConfig, torch_dtype  # noqa: E402
 from treegrpo.models.sd3 import SD3Backbone  # noqa: E402
@@ -279,9 +279,10 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
     """Rollout, decode + reward, advantages + update of ``name``; returns the result, rollout, advantages, mask."""
     args, backbone, device = bench.args, bench.backbone, bench.device
     method = method_config(name, args)
-    plan = plan_for_epoch(method.tree, args.steps, epoch, args.seed)
-    stepper = backbone.stepper(args.steps, args.noise_level)
-    model_fn = backbone.model_fn(bench.conditioning, args.guidance)
+    plan = plan_for_iteration(method.tree, args.steps, epoch, args.seed)
+    schedule = backbone.schedule(args.steps)
+    stepper = schedule.stepper(args.noise_level)
+    model_fn = backbone.model_fn(bench.conditioning, args.guidance, schedule)
     roots = args.prompts * method.tree.trees
     root_cond = torch.arange(args.prompts, device=device).repeat_interleave(method.tree.trees)
     rollout_generator = torch.Generator(device=device).manual_seed(args.seed + epoch)
@@ -294,8 +295,8 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
     scores, reward_s = timed(device, lambda: bench.reward(backbone.decode(rollout.leaf_latents), rollout.leaf_cond))
 
     def train() -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, method.advantage)
-        mask = select_edges(rollout, advantages.edge, method.advantage, kl_on=False)
+        advantages = compute_advantages(rollout.structure, scores, method.advantage)
+        mask = select_edges(rollout.structure, advantages.edge, method.advantage, kl_on=False)
         stats = update_policy(model_fn, stepper, rollout, advantages.edge, mask, bench.learner, method.loss,
                               UpdateConfig(inner_epochs=1, parents_per_batch=args.train_batch, grad_accum=0),
                               generator=update_generator)
@@ -321,8 +322,9 @@ def measure_training_flops(bench: Bench, name: str, rollout: TreeRollout, edge_a
 
     args, backbone, device = bench.args, bench.backbone, bench.device
     method = method_config(name, args)
-    stepper = backbone.stepper(args.steps, args.noise_level)
-    model_fn = backbone.model_fn(bench.conditioning, args.guidance)
+    schedule = backbone.schedule(args.steps)
+    stepper = schedule.stepper(args.noise_level)
+    model_fn = backbone.model_fn(bench.conditioning, args.guidance, schedule)
     batch = make_minibatches(rollout, mask, args.train_batch, torch.Generator().manual_seed(0))[0]
 
     def forward_backward() -> None:

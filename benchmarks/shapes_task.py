@@ -23,7 +23,7 @@ from typing import Any
 
 from common import IterationSpend, RunHistory, RunSpec, iteration_cost, leaves_per_prompt, train_under_budget
 
-from treegrpo.methods import TreeConfig, plan_for_epoch
+from treegrpo.methods import TreeConfig, plan_for_iteration
 
 
 @dataclass
@@ -61,7 +61,7 @@ def iterations_in_budget(tree: TreeConfig, steps: int, prompts: int, budget: int
     """Iterations whose closed-form rollout + training NFE fit ``budget`` (the horizon of lr schedules)."""
     spent = iteration = 0
     while iteration < cap:
-        cost = iteration_cost(tree, plan_for_epoch(tree, steps, iteration, seed), prompts)
+        cost = iteration_cost(tree, plan_for_iteration(tree, steps, iteration, seed), prompts)
         if spent + cost > budget:
             break
         spent += cost
@@ -104,13 +104,14 @@ class ShapesRunner:
 
 def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHistory:
     """Train ``spec`` on the shapes task for as many iterations as fit its NFE budget."""
-    from treegrpo.trainer import Trainer, evaluate
+    from treegrpo.trainer import Trainer
+    from treegrpo.trainer.evaluation import evaluate
 
     cfg = shapes_config(spec, protocol, run_dir)
     trainer = Trainer(cfg, run_dir=run_dir)
 
     def held_out_reward() -> float:
-        with trainer._eval_weights():
+        with trainer.eval_weights():
             result, _ = evaluate(trainer.backbone, trainer.rewards, trainer.prompts.eval, steps=cfg.sampling.steps,
                                  guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed,
                                  max_batch=cfg.sampling.max_batch)
@@ -122,7 +123,7 @@ def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHis
                               float(metrics["guard_fraction"]))
 
     def cost(iteration: int) -> int:
-        plan = plan_for_epoch(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
+        plan = plan_for_iteration(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
         return iteration_cost(cfg.tree, plan, protocol.prompts_per_iteration)
 
     return train_under_budget(

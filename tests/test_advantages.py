@@ -44,16 +44,16 @@ def _tree_with_leaf_advantages(beta: float = 0.0):
     plan = S.tree_plan(6, 3, 3, 1)
     _, _, r = _rollout(plan, trees=1, prompts=2)
     g = torch.Generator().manual_seed(4)
-    leaf_adv = torch.randn(r.leaf_node.shape[0], generator=g)
-    edge = backup_edge_advantages(r.node_parent, r.node_depth, r.edge_child, r.edge_log_prob, r.leaf_node,
+    leaf_adv = torch.randn(r.structure.leaf_node.shape[0], generator=g)
+    edge = backup_edge_advantages(r.structure.node_parent, r.structure.node_depth, r.structure.edge_child, r.structure.edge_log_prob, r.structure.leaf_node,
                                   leaf_adv, beta=beta)
     return r, leaf_adv, edge
 
 
 def _leaves_below(r, node: int) -> list[int]:
-    parent = r.node_parent.tolist()
+    parent = r.structure.node_parent.tolist()
     out = []
-    for i, leaf in enumerate(r.leaf_node.tolist()):
+    for i, leaf in enumerate(r.structure.leaf_node.tolist()):
         u = leaf
         while u != -1:
             if u == node:
@@ -65,7 +65,7 @@ def _leaves_below(r, node: int) -> list[int]:
 
 def test_uniform_backup_equals_the_mean_of_the_leaves_below() -> None:
     r, leaf_adv, edge = _tree_with_leaf_advantages(beta=0.0)
-    for e, child in enumerate(r.edge_child.tolist()):
+    for e, child in enumerate(r.structure.edge_child.tolist()):
         below = _leaves_below(r, child)
         assert below, "every edge has leaves below it"
         torch.testing.assert_close(edge[e], leaf_adv[below].mean())
@@ -73,12 +73,12 @@ def test_uniform_backup_equals_the_mean_of_the_leaves_below() -> None:
 
 def test_large_beta_picks_the_most_probable_child() -> None:
     r, leaf_adv, edge = _tree_with_leaf_advantages(beta=1e4)
-    node_value = dict(zip(r.edge_child.tolist(), edge.tolist()))
+    node_value = dict(zip(r.structure.edge_child.tolist(), edge.tolist()))
     for parent in r.parent_node.tolist():
-        children = (r.edge_parent == parent).nonzero().squeeze(1)
-        if r.node_parent[parent] == -1:
+        children = (r.structure.edge_parent == parent).nonzero().squeeze(1)
+        if r.structure.node_parent[parent] == -1:
             continue  # the root has no incoming edge
-        best = children[r.edge_log_prob[children].argmax()]
+        best = children[r.structure.edge_log_prob[children].argmax()]
         assert node_value[parent] == pytest.approx(float(edge[best]), abs=1e-5)
 
 
@@ -97,8 +97,8 @@ def test_softmax_backup_weights_by_old_log_prob() -> None:
 def test_one_child_chains_pass_the_leaf_advantage_through() -> None:
     _, _, r = _rollout(S.flat_plan(5), trees=3, prompts=1)
     leaf_adv = torch.tensor([0.3, -1.0, 0.7])
-    edge = backup_edge_advantages(r.node_parent, r.node_depth, r.edge_child, r.edge_log_prob, r.leaf_node, leaf_adv)
-    torch.testing.assert_close(edge, leaf_adv[r.edge_tree])
+    edge = backup_edge_advantages(r.structure.node_parent, r.structure.node_depth, r.structure.edge_child, r.structure.edge_log_prob, r.structure.leaf_node, leaf_adv)
+    torch.testing.assert_close(edge, leaf_adv[r.structure.edge_tree])
 
 
 def test_per_depth_normalisation() -> None:
@@ -112,9 +112,9 @@ def test_per_depth_normalisation() -> None:
 def test_compute_advantages_guard_survives_per_depth_normalisation() -> None:
     _, _, r = _rollout(S.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
     scores = torch.where(r.leaf_cond == 0, torch.tensor(0.5), torch.rand(r.leaf_cond.shape[0]))
-    out = compute_advantages(r, scores, r.leaf_cond, AdvantageConfig(per_depth_norm=True, backup_beta=1.0))
-    assert torch.all(out.edge[r.edge_cond == 0] == 0)
-    assert torch.all(out.edge[r.edge_cond == 1] != 0)
+    out = compute_advantages(r.structure, scores, AdvantageConfig(per_depth_norm=True, backup_beta=1.0))
+    assert torch.all(out.edge[r.structure.edge_group == 0] == 0)
+    assert torch.all(out.edge[r.structure.edge_group == 1] != 0)
     assert out.leaf.guard_fraction == 0.5
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from treegrpo import schedule as S
-from treegrpo.methods import plan_for_epoch, preset
+from treegrpo.methods import plan_for_iteration, preset
 from treegrpo.toy import ToyRunConfig, ToyTask, pretrain_toy, train_toy
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -47,7 +47,7 @@ def closed_form_rollout_nfe(method: str, overrides: dict[str, dict[str, object]]
     config = preset(method, **overrides)
     total = 0
     for iteration in range(iterations):
-        plan = plan_for_epoch(config.tree, 10, iteration, seed)
+        plan = plan_for_iteration(config.tree, 10, iteration, seed)
         total += prompts * config.tree.trees * S.rollout_nfe_per_tree(plan)
     return total
 
@@ -137,7 +137,7 @@ def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
         spec, points = run["spec"], run["points"]
         config = preset(spec["method"], **spec["overrides"])
         iterations = points["iteration"][-1]
-        plans = [plan_for_epoch(config.tree, 4, i, 0) for i in range(iterations)]
+        plans = [plan_for_iteration(config.tree, 4, i, 0) for i in range(iterations)]
         assert iterations >= 2 and points["rollout_nfe"][-1] + points["training_nfe"][-1] <= 240
         assert points["rollout_nfe"][-1] == sum(2 * config.tree.trees * S.rollout_nfe_per_tree(p) for p in plans)
         assert points["reward"][0] == saved["runs"][0]["points"]["reward"][0]  # same base, prompts, noise

@@ -61,7 +61,7 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
 def test_grid_cells_invert_the_sample_grid(tmp_path: Path) -> None:
     import torch
 
-    from treegrpo.trainer import image_grid, save_png
+    from treegrpo.trainer.evaluation import image_grid, save_png
 
     images = torch.rand(11, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     save_png(image_grid(images, 4), tmp_path / "grid.png")  # 11 images: 4 columns, as for 11 eval prompts

@@ -7,7 +7,7 @@ import torch
 
 from treegrpo import schedule as S
 from treegrpo.loss import LossConfig, aggregate_per_parent, clipped_surrogate, gaussian_mean_kl, policy_loss
-from treegrpo.methods import METHODS, plan_for_epoch, preset
+from treegrpo.methods import METHODS, plan_for_iteration, preset
 
 
 def test_clipped_surrogate_by_hand() -> None:
@@ -86,15 +86,15 @@ def test_impossible_shapes_are_rejected_with_the_fix(call, message: str) -> None
 
 def test_presets_are_the_schedules_of_alg_md() -> None:
     t = 10
-    tree = plan_for_epoch(preset("treegrpo", tree={"window_placement": "fixed", "window_start": 2}).tree, t, 0)
+    tree = plan_for_iteration(preset("treegrpo", tree={"window_placement": "fixed", "window_start": 2}).tree, t, 0)
     assert S.describe(tree) == "o o B3 B3 B3 o o o o o"
-    assert S.describe(plan_for_epoch(preset("flow_grpo").tree, t, 0)) == " ".join(["S"] * 10)
-    dance = plan_for_epoch(preset("dance_grpo").tree, t, 3, seed=1)
+    assert S.describe(plan_for_iteration(preset("flow_grpo").tree, t, 0)) == " ".join(["S"] * 10)
+    dance = plan_for_iteration(preset("dance_grpo").tree, t, 3, seed=1)
     assert sum(s.trained for s in dance) == 6 and all(s.stochastic for s in dance)
-    assert S.describe(plan_for_epoch(preset("mix_grpo").tree, t, 0)) == "S S S S o o o o o o"
-    assert S.describe(plan_for_epoch(preset("mix_grpo").tree, t, 50)) == "o o S S S S o o o o"
-    assert S.describe(plan_for_epoch(preset("branch_grpo").tree, t, 0)) == "B2 S B2 S B2 S B2 S S S"
-    assert S.describe(plan_for_epoch(preset("ddpo").tree, t, 0)) == " ".join(["S"] * 10)
+    assert S.describe(plan_for_iteration(preset("mix_grpo").tree, t, 0)) == "S S S S o o o o o o"
+    assert S.describe(plan_for_iteration(preset("mix_grpo").tree, t, 50)) == "o o S S S S o o o o"
+    assert S.describe(plan_for_iteration(preset("branch_grpo").tree, t, 0)) == "B2 S B2 S B2 S B2 S S S"
+    assert S.describe(plan_for_iteration(preset("ddpo").tree, t, 0)) == " ".join(["S"] * 10)
     assert set(METHODS) == {"treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo"}
 
 

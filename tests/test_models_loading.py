@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.base import Backbone
-from treegrpo.models.loading import PIPELINE_FAMILIES, family_of, read_model_index
+from treegrpo.models.loading import family_of, read_model_index
+from treegrpo.models.registry import FAMILIES
 
 
 def test_folder_that_is_not_a_pipeline(tmp_path: Path) -> None:
@@ -28,7 +29,7 @@ def test_unsupported_pipeline_class(tmp_path: Path) -> None:
         load_backbone(ModelConfig(path=str(tmp_path), device="cpu"))
     message = str(error.value)
     assert "\n" not in message
-    assert all(name in message for name in PIPELINE_FAMILIES)
+    assert all(pipeline in message for family in FAMILIES.values() for pipeline in family.pipelines)
 
 
 def test_missing_hub_model_offline() -> None:
@@ -83,22 +84,26 @@ def test_backbone_protocol_and_bf16_lora() -> None:
         assert not any(p.requires_grad for module in frozen for p in module.parameters())
         conditioning = backbone.encode_prompts(["a", "b", "c"])
         assert len(conditioning) == 3 and len(conditioning.select([2, 0])) == 2
-        backbone.stepper(3, 0.7)
+        schedule = backbone.schedule(3)
         latents = backbone.initial_noise(2, torch.Generator().manual_seed(0))
-        output = backbone.model_fn(conditioning, 4.5)(latents, torch.tensor([0, 2]), torch.tensor([2, 1]))
+        output = backbone.model_fn(conditioning, 4.5, schedule)(latents, torch.tensor([0, 2]), torch.tensor([2, 1]))
         assert output.dtype == torch.float32 and output.shape == latents.shape
         assert torch.isfinite(output).all()
 
 
-def test_model_fn_needs_a_schedule() -> None:
+def test_model_fn_uses_the_schedule_it_is_given_and_nothing_else() -> None:
     backbone = load_backbone(
         ModelConfig(path=str(tiny_pipeline("flux")), dtype="fp32", device="cpu", height=16, width=16,
                     max_sequence_length=TINY_MAX_SEQUENCE_LENGTH)
     )
-    model_fn = backbone.model_fn(backbone.encode_prompts(["a"]), 3.5)
-    latents = backbone.initial_noise(1, None)
-    with pytest.raises(RuntimeError, match=r"call backbone.stepper\(num_steps, noise_level\) first"):
-        model_fn(latents, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    conditioning = backbone.encode_prompts(["a"])
+    latents = backbone.initial_noise(1, torch.Generator().manual_seed(0))
+    step, row = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    short = backbone.model_fn(conditioning, 3.5, backbone.schedule(3))
+    before = short(latents, step, row)
+    long = backbone.model_fn(conditioning, 3.5, backbone.schedule(12))  # a later schedule changes nothing in `short`
+    assert torch.equal(short(latents, step, row), before)
+    assert not torch.allclose(long(latents, step, row), before)  # step 1 of 12 is another timestep than step 1 of 3
 
 
 def test_model_config_is_an_omegaconf_structured_config() -> None:

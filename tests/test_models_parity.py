@@ -85,11 +85,12 @@ def test_ode_plan_reproduces_pipeline(
     assert isinstance(backbone, DiffusersBackbone) and backbone.family == family
 
     conditioning = backbone.encode_prompts(PROMPTS)
-    stepper = backbone.stepper(STEPS, 0.0)
+    schedule = backbone.schedule(STEPS)
     noise = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(7))
     with torch.no_grad():
         rollout = rollout_trees(
-            backbone.model_fn(conditioning, guidance), stepper, (ODE,) * STEPS, noise, torch.arange(len(PROMPTS))
+            backbone.model_fn(conditioning, guidance, schedule), schedule.stepper(0.0), (ODE,) * STEPS, noise,
+            torch.arange(len(PROMPTS)),
         )
     pipe = load_pipeline_like_a_user(path)
     if family == "sd":
@@ -106,8 +107,10 @@ def test_ode_plan_reproduces_pipeline(
 
 
 def test_flow_stepper_follows_the_scheduler_tables() -> None:
-    """The stepper's sigmas end at 0 and model_fn's timesteps are sigma * 1000."""
+    """The schedule's sigmas end at 0, its timesteps are sigma * 1000, and the stepper uses those sigmas."""
     backbone = load_backbone(_config(tiny_pipeline("flux")))
-    stepper = backbone.stepper(4, 0.7)
-    assert stepper.num_steps == 4 and float(stepper.sigmas[-1]) == 0.0
-    assert torch.allclose(backbone._timesteps, stepper.sigmas[:-1] * 1000)
+    schedule = backbone.schedule(4)
+    stepper = schedule.stepper(0.7)
+    assert stepper.num_steps == schedule.num_steps == 4 and float(schedule.sigmas[-1]) == 0.0
+    assert torch.allclose(schedule.timesteps, schedule.sigmas[:-1] * 1000)
+    assert torch.equal(stepper.sigmas, schedule.sigmas)

@@ -42,8 +42,7 @@ def _config(family: str, **overrides: Any) -> ModelConfig:
 def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> None:
     """A few steps of a simple loss through model_fn (pushes the outputs towards zero)."""
     conditioning = backbone.encode_prompts(PROMPTS)
-    backbone.stepper(STEPS, 0.7)
-    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family])
+    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family], backbone.schedule(STEPS))
     optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
     latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
     for step in range(steps):
@@ -54,12 +53,13 @@ def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> Non
         optimizer.step()
 
 
-def _engine_latents(backbone: DiffusersBackbone, seed: int) -> torch.Tensor:
-    """Final latents of the engine's ODE plan from the pipeline's initial noise."""
+def _engine_latents(backbone: DiffusersBackbone, seed: int, denoiser: Any = None) -> torch.Tensor:
+    """Final latents of the engine's ODE plan from the pipeline's initial noise (``denoiser``: the one called)."""
     conditioning = backbone.encode_prompts(PROMPTS)
-    stepper = backbone.stepper(STEPS, 0.0)
+    schedule = backbone.schedule(STEPS)
+    stepper = schedule.stepper(0.0)
     noise = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(seed))
-    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family])
+    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family], schedule, denoiser=denoiser)
     return rollout_trees(model_fn, stepper, (ODE,) * STEPS, noise, torch.arange(len(PROMPTS))).leaf_latents
 
 
@@ -90,8 +90,7 @@ def test_lora_round_trip_through_load_lora_weights(family: str, tmp_path: Path) 
     _train(backbone)
     trained = _engine_latents(backbone, seed=5)
     assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
-    with backbone.reference():
-        reference = _engine_latents(backbone, seed=5)
+    reference = _engine_latents(backbone, seed=5, denoiser=backbone.reference_denoiser())
     assert torch.equal(reference, base)
     assert all(p.requires_grad for p in backbone.trainable_parameters())
 
@@ -123,9 +122,8 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
     _train(backbone, steps=1, lr=1e-2)
     assert any(not torch.equal(p, w) for p, w in zip(parameters, weights))
     assert (_engine_latents(backbone, seed=2) - before).abs().max().item() > 1e-4
-    with backbone.reference():
-        assert torch.equal(_engine_latents(backbone, seed=2), before)
-    assert all(not p.requires_grad for p in backbone._reference_denoiser.parameters())
+    assert torch.equal(_engine_latents(backbone, seed=2, denoiser=backbone.reference_denoiser()), before)
+    assert all(not p.requires_grad for p in backbone.reference_denoiser().parameters())
 
     backbone.save_trained(tmp_path / "full")
     from diffusers import FluxTransformer2DModel
@@ -146,10 +144,9 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
 
 def test_full_finetune_without_reference_copy_makes_none() -> None:
     backbone = load_backbone(_config("flux", full_finetune=True))
-    assert backbone._reference_denoiser is None
+    assert backbone._reference_copy is None
     with pytest.raises(RuntimeError, match="with_reference=True"):
-        with backbone.reference():
-            pass
+        backbone.reference_denoiser()
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
@@ -157,11 +154,10 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     for checkpointing in (False, True):
         backbone = load_backbone(_config("sd3", gradient_checkpointing=checkpointing))
         conditioning = backbone.encode_prompts(PROMPTS[:1])
-        backbone.stepper(STEPS, 0.7)
         for p in backbone.trainable_parameters():
             torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(p.numel()))
         latents = backbone.initial_noise(1, torch.Generator().manual_seed(0))
-        out = backbone.model_fn(conditioning, 1.0)(latents, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        out = backbone.model_fn(conditioning, 1.0, backbone.schedule(STEPS))(latents, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         out.square().mean().backward()
         assert backbone.denoiser.is_gradient_checkpointing == checkpointing
         grads.append(torch.cat([p.grad.flatten() for p in backbone.trainable_parameters()]))
@@ -171,15 +167,17 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 def test_full_finetune_keeps_fp32_master_weights_and_a_bf16_reference() -> None:
     backbone = load_backbone(_config("flux", full_finetune=True, dtype="bf16"), with_reference=True)
     assert all(p.dtype == torch.float32 for p in backbone.trainable_parameters())
-    assert all(p.dtype == torch.bfloat16 for p in backbone._reference_denoiser.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in backbone.reference_denoiser().parameters())
     assert backbone.pipe.vae.dtype == torch.bfloat16
     _train(backbone, steps=1, lr=1e-4)
     conditioning = backbone.encode_prompts(PROMPTS)
     latents = backbone.initial_noise(2, torch.Generator().manual_seed(0))
     index = torch.zeros(2, dtype=torch.long)
-    policy = backbone.model_fn(conditioning, 3.5)(latents, index, torch.arange(2))
-    with backbone.reference():
-        reference = backbone.model_fn(conditioning, 3.5)(latents, index, torch.arange(2))
+    schedule = backbone.schedule(STEPS)
+    policy = backbone.model_fn(conditioning, 3.5, schedule)(latents, index, torch.arange(2))
+    reference = backbone.model_fn(conditioning, 3.5, schedule, denoiser=backbone.reference_denoiser())(
+        latents, index, torch.arange(2)
+    )
     assert policy.dtype == reference.dtype == torch.float32
     assert torch.isfinite(policy).all() and torch.isfinite(reference).all()
 

@@ -44,21 +44,22 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(family: str) -> None:
         )
     )
     conditioning = backbone.encode_prompts(PROMPTS)
-    stepper = backbone.stepper(STEPS, NOISE_LEVEL[family])
-    model_fn = backbone.model_fn(conditioning, GUIDANCE[family])
+    schedule = backbone.schedule(STEPS)
+    stepper = schedule.stepper(NOISE_LEVEL[family])
+    model_fn = backbone.model_fn(conditioning, GUIDANCE[family], schedule)
     plan = tree_plan(STEPS, k=2, window=2, start=1)
     root_cond = torch.arange(len(PROMPTS)).repeat_interleave(TREES_PER_PROMPT)
     generator = torch.Generator().manual_seed(1)
     noise = backbone.initial_noise(root_cond.numel(), generator)
     rollout = rollout_trees(model_fn, stepper, plan, noise, root_cond, max_batch=8, generator=generator)
     assert rollout.leaf_latents.shape[0] == root_cond.numel() * 4
-    assert rollout.edge_log_prob.shape[0] == root_cond.numel() * (2 + 4)
+    assert rollout.structure.edge_log_prob.shape[0] == root_cond.numel() * (2 + 4)
 
     # Re-scoring the trained edges under the unchanged policy gives ratio 1 (one forward per parent).
-    everything = torch.ones_like(rollout.edge_log_prob, dtype=torch.bool)
+    everything = torch.ones_like(rollout.structure.edge_log_prob, dtype=torch.bool)
     (batch,) = make_minibatches(rollout, everything, parents_per_batch=10_000)
     scored = rescore_edges(model_fn, stepper, rollout, batch)
-    ratio = torch.exp(scored.log_prob - rollout.edge_log_prob[batch.edge_ids])
+    ratio = torch.exp(scored.log_prob - rollout.structure.edge_log_prob[batch.edge_ids])
     print(f"{family}: max |ratio - 1| before any update = {(ratio - 1).abs().max().item():.3g}")
     assert (ratio - 1).abs().max().item() < 1e-5
 
@@ -68,8 +69,8 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(family: str) -> None:
     scores = images.mean(dim=(1, 2, 3))
     leaf = normalize_leaf_scores(scores, rollout.leaf_cond, min_group_std=0.0)
     advantages = backup_edge_advantages(
-        rollout.node_parent, rollout.node_depth, rollout.edge_child, rollout.edge_log_prob,
-        rollout.leaf_node, leaf.advantages,
+        rollout.structure.node_parent, rollout.structure.node_depth, rollout.structure.edge_child, rollout.structure.edge_log_prob,
+        rollout.structure.leaf_node, leaf.advantages,
     )
     parameters = backbone.trainable_parameters()
     before = [p.detach().clone() for p in parameters]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.test_trainer import tiny_values
 from treegrpo.config import ConfigError, resolve_config, valid_keys
-from treegrpo.methods import TreeConfig, plan_for_epoch
+from treegrpo.methods import TreeConfig, plan_for_iteration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def _buildable(tree: TreeConfig, steps: int) -> bool:
     """Whether the schedule builds this shape for several iterations."""
     try:
         for epoch in range(4):
-            plan_for_epoch(tree, steps, epoch, 0)
+            plan_for_iteration(tree, steps, epoch, 0)
     except ValueError:
         return False
     return True

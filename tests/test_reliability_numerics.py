@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import treegrpo.engine
-import treegrpo.trainer
+import treegrpo.trainer.loop
 from tests.test_trainer import tiny_values
 from treegrpo.config import resolve_config
 from treegrpo.guards import NonFiniteError
@@ -50,28 +50,28 @@ register_reward("nan_reward", _NanReward)
 
 
 def _count_rollouts(monkeypatch: pytest.MonkeyPatch, poison_log_prob: bool = False) -> None:
-    original = treegrpo.trainer.rollout_trees
+    original = treegrpo.trainer.loop.rollout_trees
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         _Counter.iteration += 1
         rollout = original(*args, **kwargs)
         if poison_log_prob and _Counter.iteration == BAD_ITERATION:
-            rollout.edge_log_prob[0] = float("nan")
+            rollout.structure.edge_log_prob[0] = float("nan")
         return rollout
 
     _Counter.iteration = 0
-    monkeypatch.setattr(treegrpo.trainer, "rollout_trees", counted)
+    monkeypatch.setattr(treegrpo.trainer.loop, "rollout_trees", counted)
 
 
 def _poisoned_model_fn(monkeypatch: pytest.MonkeyPatch, value: float) -> None:
-    original = treegrpo.trainer.update_policy
+    original = treegrpo.trainer.loop.update_policy
 
     def patched(model_fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> Any:
         if _Counter.iteration != BAD_ITERATION:
             return original(model_fn, *args, **kwargs)
         return original(lambda *inputs: model_fn(*inputs) * value, *args, **kwargs)
 
-    monkeypatch.setattr(treegrpo.trainer, "update_policy", patched)
+    monkeypatch.setattr(treegrpo.trainer.loop, "update_policy", patched)
 
 
 def _nan_gradient_loss(monkeypatch: pytest.MonkeyPatch) -> None:

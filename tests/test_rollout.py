@@ -42,7 +42,7 @@ def test_counts_equal_the_closed_form(case: int) -> None:
     plan = S.tree_plan(steps, k, window, start)
     trees = 3
     _, _, r = _rollout(plan, trees=1, prompts=trees)
-    assert r.num_nodes == trees * S.nodes_per_tree(plan) == trees * (k ** (window + 1) - 1) // (k - 1)
+    assert r.structure.num_nodes == trees * S.nodes_per_tree(plan) == trees * (k ** (window + 1) - 1) // (k - 1)
     assert r.leaf_latents.shape[0] == trees * S.leaves_per_tree(plan) == trees * k**window
     assert r.nfe == trees * S.rollout_nfe_per_tree(plan)
     assert r.nfe == trees * (start + sum(k**i for i in range(window)) + k**window * (steps - start - window))
@@ -55,13 +55,13 @@ def test_hand_worked_tree() -> None:
     plan = S.tree_plan(4, 2, 2, 1)
     assert S.describe(plan) == "o B2 B2 o"
     _, _, r = _rollout(plan, trees=1, prompts=1)
-    assert r.nfe == 8 and r.num_nodes == 7
-    assert r.node_parent.tolist() == [-1, 0, 0, 1, 1, 2, 2]
-    assert r.node_depth.tolist() == [0, 1, 1, 2, 2, 2, 2]
+    assert r.nfe == 8 and r.structure.num_nodes == 7
+    assert r.structure.node_parent.tolist() == [-1, 0, 0, 1, 1, 2, 2]
+    assert r.structure.node_depth.tolist() == [0, 1, 1, 2, 2, 2, 2]
     assert r.parent_node.tolist() == [0, 1, 2]
-    assert r.edge_parent.tolist() == [0, 0, 1, 1, 2, 2]
+    assert r.structure.edge_parent.tolist() == [0, 0, 1, 1, 2, 2]
     assert r.edge_step.tolist() == [1, 1, 2, 2, 2, 2]
-    assert r.leaf_node.tolist() == [3, 4, 5, 6]
+    assert r.structure.leaf_node.tolist() == [3, 4, 5, 6]
 
 
 def test_leaves_of_a_tree_share_the_prefix_and_siblings_differ() -> None:
@@ -71,11 +71,11 @@ def test_leaves_of_a_tree_share_the_prefix_and_siblings_differ() -> None:
     first = r.parent_step == 2
     assert first.sum() == 4  # one per tree
     for tree in range(4):
-        roots_children = r.edge_child[(r.edge_tree == tree) & (r.edge_step == 2)]
+        roots_children = r.structure.edge_child[(r.structure.edge_tree == tree) & (r.edge_step == 2)]
         # the ODE prefix is computed once, so each child's parent row is the same tensor row
-        slots = r.edge_parent_slot[(r.edge_tree == tree) & (r.edge_step == 2)]
+        slots = r.edge_parent_slot[(r.structure.edge_tree == tree) & (r.edge_step == 2)]
         assert slots.unique().numel() == 1
-        siblings = r.child_latents[torch.isin(r.edge_child, roots_children)]
+        siblings = r.child_latents[torch.isin(r.structure.edge_child, roots_children)]
         assert torch.cdist(siblings, siblings).fill_diagonal_(1.0).min() > 1e-3
     # and a re-run of the deterministic prefix alone reproduces the parent latents bit for bit
     model, stepper, _ = _rollout(plan, trees=2, prompts=2)
@@ -92,19 +92,19 @@ def test_leaves_of_a_tree_share_the_prefix_and_siblings_differ() -> None:
 def test_rescoring_with_unchanged_parameters_gives_ratio_one() -> None:
     plan = S.tree_plan(8, 3, 3, 1)
     model, stepper, r = _rollout(plan, trees=2, prompts=3, max_batch=5)
-    edge_mask = torch.ones(r.edge_child.shape[0], dtype=torch.bool)
+    edge_mask = torch.ones(r.structure.edge_child.shape[0], dtype=torch.bool)
     for batch in make_minibatches(r, edge_mask, parents_per_batch=4, generator=torch.Generator().manual_seed(0)):
         scored = rescore_edges(model, stepper, r, batch)
-        ratio = torch.exp(scored.log_prob - r.edge_log_prob[batch.edge_ids])
+        ratio = torch.exp(scored.log_prob - r.structure.edge_log_prob[batch.edge_ids])
         torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
 
 
 def test_minibatches_cover_every_edge_once_with_whole_parents() -> None:
     _, _, r = _rollout(S.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
-    mask = torch.ones(r.edge_child.shape[0], dtype=torch.bool)
+    mask = torch.ones(r.structure.edge_child.shape[0], dtype=torch.bool)
     batches: list[Minibatch] = make_minibatches(r, mask, 3)
     seen = torch.cat([b.edge_ids for b in batches])
-    assert sorted(seen.tolist()) == list(range(r.edge_child.shape[0]))
+    assert sorted(seen.tolist()) == list(range(r.structure.edge_child.shape[0]))
     for b in batches:
         assert torch.equal(b.parent_slots[b.edge_local_parent], r.edge_parent_slot[b.edge_ids])
 

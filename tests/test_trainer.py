@@ -106,7 +106,8 @@ def test_accelerates_fsdp_plugin_is_refused_with_the_fix(tmp_path: Path) -> None
 
     from treegrpo.trainer import Trainer
 
-    fake = SimpleNamespace(distributed_type=DistributedType.FSDP, process_index=0, num_processes=8, is_main_process=True)
+    fake = SimpleNamespace(distributed_type=DistributedType.FSDP, process_index=0, num_processes=8, is_main_process=True,
+                           device=torch.device("cpu"))
     cfg = resolve_config(tiny_values(tmp_path), [f"output_dir={tmp_path / 'run'}", "data.prompts_per_iteration=8"])
     with pytest.raises(ConfigError, match="FSDP plugin is not used.*8gpu_ddp.yaml.*train.fsdp=true"):
         Trainer(cfg, run_dir=tmp_path / "run", accelerator=fake)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from treegrpo.errors import ConfigError
 from treegrpo.faults import fault_point
 from treegrpo.sharding import full_state_dict, shard_like
 
@@ -46,7 +47,7 @@ MANIFEST = "MANIFEST.json"
 STEP_PATTERN = re.compile(r"^step-(\d{6,})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint or run folder is missing or unusable; the message names the fix."""
 
 

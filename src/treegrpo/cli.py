@@ -92,8 +92,7 @@ def load_for_inference(model: Any, trained: Optional[str]) -> Any:
     """A backbone without a fresh adapter, plus the trained LoRA / weights from ``trained``."""
     from dataclasses import replace
 
-    from treegrpo.models.loading import load_backbone
-    from treegrpo.trainer import resolve_model_path
+    from treegrpo.models.loading import load_backbone, resolve_model_path
 
     backbone = load_backbone(replace(model, path=resolve_model_path(model.path)), trainable=False)
     if trained is not None:
@@ -116,26 +115,6 @@ def apply_trained(backbone: Any, folder: Path) -> None:
     for file in weights:
         state.update(load_file(str(file)))
     backbone.denoiser.load_state_dict(state)
-
-
-def sample_images(backbone: Any, prompts: list[str], *, steps: int, guidance_scale: float, noise_level: float,
-                  seed: int, max_batch: int = 64) -> Any:
-    """One image per prompt: ODE (noise_level 0) or SDE sampling through the engine."""
-    import torch
-
-    from treegrpo.rollout import rollout_trees
-    from treegrpo.schedule import flat_plan
-    from treegrpo.trainer import make_stepper, ode_plan
-
-    generator = torch.Generator().manual_seed(seed)
-    stepper = make_stepper(backbone, steps, noise_level, "sde")
-    plan = ode_plan(steps) if noise_level == 0 else flat_plan(steps, trained_steps=[])
-    noise = backbone.initial_noise(len(prompts), generator)
-    cond = torch.arange(len(prompts), device=noise.device)
-    rollout_gen = torch.Generator(device=noise.device).manual_seed(seed + 1)
-    model_fn = backbone.model_fn(backbone.encode_prompts(prompts), guidance_scale)
-    rollout = rollout_trees(model_fn, stepper, plan, noise, cond, max_batch=max_batch, generator=rollout_gen)
-    return backbone.decode(rollout.leaf_latents)
 
 
 def _model_config(args: argparse.Namespace) -> Any:
@@ -162,12 +141,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Images from a base model (plus trained weights) as a PNG grid."""
     import math
 
-    from treegrpo.trainer import image_grid, save_png
+    from treegrpo.trainer.evaluation import image_grid, sample_images, save_png
 
     prompts = _prompt_list(args)
     backbone = load_for_inference(_model_config(args), args.trained)
     images = sample_images(backbone, prompts, steps=args.steps, guidance_scale=args.guidance_scale,
-                           noise_level=args.noise_level, seed=args.seed)
+                           noise_level=args.noise_level, seed=args.seed, max_batch=64)
     save_png(image_grid(images, args.columns or math.ceil(math.sqrt(len(prompts)))), Path(args.out))
     print(f"wrote {args.out} ({len(prompts)} images)")
     return 0
@@ -177,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Held-out prompts through the configured rewards; JSON to stdout (and --out)."""
     from treegrpo.config import load_config
     from treegrpo.data import load_prompt_sets
-    from treegrpo.trainer import build_rewards, evaluate
+    from treegrpo.trainer.evaluation import evaluate
+    from treegrpo.trainer.setup import build_rewards
 
     path, overrides = split_config_and_overrides(args.items)
     if path is None:
@@ -349,9 +329,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"treegrpo {args.command}: interrupted before training started; nothing was saved\n")
         return 128 + 2
     except (ConfigError, FileNotFoundError) as error:
-        sys.stderr.write(f"treegrpo {args.command}: error: {error}\n")
-        return EXIT_BAD_INPUT
-    except ValueError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         sys.stderr.write(f"treegrpo {args.command}: error: {message}\n")
         return EXIT_BAD_INPUT

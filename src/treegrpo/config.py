@@ -31,6 +31,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from treegrpo.errors import ConfigError
 from treegrpo.loss import LossConfig
 from treegrpo.methods import PRESETS, AdvantageConfig, TreeConfig
 from treegrpo.models.config import ModelConfig
@@ -41,8 +42,6 @@ SDE_TYPES: tuple[str, ...] = ("sde", "cps")
 BUILTIN_DATA: tuple[str, ...] = ("shapes",)
 
 
-class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key and the fix."""
 
 
 @dataclass
@@ -367,7 +366,7 @@ def _check_finite(cfg: Any, prefix: str = "") -> None:
 
 def validate(cfg: TrainerConfig) -> None:
     """Semantic checks that the types cannot express (choices, ranges, the tree plan)."""
-    from treegrpo.methods import plan_for_epoch
+    from treegrpo.methods import plan_for_iteration
 
     _check_finite(cfg)
     _check_choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
@@ -413,6 +412,6 @@ def validate(cfg: TrainerConfig) -> None:
         raise ConfigError("no prompts configured; set data.prompts=FILE (.txt/.jsonl/dataset) or data.builtin=shapes")
     _check_rewards(cfg)
     try:
-        plan_for_epoch(cfg.tree, cfg.sampling.steps, 0, cfg.seed)
+        plan_for_iteration(cfg.tree, cfg.sampling.steps, 0, cfg.seed)
     except ValueError as error:
         raise ConfigError(f"{error}; fix the tree section for sampling.steps={cfg.sampling.steps}") from None

@@ -16,44 +16,43 @@ from treegrpo.advantages import LeafAdvantages, backup_edge_advantages, normaliz
 from treegrpo.loss import LossConfig
 from treegrpo.methods import AdvantageConfig
 from treegrpo.models.base import ModelFn
-from treegrpo.rollout import TreeRollout
+from treegrpo.rollout import TreeRollout, TreeStructure
 from treegrpo.sampling import Stepper
 from treegrpo.training import make_minibatches, minibatch_loss
 
 
 @dataclass
 class EdgeAdvantages:
+    """Per trained edge advantages ``edge [E]`` and the leaf normalisation they were backed up from."""
+
     edge: torch.Tensor  # [E]
     leaf: LeafAdvantages
 
 
-def compute_advantages(
-    rollout: TreeRollout, leaf_scores: torch.Tensor, leaf_groups: torch.Tensor, cfg: AdvantageConfig
-) -> EdgeAdvantages:
-    """Leaf scores -> group-normalised leaf advantages -> backed-up edge advantages.
-
-    ``leaf_groups`` are prompt-group ids per leaf (global ids when processes share a prompt).
-    """
+def compute_advantages(structure: TreeStructure, leaf_scores: torch.Tensor, cfg: AdvantageConfig) -> EdgeAdvantages:
+    """Leaf scores -> advantages normalised within each prompt group -> backed-up edge advantages."""
     leaf = normalize_leaf_scores(
-        leaf_scores, leaf_groups, clip=cfg.clip, std_scope=cfg.std_scope, min_group_std=cfg.min_group_std,
+        leaf_scores, structure.leaf_group, clip=cfg.clip, std_scope=cfg.std_scope, min_group_std=cfg.min_group_std,
         std_floor=cfg.std_floor,
     )
     edge = backup_edge_advantages(
-        rollout.node_parent, rollout.node_depth, rollout.edge_child, rollout.edge_log_prob,
-        rollout.leaf_node, leaf.advantages, beta=cfg.backup_beta,
+        structure.node_parent, structure.node_depth, structure.edge_child, structure.edge_log_prob,
+        structure.leaf_node, leaf.advantages, beta=cfg.backup_beta,
     )
     if cfg.per_depth_norm and edge.numel():
-        edge = normalize_per_depth(edge, rollout.edge_depth, rollout.node_cond[rollout.edge_child])
-        tree_guarded = torch.zeros(rollout.num_trees, dtype=torch.bool, device=edge.device)
-        tree_guarded[rollout.leaf_tree] = leaf.leaf_guarded
-        edge = edge.masked_fill(tree_guarded[rollout.edge_tree], 0.0)  # guarded groups stay at zero
+        edge = normalize_per_depth(edge, structure.edge_depth, structure.edge_group)
+        tree_guarded = torch.zeros(structure.num_trees, dtype=torch.bool, device=edge.device)
+        tree_guarded[structure.leaf_tree] = leaf.leaf_guarded
+        edge = edge.masked_fill(tree_guarded[structure.edge_tree], 0.0)  # guarded groups stay at zero
     return EdgeAdvantages(edge, leaf)
 
 
-def select_edges(rollout: TreeRollout, edge_advantages: torch.Tensor, cfg: AdvantageConfig, kl_on: bool) -> torch.Tensor:
+def select_edges(
+    structure: TreeStructure, edge_advantages: torch.Tensor, cfg: AdvantageConfig, kl_on: bool
+) -> torch.Tensor:
     """Mask of the edges the update trains on (pruning; zero-advantage edges skipped unless KL is on)."""
     mask = torch.ones_like(edge_advantages, dtype=torch.bool)
-    depth = rollout.edge_depth
+    depth = structure.edge_depth
     for pruned in cfg.prune_depths:
         mask &= depth != pruned
     if cfg.prune_keep_fraction < 1 and depth.numel():

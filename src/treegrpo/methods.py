@@ -120,13 +120,13 @@ def preset(name: str, **overrides: dict[str, Any]) -> MethodConfig:
     return config
 
 
-def plan_for_epoch(cfg: TreeConfig, num_steps: int, epoch: int, seed: int = 0) -> S.Plan:
-    """The per-step plan of iteration ``epoch`` (pure: the same epoch and seed give the same plan)."""
+def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: int = 0) -> S.Plan:
+    """The per-step plan of RL iteration ``iteration`` (pure: the same iteration and seed give the same plan)."""
     if cfg.trees < 1:
         raise ValueError(f"tree.trees must be >= 1, got {cfg.trees}")
     if cfg.schedule in ("tree", "mix"):
         start = S.window_start(
-            epoch, num_steps, cfg.window, cfg.window_placement,  # type: ignore[arg-type]
+            iteration, num_steps, cfg.window, cfg.window_placement,  # type: ignore[arg-type]
             start=cfg.window_start, shift=cfg.shift, shift_every=cfg.shift_every,
             geometric_ratio=cfg.geometric_ratio, seed=seed,
         )
@@ -134,7 +134,7 @@ def plan_for_epoch(cfg: TreeConfig, num_steps: int, epoch: int, seed: int = 0) -
             return S.tree_plan(num_steps, cfg.k, cfg.window, start)
         return S.mix_plan(num_steps, cfg.window, start)
     if cfg.schedule == "flat":
-        trained = None if cfg.train_fraction >= 1 else S.sample_trained_steps(num_steps, cfg.train_fraction, epoch, seed)
+        trained = None if cfg.train_fraction >= 1 else S.sample_trained_steps(num_steps, cfg.train_fraction, iteration, seed)
         return S.flat_plan(num_steps, trained)
     if cfg.schedule == "split":
         if cfg.k < 2:

@@ -14,7 +14,8 @@ policy: the parent latents (stored once per parent), step, conditioning, child l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
+from typing import Callable
 
 import torch
 
@@ -23,17 +24,73 @@ from treegrpo.sampling import Stepper
 from treegrpo.schedule import Plan, StepKind
 
 
-@dataclass
-class TreeRollout:
-    """Every tree of one rollout: node table, trained edges (grouped by parent) and leaves.
+@dataclass(frozen=True)
+class TreeStructure:
+    """The shape of one rollout's trees, without latents: what advantages need and what processes exchange.
 
-    Node ids are global over the rollout; roots are nodes ``0 .. R-1`` (tree ``r`` has root ``r``).
+    Node ids run over the rollout; roots are nodes ``0 .. R-1`` (tree ``r`` has root ``r``). A
+    trained edge is named by its child node (its parent is ``node_parent[child]``). ``node_group``
+    is the prompt group of each node: leaf scores are normalised within a group.
     """
 
-    # nodes
     node_parent: torch.Tensor  # [N] parent node id, -1 for roots
     node_depth: torch.Tensor  # [N] number of trained edges from the root
     node_tree: torch.Tensor  # [N]
+    node_group: torch.Tensor  # [N] prompt group id
+    edge_child: torch.Tensor  # [E] child node of each trained edge
+    edge_log_prob: torch.Tensor  # [E] log pi_old of the child given the parent
+    leaf_node: torch.Tensor  # [L] node of each final sample
+    num_trees: int
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_parent.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_child.shape[0])
+
+    @property
+    def edge_parent(self) -> torch.Tensor:
+        """[E] parent node of each trained edge."""
+        return self.node_parent[self.edge_child]
+
+    @property
+    def edge_depth(self) -> torch.Tensor:
+        """[E] depth of the child node (1 for edges out of the root)."""
+        return self.node_depth[self.edge_child]
+
+    @property
+    def edge_tree(self) -> torch.Tensor:
+        return self.node_tree[self.edge_child]
+
+    @property
+    def edge_group(self) -> torch.Tensor:
+        return self.node_group[self.edge_child]
+
+    @property
+    def leaf_tree(self) -> torch.Tensor:
+        return self.node_tree[self.leaf_node]
+
+    @property
+    def leaf_group(self) -> torch.Tensor:
+        return self.node_group[self.leaf_node]
+
+    def to(self, device: torch.device | str) -> "TreeStructure":
+        """A copy with every tensor on ``device``."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "num_trees"})
+
+
+@dataclass
+class TreeRollout:
+    """One rollout: its :class:`TreeStructure`, and the latents the training pass re-scores edges from.
+
+    Per trained-edge *parent* (a node at a trained step) the parent latents are stored once;
+    per trained edge, the child latents. ``node_cond`` is each node's conditioning row; in a
+    single-process rollout it is also the prompt group (``structure.node_group``).
+    """
+
+    structure: TreeStructure
     node_cond: torch.Tensor  # [N] conditioning (prompt) row
     node_step: torch.Tensor  # [N] step that created the node, -1 for roots
     # trained-edge parents: one entry per (node, trained step) that produced children
@@ -41,56 +98,33 @@ class TreeRollout:
     parent_step: torch.Tensor  # [P]
     parent_cond: torch.Tensor  # [P]
     parent_node: torch.Tensor  # [P]
-    # trained edges
-    edge_parent_slot: torch.Tensor  # [E] row of parent_* arrays
-    edge_child: torch.Tensor  # [E] child node id
+    edge_parent_slot: torch.Tensor  # [E] row of the parent_* arrays
     child_latents: torch.Tensor  # [E, ...]
-    edge_log_prob: torch.Tensor  # [E] log pi_old of the child given the parent
-    # leaves (final latents)
-    leaf_node: torch.Tensor  # [L]
     leaf_latents: torch.Tensor  # [L, ...]
-    # counters
+    root_latents: torch.Tensor  # [R, ...]
     nfe: int = 0
     model_calls: int = 0
-    root_latents: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     @property
-    def num_trees(self) -> int:
-        return int(self.root_latents.shape[0])
-
-    @property
-    def num_nodes(self) -> int:
-        return int(self.node_parent.shape[0])
-
-    @property
-    def edge_parent(self) -> torch.Tensor:
-        """[E] parent node id of each trained edge."""
-        return self.parent_node[self.edge_parent_slot]
+    def num_parents(self) -> int:
+        return int(self.parent_step.shape[0])
 
     @property
     def edge_step(self) -> torch.Tensor:
+        """[E] denoising step of each trained edge."""
         return self.parent_step[self.edge_parent_slot]
 
     @property
-    def edge_cond(self) -> torch.Tensor:
-        return self.parent_cond[self.edge_parent_slot]
-
-    @property
-    def edge_tree(self) -> torch.Tensor:
-        return self.node_tree[self.edge_child]
-
-    @property
-    def edge_depth(self) -> torch.Tensor:
-        """Depth of the child node (1 for edges out of the root)."""
-        return self.node_depth[self.edge_child]
-
-    @property
     def leaf_cond(self) -> torch.Tensor:
-        return self.node_cond[self.leaf_node]
+        """[L] conditioning row of each final sample."""
+        return self.node_cond[self.structure.leaf_node]
 
-    @property
-    def leaf_tree(self) -> torch.Tensor:
-        return self.node_tree[self.leaf_node]
+    def cpu(self) -> "TreeRollout":
+        """A copy with every tensor on the CPU."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        moved = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in moved.items()}
+        moved["structure"] = self.structure.to("cpu")
+        return TreeRollout(**moved)
 
 
 def evaluate_in_chunks(
@@ -172,25 +206,31 @@ class _TreeBuilder:
 
         index = roots.new_empty(0, dtype=torch.long)
         scalar = roots.new_empty(0, dtype=torch.float32)
-        return TreeRollout(
+        node_cond = torch.cat(self.node_cond)
+        structure = TreeStructure(
             node_parent=torch.cat(self.node_parent),
             node_depth=torch.cat(self.node_depth),
             node_tree=torch.cat(self.node_tree),
-            node_cond=torch.cat(self.node_cond),
+            node_group=node_cond,
+            edge_child=cat(self.edges["child"], index),
+            edge_log_prob=cat(self.edges["log_prob"], scalar),
+            leaf_node=frontier_node,
+            num_trees=int(roots.shape[0]),
+        )
+        return TreeRollout(
+            structure=structure,
+            node_cond=node_cond,
             node_step=torch.cat(self.node_step),
             parent_latents=cat(self.parents["latents"], roots),
             parent_step=cat(self.parents["step"], index),
             parent_cond=cat(self.parents["cond"], index),
             parent_node=cat(self.parents["node"], index),
             edge_parent_slot=cat(self.edges["slot"], index),
-            edge_child=cat(self.edges["child"], index),
             child_latents=cat(self.edges["latents"], roots),
-            edge_log_prob=cat(self.edges["log_prob"], scalar),
-            leaf_node=frontier_node,
             leaf_latents=frontier_latents,
+            root_latents=roots,
             nfe=nfe,
             model_calls=calls,
-            root_latents=roots,
         )
 
 
@@ -204,7 +244,7 @@ def rollout_trees(
     *,
     max_batch: int = 64,
     generator: torch.Generator | None = None,
-    on_step: "callable[[int, int], None] | None" = None,  # type: ignore[valid-type]
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TreeRollout:
     """Grow one tree per row of ``initial_noise`` (conditioned on ``root_cond``) through ``plan``.
 

@@ -287,3 +287,65 @@ class DDIMStepper:
             prev_sample=prev_sample,
             generator=generator,
         )
+
+
+class Schedule(Protocol):
+    """A model's schedule for one number of steps: what its denoiser is called with, and its sampler.
+
+    ``timesteps[i]`` is the value the denoiser receives at step ``i`` (the scheduler's own
+    timesteps); ``stepper`` binds the schedule's tables to a step function.
+    """
+
+    @property
+    def num_steps(self) -> int: ...
+
+    @property
+    def timesteps(self) -> torch.Tensor: ...
+
+    def stepper(self, noise_level: float, sde_type: SdeType = "sde") -> Stepper: ...
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """Flow-matching schedule: ``sigmas`` (``num_steps + 1``, ending at 0) and the denoiser's timesteps."""
+
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.sigmas.ndim != 1 or self.timesteps.shape != (self.sigmas.shape[0] - 1,):
+            raise ValueError(
+                f"a flow schedule needs num_steps + 1 sigmas and num_steps timesteps, got "
+                f"{tuple(self.sigmas.shape)} and {tuple(self.timesteps.shape)}"
+            )
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def stepper(self, noise_level: float, sde_type: SdeType = "sde") -> FlowMatchStepper:
+        """The flow step over these sigmas with SDE strength ``noise_level``."""
+        return FlowMatchStepper(self.sigmas, noise_level=noise_level, sde_type=sde_type)
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """DDIM schedule of a diffusion model: ``alphas_cumprod``, inference timesteps, the final alpha."""
+
+    alphas_cumprod: torch.Tensor
+    timesteps: torch.Tensor
+    final_alpha_cumprod: float
+    prediction_type: PredictionType = "epsilon"
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def stepper(self, noise_level: float, sde_type: SdeType = "sde") -> DDIMStepper:
+        """DDIM with ``eta = noise_level``; DDIM has one stochastic step, so ``sde_type`` must be "sde"."""
+        if sde_type != "sde":
+            raise ValueError(f"DDIM has no {sde_type!r} variant; use sde_type 'sde'")
+        return DDIMStepper(
+            self.alphas_cumprod, self.timesteps, self.final_alpha_cumprod, eta=noise_level,
+            prediction_type=self.prediction_type,
+        )

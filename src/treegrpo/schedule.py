@@ -6,7 +6,7 @@ A plan gives each of the T denoising steps a kind:
 - ``BRANCH``: ``k`` stochastic children drawn from one model evaluation, all trained.
 
 Window placement (where TreeGRPO's branching window W or MixGRPO's SDE window sits) is a pure,
-seeded function of the epoch, so a resumed run draws exactly the windows it would have drawn.
+seeded function of the iteration, so a resumed run draws exactly the windows it would have drawn.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def check_window(num_steps: int, window: int) -> None:
 
 
 def window_start(
-    epoch: int,
+    iteration: int,
     num_steps: int,
     window: int,
     placement: WindowPlacement,
@@ -135,10 +135,10 @@ def window_start(
     geometric_ratio: float = 0.5,
     seed: int = 0,
 ) -> int:
-    """First step of the window at ``epoch`` (pure; seeded by ``seed`` and ``epoch``).
+    """First step of the window at ``iteration`` (pure; seeded by ``seed`` and ``iteration``).
 
     - fixed: always ``start``;
-    - shifting: ``start + shift * (epoch // shift_every)``, wrapping so the window never reaches
+    - shifting: ``start + shift * (iteration // shift_every)``, wrapping so the window never reaches
       the last step (what the official TreeGRPO code does, with wrap-around for long runs);
     - geometric: drawn from ``P[i] = (1 - r) r^i / (1 - r^(T - w))`` over ``i = 0 .. T - w - 1``.
     """
@@ -151,13 +151,13 @@ def window_start(
     if placement == "shifting":
         if shift_every < 1:
             raise ValueError(f"tree.shift_every must be >= 1, got {shift_every}")
-        return (start + shift * (epoch // shift_every)) % (last + 1)
+        return (start + shift * (iteration // shift_every)) % (last + 1)
     if placement == "geometric":
         r = geometric_ratio
         if not 0 < r < 1:
             raise ValueError(f"tree.geometric_ratio must lie in (0, 1), got {r}")
         weights = [(1 - r) * r**i for i in range(last + 1)]
-        rng = random.Random(f"{seed}:window:{epoch}")
+        rng = random.Random(f"{seed}:window:{iteration}")
         return rng.choices(range(last + 1), weights=weights)[0]
     raise ValueError(f"unknown window placement {placement!r}; use fixed, shifting or geometric")
 
@@ -200,12 +200,12 @@ def split_plan(num_steps: int, k: int, split_steps: Sequence[int]) -> Plan:
     return tuple(branch(k) if t in splits else SDE_TRAINED for t in range(num_steps))
 
 
-def sample_trained_steps(num_steps: int, fraction: float, epoch: int, seed: int) -> list[int]:
+def sample_trained_steps(num_steps: int, fraction: float, iteration: int, seed: int) -> list[int]:
     """A seeded random subset of ``round(fraction * T)`` steps (DanceGRPO's timestep fraction)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"method.train_fraction must lie in (0, 1], got {fraction}")
     count = max(1, round(fraction * num_steps))
-    rng = random.Random(f"{seed}:steps:{epoch}")
+    rng = random.Random(f"{seed}:steps:{iteration}")
     return sorted(rng.sample(range(num_steps), count))
 
 

@@ -8,22 +8,21 @@ an MLP velocity field is pretrained on it by rectified flow (seconds on a CPU). 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy
-from treegrpo.methods import MethodConfig, plan_for_epoch, preset
+from treegrpo.methods import MethodConfig, plan_for_iteration, preset
 from treegrpo.schedule import Plan
 from treegrpo.models.base import ModelFn
 from treegrpo.rollout import rollout_trees
-from treegrpo.sampling import FlowMatchStepper
+from treegrpo.sampling import FlowSchedule, Schedule
 
 
 @dataclass
@@ -84,36 +83,42 @@ class ToyBackbone:
         self.task = task
         self.denoiser = denoiser
         self._reference = copy.deepcopy(denoiser).requires_grad_(False) if keep_reference else None
-        self._sigmas = torch.linspace(1.0, 0.0, 11)
 
     def encode_prompts(self, prompts: Sequence[int]) -> torch.Tensor:
         return torch.as_tensor(list(prompts), dtype=torch.long)
 
-    def stepper(self, num_steps: int, noise_level: float) -> FlowMatchStepper:
-        """Uniform sigmas from 1 to 0; later ``model_fn`` calls read the sigma of a step from them."""
-        self._sigmas = torch.linspace(1.0, 0.0, num_steps + 1)
-        return FlowMatchStepper(self._sigmas, noise_level=noise_level)
+    def schedule(self, num_steps: int) -> FlowSchedule:
+        """Uniform sigmas from 1 to 0; the velocity network takes the sigma itself as its timestep."""
+        sigmas = torch.linspace(1.0, 0.0, num_steps + 1)
+        return FlowSchedule(sigmas, sigmas[:-1])
 
     def initial_noise(self, num: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn(num, 2, generator=generator)
 
-    def model_fn(self, conditioning: torch.Tensor, guidance_scale: float = 1.0, *, reference: bool = False) -> ModelFn:
-        net = self._reference if reference and self._reference is not None else self.denoiser
-        sigmas = self._sigmas
+    def model_fn(
+        self, conditioning: torch.Tensor, guidance_scale: float, schedule: Schedule, *,
+        denoiser: Callable[..., torch.Tensor] | None = None,
+    ) -> ModelFn:
+        """Velocity of ``denoiser`` (default: the trained network) at the schedule's sigma; no guidance."""
+        net = self.denoiser if denoiser is None else denoiser
+        sigmas = schedule.timesteps
 
         def fn(latents: torch.Tensor, step_index: torch.Tensor, cond_index: torch.Tensor) -> torch.Tensor:
             return net(latents, sigmas[step_index], conditioning[cond_index])
 
         return fn
 
+    def reference_denoiser(self) -> ToyVelocity:
+        """The frozen copy of the starting network (``keep_reference=True``)."""
+        if self._reference is None:
+            raise RuntimeError("the toy backbone keeps a reference copy only with keep_reference=True")
+        return self._reference
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
-
-    def reference(self) -> ContextManager[None]:
-        return contextlib.nullcontext()
 
     def save_trained(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
         from safetensors.torch import save_file
@@ -160,11 +165,12 @@ class ToyRunConfig:
 @torch.no_grad()
 def evaluate_toy(backbone: ToyBackbone, num_steps: int, samples: int, seed: int) -> float:
     """Mean reward of deterministic (ODE) samples from fresh noise, over all classes."""
-    stepper = backbone.stepper(num_steps, noise_level=0.0)
+    schedule = backbone.schedule(num_steps)
+    stepper = schedule.stepper(0.0)
     generator = torch.Generator().manual_seed(10_000 + seed)
     cls = torch.arange(samples) % backbone.task.num_classes
     x = backbone.initial_noise(samples, generator)
-    model = backbone.model_fn(cls)
+    model = backbone.model_fn(cls, 1.0, schedule)
     for step in range(num_steps):
         index = torch.full((samples,), step, dtype=torch.long)
         x = stepper.step(model(x, index, torch.arange(samples)), x, index, False).prev_sample
@@ -191,26 +197,29 @@ class ToyRun:
         torch.manual_seed(seed)
         denoiser = copy.deepcopy(base) if base is not None else pretrain_toy(task, seed=seed)
         self.backbone = ToyBackbone(task, denoiser, keep_reference=self.kl_on)
-        self.stepper = self.backbone.stepper(num_steps, noise_level)
+        self.schedule = self.backbone.schedule(num_steps)
+        self.stepper = self.schedule.stepper(noise_level)
         optimizer = torch.optim.AdamW(self.backbone.trainable_parameters(), lr=lr, weight_decay=0.0)
         self.learner = TorchLearner(self.backbone.trainable_parameters(), optimizer, max_grad_norm=1.0)
         self.generator = torch.Generator().manual_seed(seed)
 
     def plan(self, iteration: int) -> Plan:
-        return plan_for_epoch(self.method.tree, self.num_steps, iteration, self.seed)
+        return plan_for_iteration(self.method.tree, self.num_steps, iteration, self.seed)
 
     def step(self, plan: Plan) -> ToyStep:
         """Rollout, score, advantages and update for one iteration following ``plan``."""
         backbone, generator = self.backbone, self.generator
         prompts = torch.randint(self.task.num_classes, (self.prompts_per_iteration,), generator=generator)
         root_cond = torch.arange(self.prompts_per_iteration).repeat_interleave(self.method.tree.trees)
-        model_fn = backbone.model_fn(prompts)
+        model_fn = backbone.model_fn(prompts, 1.0, self.schedule)
         rollout = rollout_trees(model_fn, self.stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
                                 root_cond, max_batch=4096, generator=generator)
         scores = self.task.reward(backbone.decode(rollout.leaf_latents), prompts[rollout.leaf_cond])
-        advantages = compute_advantages(rollout, scores, rollout.leaf_cond, self.method.advantage)
-        mask = select_edges(rollout, advantages.edge, self.method.advantage, self.kl_on)
-        reference_fn = backbone.model_fn(prompts, reference=True) if self.kl_on else None
+        advantages = compute_advantages(rollout.structure, scores, self.method.advantage)
+        mask = select_edges(rollout.structure, advantages.edge, self.method.advantage, self.kl_on)
+        reference_fn = (
+            backbone.model_fn(prompts, 1.0, self.schedule, denoiser=backbone.reference_denoiser()) if self.kl_on else None
+        )
         stats = update_policy(model_fn, self.stepper, rollout, advantages.edge, mask, self.learner, self.method.loss,
                               self.update, reference_fn=reference_fn, generator=generator)
         return ToyStep(rollout.nfe, int(stats["training_nfe"]), advantages.leaf.guard_fraction)

@@ -39,7 +39,7 @@ def make_minibatches(
     batches = []
     for start in range(0, order.numel(), parents_per_batch):
         chosen = order[start : start + parents_per_batch]
-        position = torch.full((rollout.parent_step.shape[0],), -1, dtype=torch.long, device=slots.device)
+        position = torch.full((rollout.num_parents,), -1, dtype=torch.long, device=slots.device)
         position[chosen] = torch.arange(chosen.numel(), device=slots.device)
         edges = torch.nonzero(edge_mask & (position[rollout.edge_parent_slot] >= 0)).squeeze(1)
         batches.append(Minibatch(chosen, edges, position[rollout.edge_parent_slot[edges]]))
@@ -79,7 +79,7 @@ def minibatch_loss(
         kl = gaussian_mean_kl(scored.mean, reference.mean, scored.std)
     return policy_loss(
         scored.log_prob,
-        rollout.edge_log_prob[batch.edge_ids],
+        rollout.structure.edge_log_prob[batch.edge_ids],
         edge_advantages[batch.edge_ids],
         batch.edge_local_parent,
         cfg,

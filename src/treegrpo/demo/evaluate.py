@@ -14,11 +14,9 @@ from typing import Sequence
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from treegrpo.demo import shapes
+from treegrpo.demo import BASE_DIR, shapes
 from treegrpo.demo.reward import ShapesReward
 
-BASE_DIR = Path(__file__).resolve().parent / "base"
-"""The shipped base pipeline."""
 
 
 def load_base(path: Path | str = BASE_DIR) -> StableDiffusion3Pipeline:

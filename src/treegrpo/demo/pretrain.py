@@ -21,7 +21,6 @@ whole run fits the budget; the step count is kept in the resume point and the mo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokeni
 from treegrpo.demo import shapes
 from treegrpo.demo.evaluate import component_means_by_group, sample_images
 from treegrpo.demo.reward import ShapesReward
+from treegrpo.optim import Ema, lr_factor
 
 TEXT_LENGTH = 56
 """Tokenizer length: the longest caption (50 characters) plus start and end tokens, rounded up."""
@@ -56,7 +56,7 @@ class PretrainConfig:
     seed: int = 0
     minutes: float = 120.0
     steps: int | None = None
-    vae_steps: int = 400
+    vae_steps: int = 900
     vae_batch: int = 64
     vae_lr: float = 2e-3
     batch: int = 64
@@ -171,9 +171,9 @@ def _log(message: str) -> None:
 
 
 def train_vae(vae: AutoencoderKL, cfg: PretrainConfig) -> None:
-    """Train the autoencoder on shapes images: MSE + 1e-4 KL, Adam, cosine decay."""
+    """Train the autoencoder on shapes images: MSE + 1e-4 KL, AdamW, cosine decay."""
     vae.train()
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.vae_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.time()
@@ -249,54 +249,6 @@ def flow_loss(pipe: StableDiffusion3Pipeline, latents: torch.Tensor, captions: l
     return F.mse_loss(pred, noise - latents)
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class Ema:
-    """Exponential moving average of some modules' parameters (with the usual warm-up of the decay)."""
-
-    def __init__(self, modules: list[torch.nn.Module], decay: float) -> None:
-        """Start the average at the modules' current parameters."""
-        self.modules = modules
-        self.decay = decay
-        self.shadow = [[p.detach().clone() for p in m.parameters()] for m in modules]
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """Move the average towards the current parameters."""
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for module, shadow in zip(self.modules, self.shadow):
-            for s, p in zip(shadow, module.parameters()):
-                s.lerp_(p.detach(), 1 - decay)
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Temporarily load the averaged parameters into the modules."""
-        backup = [[p.detach().clone() for p in m.parameters()] for m in self.modules]
-        self.copy_to_modules()
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for module, saved in zip(self.modules, backup):
-                    for p, b in zip(module.parameters(), saved):
-                        p.copy_(b)
-
-    @torch.no_grad()
-    def copy_to_modules(self) -> None:
-        """Load the averaged parameters into the modules for good."""
-        for module, shadow in zip(self.modules, self.shadow):
-            for p, s in zip(module.parameters(), shadow):
-                p.copy_(s)
-
-
 def _eval_line(
     pipe: StableDiffusion3Pipeline, cfg: PretrainConfig, n: int, steps: int | None = None, guidance: float | None = None
 ) -> dict[str, dict[str, float]]:
@@ -336,8 +288,7 @@ def save_resume_point(out: Path, pipe: StableDiffusion3Pipeline, state: Denoiser
     tensors: dict[str, torch.Tensor] = {f"vae.{k}": v for k, v in pipe.vae.state_dict().items()}
     for name, module in _trained_modules(pipe).items():
         tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-    for m, shadow in enumerate(state.ema.shadow):
-        tensors.update({f"ema.{m}.{i}": t for i, t in enumerate(shadow)})
+    tensors.update({f"ema.{name}": t for name, t in state.ema.state_dict().items()})
     opt_state = state.optimizer.state_dict()
     for index, slots in opt_state["state"].items():
         tensors.update({f"opt.{index}.{k}": torch.as_tensor(v) for k, v in slots.items()})
@@ -377,9 +328,7 @@ def load_resume_point(out: Path, pipe: StableDiffusion3Pipeline, cfg: PretrainCo
         prefix = name + "."
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     state = _new_denoiser_state(pipe, cfg)
-    for m, shadow in enumerate(state.ema.shadow):
-        for i, t in enumerate(shadow):
-            t.copy_(tensors[f"ema.{m}.{i}"])
+    state.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     state.ema.updates = meta["ema_updates"]
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -393,14 +342,13 @@ def load_resume_point(out: Path, pipe: StableDiffusion3Pipeline, cfg: PretrainCo
 
 
 def _new_denoiser_state(pipe: StableDiffusion3Pipeline, cfg: PretrainConfig) -> DenoiserState:
-    """Fresh optimizer, EMA and noise generator for phase 2."""
-    modules = list(_trained_modules(pipe).values())
-    params = [p for m in modules for p in m.parameters()]
+    """Fresh optimizer, EMA (with decay warm-up) and noise generator for phase 2."""
+    named = {f"{m}.{k}": p for m, module in _trained_modules(pipe).items() for k, p in module.named_parameters()}
     return DenoiserState(
         step=0,
         total=cfg.steps,
-        optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-        ema=Ema(modules, cfg.ema_decay),
+        optimizer=torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        ema=Ema(named, cfg.ema_decay, warmup=True),
         generator=torch.Generator().manual_seed(cfg.seed + 1),
         elapsed_s=0.0,
     )
@@ -420,7 +368,7 @@ def train_denoiser(
     last_eval = last_save = session_start
     while state.total is None or state.step < state.total:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(state.step, cfg.warmup, state.total or 10**9)
+            group["lr"] = cfg.lr * lr_factor("cosine", cfg.warmup, state.total or 10**9, state.step)
         images, captions = shapes.generate(cfg.batch, seed=_data_seed(cfg.seed, state.step, phase=3))
         keep = torch.rand(cfg.batch, generator=gen) >= cfg.caption_dropout
         captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
@@ -541,7 +489,7 @@ def pretrain(out: Path, cfg: PretrainConfig, threads: int, command: str, resume:
         state = _new_denoiser_state(pipe, cfg)
         out.mkdir(parents=True, exist_ok=True)
     train_denoiser(pipe, cfg, state, deadline, out, info)
-    state.ema.copy_to_modules()
+    state.ema.copy_to_weights()
     pipe.save_pretrained(out, safe_serialization=True)
     info.update(steps=state.step, wall_minutes=(info["vae_seconds"] + state.elapsed_s) / 60, size_mb=_folder_mb(out))
     reloaded = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)

@@ -3,17 +3,23 @@
 The engine only ever sees a :data:`ModelFn` (latents, per-element step index, per-element
 conditioning index -> model output) and a :class:`~treegrpo.sampling.Stepper`. A
 :class:`Backbone` produces both from a diffusers model (or the 2-D toy), and decodes latents.
+Every call takes what it needs as arguments; no call records state that a later one reads::
+
+    schedule = backbone.schedule(num_steps)                 # timesteps + sampler tables
+    stepper = schedule.stepper(noise_level, sde_type)
+    model_fn = backbone.model_fn(conditioning, guidance_scale, schedule)           # trained policy
+    ref_fn = backbone.model_fn(conditioning, guidance_scale, schedule,
+                               denoiser=backbone.reference_denoiser())             # KL reference
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from treegrpo.sampling import Stepper
+from treegrpo.sampling import Schedule
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``model_fn(latents [N, ...], step_index [N], cond_index [N]) -> model output [N, ...]``.
@@ -29,25 +35,35 @@ class Backbone(Protocol):
     """A trainable generator seen through the engine's eyes."""
 
     family: str
-    """"sd3", "flux", "sd" or "toy"."""
+    """The registry name of the model family ("sd3", "flux", "sd", ... or "toy")."""
 
     denoiser: torch.nn.Module
     """The module being trained (transformer, UNet or toy MLP); LoRA adapters live inside it."""
 
-    def encode_prompts(self, prompts: Sequence[str]) -> Any:
+    def encode_prompts(self, prompts: Sequence[Any]) -> Any:
         """Embed prompts once (text encoders frozen, no grad); rows follow ``prompts``."""
         ...
 
-    def stepper(self, num_steps: int, noise_level: float) -> Stepper:
-        """The model's own schedule for ``num_steps`` with SDE strength ``noise_level`` (eta for DDIM)."""
+    def schedule(self, num_steps: int) -> Schedule:
+        """The model's own schedule for ``num_steps`` denoising steps (as its pipeline sets it)."""
         ...
 
-    def initial_noise(self, num: int, generator: torch.Generator | None) -> torch.Tensor:
+    def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``num`` initial latents x_T, drawn exactly as the model's pipeline draws them."""
         ...
 
-    def model_fn(self, conditioning: Any, guidance_scale: float) -> ModelFn:
-        """Bind conditioning and CFG scale into the engine's model function."""
+    def model_fn(
+        self, conditioning: Any, guidance_scale: float, schedule: Schedule, *, denoiser: Optional[Callable[..., Any]] = None
+    ) -> ModelFn:
+        """Bind conditioning, guidance and schedule into the engine's model function.
+
+        ``denoiser`` is the module called (default: the trained ``self.denoiser``); pass a DDP
+        wrapper of it to train, or :meth:`reference_denoiser` for the frozen reference policy.
+        """
+        ...
+
+    def reference_denoiser(self) -> Callable[..., Any]:
+        """The frozen reference policy's denoiser (LoRA off, or the frozen copy), for a KL term."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -55,20 +71,12 @@ class Backbone(Protocol):
         ...
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The weights the optimizer updates."""
         ...
 
-    def reference(self) -> ContextManager[None]:
-        """Context in which ``model_fn`` computes the frozen reference policy (for a KL term)."""
-        ...
-
-    def save_trained(self, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    def save_trained(self, folder: Path, weights: Optional[dict[str, torch.Tensor]] = None) -> None:
         """Write what was trained: LoRA in diffusers format, or full weights (safetensors).
 
         ``weights``: the trained weights gathered whole, when the denoiser holds FSDP shards.
         """
         ...
-
-
-def no_reference() -> ContextManager[None]:
-    """For backbones without a reference policy (KL off)."""
-    return contextlib.nullcontext()

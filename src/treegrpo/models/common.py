@@ -28,7 +28,7 @@ import torch
 
 from treegrpo.models.base import ModelFn
 from treegrpo.models.config import ModelConfig, torch_dtype
-from treegrpo.sampling import Stepper
+from treegrpo.sampling import Schedule, SdeType
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,32 @@ class DenoiserInputs:
     pooled_prompt_embeds: Optional[torch.Tensor]
 
 
+class WithoutAdapters(torch.nn.Module):
+    """The LoRA denoiser's base model: each call runs with the adapters disabled (the reference policy)."""
+
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's output; the adapters (and their requires_grad) are restored after."""
+        trainable = [p for p in self.denoiser.parameters() if p.requires_grad]
+        self.denoiser.disable_adapters()
+        try:
+            return self.denoiser(*args, **kwargs)
+        finally:
+            self.denoiser.enable_adapters()
+            for parameter in trainable:
+                parameter.requires_grad_(True)
+
+
+def weights_dtype(denoiser: Any) -> torch.dtype:
+    """The dtype a denoiser's inputs are cast to: that of its frozen (base) weights, else of any weight."""
+    parameters = list(denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else []
+    frozen = [p for p in parameters if not p.requires_grad]
+    return (frozen or parameters)[0].dtype if parameters else torch.float32
+
+
 class DiffusersBackbone:
     """Base of the diffusers adapters; see the module docstring. Subclasses set the class fields."""
 
@@ -86,6 +112,10 @@ class DiffusersBackbone:
     denoiser_name: str = ""
     """Pipeline attribute of the trained module: ``"transformer"`` or ``"unet"``."""
     default_lora_targets: tuple[str, ...] = ()
+    sde_types: tuple[SdeType, ...] = ("sde", "cps")
+    """``sampling.sde_type`` values the family's sampler has."""
+    pipeline_load_kwargs: dict[str, Any] = {}
+    """Extra ``from_pretrained`` arguments of the family's pipeline (e.g. no safety checker)."""
 
     def __init__(
         self,
@@ -102,12 +132,8 @@ class DiffusersBackbone:
         self.dtype = torch_dtype(cfg.dtype)
         self.denoiser: torch.nn.Module = getattr(pipe, self.denoiser_name)
         self.height, self.width = self._image_size()
-        self._timesteps: Optional[torch.Tensor] = None
-        self._reference_denoiser: Optional[torch.nn.Module] = None
-        self._use_reference = False
+        self._reference_copy: Optional[torch.nn.Module] = None
         self.trainable = trainable
-        self._denoiser_dtype = self.dtype
-        """Dtype of the trained denoiser's (non-LoRA) weights, which its inputs are cast to."""
 
         self._freeze_all()
         self._place_modules()
@@ -135,7 +161,7 @@ class DiffusersBackbone:
         """One denoiser call, exactly as the pipeline makes it."""
         raise NotImplementedError
 
-    def _cfg_scale(self, guidance_scale: float) -> float:
+    def _free_guidance_scale(self, guidance_scale: float) -> float:
         """Scale of classifier-free guidance (uncond + s * (cond - uncond)); <= 1 means none."""
         return guidance_scale
 
@@ -143,8 +169,8 @@ class DiffusersBackbone:
         """Engine latents -> latents the VAE decodes (unpacking and scaling/shift)."""
         raise NotImplementedError
 
-    def stepper(self, num_steps: int, noise_level: float) -> Stepper:
-        """The model's own schedule for ``num_steps`` with SDE strength ``noise_level``."""
+    def schedule(self, num_steps: int) -> Schedule:
+        """The model's own schedule for ``num_steps`` (as its pipeline's ``set_timesteps`` makes it)."""
         raise NotImplementedError
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -209,11 +235,10 @@ class DiffusersBackbone:
     def _setup_full_finetune(self, with_reference: bool) -> None:
         """Every denoiser weight trainable; a frozen copy is kept only when a reference is needed."""
         if with_reference:
-            self._reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+            self._reference_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self.denoiser.requires_grad_(True)
         if self.cfg.trainable_fp32:
             self.denoiser.to(torch.float32)
-            self._denoiser_dtype = torch.float32
 
     # ------------------------------------------------------------------ Backbone interface
 
@@ -225,25 +250,48 @@ class DiffusersBackbone:
             negative_embeds, negative_pooled = self._encode_texts([self.cfg.negative_prompt])
         return TextConditioning(prompt_embeds, negative_embeds, pooled, negative_pooled)
 
-    def model_fn(self, conditioning: TextConditioning, guidance_scale: float) -> ModelFn:
-        """Bind conditioning and CFG into ``(latents, step_index, cond_index) -> output`` (float32).
+    def model_fn(
+        self, conditioning: TextConditioning, guidance_scale: float, schedule: Schedule, *,
+        denoiser: Optional[Any] = None,
+    ) -> ModelFn:
+        """Bind conditioning, CFG and schedule into ``(latents, step_index, cond_index) -> output`` (float32).
 
-        Timesteps come from the schedule of the latest :meth:`stepper` call. With CFG the
-        unconditional and conditional rows go through one batched forward.
+        ``denoiser`` (default ``self.denoiser``) is what gets called: a DDP wrapper of it while
+        training, :meth:`reference_denoiser` for the KL reference. With CFG the unconditional and
+        conditional rows go through one batched forward.
         """
         cond = conditioning.to(self.device)
-        cfg_scale = self._cfg_scale(guidance_scale)
+        guidance = self._free_guidance_scale(guidance_scale)
+        module = self.denoiser if denoiser is None else denoiser
+        dtype = weights_dtype(module)
+        timesteps = schedule.timesteps.to(self.device)
 
         def model_fn(latents: torch.Tensor, step_index: torch.Tensor, cond_index: torch.Tensor) -> torch.Tensor:
-            denoiser, dtype = self._active_denoiser()
-            inputs = self._inputs(cond, latents, step_index, cond_index, dtype, with_uncond=cfg_scale > 1)
-            output = self._forward(denoiser, inputs, guidance_scale).to(torch.float32)
-            if cfg_scale <= 1:
+            step_timesteps = timesteps[step_index.to(self.device).long()]
+            inputs = self._inputs(cond, latents, step_timesteps, cond_index, dtype, with_uncond=guidance > 1)
+            output = self._forward(module, inputs, guidance_scale).to(torch.float32)
+            if guidance <= 1:
                 return output
             uncond, text = output.chunk(2)
-            return uncond + cfg_scale * (text - uncond)
+            return uncond + guidance * (text - uncond)
 
         return model_fn
+
+    def reference_denoiser(self) -> torch.nn.Module:
+        """The frozen reference policy: the base model under LoRA, or the frozen copy of a full fine-tune.
+
+        A backbone loaded with ``trainable=False`` is its own reference.
+        """
+        if not self.trainable:
+            return self.denoiser
+        if self.cfg.full_finetune:
+            if self._reference_copy is None:
+                raise RuntimeError(
+                    "no reference copy of the fully fine-tuned denoiser was made; "
+                    "load the backbone with with_reference=True (needed for a KL term)"
+                )
+            return self._reference_copy
+        return WithoutAdapters(self.denoiser)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -258,35 +306,6 @@ class DiffusersBackbone:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """LoRA weights, or every denoiser weight with ``full_finetune``."""
         return [p for name, p in self.denoiser.named_parameters() if name in self._trainable_names]
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Inside, ``model_fn`` computes the frozen reference policy (adapters off, or the copy).
-
-        A backbone loaded with ``trainable=False`` is its own reference.
-        """
-        if not self.trainable:
-            yield
-            return
-        if self.cfg.full_finetune:
-            if self._reference_denoiser is None:
-                raise RuntimeError(
-                    "no reference copy of the fully fine-tuned denoiser was made; "
-                    "load the backbone with with_reference=True (needed for a KL term)"
-                )
-            self._use_reference = True
-            try:
-                yield
-            finally:
-                self._use_reference = False
-            return
-        self.denoiser.disable_adapters()
-        try:
-            yield
-        finally:
-            self.denoiser.enable_adapters()
-            for parameter in self.trainable_parameters():
-                parameter.requires_grad_(True)
 
     def save_trained(self, folder: Path | str, weights: Optional[dict[str, torch.Tensor]] = None) -> None:
         """LoRA in diffusers format (``pipe.load_lora_weights(folder)``), or the denoiser (safetensors).
@@ -325,27 +344,11 @@ class DiffusersBackbone:
 
         return get_peft_model_state_dict(self.denoiser, state_dict=weights, adapter_name=ADAPTER_NAME)
 
-    def _active_denoiser(self) -> tuple[torch.nn.Module, torch.dtype]:
-        """The trained denoiser, or its frozen copy inside :meth:`reference`, and its weights' dtype."""
-        if self._use_reference and self._reference_denoiser is not None:
-            return self._reference_denoiser, self.dtype
-        return self.denoiser, self._denoiser_dtype
-
-    def _record_timesteps(self, timesteps: torch.Tensor) -> None:
-        """Remember the timestep table ``model_fn`` looks steps up in."""
-        self._timesteps = timesteps.detach().to(self.device)
-
-    def _timesteps_at(self, step_index: torch.Tensor) -> torch.Tensor:
-        """Per-row timesteps of the latest schedule."""
-        if self._timesteps is None:
-            raise RuntimeError("model_fn needs a schedule; call backbone.stepper(num_steps, noise_level) first")
-        return self._timesteps[step_index.to(self.device).long()]
-
     def _inputs(
         self,
         cond: TextConditioning,
         latents: torch.Tensor,
-        step_index: torch.Tensor,
+        timesteps: torch.Tensor,
         cond_index: torch.Tensor,
         dtype: torch.dtype,
         *,
@@ -353,7 +356,6 @@ class DiffusersBackbone:
     ) -> DenoiserInputs:
         """Denoiser inputs (in ``dtype``) for the rows; with CFG the unconditional rows come first."""
         x = latents.to(self.device, dtype)
-        timesteps = self._timesteps_at(step_index)
         rows = cond_index.to(self.device).long()
         embeds = cond.prompt_embeds[rows].to(dtype)
         pooled = None if cond.pooled_prompt_embeds is None else cond.pooled_prompt_embeds[rows].to(dtype)

@@ -12,7 +12,11 @@ from typing import Optional
 
 import torch
 
-SUPPORTED_FAMILIES: tuple[str, ...] = ("sd3", "flux", "sd")
+from treegrpo.errors import ConfigError
+
+from treegrpo.models.registry import FAMILIES
+
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -83,7 +87,7 @@ class ModelConfig:
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype for a config dtype string."""
     if name not in DTYPES:
-        raise ValueError(f"model.dtype {name!r} is not supported; use one of fp32, bf16, fp16")
+        raise ConfigError(f"model.dtype {name!r} is not supported; use one of fp32, bf16, fp16")
     return DTYPES[name]
 
 
@@ -97,22 +101,22 @@ def resolve_device(name: str) -> torch.device:
 def validate_model_config(cfg: ModelConfig) -> None:
     """Check string choices and ranges; raise a one-line error naming the fix."""
     if not cfg.path:
-        raise ValueError("model.path is empty; set it to a diffusers pipeline folder or hub id")
+        raise ConfigError("model.path is empty; set it to a diffusers pipeline folder or hub id")
     if cfg.family is not None and cfg.family not in SUPPORTED_FAMILIES:
-        raise ValueError(
+        raise ConfigError(
             f"model.family {cfg.family!r} is not supported; use one of {', '.join(SUPPORTED_FAMILIES)} "
             "or leave it unset to read it from model_index.json"
         )
     torch_dtype(cfg.dtype)
     if cfg.lora.init_weights not in LORA_INIT_WEIGHTS:
-        raise ValueError(
+        raise ConfigError(
             f"model.lora.init_weights {cfg.lora.init_weights!r} is not supported; use 'gaussian' or 'default'"
         )
     if not cfg.full_finetune and cfg.lora.rank < 1:
-        raise ValueError(f"model.lora.rank must be >= 1, got {cfg.lora.rank}")
+        raise ConfigError(f"model.lora.rank must be >= 1, got {cfg.lora.rank}")
     for name in ("height", "width"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
-            raise ValueError(f"model.{name} must be a positive number of pixels, got {value}")
+            raise ConfigError(f"model.{name} must be a positive number of pixels, got {value}")
     if cfg.decode_batch_size < 1:
-        raise ValueError(f"model.decode_batch_size must be >= 1, got {cfg.decode_batch_size}")
+        raise ConfigError(f"model.decode_batch_size must be >= 1, got {cfg.decode_batch_size}")

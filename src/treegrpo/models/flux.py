@@ -20,7 +20,7 @@ import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
-from treegrpo.sampling import FlowMatchStepper, SdeType
+from treegrpo.sampling import FlowSchedule
 
 FLUX_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS + ("proj_mlp",)
 """Attention projections of the double and single blocks, plus the single blocks' MLP input."""
@@ -52,8 +52,8 @@ class FluxBackbone(DiffusersBackbone):
         )
         return prompt_embeds, pooled
 
-    def stepper(self, num_steps: int, noise_level: float, sde_type: SdeType = "sde") -> FlowMatchStepper:
-        """Sigmas of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
+    def schedule(self, num_steps: int) -> FlowSchedule:
+        """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
@@ -73,8 +73,7 @@ class FluxBackbone(DiffusersBackbone):
             scheduler.set_timesteps(num_steps, device=self.device, mu=mu)
         else:
             scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
-        self._record_timesteps(scheduler.timesteps)
-        return FlowMatchStepper(scheduler.sigmas.to(self.device), noise_level=noise_level, sde_type=sde_type)
+        return FlowSchedule(scheduler.sigmas.to(self.device), scheduler.timesteps.to(self.device))
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Packed ``[num, H/2 * W/2, 4C]`` latents from ``pipe.prepare_latents`` (float32 copy)."""
@@ -84,7 +83,7 @@ class FluxBackbone(DiffusersBackbone):
         )
         return latents.to(torch.float32)
 
-    def _cfg_scale(self, guidance_scale: float) -> float:
+    def _free_guidance_scale(self, guidance_scale: float) -> float:
         """``model.true_cfg_scale`` with a guidance embedding, else ``guidance_scale``."""
         return self.cfg.true_cfg_scale if self._has_guidance_embedding() else guidance_scale
 

@@ -13,21 +13,28 @@ from typing import Any, Optional
 
 import torch
 
+from treegrpo.errors import ConfigError
+
 from treegrpo.models.common import DiffusersBackbone
 from treegrpo.models.config import ModelConfig, resolve_device, torch_dtype, validate_model_config
+from treegrpo.models.registry import FAMILIES, adapter_class, family_of_pipeline, supported_pipelines
 
-PIPELINE_FAMILIES: dict[str, str] = {
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-    "StableDiffusionPipeline": "sd",
-}
-"""Supported pipeline classes (``model_index.json`` ``_class_name``) and their family."""
-
-FAMILY_PIPELINES: dict[str, str] = {family: name for name, family in PIPELINE_FAMILIES.items()}
+BUILTIN_MODELS: dict[str, str] = {"builtin:shapes": "demo base"}
+"""``model.path`` aliases of pipelines shipped inside the package."""
 
 
-def _supported() -> str:
-    return ", ".join(f"{name} ({family})" for name, family in PIPELINE_FAMILIES.items())
+def resolve_model_path(path: str) -> str:
+    """``builtin:shapes`` -> the demo base shipped in the package; anything else unchanged."""
+    if path not in BUILTIN_MODELS:
+        return path
+    from treegrpo.demo import BASE_DIR
+
+    if not (BASE_DIR / "model_index.json").is_file():
+        raise ConfigError(
+            f"model.path {path} needs the shipped demo base at {BASE_DIR}, which is missing; "
+            "reinstall treegrpo or set model.path to a pipeline folder"
+        )
+    return str(BASE_DIR)
 
 
 def read_model_index(cfg: ModelConfig) -> dict[str, Any]:
@@ -36,13 +43,13 @@ def read_model_index(cfg: ModelConfig) -> dict[str, Any]:
     if folder.is_dir():
         index_file = folder / "model_index.json"
         if not index_file.is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.path} is not a diffusers pipeline folder (no model_index.json); point model.path at a "
                 "folder written by pipe.save_pretrained or at a hub id such as stabilityai/stable-diffusion-3.5-medium"
             )
         return json.loads(index_file.read_text())
     if folder.exists():
-        raise ValueError(f"{cfg.path} is a file, not a pipeline folder; point model.path at the pipeline's folder")
+        raise ConfigError(f"{cfg.path} is a file, not a pipeline folder; point model.path at the pipeline's folder")
     return _read_hub_model_index(cfg)
 
 
@@ -55,7 +62,7 @@ def _read_hub_model_index(cfg: ModelConfig) -> dict[str, Any]:
             cfg.path, "model_index.json", revision=cfg.revision, local_files_only=cfg.local_files_only
         )
     except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean the same here
-        raise ValueError(
+        raise ConfigError(
             f"cannot read model_index.json of {cfg.path!r} ({type(error).__name__}); set model.path to a local "
             "pipeline folder, or to a hub id that is cached or reachable (model.local_files_only=false to download)"
         ) from error
@@ -65,21 +72,22 @@ def _read_hub_model_index(cfg: ModelConfig) -> dict[str, Any]:
 def family_of(model_index: dict[str, Any], path: str) -> str:
     """The family of a pipeline from its ``_class_name``; one-line error for unsupported ones."""
     class_name = model_index.get("_class_name")
-    if class_name not in PIPELINE_FAMILIES:
-        raise ValueError(
+    family = family_of_pipeline(class_name) if isinstance(class_name, str) else None
+    if family is None:
+        raise ConfigError(
             f"{path} holds a {class_name or 'pipeline without _class_name'}, which is not supported; "
-            f"use one of {_supported()}, or set model.family to load it as one of them"
+            f"use one of {supported_pipelines()}, or set model.family to load it as one of them"
         )
-    return PIPELINE_FAMILIES[class_name]
+    return family
 
 
 def chosen_family(cfg: ModelConfig, model_index: dict[str, Any]) -> str:
     """``cfg.family`` when set (it must not contradict a supported ``_class_name``), else the detected one."""
     if cfg.family is None:
         return family_of(model_index, cfg.path)
-    detected = PIPELINE_FAMILIES.get(model_index.get("_class_name", ""))
+    detected = family_of_pipeline(model_index.get("_class_name", ""))
     if detected is not None and detected != cfg.family:
-        raise ValueError(
+        raise ConfigError(
             f"model.family is {cfg.family!r} but {cfg.path} holds a {model_index['_class_name']} ({detected}); "
             "unset model.family to use the detected one"
         )
@@ -108,10 +116,10 @@ def load_pipeline(cfg: ModelConfig, family: str, model_index: dict[str, Any]) ->
     """The family's pipeline from ``cfg.path`` in ``cfg.dtype`` (on the CPU; the backbone places it)."""
     import diffusers
 
-    pipeline_class = getattr(diffusers, FAMILY_PIPELINES[family])
-    kwargs: dict[str, Any] = _absent_components(model_index)
-    if family == "sd":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipelines = FAMILIES[family].pipelines
+    class_name = model_index.get("_class_name")
+    pipeline_class = getattr(diffusers, class_name if class_name in pipelines else pipelines[0])
+    kwargs: dict[str, Any] = {**_absent_components(model_index), **adapter_class(family).pipeline_load_kwargs}
     return pipeline_class.from_pretrained(
         cfg.path,
         **_dtype_argument(torch_dtype(cfg.dtype)),
@@ -120,21 +128,6 @@ def load_pipeline(cfg: ModelConfig, family: str, model_index: dict[str, Any]) ->
         local_files_only=cfg.local_files_only,
         **kwargs,
     )
-
-
-def backbone_class(family: str) -> type[DiffusersBackbone]:
-    """The adapter class of a family."""
-    if family == "sd3":
-        from treegrpo.models.sd3 import SD3Backbone
-
-        return SD3Backbone
-    if family == "flux":
-        from treegrpo.models.flux import FluxBackbone
-
-        return FluxBackbone
-    from treegrpo.models.sd import SDBackbone
-
-    return SDBackbone
 
 
 def load_backbone(
@@ -156,4 +149,4 @@ def load_backbone(
     family = chosen_family(cfg, model_index)
     pipe = load_pipeline(cfg, family, model_index)
     target = torch.device(device) if device is not None else resolve_device(cfg.device)
-    return backbone_class(family)(pipe, cfg, target, with_reference=with_reference, trainable=trainable)
+    return adapter_class(family)(pipe, cfg, target, with_reference=with_reference, trainable=trainable)

@@ -15,7 +15,7 @@ import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
 from treegrpo.models.config import ModelConfig
-from treegrpo.sampling import DDIMStepper
+from treegrpo.sampling import DDIMSchedule
 
 SD_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 SUPPORTED_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
@@ -34,6 +34,8 @@ class SDBackbone(DiffusersBackbone):
     family = "sd"
     denoiser_name = "unet"
     default_lora_targets = SD_LORA_TARGETS
+    sde_types = ("sde",)
+    pipeline_load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
     def __init__(
         self, pipe: Any, cfg: ModelConfig, device: torch.device, *, with_reference: bool = False, trainable: bool = True
@@ -63,16 +65,14 @@ class SDBackbone(DiffusersBackbone):
         )
         return prompt_embeds, None
 
-    def stepper(self, num_steps: int, noise_level: float) -> DDIMStepper:
-        """DDIM over the scheduler's inference timesteps; ``noise_level`` is eta."""
+    def schedule(self, num_steps: int) -> DDIMSchedule:
+        """DDIM over the scheduler's inference timesteps (the stepper's ``noise_level`` is eta)."""
         scheduler = ddim_scheduler_for(self.pipe)
         scheduler.set_timesteps(num_steps, device=self.device)
-        self._record_timesteps(scheduler.timesteps)
-        return DDIMStepper(
+        return DDIMSchedule(
             alphas_cumprod=scheduler.alphas_cumprod.to(self.device),
             timesteps=scheduler.timesteps.to(self.device),
             final_alpha_cumprod=float(scheduler.final_alpha_cumprod),
-            eta=noise_level,
             prediction_type=scheduler.config.prediction_type,
         )
 

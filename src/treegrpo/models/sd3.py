@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
-from treegrpo.sampling import FlowMatchStepper, SdeType
+from treegrpo.sampling import FlowSchedule
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     "attn.to_q",
@@ -52,15 +52,14 @@ class SD3Backbone(DiffusersBackbone):
         )
         return prompt_embeds, pooled
 
-    def stepper(self, num_steps: int, noise_level: float, sde_type: SdeType = "sde") -> FlowMatchStepper:
-        """Sigmas of the pipeline's scheduler after ``set_timesteps`` (shifted as the pipeline shifts)."""
+    def schedule(self, num_steps: int) -> FlowSchedule:
+        """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps`` (shifted as the pipeline shifts)."""
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting", None):
             kwargs["mu"] = self._dynamic_shift_mu()
         scheduler.set_timesteps(num_steps, device=self.device, **kwargs)
-        self._record_timesteps(scheduler.timesteps)
-        return FlowMatchStepper(scheduler.sigmas.to(self.device), noise_level=noise_level, sde_type=sde_type)
+        return FlowSchedule(scheduler.sigmas.to(self.device), scheduler.timesteps.to(self.device))
 
     def _dynamic_shift_mu(self) -> float:
         """``mu`` from the image sequence length (patches), as the pipeline computes it."""

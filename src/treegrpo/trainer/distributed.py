@@ -1,0 +1,157 @@
+"""What the trainer does across processes: gathering (of unequal sizes), shared flags, the learner.
+
+Every process grows its own share of the trees; scores and the tree structure are gathered so
+that each prompt group is normalised whole, and every process computes the same advantages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from treegrpo.faults import fault_point
+from treegrpo.rollout import TreeRollout, TreeStructure
+from treegrpo.sharding import clip_grad_norm
+
+
+class Processes:
+    """This process's place among the run's processes, and the collectives the trainer uses."""
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+        self.rank: int = accelerator.process_index
+        self.world: int = accelerator.num_processes
+        self.is_main: bool = accelerator.is_main_process
+        self.device: torch.device = accelerator.device
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``values`` of every process in rank order, on the CPU; first dims may differ."""
+        if self.world == 1:
+            return values.cpu()
+        local = values.to(self.device).contiguous()
+        sizes = self.accelerator.gather(torch.tensor([local.shape[0]], device=self.device)).tolist()
+        longest = max(sizes)
+        padded = local.new_zeros((longest, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        everything = self.accelerator.gather(padded).cpu()
+        return torch.cat([everything[rank * longest : rank * longest + size] for rank, size in enumerate(sizes)])
+
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` is set on any process (a collective: every process must call it)."""
+        if self.world == 1:
+            return flag
+        return bool(self.gather(torch.tensor([1.0 if flag else 0.0])).max() > 0)
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+        self.accelerator.wait_for_everyone()
+
+
+def _shift(ids: torch.Tensor, offset: int) -> torch.Tensor:
+    """Shift non-negative ids by ``offset`` (-1 stays -1)."""
+    return torch.where(ids >= 0, ids + offset, ids)
+
+
+def gather_structure(
+    local: TreeStructure, root_group: torch.Tensor, processes: Processes
+) -> tuple[TreeStructure, list[int]]:
+    """Every process's tree structure as one, and where each process's edges start in it.
+
+    ``root_group`` is the global prompt-group id of each local tree; node, edge and tree ids are
+    offset by what the processes before this one hold (their counts may differ).
+    Returns ``(structure, edge_offsets)`` with ``world + 1`` offsets.
+    """
+    local = local.to("cpu")
+    counts = processes.gather(torch.tensor([[local.num_nodes, local.num_edges, local.num_trees]]))
+    offsets = torch.cat([torch.zeros(1, 3, dtype=counts.dtype), counts.cumsum(0)])
+    node_offset, _, tree_offset = (int(v) for v in offsets[processes.rank])
+    gather = processes.gather
+    structure = TreeStructure(
+        node_parent=gather(_shift(local.node_parent, node_offset)),
+        node_depth=gather(local.node_depth),
+        node_tree=gather(local.node_tree + tree_offset),
+        node_group=gather(root_group.cpu()[local.node_tree]),
+        edge_child=gather(local.edge_child + node_offset),
+        edge_log_prob=gather(local.edge_log_prob.to(torch.float32)),
+        leaf_node=gather(local.leaf_node + node_offset),
+        num_trees=int(counts[:, 2].sum()),
+    )
+    return structure, [int(v) for v in offsets[:, 1]]
+
+
+def balance_parents(
+    rollout: TreeRollout, mask: torch.Tensor, advantages: torch.Tensor, target: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add zero-advantage parents until ``target`` parents have selected edges.
+
+    Every process then runs the same number of minibatches, so DDP's collectives line up.
+    """
+    slots = rollout.edge_parent_slot
+    have = torch.zeros(rollout.num_parents, dtype=torch.bool, device=slots.device)
+    have[slots[mask]] = True
+    missing = target - int(have.sum())
+    if missing <= 0:
+        return mask, advantages
+    extra = torch.nonzero(~have).squeeze(1)[:missing]
+    padded = torch.zeros_like(have)
+    padded[extra] = True
+    added = padded[slots]
+    return mask | added, advantages.masked_fill(added, 0.0)
+
+
+class AccelerateLearner:
+    """The engine's Learner through accelerate: backward (scaled / synced), clip, AdamW step.
+
+    A non-finite loss or gradient norm skips that optimizer step on every process (the decision
+    is shared, so DDP replicas stay equal) and is recorded in ``findings`` / ``skipped``.
+    """
+
+    def __init__(self, accelerator: Any, optimizer: Any, parameters: list[torch.nn.Parameter], max_grad_norm: float,
+                 processes: Processes, sharded: bool = False) -> None:
+        self.accelerator = accelerator
+        self.optimizer = optimizer
+        self.parameters = parameters
+        self.max_grad_norm = max_grad_norm
+        self.processes = processes
+        self.sharded = sharded
+        self.findings: list[str] = []
+        self.skipped = 0
+        self._minibatch = 0
+        self._bad_loss = False
+
+    def reset(self) -> None:
+        """Forget the previous iteration's findings."""
+        self.findings, self.skipped, self._minibatch, self._bad_loss = [], 0, 0, False
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward through the (possibly DDP-wrapped) denoiser; DDP all-reduces here (even for a bad loss)."""
+        self._minibatch += 1
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._bad_loss = True
+            self.findings.append(f"loss: {float(loss.detach().float().sum())} in minibatch {self._minibatch}")
+        self.accelerator.backward(loss)
+
+    def step(self) -> float:
+        """Clip and step, unless a loss or the gradient norm is non-finite anywhere; zero grads."""
+        norm = self._clip()
+        scaled = self.accelerator.scaler is not None  # fp16: the grad scaler skips inf steps itself
+        bad_norm = not math.isfinite(norm) and not scaled
+        if self.processes.any(self._bad_loss or bad_norm):
+            if bad_norm:
+                self.findings.append(f"grad_norm: {norm} at optimizer step after minibatch {self._minibatch}")
+            self.skipped += 1
+        else:
+            self.optimizer.step()
+            fault_point("update")
+        self._bad_loss = False
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _clip(self) -> float:
+        """Gradient norm after clipping to ``max_grad_norm`` (0 = measure only)."""
+        limit = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        if self.sharded:
+            return clip_grad_norm(self.parameters, limit)
+        return float(self.accelerator.clip_grad_norm_(self.parameters, limit))

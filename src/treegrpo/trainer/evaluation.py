@@ -1,0 +1,147 @@
+"""Held-out evaluation and the pictures a run draws: engine sampling, image grids, tree figures.
+
+``sample_images`` is the one way images are sampled through the engine (evaluation, ``treegrpo
+sample``, ``treegrpo eval``); evaluation uses the ODE with fixed seeded noise, so curves of one
+run and of different runs are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from treegrpo.models.base import Backbone
+from treegrpo.rewards.multi import MultiReward
+from treegrpo.rollout import TreeRollout, rollout_trees
+from treegrpo.schedule import ODE, Plan, flat_plan
+
+
+@dataclass
+class RewardSet:
+    """The configured rewards (a :class:`~treegrpo.rewards.multi.MultiReward`): score ``sum_j w_j R_j``."""
+
+    multi: MultiReward
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted score [B], each component [B]) as float32 CPU tensors."""
+        components = self.multi.components(images, list(prompts))
+        return self.multi.combine(components), components
+
+
+def ode_plan(steps: int) -> Plan:
+    """All steps deterministic: one final image per root."""
+    return tuple(ODE for _ in range(steps))
+
+
+@torch.no_grad()
+def sample_images(
+    backbone: Backbone, prompts: Sequence[str], *, steps: int, guidance_scale: float, seed: int, max_batch: int,
+    noise_level: float = 0.0,
+) -> torch.Tensor:
+    """One image per prompt through the engine: ODE (``noise_level`` 0) or SDE, from seeded noise."""
+    schedule = backbone.schedule(steps)
+    noise = backbone.initial_noise(len(prompts), torch.Generator().manual_seed(seed))
+    plan = ode_plan(steps) if noise_level == 0 else flat_plan(steps, trained_steps=[])
+    model_fn = backbone.model_fn(backbone.encode_prompts(list(prompts)), guidance_scale, schedule)
+    rollout = rollout_trees(
+        model_fn, schedule.stepper(noise_level), plan, noise, torch.arange(len(prompts), device=noise.device),
+        max_batch=max_batch, generator=torch.Generator(device=noise.device).manual_seed(seed + 1),
+    )
+    return backbone.decode(rollout.leaf_latents)
+
+
+@torch.no_grad()
+def evaluate(
+    backbone: Backbone, rewards: RewardSet, prompts: Sequence[str], *, steps: int, guidance_scale: float,
+    seed: int, max_batch: int,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """ODE samples (fixed seeded noise) of ``prompts`` scored by every reward: (means, images)."""
+    images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed + 7919,
+                           max_batch=max_batch)
+    total, components = rewards(images, list(prompts))
+    result = {f"eval/{name}": float(values.mean()) for name, values in components.items()}
+    result["eval/score"] = float(total.mean())
+    return result, images
+
+
+def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """``[N, 3, H, W]`` -> one ``[3, rows * H, columns * W]`` grid (2-pixel gaps)."""
+    n, c, h, w = images.shape
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    grid = torch.ones(c, rows * (h + 2), columns * (w + 2))
+    for i in range(n):
+        r, k = divmod(i, columns)
+        grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, k * (w + 2) + 1 : k * (w + 2) + 1 + w] = images[i].cpu()
+    return grid
+
+
+def save_png(image: torch.Tensor, file: Path) -> None:
+    """Save a ``[3, H, W]`` float image in [0, 1] as PNG."""
+    from PIL import Image
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(np.ascontiguousarray(array)).save(file)
+
+
+def tree_nodes(rollout: TreeRollout, tree: int) -> tuple[list[int], dict[int, torch.Tensor]]:
+    """Node ids of one tree and the latents of each (roots and trained children)."""
+    structure = rollout.structure
+    nodes = torch.nonzero(structure.node_tree == tree).squeeze(1).tolist()
+    latents = {tree: rollout.root_latents[tree]}
+    for edge, child in enumerate(structure.edge_child.tolist()):
+        if structure.node_tree[child] == tree:
+            latents[child] = rollout.child_latents[edge]
+    return nodes, latents
+
+
+def tree_figure(rollout: TreeRollout, decode: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor, tree: int = 0) -> Any:
+    """A matplotlib figure of one tree: decoded node images by depth, final leaf images below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    structure = rollout.structure
+    nodes, latents = tree_nodes(rollout, tree)
+    images = dict(zip(nodes, decode(torch.stack([latents[n] for n in nodes]))))
+    leaves = torch.nonzero(structure.leaf_tree == tree).squeeze(1).tolist()
+    finals = decode(rollout.leaf_latents[leaves])
+    parent = structure.node_parent.tolist()
+    depth = structure.node_depth.tolist()
+    children: dict[int, list[int]] = {n: [] for n in nodes}
+    for n in nodes:
+        if parent[n] >= 0:
+            children[parent[n]].append(n)
+    x: dict[int, float] = {}
+    order = [int(structure.leaf_node[i]) for i in leaves]
+    for i, n in enumerate(order):
+        x[n] = float(i)
+    for n in sorted(nodes, key=lambda m: -depth[m]):
+        if n not in x:
+            x[n] = float(np.mean([x[c] for c in children[n]])) if children[n] else 0.0
+    max_depth = max(depth[n] for n in nodes)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(order)), 1.4 * (max_depth + 2)))
+    size = 0.42
+    for n in nodes:
+        if parent[n] >= 0:
+            ax.plot([x[parent[n]], x[n]], [-depth[parent[n]], -depth[n]], color="0.6", lw=0.8, zorder=0)
+    for n in nodes:
+        ax.imshow(images[n].permute(1, 2, 0).clamp(0, 1).numpy(), extent=(x[n] - size, x[n] + size, -depth[n] - size, -depth[n] + size))
+    for i, n in enumerate(order):
+        y = -(max_depth + 1.3)
+        ax.plot([x[n], x[n]], [-depth[n], y], color="0.8", lw=0.6, ls="--", zorder=0)
+        ax.imshow(finals[i].permute(1, 2, 0).clamp(0, 1).numpy(), extent=(x[n] - size, x[n] + size, y - size, y + size))
+        ax.text(x[n], y - size - 0.12, f"{float(scores[leaves[i]]):.3f}", ha="center", va="top", fontsize=7)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylim(-(max_depth + 2.1), 0.6)
+    ax.axis("off")
+    ax.set_title("tree 0: nodes by depth (rows), final images and scores (bottom)", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,524 @@
+"""The RL loop: one trainer for every model and method, single- or multi-process (accelerate).
+
+One iteration (:meth:`Trainer.run_iteration`) is plan -> rollout -> rewards -> advantages ->
+update. Every process draws the same prompts and grows its share of the trees; scores and tree
+structure are gathered (:mod:`treegrpo.trainer.distributed`) so that group statistics see whole
+prompt groups; each process then trains on its own edges. Around iterations: EMA, metrics,
+evaluation, checkpoints (exact resume) and a clean stop on SIGTERM / SIGINT.
+
+Reliability: a non-finite reward, rollout log-prob, ratio, loss or gradient skips the update it
+would poison (``nonfinite_skips`` / ``nonfinite`` in metrics.jsonl); ``train.max_nonfinite_in_a_row``
+bad iterations in a row stop the run with :class:`~treegrpo.guards.NonFiniteError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from treegrpo import checkpoint as ckpt
+from treegrpo.config import ConfigError, TrainerConfig, to_yaml
+from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
+from treegrpo.engine import EdgeAdvantages, UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.faults import fault_point
+from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, stats_findings
+from treegrpo.methods import plan_for_iteration
+from treegrpo.models.base import Backbone
+from treegrpo.optim import Ema, lr_factor
+from treegrpo.rollout import TreeRollout, TreeStructure, rollout_trees
+from treegrpo.schedule import Plan, describe
+from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
+from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
+from treegrpo.trainer.evaluation import RewardSet, evaluate, image_grid, save_png, tree_figure
+from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
+from treegrpo.trainer.run_dir import holds_run, prepare_run_dir, write_atomic
+from treegrpo.trainer.setup import build_rewards, find_resume_checkpoint, preflight
+from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SharedScores:
+    """What every process knows after gathering: the whole tree structure, all scores, and whether to skip."""
+
+    structure: TreeStructure
+    edge_offsets: list[int]
+    scores: torch.Tensor
+    skip: bool
+    findings: list[str]
+
+
+@dataclass
+class IterationResult:
+    """What one iteration leaves behind (for logging and pictures)."""
+
+    metrics: dict[str, Any]
+    rollout: TreeRollout
+    scores: torch.Tensor
+
+
+NO_UPDATE: dict[str, float] = {"training_nfe": 0.0, "trained_edges": 0.0, "optimizer_steps": 0.0}
+
+
+class Trainer:
+    """The RL loop over one backbone, one method and one reward set (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        *,
+        run_dir: Optional[Path] = None,
+        resume_from: Optional[Path] = None,
+        backbone: Optional[Backbone] = None,
+        rewards: Optional[RewardSet] = None,
+        accelerator: Any = None,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.output_dir)
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=cfg.train.find_unused_parameters)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available()
+        )
+        self.processes = Processes(self.accelerator)
+        self._check_processes()
+        self.prompts: PromptSets = load_prompt_sets(cfg.data, cfg.seed)
+        self.sampler = PromptSampler(len(self.prompts.train), cfg.seed)
+        self._seed_everything()
+        self.backbone = backbone or self._load_backbone()
+        self.rewards = rewards or build_rewards(cfg.reward, self.processes.device)
+        self.schedule = self.backbone.schedule(cfg.sampling.steps)
+        self.stepper = self.schedule.stepper(cfg.sampling.noise_level, cfg.sampling.sde_type)
+        self.sharded = self._shard()
+        self.wrapped = self.backbone.denoiser if self.sharded else self.accelerator.prepare(self.backbone.denoiser)
+        self.parameters = self.backbone.trainable_parameters()
+        self.optimizer = self.accelerator.prepare(self._make_optimizer())
+        t = cfg.train
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self._raw_optimizer(), functools.partial(lr_factor, t.lr_schedule, t.warmup, t.iterations)
+        )
+        self.learner = AccelerateLearner(self.accelerator, self.optimizer, self.parameters, t.max_grad_norm,
+                                         self.processes, self.sharded)
+        named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
+        self.ema = Ema(named, t.ema) if t.ema > 0 else None
+        self.generators = self._make_generators()
+        self.update_cfg = UpdateConfig(t.inner_epochs, t.parents_per_batch, t.grad_accum)
+        self.start_iteration = 0
+        self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every)
+        self.metrics_lines = 0
+        self.last: Optional[IterationResult] = None
+        self.guard = NonFiniteGuard(t.max_nonfinite_in_a_row)
+        self.stop = StopSignals()
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    # ------------------------------------------------------------------ one iteration
+
+    def run_iteration(self, iteration: int) -> IterationResult:
+        """One RL iteration: plan -> rollout -> rewards -> advantages -> update; returns its metrics."""
+        cfg, start = self.cfg, time.time()
+        plan = plan_for_iteration(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
+        prompts, root_cond, root_group = self._draw_prompts()
+        conditioning = self.backbone.encode_prompts(prompts)
+        rollout = self._rollout(plan, conditioning, root_cond, iteration)
+        rollout_seconds = time.time() - start
+
+        leaf_prompts = [prompts[int(i)] for i in rollout.leaf_cond]
+        scores, components = self.rewards(self.backbone.decode(rollout.leaf_latents), leaf_prompts)
+        fault_point("reward")
+        reward_seconds = time.time() - start - rollout_seconds
+
+        shared = self._share_scores(rollout, scores, components, leaf_prompts, root_group)
+        safe_scores = torch.nan_to_num(shared.scores, nan=0.0, posinf=0.0, neginf=0.0)
+        advantages = compute_advantages(shared.structure, safe_scores, cfg.advantage)
+
+        update_start = time.time()
+        self.learner.reset()
+        if cfg.train.debug_dump and not shared.skip:
+            self._dump(iteration, scores, root_group[rollout.structure.leaf_tree.cpu()], advantages, shared)
+        stats = NO_UPDATE if shared.skip else self._update(rollout, shared, advantages, conditioning)
+        findings = shared.findings + ([] if shared.skip else self.learner.findings + stats_findings(stats))
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.scheduler.step()
+        if self.ema is not None and not shared.skip:
+            self.ema.update()
+
+        metrics = self._metrics(iteration, plan, shared, components, advantages, stats, rollout, lr)
+        metrics.update(
+            seconds=time.time() - start, rollout_seconds=rollout_seconds, reward_seconds=reward_seconds,
+            update_seconds=time.time() - update_start,
+        )
+        metrics.update(self.guard.end_iteration(iteration + 1, findings, 1 if shared.skip else self.learner.skipped))
+        return IterationResult(metrics, rollout, scores)
+
+    def _draw_prompts(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """This process's prompts, the local conditioning row of each local tree, the global group of each."""
+        cfg, rank, world = self.cfg, self.processes.rank, self.processes.world
+        indices = self.sampler.draw(cfg.data.prompts_per_iteration)
+        texts = [self.prompts.train[i] for i in indices]
+        per_process = len(texts) * cfg.tree.trees // world
+        root_group = torch.arange(len(texts)).repeat_interleave(cfg.tree.trees)[rank * per_process : (rank + 1) * per_process]
+        groups, root_cond = torch.unique(root_group, return_inverse=True)
+        return [texts[int(g)] for g in groups], root_cond, root_group
+
+    def _rollout(self, plan: Plan, conditioning: Any, root_cond: torch.Tensor, iteration: int) -> TreeRollout:
+        """Grow this process's trees from their share of the iteration's noise (the same on any process count)."""
+        cfg, device = self.cfg, self.processes.device
+        roots = cfg.data.prompts_per_iteration * cfg.tree.trees
+        per_process = roots // self.processes.world
+        noise = self.backbone.initial_noise(roots, self.generators["noise"])
+        noise = noise[self.processes.rank * per_process : (self.processes.rank + 1) * per_process]
+        model_fn = self.backbone.model_fn(conditioning, cfg.sampling.guidance_scale, self.schedule)
+        self.backbone.denoiser.eval()
+        with self._progress(iteration) as bar:
+            rollout = rollout_trees(
+                model_fn, self.stepper, plan, noise.to(device), root_cond.to(device),
+                max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
+                on_step=lambda step, width: bar.update(1),
+            )
+        fault_point("rollout")
+        return rollout
+
+    def _share_scores(
+        self, rollout: TreeRollout, scores: torch.Tensor, components: dict[str, torch.Tensor],
+        leaf_prompts: list[str], root_group: torch.Tensor,
+    ) -> SharedScores:
+        """Gather every process's tree structure and scores; skip the update on non-finite values anywhere."""
+        structure, edge_offsets = gather_structure(rollout.structure, root_group, self.processes)
+        all_scores = self.processes.gather(scores)
+        findings = log_prob_findings(rollout.structure.edge_log_prob, rollout.edge_step)
+        findings += reward_findings(components, leaf_prompts)
+        skip = self.processes.any(bool(findings) or not bool(torch.isfinite(all_scores).all()))
+        if skip and not findings:
+            findings = ["reward: non-finite scores on another process"]
+        return SharedScores(structure, edge_offsets, all_scores, skip, findings)
+
+    def _update(
+        self, rollout: TreeRollout, shared: SharedScores, advantages: EdgeAdvantages, conditioning: Any
+    ) -> dict[str, float]:
+        """Select and balance this process's edges, then run the clipped update; returns its stats."""
+        cfg, device, rank = self.cfg, self.processes.device, self.processes.rank
+        kl_on = cfg.loss.kl_beta > 0
+        mine = slice(shared.edge_offsets[rank], shared.edge_offsets[rank + 1])
+        edge_adv = advantages.edge[mine].to(device)
+        mask = select_edges(shared.structure, advantages.edge, cfg.advantage, kl_on)[mine].to(device)
+        parents = torch.zeros(rollout.num_parents, dtype=torch.bool, device=device)
+        parents[rollout.edge_parent_slot[mask]] = True
+        target = int(self.processes.gather(parents.sum().reshape(1)).max())
+        mask, edge_adv = balance_parents(rollout, mask, edge_adv, target)
+        guidance = cfg.sampling.guidance_scale
+        train_fn = self.backbone.model_fn(conditioning, guidance, self.schedule, denoiser=self.wrapped)
+        reference_fn = None
+        if kl_on:
+            reference = self.backbone.model_fn(conditioning, guidance, self.schedule,
+                                               denoiser=self.backbone.reference_denoiser())
+            reference_fn = torch.no_grad()(reference)
+        self.backbone.denoiser.train()
+        stats = update_policy(
+            train_fn, self.stepper, rollout, edge_adv, mask, self.learner, cfg.loss, self.update_cfg,
+            reference_fn=reference_fn, generator=self.generators["minibatch"],
+        )
+        self.backbone.denoiser.eval()
+        return stats
+
+    def _metrics(
+        self, iteration: int, plan: Plan, shared: SharedScores, components: dict[str, torch.Tensor],
+        advantages: EdgeAdvantages, stats: dict[str, float], rollout: TreeRollout, lr: float,
+    ) -> dict[str, Any]:
+        """One metrics.jsonl record (global over processes)."""
+        mean, std = mean_std(shared.scores)
+        record: dict[str, Any] = {"step": iteration + 1, "epoch": self.sampler.epoch, "plan": describe(plan),
+                                  "reward_mean": mean, "reward_std": std}
+        for name, values in components.items():
+            record[f"reward/{name}_mean"], record[f"reward/{name}_std"] = mean_std(self.processes.gather(values))
+        leaf = advantages.leaf
+        record["group_std_mean"] = float(leaf.group_std.mean()) if leaf.num_groups else 0.0
+        record["guard_fraction"] = leaf.guard_fraction
+        reduced = reduce_update_stats(stats, self.processes.gather)
+        record["loss"] = reduced.get("policy_loss", float("nan")) + self.cfg.loss.kl_beta * reduced.get("kl", 0.0)
+        record.update(reduced)
+        local = [float(rollout.nfe), stats["training_nfe"], float(rollout.model_calls), stats["trained_edges"]]
+        counts = self.processes.gather(torch.tensor([local])).sum(0)
+        record.update(rollout_nfe=int(counts[0]), training_nfe=int(counts[1]), model_calls=int(counts[2]),
+                      trained_edges=int(counts[3]))
+        record.update(lr=lr, num_processes=self.processes.world, prompts=self.cfg.data.prompts_per_iteration)
+        return record
+
+    def _progress(self, iteration: int) -> Any:
+        """A tqdm bar over denoising steps (main process, when enabled)."""
+        from tqdm.auto import tqdm
+
+        enabled = self.cfg.train.progress and self.processes.is_main
+        return tqdm(total=self.cfg.sampling.steps, desc=f"iter {iteration + 1} rollout", leave=False, disable=not enabled)
+
+    def _dump(self, iteration: int, scores: torch.Tensor, groups: torch.Tensor, advantages: EdgeAdvantages,
+              shared: SharedScores) -> None:
+        """Per-process leaf scores, group ids and the advantages computed from the gathered data (tests)."""
+        folder = self.run_dir / "debug"
+        folder.mkdir(parents=True, exist_ok=True)
+        leaves = int(scores.shape[0])
+        offset = int(self.processes.gather(torch.tensor([leaves])).cumsum(0)[self.processes.rank]) - leaves
+        torch.save(
+            {
+                "weights_checksum": torch.stack([full_tensor(p.detach()).double().sum() for p in self.parameters]).sum().cpu(),
+                "scores": scores.cpu(), "groups": groups.cpu(),
+                "leaf_advantages": advantages.leaf.advantages[offset : offset + leaves].cpu(),
+                "all_scores": shared.scores.cpu(), "all_groups": shared.structure.leaf_group.cpu(),
+                "group_mean": advantages.leaf.group_mean.cpu(), "group_std": advantages.leaf.group_std.cpu(),
+            },
+            folder / f"step-{iteration + 1:06d}-rank{self.processes.rank}.pt",
+        )
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check_processes(self) -> None:
+        """Trees must split evenly over processes; FSDP comes from ``train.fsdp``, not accelerate's plugin."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise ConfigError(
+                "accelerate's FSDP plugin is not used by treegrpo; launch with a multi-process config "
+                "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model "
+                "(configs/accelerate/README.md)"
+            )
+        roots = self.cfg.data.prompts_per_iteration * self.cfg.tree.trees
+        if roots % self.processes.world:
+            raise ConfigError(
+                f"{roots} trees per iteration (data.prompts_per_iteration x tree.trees) do not split over "
+                f"{self.processes.world} processes; make it a multiple of {self.processes.world}"
+            )
+
+    def _shard(self) -> bool:
+        """With ``train.fsdp`` and several processes, shard the denoiser (FSDP2); whether it was sharded."""
+        if not self.cfg.train.fsdp:
+            return False
+        if self.processes.world == 1:
+            logger.warning("train.fsdp=true with one process: nothing to shard, training unsharded")
+            return False
+        units = shard_denoiser(self.backbone.denoiser, self.cfg.train.mixed_precision)
+        logger.info("FSDP: denoiser sharded over %d processes in %d units", self.processes.world, units)
+        return True
+
+    def _seed_everything(self) -> None:
+        """Seed the global RNGs (same model init on every process)."""
+        random.seed(self.cfg.seed + self.processes.rank)
+        np.random.seed((self.cfg.seed + self.processes.rank) % 2**32)
+        torch.manual_seed(self.cfg.seed)
+
+    def _load_backbone(self) -> Backbone:
+        """The configured model on this process's device."""
+        from treegrpo.models.loading import load_backbone, resolve_model_path
+
+        model = replace(self.cfg.model, path=resolve_model_path(self.cfg.model.path))
+        with_reference = self.cfg.loss.kl_beta > 0 and model.full_finetune
+        return load_backbone(model, device=self.processes.device, with_reference=with_reference)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable weights."""
+        if not self.parameters:
+            raise ConfigError("the model has no trainable weights; set model.lora.rank >= 1 or model.full_finetune=true")
+        t = self.cfg.train
+        return torch.optim.AdamW(self.parameters, lr=t.lr, betas=(t.betas[0], t.betas[1]), eps=t.adam_eps, weight_decay=t.weight_decay)
+
+    def _make_generators(self) -> dict[str, torch.Generator]:
+        """Noise (shared by all processes), rollout and minibatch generators (per process)."""
+        seed, rank = self.cfg.seed, self.processes.rank
+        return {
+            "noise": torch.Generator().manual_seed(seed),
+            "rollout": torch.Generator(device=self.processes.device).manual_seed(seed + 1_000_003 * (rank + 1)),
+            "minibatch": torch.Generator().manual_seed(seed + 2_000_003 * (rank + 1)),
+        }
+
+    def _raw_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer inside accelerate's wrapper."""
+        optimizer: torch.optim.Optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        return optimizer
+
+    # ------------------------------------------------------------------ resume / checkpoints
+
+    def _resume(self, folder: Path) -> None:
+        """Restore weights, optimizer, scheduler, EMA, sampler, iteration and RNG from a checkpoint."""
+        state = ckpt.read_state(folder)
+        if state["world_size"] != self.processes.world:
+            raise ckpt.CheckpointError(
+                f"{folder} was saved by {state['world_size']} processes but this run has {self.processes.world}; "
+                "resume with the same number of processes"
+            )
+        weights = ckpt.load_weights(folder, "trained")
+        if weights is None:
+            raise ckpt.CheckpointError(f"{folder} has no trained.safetensors; resume from a complete checkpoint")
+        ckpt.load_trained_state(self.backbone.denoiser, weights)
+        self.optimizer.load_state_dict(ckpt.safe_torch_load(folder / "optimizer.pt"))
+        if self.sharded:
+            shard_optimizer_state(self._raw_optimizer())
+        self.scheduler.load_state_dict(ckpt.safe_torch_load(folder / "scheduler.pt"))
+        ema = ckpt.load_weights(folder, "ema")
+        if self.ema is not None and ema is not None:
+            self.ema.load_state_dict(ema)
+        self.sampler.load_state_dict(state["sampler"])
+        self.start_iteration = int(state["iteration"])
+        self.metrics_lines = int(state["metrics_lines"])
+        self.guard.in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        ckpt.load_rng(folder, self.processes.rank, self.generators)
+
+    def save_checkpoint(self, iteration: int) -> None:
+        """Write the checkpoint of ``iteration`` completed iterations (all processes take part).
+
+        Weights and optimizer state are saved whole; with FSDP every process helps gather them.
+        """
+        main = self.processes.is_main
+        weights = optimizer = None
+        if self.sharded or main:  # gathering shards is a collective: then every process takes part
+            weights = ckpt.trained_state(self.backbone.denoiser)
+            optimizer = full_optimizer_state(self._raw_optimizer()) if self.sharded else self.optimizer.state_dict()
+        if main:
+            ckpt.begin(self.run_dir, iteration)
+        self.processes.barrier()
+        ckpt.save_rng(ckpt.temp_folder(self.run_dir, iteration), self.processes.rank, self.generators)
+        self.processes.barrier()
+        if main:
+            state = {
+                "iteration": iteration,
+                "sampler": self.sampler.state_dict(),
+                "metrics_lines": self.log.lines,
+                "world_size": self.processes.world,
+                "method": self.cfg.method,
+                "nonfinite_in_a_row": self.guard.in_a_row,
+            }
+            ckpt.save_main(
+                ckpt.temp_folder(self.run_dir, iteration),
+                weights=weights,
+                ema=self.ema.state_dict() if self.ema is not None else None,
+                optimizer=optimizer,
+                scheduler=self.scheduler.state_dict(),
+                state=state,
+            )
+            ckpt.finish(self.run_dir, iteration, self.cfg.train.keep_checkpoints)
+        self.processes.barrier()
+
+    # ------------------------------------------------------------------ evaluation, export
+
+    @contextlib.contextmanager
+    def eval_weights(self) -> Iterator[None]:
+        """EMA weights when EMA is on, else the trained ones."""
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            yield
+
+    def evaluate_and_draw(self, step: int) -> Optional[dict[str, float]]:
+        """Held-out evaluation, sample grid and tree picture (main process); returns eval metrics.
+
+        With FSDP every process runs the evaluation's forwards (they are collectives); only the
+        main process writes.
+        """
+        self.processes.barrier()
+        result = None
+        if (self.processes.is_main or self.sharded) and self.prompts.eval:
+            cfg = self.cfg
+            with self.eval_weights():
+                result, images = evaluate(
+                    self.backbone, self.rewards, self.prompts.eval, steps=cfg.sampling.steps,
+                    guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
+                )
+        if self.processes.is_main and result is not None:
+            grid = image_grid(images, math.ceil(math.sqrt(images.shape[0])))
+            save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")
+            self.log.evaluation(step, result, grid)
+            if self.last is not None:
+                self._draw_tree(step, self.last)
+        self.processes.barrier()
+        return result
+
+    def _draw_tree(self, step: int, last: IterationResult) -> None:
+        """Picture of tree 0 of the latest rollout."""
+        import matplotlib.pyplot as plt
+
+        figure = tree_figure(last.rollout.cpu(), self.backbone.decode, last.scores.cpu())
+        file = self.run_dir / "trees" / f"step-{step:06d}.png"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(file, dpi=100)
+        self.log.figure("tree", figure, step)
+        plt.close(figure)
+
+    def export(self) -> Path:
+        """Write RUN/final via ``backbone.save_trained`` (EMA weights when on; gathered whole under FSDP)."""
+        folder = self.run_dir / "final"
+        weights = None
+        if self.sharded:
+            weights = full_state_dict(self.backbone.denoiser, trainable_only=not self.cfg.model.full_finetune)
+        if self.processes.is_main:
+            with self.eval_weights():
+                self.backbone.save_trained(folder, weights=weights)
+        self.processes.barrier()
+        return folder
+
+    # ------------------------------------------------------------------ the loop
+
+    def _stop_if_requested(self, step: int, saved: bool) -> None:
+        """After a SIGTERM / SIGINT on any process: checkpoint ``step`` (unless just saved) and stop."""
+        local = float(self.stop.received or 0)
+        signum = int(self.processes.gather(torch.tensor([local])).max())
+        if not signum:
+            return
+        if not saved:
+            self.save_checkpoint(step)
+        raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step))
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run from ``start_iteration`` to ``train.iterations``; returns this session's metrics."""
+        cfg = self.cfg.train
+        if self.processes.is_main:
+            write_atomic(self.run_dir / "config.yaml", to_yaml(self.cfg))
+        self.log.open(self.start_iteration, self.metrics_lines)
+        records = []
+        try:
+            with self.stop.installed():
+                if self.start_iteration == 0 and cfg.eval_at_start:
+                    self.evaluate_and_draw(0)
+                for iteration in range(self.start_iteration, cfg.iterations):
+                    self.last = self.run_iteration(iteration)
+                    self.log.iteration(self.last.metrics)
+                    records.append(self.last.metrics)
+                    step = iteration + 1
+                    self.guard.check(step)
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.iterations:
+                        self.evaluate_and_draw(step)
+                    saved = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations
+                    if saved:
+                        self.save_checkpoint(step)
+                    self._stop_if_requested(step, saved)
+                if self.start_iteration < cfg.iterations:
+                    self.evaluate_and_draw(cfg.iterations)
+                self.export()
+        finally:
+            self.log.close()
+        return records
+
+
+def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Train as ``cfg`` says; ``resume`` is a run folder or ``"auto"`` (newest complete checkpoint)."""
+    from accelerate import PartialState
+
+    run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume))
+    checkpoint = find_resume_checkpoint(run_dir, explicit=resume not in (None, "auto")) if resume else None
+    state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
+    if holds_run(run_dir) and resume is None and not overwrite:
+        prepare_run_dir(run_dir, resume=False, overwrite=False)  # raises the one-line RunDirError
+    rewards = preflight(cfg, state.device)
+    if state.is_main_process:
+        prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
+    state.wait_for_everyone()
+    trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint, rewards=rewards)
+    return trainer.train()

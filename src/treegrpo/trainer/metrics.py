@@ -1,0 +1,130 @@
+"""Where a run's numbers go: ``metrics.jsonl``, ``eval.jsonl``, TensorBoard and the log line.
+
+One ``metrics.jsonl`` record per iteration: step, epoch, plan, reward_mean/std,
+reward/<name>_mean/std, group_std_mean, guard_fraction, loss, policy_loss, clip_fraction,
+approx_kl, ratio_mean/min/max, grad_norm, trained_edges, rollout_nfe, training_nfe, model_calls,
+seconds (and rollout/reward/update seconds), lr, num_processes, the non-finite counters.
+Only the main process writes; on resume, lines written after the resumed checkpoint are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from treegrpo.faults import fault_point
+from treegrpo.trainer.run_dir import write_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def json_value(value: Any) -> Any:
+    """Finite floats as is; NaN / inf as None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _eval_step(line: str) -> float:
+    """The step of one eval.jsonl line (a torn or malformed line counts as infinitely late)."""
+    try:
+        return float(json.loads(line)["step"]) if line.endswith("\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+class MetricsLog:
+    """Appends iteration and evaluation records (main process only; other processes only count)."""
+
+    def __init__(self, run_dir: Path, *, is_main: bool, iterations: int, log_every: int) -> None:
+        self.run_dir = run_dir
+        self.is_main = is_main
+        self.iterations = iterations
+        self.log_every = log_every
+        self.lines = 0
+        self.writer: Any = None
+
+    def open(self, start_iteration: int, metrics_lines: int) -> None:
+        """Drop records written after the resumed checkpoint (and torn last lines); open TensorBoard."""
+        self.lines = metrics_lines
+        if not self.is_main:
+            return
+        file = self.run_dir / "metrics.jsonl"
+        if file.exists():
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[:metrics_lines]
+            write_atomic(file, "".join(line for line in lines if line.endswith("\n")))
+        file = self.run_dir / "eval.jsonl"
+        if file.exists():
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            write_atomic(file, "".join(line for line in lines if _eval_step(line) <= start_iteration))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_iteration + 1 if start_iteration else None)
+
+    def iteration(self, record: dict[str, Any]) -> None:
+        """Append one iteration's record to metrics.jsonl and TensorBoard; log a line every ``log_every``."""
+        self.lines += 1
+        if not self.is_main:
+            return
+        fault_point("metrics")
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({k: json_value(v) for k, v in record.items()}) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch") and math.isfinite(float(value)):
+                self.writer.add_scalar(key, value, step)
+        if step % self.log_every == 0 or step == self.iterations:
+            logger.info(
+                "step %d/%d  reward %.4f +- %.4f  loss %.3g  clip %.3f  guard %.2f  nfe %d+%d  %.1fs",
+                step, self.iterations, record["reward_mean"], record["reward_std"], record.get("loss", float("nan")),
+                record.get("clip_fraction", float("nan")), record["guard_fraction"], record["rollout_nfe"],
+                record["training_nfe"], record["seconds"],
+            )
+
+    def evaluation(self, step: int, result: dict[str, float], grid: torch.Tensor) -> None:
+        """Append one evaluation to eval.jsonl and TensorBoard (with its sample grid)."""
+        if not self.is_main:
+            return
+        self.writer.add_image("eval/samples", grid, step)
+        for key, value in result.items():
+            self.writer.add_scalar(key, value, step)
+        with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **result}) + "\n")
+        logger.info("eval step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure into TensorBoard."""
+        if self.is_main:
+            self.writer.add_figure(tag, figure, step)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def reduce_update_stats(stats: dict[str, float], gather: Any) -> dict[str, float]:
+    """Mean of the update diagnostics over processes (the non-finite ones left out)."""
+    keys = ["policy_loss", "kl", "clip_fraction", "approx_kl", "ratio_mean", "ratio_min", "ratio_max",
+            "advantage_mean", "advantage_abs_mean", "grad_norm", "optimizer_steps"]
+    gathered = gather(torch.tensor([[stats.get(k, float("nan")) for k in keys]], dtype=torch.float64))
+    result: dict[str, float] = {}
+    for i, key in enumerate(keys):
+        column = gathered[:, i]
+        finite = column[torch.isfinite(column)]
+        if finite.numel():
+            result[key] = float(finite.mean())
+    return result
+
+
+def mean_std(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and population std (0 for a single value)."""
+    return float(values.mean()), float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
+
+

@@ -1,0 +1,62 @@
+"""The run folder: what a run writes there, refusing another run's folder, atomic text writes.
+
+``RUN`` = ``output_dir``::
+
+    RUN/config.yaml                 the resolved config
+    RUN/metrics.jsonl               one JSON object per iteration (see treegrpo.trainer.metrics)
+    RUN/eval.jsonl                  one JSON object per evaluation: step, eval/<name>, eval/score
+    RUN/tensorboard/                the same scalars, sample grids, tree pictures
+    RUN/samples/step-NNNNNN.png     evaluation grids (step 0 = before training)
+    RUN/trees/step-NNNNNN.png       one tree of the latest rollout: the decoded image at every node
+    RUN/checkpoints/step-NNNNNN/    see treegrpo.checkpoint (exact resume)
+    RUN/final/                      the trained weights via backbone.save_trained (EMA when on)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from treegrpo.config import ConfigError
+
+RUN_FILES: tuple[str, ...] = (
+    "config.yaml", "metrics.jsonl", "eval.jsonl", "tensorboard", "samples", "trees", "checkpoints", "final", "debug",
+)
+"""What a run writes into its folder (and what ``--overwrite`` removes)."""
+
+
+class RunDirError(ConfigError):
+    """The output folder cannot be used as asked; the message names the fix."""
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds files of a run."""
+    return folder.is_dir() and any((folder / name).exists() for name in RUN_FILES)
+
+
+def prepare_run_dir(folder: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create the run folder; refuse another run's files unless resuming or overwriting."""
+    if holds_run(folder) and not resume:
+        if not overwrite:
+            raise RunDirError(
+                f"{folder} already holds a run; pass --resume {folder} to continue it, --overwrite to replace it, "
+                "or choose another --output-dir"
+            )
+        for name in RUN_FILES:
+            target = folder / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_atomic(file: Path, text: str) -> None:
+    """Replace ``file`` with ``text`` so that a crash leaves either the old or the new content."""
+    temporary = file.with_name(f".{file.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, file)

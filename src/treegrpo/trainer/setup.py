@@ -1,0 +1,58 @@
+"""What is checked and built before the first iteration, before the run folder is touched."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from treegrpo import checkpoint as ckpt
+from treegrpo.config import ConfigError, TrainerConfig, reward_weights
+from treegrpo.data import load_prompt_sets
+from treegrpo.models.loading import chosen_family, read_model_index, resolve_model_path
+from treegrpo.models.registry import adapter_class
+from treegrpo.trainer.evaluation import RewardSet
+
+
+def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
+    """Instantiate every configured reward (on ``device`` unless its options name one)."""
+    from treegrpo.rewards.multi import MultiReward
+
+    parsed = reward_weights(spec)
+    weights = {name: weight for name, (weight, _) in parsed.items()}
+    options = {name: {"device": str(device), **opts} for name, (_, opts) in parsed.items()}
+    return RewardSet(MultiReward.from_names(weights, options))
+
+
+def check_model_folder(cfg: TrainerConfig) -> None:
+    """``model.path`` is a supported pipeline whose sampler has ``sampling.sde_type`` (nothing loaded)."""
+    model = replace(cfg.model, path=resolve_model_path(cfg.model.path))
+    family = chosen_family(model, read_model_index(model))
+    supported = adapter_class(family).sde_types
+    if cfg.sampling.sde_type not in supported:
+        raise ConfigError(
+            f"sampling.sde_type {cfg.sampling.sde_type!r} does not exist for {family} models; use one of {', '.join(supported)}"
+        )
+
+
+def preflight(cfg: TrainerConfig, device: torch.device | str) -> RewardSet:
+    """Every user input that can be checked before the run folder is touched: prompts, model, rewards.
+
+    Prompts and the model folder are checked without loading a model; the rewards are built here
+    (missing weights fail now, before the diffusion model loads) and handed to the trainer.
+    """
+    load_prompt_sets(cfg.data, cfg.seed)
+    check_model_folder(cfg)
+    return build_rewards(cfg.reward, device)
+
+
+def find_resume_checkpoint(run_dir: Path, explicit: bool) -> Optional[Path]:
+    """The newest complete checkpoint of ``run_dir``; with an explicit RUN, its absence is an error."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None and explicit:
+        raise ckpt.CheckpointError(
+            f"{run_dir} has no complete checkpoint to resume; start it anew with --overwrite or check the path"
+        )
+    return latest
