@@ -59,3 +59,42 @@ def test_show_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 def test_toy_prints_reward_before_and_after(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["toy", "--iterations", "2"]) == 0
     assert "treegrpo: reward" in capsys.readouterr().out
+
+
+def test_contradicting_prompt_sources_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+    out = ["--output-dir", str(tmp_path / "run")]
+    assert "both name the training prompts" in _one_line_error(capsys, ["train", str(config), f"data.prompts={prompts}", *out])
+    error = _one_line_error(capsys, ["train", str(config), f"data.eval_prompts={prompts}", *out])
+    assert "has its own held-out prompts" in error
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("loss.node_aggregation=man", "use one of mean, sum; did you mean 'mean'?"),
+        ("advantage.std_scope=groop", "use one of group, global; did you mean 'group'?"),
+        ("tree.window_placement=shifted", "did you mean 'shifting'?"),
+        ("sampling.sde_type=cp", "use one of sde, cps"),
+    ],
+)
+def test_typos_in_choices_are_refused_at_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, expected: str
+) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+    assert expected in _one_line_error(capsys, ["train", str(config), override, "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_internal_value_error_is_a_bug_and_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import treegrpo.cli
+
+    def broken(args: object) -> int:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(treegrpo.cli, "cmd_config", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["config", "--show-defaults"])

@@ -21,7 +21,6 @@ Resolution order (later wins): schema defaults -> the method preset's overrides 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import typing
 from dataclasses import dataclass, field
@@ -31,15 +30,46 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from treegrpo.errors import ConfigError
+from treegrpo.choices import Choice
+from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.loss import LossConfig
-from treegrpo.methods import PRESETS, AdvantageConfig, TreeConfig
-from treegrpo.models.config import ModelConfig
+from treegrpo.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
+from treegrpo.models.config import ModelConfig, check_model_config
 
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear")
-MIXED_PRECISION: tuple[str, ...] = ("no", "fp16", "bf16")
-SDE_TYPES: tuple[str, ...] = ("sde", "cps")
-BUILTIN_DATA: tuple[str, ...] = ("shapes",)
+
+class BuiltinPrompts(Choice):
+    """Prompt generators shipped in the package."""
+
+    shapes = "shapes"
+
+
+class SdeVariant(Choice):
+    """Flow-GRPO's SDE step, or its coefficients-preserving variant."""
+
+    sde = "sde"
+    cps = "cps"
+
+
+class LrSchedule(Choice):
+    """Learning-rate decay after the warm-up (stepped once per iteration)."""
+
+    constant = "constant"
+    cosine = "cosine"
+    linear = "linear"
+
+
+class MixedPrecision(Choice):
+    """accelerate's autocast setting."""
+
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+def _at_least(key: str, value: float, minimum: float) -> None:
+    """One-line ConfigError when ``value < minimum``."""
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum:g}, got {value}")
 
 
 
@@ -52,7 +82,7 @@ class DataConfig:
     """Training prompts: a .txt file (one per line), a .jsonl file (``prompt_field``), or a HF dataset."""
     eval_prompts: Optional[str] = None
     """Held-out prompts (same formats); unset = ``heldout`` prompts split off ``prompts``."""
-    builtin: Optional[str] = None
+    builtin: Optional[BuiltinPrompts] = None
     """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files."""
     prompt_field: str = "prompt"
     """Field of a .jsonl record or column of a dataset that holds the prompt."""
@@ -70,6 +100,31 @@ class DataConfig:
     """Seed of the held-out split and of the evaluation noise. Independent of ``seed`` so runs with
     different seeds are evaluated on the same prompts with the same noise."""
 
+    def check(self) -> None:
+        """Exactly one prompt source; ranges. One-line ConfigError naming the key."""
+        if self.prompts is None and self.builtin is None:
+            raise ConfigError("no prompts configured; set data.prompts=FILE (.txt/.jsonl/dataset) or data.builtin=shapes")
+        if self.prompts is not None and self.builtin is not None:
+            raise ConfigError(
+                f"data.prompts={self.prompts} and data.builtin={self.builtin} both name the training prompts; "
+                "set data.builtin=null to train on the file, or drop data.prompts"
+            )
+        if self.builtin is not None and self.eval_prompts is not None:
+            raise ConfigError(
+                f"data.eval_prompts={self.eval_prompts} with data.builtin={self.builtin}: the built-in task has its own "
+                "held-out prompts; drop data.eval_prompts or set data.builtin=null"
+            )
+        if self.heldout and (self.builtin is not None or self.eval_prompts is not None):
+            source = f"data.builtin={self.builtin}" if self.builtin is not None else f"data.eval_prompts={self.eval_prompts}"
+            raise ConfigError(
+                f"data.heldout={self.heldout} splits prompts off data.prompts, but {source} already gives the held-out "
+                "prompts; set data.heldout=0"
+            )
+        self.builtin = None if self.builtin is None else BuiltinPrompts.parse(self.builtin, "data.builtin")
+        _at_least("data.prompts_per_iteration", self.prompts_per_iteration, 1)
+        _at_least("data.heldout", self.heldout, 0)
+        _at_least("data.num_eval_prompts", self.num_eval_prompts, 0)
+
 
 @dataclass
 class SamplingConfig:
@@ -81,8 +136,17 @@ class SamplingConfig:
     guidance_scale: float = 4.5
     max_batch: int = 64
     """Rows per model call during rollout (frontier chunk)."""
-    sde_type: str = "sde"
+    sde_type: SdeVariant = SdeVariant.sde
     """``"sde"`` (Flow-GRPO) or ``"cps"`` (coefficients-preserving)."""
+
+    def check(self) -> None:
+        """Ranges; one-line ConfigError naming the key."""
+        self.sde_type = SdeVariant.parse(self.sde_type, "sampling.sde_type")
+        _at_least("sampling.steps", self.steps, 1)
+        if self.steps > MAX_STEPS:
+            raise ConfigError(f"sampling.steps must be <= {MAX_STEPS}, got {self.steps}; lower it")
+        _at_least("sampling.max_batch", self.max_batch, 1)
+        _at_least("sampling.noise_level", self.noise_level, 0)
 
 
 @dataclass
@@ -94,7 +158,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
-    lr_schedule: str = "constant"
+    lr_schedule: LrSchedule = LrSchedule.constant
     """``constant``, ``cosine`` or ``linear`` (decay to 0), each after a linear warm-up; stepped per iteration."""
     warmup: int = 0
     """Warm-up iterations."""
@@ -105,7 +169,7 @@ class TrainConfig:
     tree sees k x this many edges (a k3 tree at 11 matches a flat method at 32: benchmarks/RESULTS.md 5)."""
     grad_accum: int = 1
     """Minibatches per optimizer step (0 = one step per pass over the edges)."""
-    mixed_precision: str = "no"
+    mixed_precision: MixedPrecision = MixedPrecision.no
     """``no``, ``fp16`` or ``bf16`` (accelerate autocast)."""
     ema: float = 0.0
     """EMA decay of the trained weights (0 = off); the EMA is used for evaluation and export."""
@@ -128,6 +192,24 @@ class TrainConfig:
     max_nonfinite_in_a_row: int = 3
     """Stop the run after this many iterations in a row whose update was skipped for NaN / inf values."""
 
+    def check(self) -> None:
+        """Choices, ranges and settings FSDP cannot honour; one-line ConfigError naming the key."""
+        self.lr_schedule = LrSchedule.parse(self.lr_schedule, "train.lr_schedule")
+        self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "train.mixed_precision")
+        for key in ("iterations", "inner_epochs", "parents_per_batch", "keep_checkpoints", "log_every",
+                    "max_nonfinite_in_a_row"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        for key in ("grad_accum", "checkpoint_every", "eval_every", "warmup", "lr"):
+            _at_least(f"train.{key}", getattr(self, key), 0)
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema is an EMA decay in [0, 1) (0 = off), got {self.ema}")
+        if self.fsdp and self.ema > 0:
+            raise ConfigError("train.ema is not supported with train.fsdp=true (the EMA would need whole weights); set train.ema=0")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ConfigError("train.mixed_precision=fp16 is not supported with train.fsdp=true; use bf16")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must be two numbers, e.g. [0.9, 0.999], got {self.betas}")
+
 
 @dataclass
 class TrainerConfig:
@@ -145,6 +227,20 @@ class TrainerConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     output_dir: str = "runs/treegrpo"
+
+    def check(self) -> None:
+        """Every section's own checks, then what spans sections (rewards, the plan for ``sampling.steps``)."""
+        from treegrpo.methods import plan_for_iteration
+
+        _check_finite(self)
+        check_model_config(self.model)
+        for section in (self.data, self.tree, self.advantage, self.loss, self.sampling, self.train):
+            section.check()
+        _check_rewards(self)
+        try:
+            plan_for_iteration(self.tree, self.sampling.steps, 0, self.seed)
+        except ValueError as error:
+            raise ConfigError(f"{error}; fix the tree section for sampling.steps={self.sampling.steps}") from None
 
 
 # ----------------------------------------------------------------------------- key checks
@@ -175,11 +271,8 @@ def _type_name(hint: Any) -> str:
 
 
 def _nearest(key: str, candidates: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or a pointer to the defaults."""
-    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
-    if close:
-        return f"; did you mean '{close[0]}'?"
-    return "; see `treegrpo config --show-defaults` for valid keys"
+    """``; did you mean 'x'?`` for the closest candidate, or a pointer to the defaults."""
+    return did_you_mean(key, candidates) or "; see `treegrpo config --show-defaults` for valid keys"
 
 
 def check_keys(values: Any, source: str, prefix: str = "", keys: dict[str, Any] | None = None) -> None:
@@ -214,6 +307,12 @@ def _merge(base: DictConfig, values: dict[str, Any], source: str) -> DictConfig:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "") or "?"
         hint = valid_keys().get(key)
+        choice = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+        if isinstance(choice, type) and issubclass(choice, Choice):
+            try:
+                choice.parse(getattr(error, "value", None), key)
+            except ConfigError as bad_choice:
+                raise ConfigError(f"{source}: {bad_choice}") from None
         expected = f"; set it to a {_type_name(hint)}" if hint is not None else ""
         message = str(getattr(error, "msg", error)).splitlines()[0]
         raise ConfigError(f"{source}: bad value for '{key}': {message}{expected}") from None
@@ -249,19 +348,17 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 def check_method(name: Any, source: str) -> str:
     """The preset name, or a one-line error naming the nearest one."""
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(
-            f"{source}: unknown method {name!r}{_nearest(str(name), list(PRESETS))} (available: {', '.join(PRESETS)})"
-        )
-    return name
+    if not isinstance(name, str) or name not in METHODS:
+        try:
+            preset_sections(str(name))
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    return str(name)
 
 
 def preset_overrides(method: str) -> dict[str, Any]:
     """The preset's section overrides as a nested dict (plus the method name)."""
-    values: dict[str, Any] = {"method": method}
-    for section, overrides in PRESETS[method].items():
-        values[section] = dict(overrides)
-    return values
+    return {"method": method, **preset_sections(method)}
 
 
 def resolve_config(
@@ -328,16 +425,6 @@ def reward_weights(spec: Any) -> dict[str, tuple[float, dict[str, Any]]]:
     return result
 
 
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} is {value!r}; use one of {', '.join(choices)}{_nearest(value, choices)}")
-
-
-def _check_positive(key: str, value: float, minimum: float = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-
-
 def _check_rewards(cfg: TrainerConfig) -> None:
     """Reward names must be registered."""
     from treegrpo.rewards import available_rewards
@@ -345,7 +432,7 @@ def _check_rewards(cfg: TrainerConfig) -> None:
     known = available_rewards()
     for name in reward_weights(cfg.reward):
         if name not in known:
-            raise ConfigError(f"unknown reward {name!r}{_nearest(name, known)} (available: {', '.join(known)})")
+            raise ConfigError(f"unknown reward {name!r}{did_you_mean(name, known)} (available: {', '.join(known)})")
 
 
 MAX_STEPS = 1000
@@ -365,53 +452,5 @@ def _check_finite(cfg: Any, prefix: str = "") -> None:
 
 
 def validate(cfg: TrainerConfig) -> None:
-    """Semantic checks that the types cannot express (choices, ranges, the tree plan)."""
-    from treegrpo.methods import plan_for_iteration
-
-    _check_finite(cfg)
-    _check_choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
-    _check_choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
-    _check_choice("sampling.sde_type", cfg.sampling.sde_type, SDE_TYPES)
-    if cfg.data.builtin is not None:
-        _check_choice("data.builtin", cfg.data.builtin, BUILTIN_DATA)
-    for key, value in (
-        ("train.iterations", cfg.train.iterations),
-        ("train.inner_epochs", cfg.train.inner_epochs),
-        ("train.parents_per_batch", cfg.train.parents_per_batch),
-        ("train.keep_checkpoints", cfg.train.keep_checkpoints),
-        ("train.log_every", cfg.train.log_every),
-        ("sampling.steps", cfg.sampling.steps),
-        ("sampling.max_batch", cfg.sampling.max_batch),
-        ("data.prompts_per_iteration", cfg.data.prompts_per_iteration),
-        ("train.max_nonfinite_in_a_row", cfg.train.max_nonfinite_in_a_row),
-        ("tree.trees", cfg.tree.trees),
-    ):
-        _check_positive(key, value)
-    if cfg.sampling.steps > MAX_STEPS:
-        raise ConfigError(f"sampling.steps must be <= {MAX_STEPS}, got {cfg.sampling.steps}; lower it")
-    for key, value in (
-        ("train.grad_accum", cfg.train.grad_accum),
-        ("train.checkpoint_every", cfg.train.checkpoint_every),
-        ("train.eval_every", cfg.train.eval_every),
-        ("train.warmup", cfg.train.warmup),
-        ("data.heldout", cfg.data.heldout),
-        ("data.num_eval_prompts", cfg.data.num_eval_prompts),
-        ("train.lr", cfg.train.lr),
-        ("sampling.noise_level", cfg.sampling.noise_level),
-    ):
-        _check_positive(key, value, 0)
-    if not 0 <= cfg.train.ema < 1:
-        raise ConfigError(f"train.ema is an EMA decay in [0, 1) (0 = off), got {cfg.train.ema}")
-    if cfg.train.fsdp and cfg.train.ema > 0:
-        raise ConfigError("train.ema is not supported with train.fsdp=true (the EMA would need whole weights); set train.ema=0")
-    if cfg.train.fsdp and cfg.train.mixed_precision == "fp16":
-        raise ConfigError("train.mixed_precision=fp16 is not supported with train.fsdp=true; use bf16")
-    if len(cfg.train.betas) != 2:
-        raise ConfigError(f"train.betas must be two numbers, e.g. [0.9, 0.999], got {cfg.train.betas}")
-    if cfg.data.prompts is None and cfg.data.builtin is None:
-        raise ConfigError("no prompts configured; set data.prompts=FILE (.txt/.jsonl/dataset) or data.builtin=shapes")
-    _check_rewards(cfg)
-    try:
-        plan_for_iteration(cfg.tree, cfg.sampling.steps, 0, cfg.seed)
-    except ValueError as error:
-        raise ConfigError(f"{error}; fix the tree section for sampling.steps={cfg.sampling.steps}") from None
+    """Semantic checks that the types cannot express (each section's own, then across sections)."""
+    cfg.check()

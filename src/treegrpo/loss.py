@@ -14,14 +14,34 @@ from dataclasses import dataclass
 
 import torch
 
+from treegrpo.choices import Choice
+from treegrpo.errors import ConfigError
+
+
+class NodeAggregation(Choice):
+    """How a parent's child-edge losses combine: their mean or their sum."""
+
+    mean = "mean"
+    sum = "sum"
+
 
 @dataclass
 class LossConfig:
     """Options of the clipped objective (the ``loss`` config section)."""
 
     clip_eps: float = 1e-4
-    node_aggregation: str = "mean"  # "mean" or "sum" over a node's child edges
-    kl_beta: float = 0.0  # weight of the KL to the reference policy (0 = off)
+    node_aggregation: NodeAggregation = NodeAggregation.mean
+    """Per parent node: the mean or the sum of its child edges' losses."""
+    kl_beta: float = 0.0
+    """Weight of the KL to the reference policy (0 = off)."""
+
+    def check(self) -> None:
+        """Ranges the types cannot express; one-line ConfigError naming the key."""
+        self.node_aggregation = NodeAggregation.parse(self.node_aggregation, "loss.node_aggregation")
+        if not self.clip_eps > 0:
+            raise ConfigError(f"loss.clip_eps must be > 0, got {self.clip_eps}")
+        if self.kl_beta < 0:
+            raise ConfigError(f"loss.kl_beta must be >= 0 (0 = no KL term), got {self.kl_beta}")
 
 
 def clipped_surrogate(

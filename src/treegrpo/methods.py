@@ -11,17 +11,43 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from treegrpo import schedule as S
+from treegrpo.choices import Choice
+from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.loss import LossConfig
+
+
+class TreeSchedule(Choice):
+    """The rollout's shape: a k-ary tree in a window, flat trajectories, MixGRPO's window, BranchGRPO's splits."""
+
+    tree = "tree"
+    flat = "flat"
+    mix = "mix"
+    split = "split"
+
+
+class WindowPlacement(Choice):
+    """Where the window sits each iteration: fixed, shifting, or drawn from a truncated geometric law."""
+
+    fixed = "fixed"
+    shifting = "shifting"
+    geometric = "geometric"
+
+
+class StdScope(Choice):
+    """Leaf advantages divide by the std of their prompt group, or by the std over every leaf."""
+
+    group = "group"
+    global_ = "global"
 
 
 @dataclass
 class TreeConfig:
     """How each prompt's rollout is shaped (the ``tree`` config section)."""
 
-    schedule: str = "tree"  # tree | flat | mix | split
+    schedule: TreeSchedule = TreeSchedule.tree
     k: int = 3  # children per BRANCH step
     window: int = 3  # steps in the branching (tree) or SDE (mix) window
-    window_placement: str = "geometric"  # fixed | shifting | geometric
+    window_placement: WindowPlacement = WindowPlacement.geometric
     window_start: int = 0  # fixed start, or first start when shifting
     shift: int = 1  # shifting: steps moved ...
     shift_every: int = 1  # ... every this many iterations
@@ -30,12 +56,17 @@ class TreeConfig:
     split_steps: list[int] = field(default_factory=lambda: [0, 2, 4, 6])  # split: BRANCH steps
     train_fraction: float = 1.0  # flat: fraction of steps trained, redrawn every iteration
 
+    def check(self) -> None:
+        """The choices; the shape itself is checked by building its plan for ``sampling.steps`` (whole config)."""
+        self.schedule = TreeSchedule.parse(self.schedule, "tree.schedule")
+        self.window_placement = WindowPlacement.parse(self.window_placement, "tree.window_placement")
+
 
 @dataclass
 class AdvantageConfig:
     """How leaf rewards become edge advantages (the ``advantage`` config section)."""
 
-    std_scope: str = "group"  # group | global
+    std_scope: StdScope = StdScope.group
     clip: float = 5.0  # leaf advantages clamped to +-clip
     min_group_std: float = 1e-3  # zero-spread guard: groups below get zero advantage (0 = off)
     std_floor: float = 0.0  # divide by max(std, std_floor): tiny spreads give small advantages
@@ -43,6 +74,17 @@ class AdvantageConfig:
     per_depth_norm: bool = False  # BranchGRPO: normalise edge advantages per depth
     prune_depths: list[int] = field(default_factory=list)  # BranchGRPO depth pruning
     prune_keep_fraction: float = 1.0  # BranchGRPO width pruning at the deepest level
+
+    def check(self) -> None:
+        """Choices and ranges; one-line ConfigError naming the key."""
+        self.std_scope = StdScope.parse(self.std_scope, "advantage.std_scope")
+        if not self.clip > 0:
+            raise ConfigError(f"advantage.clip must be > 0, got {self.clip}")
+        for key in ("min_group_std", "std_floor", "backup_beta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"advantage.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.prune_keep_fraction <= 1:
+            raise ConfigError(f"advantage.prune_keep_fraction must be in (0, 1], got {self.prune_keep_fraction}")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -98,15 +140,16 @@ class MethodConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
 
+def preset_sections(name: str) -> dict[str, dict[str, Any]]:
+    """A copy of preset ``name``'s section overrides; an unknown name is a one-line ConfigError."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown method {name!r}{did_you_mean(name, METHODS)} (available: {', '.join(METHODS)})")
+    return copy.deepcopy(PRESETS[name])
+
+
 def preset(name: str, **overrides: dict[str, Any]) -> MethodConfig:
     """The preset ``name`` with optional per-section overrides, e.g. ``preset("treegrpo", tree={"k": 2})``."""
-    if name not in PRESETS:
-        import difflib
-
-        near = difflib.get_close_matches(name, METHODS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"unknown method {name!r}{hint} (available: {', '.join(METHODS)})")
-    sections = copy.deepcopy(PRESETS[name])
+    sections = preset_sections(name)
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)
     config = MethodConfig(name=name)
@@ -115,8 +158,10 @@ def preset(name: str, **overrides: dict[str, Any]) -> MethodConfig:
         known = {f.name for f in fields(current)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown {section} keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        setattr(config, section, replace(current, **values))
+            raise ConfigError(f"unknown {section} keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        updated = replace(current, **values)
+        updated.check()
+        setattr(config, section, updated)
     return config
 
 

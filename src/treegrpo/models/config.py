@@ -99,9 +99,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
-    """Check string choices and ranges; raise a one-line error naming the fix."""
+    """A loadable model section: a path, and :func:`check_model_config`'s choices and ranges."""
     if not cfg.path:
         raise ConfigError("model.path is empty; set it to a diffusers pipeline folder or hub id")
+    check_model_config(cfg)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Check string choices and ranges (the path is checked when loading); one-line ConfigError."""
     if cfg.family is not None and cfg.family not in SUPPORTED_FAMILIES:
         raise ConfigError(
             f"model.family {cfg.family!r} is not supported; use one of {', '.join(SUPPORTED_FAMILIES)} "
