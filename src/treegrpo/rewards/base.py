@@ -12,9 +12,14 @@ which all start from an 8-bit image (PIL or a saved PNG):
   uses, widened when downscaling). Output size follows torchvision/transformers: the short side
   becomes ``size``, the long side ``int(size * long / short)`` (truncated). An image already at that
   size is returned untouched, as torchvision and PIL do.
-* PIL resamples 8-bit images in two separable passes and rounds to 8 bits after each; we resample
-  in float and (for PIL-based pipelines) round once at the end. The difference is at most about one
-  8-bit level per pixel (``tests/test_rewards_clip.py`` measures it against PIL).
+* ``pil_resample=True`` (PickScore, ImageReward, CLIPScore, aesthetic: PIL-based processors) resizes
+  with :func:`treegrpo.rewards.pil_resample.pil_resize`, a bit-exact copy of PIL's 8-bit two-pass
+  bicubic (fixed-point weights, clamp and round between the passes). A float resize rounded once
+  at the end is *not* close on hard edges: 12-17 levels off where the cubic overshoots
+  (``benchmarks/reward_parity.py``); ``tests/test_rewards_preprocess.py`` checks against PIL itself.
+* ``resize_longest_side_and_pad``: open_clip's ``ResizeMaxSize`` (what hpsv2's ``preprocess_val``
+  uses): long side -> ``size`` (``round`` half-to-even on the short side), then zero padding split
+  ``pad // 2`` before and the rest after.
 * ``center_crop``: torchvision rounds the offset ``(H - size) / 2`` half-to-even, transformers'
   CLIPImageProcessor floors it; they differ by one pixel when the excess is odd and ``(excess // 2)``
   is odd. Both are available.
@@ -28,6 +33,8 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from treegrpo.rewards.pil_resample import pil_resize
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +162,31 @@ def resize_shortest_side(images: torch.Tensor, size: int, *, antialias: bool = T
     return F.interpolate(images.float(), size=new_shape, mode="bicubic", align_corners=False, antialias=antialias)
 
 
+def longest_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """open_clip's ``ResizeMaxSize`` geometry: scale ``size / max(H, W)``, each side ``round(side * scale)``."""
+    scale = size / float(max(height, width))
+    return round(height * scale), round(width * scale)
+
+
+def resize_longest_side_and_pad(images: torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tensor:
+    """Float bicubic resize so the long side is ``size``, then zero-pad to ``size x size`` (centred).
+
+    open_clip's ``ResizeMaxSize`` on a tensor (hpsv2 converts to a tensor first, then resizes):
+    padding is ``[pad // 2, pad - pad // 2]`` on each axis, fill 0 (black, before normalisation).
+    Unlike open_clip, an image whose long side already equals ``size`` is padded too (open_clip
+    would hand the model a non-square image, which the ViT cannot take).
+    """
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    new_height, new_width = longest_side_shape(height, width, size)
+    x = images.float()
+    if (new_height, new_width) != (height, width):
+        x = F.interpolate(x, size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=antialias)
+    pad_h, pad_w = size - new_height, size - new_width
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return x
+
+
 def crop_offsets(height: int, width: int, size: int, rounding: CropRounding) -> tuple[int, int]:
     """Top/left offsets of a centred ``size`` crop: torchvision rounds half-to-even, HF floors."""
     if height < size or width < size:
@@ -196,12 +228,14 @@ def clip_preprocess(
 ) -> torch.Tensor:
     """8-bit quantise, resize short side, centre-crop, normalise: the CLIP recipe, in float32.
 
-    ``pil_resample`` rounds the resized image back to 8 bits (PIL resamples uint8 images);
-    without it the resize stays in float, as torchvision does on a tensor (HPS v2's pipeline).
+    ``pil_resample`` resizes exactly as PIL does on 8-bit images (``antialias`` is then moot: PIL
+    always widens the kernel when downscaling); without it the resize stays in float, as
+    torchvision does on a tensor.
     """
     x = quantize_uint8(images.float())
-    x = resize_shortest_side(x, size, antialias=antialias)
     if pil_resample:
-        x = quantize_uint8(x)
+        x = pil_resize(x, resized_shape(int(x.shape[-2]), int(x.shape[-1]), size))
+    else:
+        x = resize_shortest_side(x, size, antialias=antialias)
     x = center_crop(x, size, crop_rounding)
     return normalize(x, mean, std)
