@@ -96,7 +96,13 @@ def check_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
 
 
 class BatchedReward(ABC):
-    """Common body of every scorer: checks, ``no_grad``, batching, float32 CPU output."""
+    """Common body of every scorer: checks, ``no_grad``, batching, float32 CPU output.
+
+    Placement options: ``reward_device`` puts the reward's models on that device whatever ``device``
+    the trainer passes (e.g. a second GPU); ``offload=True`` moves them to the CPU after each call
+    and back to the device before the next, freeing accelerator memory between uses (they stay on
+    the device from construction until the first call ends; :meth:`offload_models` frees it sooner).
+    """
 
     name: str = "reward"
 
@@ -106,12 +112,30 @@ class BatchedReward(ABC):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         batch_size: int = 16,
+        reward_device: str | torch.device | None = None,
+        offload: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = resolve_device(device)
+        if not isinstance(offload, bool):
+            raise ValueError(f"offload must be true or false, got {offload!r}")
+        self.device = resolve_device(reward_device if reward_device is not None else device)
         self.dtype = resolve_dtype(dtype)
         self.batch_size = int(batch_size)
+        self.offload = offload
+
+    def models(self) -> list[torch.nn.Module]:
+        """The ``nn.Module`` attributes of this reward (what ``offload`` moves)."""
+        return [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]
+
+    def place_models(self, device: str | torch.device) -> None:
+        """Move every model of this reward to ``device``."""
+        for module in self.models():
+            module.to(device)
+
+    def offload_models(self) -> None:
+        """Move the models to the CPU now (they come back to ``device`` at the next call)."""
+        self.place_models("cpu")
 
     @abstractmethod
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -121,11 +145,17 @@ class BatchedReward(ABC):
         check_inputs(images, prompts)
         prompts = list(prompts)
         chunks: list[torch.Tensor] = []
-        with torch.no_grad():
-            for start in range(0, images.shape[0], self.batch_size):
-                stop = start + self.batch_size
-                scores = self.score_batch(images[start:stop], prompts[start:stop])
-                chunks.append(scores.detach().reshape(-1).to("cpu", torch.float32))
+        if self.offload:
+            self.place_models(self.device)
+        try:
+            with torch.no_grad():
+                for start in range(0, images.shape[0], self.batch_size):
+                    stop = start + self.batch_size
+                    scores = self.score_batch(images[start:stop], prompts[start:stop])
+                    chunks.append(scores.detach().reshape(-1).to("cpu", torch.float32))
+        finally:
+            if self.offload:
+                self.offload_models()
         if not chunks:
             return torch.zeros(0, dtype=torch.float32)
         return torch.cat(chunks)

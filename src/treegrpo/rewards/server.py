@@ -321,8 +321,8 @@ class RemoteReward(BatchedReward):
         name: str | None = None,
         **options: Any,
     ) -> None:
-        options.pop("device", None)
-        options.pop("dtype", None)
+        for shared in ("device", "dtype", "reward_device", "offload"):  # no local model to place
+            options.pop(shared, None)
         if options:
             raise TypeError(f"unknown option(s) for RemoteReward: {sorted(options)}")
         if timeout <= 0 or retries < 0 or backoff < 0:
