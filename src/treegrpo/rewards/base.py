@@ -15,7 +15,7 @@ which all start from an 8-bit image (PIL or a saved PNG):
 * ``pil_resample=True`` (PickScore, ImageReward, CLIPScore, aesthetic: PIL-based processors) resizes
   with :func:`treegrpo.rewards.pil_resample.pil_resize`, a bit-exact copy of PIL's 8-bit two-pass
   bicubic (fixed-point weights, clamp and round between the passes). A float resize rounded once
-  at the end is *not* close on hard edges: 12-17 levels off where the cubic overshoots
+  at the end is *not* close on hard edges: 13-21 levels off where the cubic overshoots
   (``benchmarks/reward_parity.py``); ``tests/test_rewards_preprocess.py`` checks against PIL itself.
 * ``resize_longest_side_and_pad``: open_clip's ``ResizeMaxSize`` (what hpsv2's ``preprocess_val``
   uses): long side -> ``size`` (``round`` half-to-even on the short side), then zero padding split
