@@ -5,21 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tests import reward_fixtures as fx
 from treegrpo.rewards import get_reward
 from treegrpo.rewards.base import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    center_crop,
     clip_preprocess,
     crop_offsets,
     quantize_uint8,
-    resize_shortest_side,
     resized_shape,
 )
 from treegrpo.rewards.clip_scorers import (
@@ -74,22 +70,26 @@ def test_preprocess_equals_hand_computation_on_a_fixed_image() -> None:
     torch.testing.assert_close(out, ((torch.full((2, 3, 224, 224), c)) - mean) / std, rtol=0, atol=1e-5)
 
 
-def test_resize_is_within_one_level_of_pil_bicubic() -> None:
-    """Float antialiased bicubic vs PIL's 8-bit two-pass bicubic: at most one 8-bit level apart."""
-    g = torch.Generator().manual_seed(4)
-    base = torch.nn.functional.interpolate(torch.rand(1, 3, 14, 17, generator=g), size=(100, 130), mode="bilinear")
-    image = quantize_uint8(0.8 * base + 0.2 * torch.rand(1, 3, 100, 130, generator=g))
-    ours = quantize_uint8(resize_shortest_side(image, 224))
-    array = (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    pil = Image.fromarray(np.ascontiguousarray(array)).resize((ours.shape[-1], ours.shape[-2]), Image.BICUBIC)
-    ref = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float() / 255
-    diff = (ours[0] - ref).abs() * 255
-    assert diff.max() <= 1.0 + 1e-3
-    assert diff.mean() < 0.3
-    assert center_crop(ours, 224, "floor").shape[-2:] == (224, 224)
-
-
 # ----------------------------------------------------------------------------- HPS v2.1
+
+
+def _hpsv2_preprocess_reference(images: torch.Tensor, size: int, *, antialias: bool) -> torch.Tensor:
+    """hpsv2's preprocess_val written from open_clip's ResizeMaxSize: ToTensor, long side -> size
+    (round each side of ``side * size / max``), bicubic tensor resize, pad [left, top, right, bottom]
+    = [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2] with 0, Normalize."""
+    out = []
+    for image in quantize_uint8(images):
+        h, w = image.shape[-2:]
+        scale = size / float(max(h, w))
+        nh, nw = round(h * scale), round(w * scale)
+        x = torch.nn.functional.interpolate(image[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=antialias)[0]
+        canvas = torch.zeros(3, size, size)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        canvas[:, top : top + nh, left : left + nw] = x
+        out.append(canvas)
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    return (torch.stack(out) - mean) / std
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +128,10 @@ def test_hpsv2_end_to_end_matches_open_clip_reference(
     scores = reward(images, PROMPTS)
     assert scores.shape == (2,) and scores.dtype == torch.float32
 
-    pixels = clip_preprocess(images, 32, crop_rounding="torchvision", pil_resample=False)
+    pixels = _hpsv2_preprocess_reference(images, 32, antialias=True)
     tokens = reward.tokenize(PROMPTS)["input_ids"]
     assert tokens.shape == (2, 16) and (tokens[:, 0] == fx.CLIP_VOCAB - 2).all()
+    assert (tokens[:, -1] == 0).all()  # open_clip pads with id 0
     with torch.no_grad():
         image_ref, text_ref = fx.open_clip_reference(state, pixels, tokens, v_heads=2, t_heads=2)
     torch.testing.assert_close(scores, (image_ref * text_ref).sum(-1), rtol=1e-4, atol=1e-5)
@@ -278,9 +279,30 @@ def test_hpsv2_antialias_option_reaches_the_resize(hps_files: tuple[Path, Path, 
     kwargs = dict(checkpoint=str(path), tokenizer=str(tokenizer), vision_head_width=16, text_head_width=12, local_files_only=True)
     images = torch.rand(2, 3, 96, 80, generator=torch.Generator().manual_seed(7))  # downscaled: the kernels differ
     reward = get_reward("hpsv2", antialias=False, **kwargs)
-    plain = torch.nn.functional.interpolate(quantize_uint8(images), size=(38, 32), mode="bicubic", align_corners=False)
-    pixels = (center_crop(plain, 32, "torchvision") - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    pixels = _hpsv2_preprocess_reference(images, 32, antialias=False)
     with torch.no_grad():
         image_ref, text_ref = fx.open_clip_reference(state, pixels, reward.tokenize(PROMPTS)["input_ids"], v_heads=2, t_heads=2)
     torch.testing.assert_close(reward(images, PROMPTS), (image_ref * text_ref).sum(-1), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(get_reward("hpsv2", **kwargs)(images, PROMPTS), reward(images, PROMPTS), atol=1e-6)
+
+
+def test_hpsv2_tokenize_cleans_like_open_clip(hps_files: tuple[Path, Path, dict[str, torch.Tensor]]) -> None:
+    """HTML entities (double-escaped), full-width letters, a ligature, odd whitespace: the ids equal
+    those of the hand-cleaned prompt (open_clip's definition), padded with 0; so do the scores."""
+    from transformers import CLIPTokenizer
+
+    path, tokenizer, _ = hps_files
+    kwargs = dict(checkpoint=str(path), tokenizer=str(tokenizer), vision_head_width=16, text_head_width=12, local_files_only=True)
+    reward = get_reward("hpsv2", **kwargs)
+    odd = ["  Ａ\tＣＡＴ &amp;amp;\n dog ", "ﬁsh &lt;3  \u3000 Caf\u00e9"]
+    clean = ["a cat & dog", "fish <3 café"]
+    tok = CLIPTokenizer.from_pretrained(tokenizer)
+    expected = torch.zeros(2, 16, dtype=torch.long)
+    for row, text in enumerate(clean):
+        ids = tok(text)["input_ids"][:16]
+        expected[row, : len(ids)] = torch.tensor(ids)
+    assert torch.equal(reward.tokenize(odd)["input_ids"], expected)
+    images = torch.rand(2, 3, 36, 28, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(reward(images, odd), reward(images, clean), rtol=0, atol=0)
+    # without the cleaning the raw transformers ids differ (what the fix is for)
+    assert tok(odd[0])["input_ids"] != tok(clean[0])["input_ids"]

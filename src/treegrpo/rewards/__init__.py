@@ -2,16 +2,22 @@
 
 Every reward maps ``(images [B, 3, H, W] in [0, 1], prompts) -> float32 CPU scores [B]``.
 Entries are imported lazily (``"module:attribute"``), so asking for ``jpeg_compressibility`` never
-imports transformers. Add your own with :func:`register_reward`.
+imports transformers. Add your own with :func:`register_reward`, or name it by import path in the
+reward spec: ``get_reward("my_pkg.rewards:score")`` uses a function as is (``fn(images, prompts)``)
+and instantiates a class with the options.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, Union
+import inspect
+import re
+from typing import Any, Callable, Sequence, Union
 
-from treegrpo.rewards.base import BatchedReward, RewardFn
+import torch
+
+from treegrpo.rewards.base import BatchedReward, RewardFn, check_inputs
 
 RewardFactory = Callable[..., RewardFn]
 
@@ -24,6 +30,8 @@ _REGISTRY: dict[str, Union[str, RewardFactory]] = {
     "jpeg_compressibility": "treegrpo.rewards.jpeg:JpegCompressibility",
     "jpeg_incompressibility": "treegrpo.rewards.jpeg:JpegIncompressibility",
     "remote": "treegrpo.rewards.server:RemoteReward",
+    "ocr": "treegrpo.rewards.ocr:OcrReward",
+    "vlm_judge": "treegrpo.rewards.vlm_judge:VlmJudgeReward",
     "shapes": "treegrpo.demo.reward:ShapesReward",
 }
 
@@ -57,16 +65,76 @@ def _resolve(name: str, entry: Union[str, RewardFactory]) -> RewardFactory:
         raise ImportError(f"reward {name!r}: {module_name} has no attribute {attribute!r}") from error
 
 
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_SHARED_OPTIONS = ("device", "dtype")  # options the trainer gives every reward; a plain function ignores them
+
+
+def is_import_path(name: str) -> bool:
+    """``"package.module:attribute"`` (a user's own reward), as opposed to a registered name."""
+    return bool(_IMPORT_PATH.match(name))
+
+
+class FunctionReward:
+    """A user's ``fn(images, prompts)`` as a reward: checked inputs, float32 CPU scores [B] out."""
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn = fn
+        self.name = name
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        check_inputs(images, prompts)
+        scores = torch.as_tensor(self.fn(images, list(prompts))).detach().to("cpu", torch.float32).reshape(-1)
+        if scores.shape[0] != images.shape[0]:
+            raise ValueError(f"reward {self.name!r} returned {scores.shape[0]} scores for {images.shape[0]} images")
+        return scores
+
+
+def _accepts(factory: Callable[..., Any], option: str) -> bool:
+    """Whether ``factory`` takes ``option`` as a keyword (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or p.name == option for p in parameters)
+
+
+def _from_import_path(path: str, options: dict[str, Any]) -> RewardFn:
+    """Import ``module:attribute``; a class is built with ``options``, a function is used as is."""
+    target = _resolve(path, path)
+    if inspect.isclass(target):
+        kept = {k: v for k, v in options.items() if k not in _SHARED_OPTIONS or _accepts(target, k)}
+        reward = target(**kept)
+        if not callable(reward):
+            raise ValueError(f"reward {path!r}: an instance of {target.__name__} is not callable; define __call__(images, prompts)")
+        return reward
+    if callable(target):
+        extra = sorted(set(options) - set(_SHARED_OPTIONS))
+        if extra:
+            raise ValueError(f"reward {path!r} is a function and takes no options, got {extra}: make it a class to accept options")
+        return FunctionReward(target, path)
+    raise ValueError(f"reward {path!r} is a {type(target).__name__}, not a function or class: point at a callable")
+
+
 def get_reward(name: str, **options: Any) -> RewardFn:
-    """Build the reward registered as ``name`` with its ``options`` (device, dtype, batch_size, ...)."""
+    """Build the reward registered as ``name`` (or imported from ``"module:attribute"``) with its ``options``."""
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1, cutoff=0.0)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown reward {name!r}: {hint}available: {', '.join(available_rewards())}")
-    reward = _resolve(name, _REGISTRY[name])(**options)
+        if is_import_path(name):
+            reward = _from_import_path(name, options)
+        else:
+            close = difflib.get_close_matches(name, _REGISTRY, n=1, cutoff=0.0)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown reward {name!r}: {hint}available: {', '.join(available_rewards())}, "
+                "or an import path 'package.module:function_or_class'"
+            )
+    else:
+        reward = _resolve(name, _REGISTRY[name])(**options)
     if not getattr(reward, "name", None):
         reward.name = name  # type: ignore[attr-defined]
     return reward
 
 
-__all__ = ["BatchedReward", "RewardFn", "RewardFactory", "available_rewards", "get_reward", "register_reward"]
+__all__ = [
+    "BatchedReward", "FunctionReward", "RewardFn", "RewardFactory", "available_rewards", "get_reward",
+    "is_import_path", "register_reward",
+]

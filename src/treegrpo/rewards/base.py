@@ -12,9 +12,14 @@ which all start from an 8-bit image (PIL or a saved PNG):
   uses, widened when downscaling). Output size follows torchvision/transformers: the short side
   becomes ``size``, the long side ``int(size * long / short)`` (truncated). An image already at that
   size is returned untouched, as torchvision and PIL do.
-* PIL resamples 8-bit images in two separable passes and rounds to 8 bits after each; we resample
-  in float and (for PIL-based pipelines) round once at the end. The difference is at most about one
-  8-bit level per pixel (``tests/test_rewards_clip.py`` measures it against PIL).
+* ``pil_resample=True`` (PickScore, ImageReward, CLIPScore, aesthetic: PIL-based processors) resizes
+  with :func:`treegrpo.rewards.pil_resample.pil_resize`, a bit-exact copy of PIL's 8-bit two-pass
+  bicubic (fixed-point weights, clamp and round between the passes). A float resize rounded once
+  at the end is *not* close on hard edges: 13-21 levels off where the cubic overshoots
+  (``benchmarks/reward_parity.py``); ``tests/test_rewards_preprocess.py`` checks against PIL itself.
+* ``resize_longest_side_and_pad``: open_clip's ``ResizeMaxSize`` (what hpsv2's ``preprocess_val``
+  uses): long side -> ``size`` (``round`` half-to-even on the short side), then zero padding split
+  ``pad // 2`` before and the rest after.
 * ``center_crop``: torchvision rounds the offset ``(H - size) / 2`` half-to-even, transformers'
   CLIPImageProcessor floors it; they differ by one pixel when the excess is odd and ``(excess // 2)``
   is odd. Both are available.
@@ -28,6 +33,8 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from treegrpo.rewards.pil_resample import pil_resize
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +96,13 @@ def check_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
 
 
 class BatchedReward(ABC):
-    """Common body of every scorer: checks, ``no_grad``, batching, float32 CPU output."""
+    """Common body of every scorer: checks, ``no_grad``, batching, float32 CPU output.
+
+    Placement options: ``reward_device`` puts the reward's models on that device whatever ``device``
+    the trainer passes (e.g. a second GPU); ``offload=True`` moves them to the CPU after each call
+    and back to the device before the next, freeing accelerator memory between uses (they stay on
+    the device from construction until the first call ends; :meth:`offload_models` frees it sooner).
+    """
 
     name: str = "reward"
 
@@ -99,12 +112,30 @@ class BatchedReward(ABC):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         batch_size: int = 16,
+        reward_device: str | torch.device | None = None,
+        offload: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = resolve_device(device)
+        if not isinstance(offload, bool):
+            raise ValueError(f"offload must be true or false, got {offload!r}")
+        self.device = resolve_device(reward_device if reward_device is not None else device)
         self.dtype = resolve_dtype(dtype)
         self.batch_size = int(batch_size)
+        self.offload = offload
+
+    def models(self) -> list[torch.nn.Module]:
+        """The ``nn.Module`` attributes of this reward (what ``offload`` moves)."""
+        return [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]
+
+    def place_models(self, device: str | torch.device) -> None:
+        """Move every model of this reward to ``device``."""
+        for module in self.models():
+            module.to(device)
+
+    def offload_models(self) -> None:
+        """Move the models to the CPU now (they come back to ``device`` at the next call)."""
+        self.place_models("cpu")
 
     @abstractmethod
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -114,11 +145,17 @@ class BatchedReward(ABC):
         check_inputs(images, prompts)
         prompts = list(prompts)
         chunks: list[torch.Tensor] = []
-        with torch.no_grad():
-            for start in range(0, images.shape[0], self.batch_size):
-                stop = start + self.batch_size
-                scores = self.score_batch(images[start:stop], prompts[start:stop])
-                chunks.append(scores.detach().reshape(-1).to("cpu", torch.float32))
+        if self.offload:
+            self.place_models(self.device)
+        try:
+            with torch.no_grad():
+                for start in range(0, images.shape[0], self.batch_size):
+                    stop = start + self.batch_size
+                    scores = self.score_batch(images[start:stop], prompts[start:stop])
+                    chunks.append(scores.detach().reshape(-1).to("cpu", torch.float32))
+        finally:
+            if self.offload:
+                self.offload_models()
         if not chunks:
             return torch.zeros(0, dtype=torch.float32)
         return torch.cat(chunks)
@@ -153,6 +190,31 @@ def resize_shortest_side(images: torch.Tensor, size: int, *, antialias: bool = T
     if new_shape == (height, width):
         return images
     return F.interpolate(images.float(), size=new_shape, mode="bicubic", align_corners=False, antialias=antialias)
+
+
+def longest_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """open_clip's ``ResizeMaxSize`` geometry: scale ``size / max(H, W)``, each side ``round(side * scale)``."""
+    scale = size / float(max(height, width))
+    return round(height * scale), round(width * scale)
+
+
+def resize_longest_side_and_pad(images: torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tensor:
+    """Float bicubic resize so the long side is ``size``, then zero-pad to ``size x size`` (centred).
+
+    open_clip's ``ResizeMaxSize`` on a tensor (hpsv2 converts to a tensor first, then resizes):
+    padding is ``[pad // 2, pad - pad // 2]`` on each axis, fill 0 (black, before normalisation).
+    Unlike open_clip, an image whose long side already equals ``size`` is padded too (open_clip
+    would hand the model a non-square image, which the ViT cannot take).
+    """
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    new_height, new_width = longest_side_shape(height, width, size)
+    x = images.float()
+    if (new_height, new_width) != (height, width):
+        x = F.interpolate(x, size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=antialias)
+    pad_h, pad_w = size - new_height, size - new_width
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return x
 
 
 def crop_offsets(height: int, width: int, size: int, rounding: CropRounding) -> tuple[int, int]:
@@ -196,12 +258,14 @@ def clip_preprocess(
 ) -> torch.Tensor:
     """8-bit quantise, resize short side, centre-crop, normalise: the CLIP recipe, in float32.
 
-    ``pil_resample`` rounds the resized image back to 8 bits (PIL resamples uint8 images);
-    without it the resize stays in float, as torchvision does on a tensor (HPS v2's pipeline).
+    ``pil_resample`` resizes exactly as PIL does on 8-bit images (``antialias`` is then moot: PIL
+    always widens the kernel when downscaling); without it the resize stays in float, as
+    torchvision does on a tensor.
     """
     x = quantize_uint8(images.float())
-    x = resize_shortest_side(x, size, antialias=antialias)
     if pil_resample:
-        x = quantize_uint8(x)
+        x = pil_resize(x, resized_shape(int(x.shape[-2]), int(x.shape[-1]), size))
+    else:
+        x = resize_shortest_side(x, size, antialias=antialias)
     x = center_crop(x, size, crop_rounding)
     return normalize(x, mean, std)

@@ -22,7 +22,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from treegrpo.rewards.base import BatchedReward, CropRounding, clip_preprocess
+from treegrpo.rewards.base import (
+    BatchedReward,
+    CropRounding,
+    clip_preprocess,
+    normalize,
+    quantize_uint8,
+    resize_longest_side_and_pad,
+)
+from treegrpo.rewards.text_clean import open_clip_clean, pad_token_ids
 from treegrpo.rewards.weights import (
     build_uninitialised,
     from_pretrained,
@@ -107,15 +115,19 @@ class _ClipPairReward(BatchedReward):
         )
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
-    def cosine(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity of each image with its own prompt."""
-        pixels = clip_preprocess(
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-ready pixels: the CLIP recipe (8-bit, resize short side, centre crop, normalise)."""
+        return clip_preprocess(
             images.to(self.device),
             self.image_size,
             crop_rounding=self.crop_rounding,
             pil_resample=self.pil_resample,
             antialias=self.antialias,
-        ).to(self.dtype)
+        )
+
+    def cosine(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of each image with its own prompt."""
+        pixels = self.preprocess(images).to(self.dtype)
         tokens = self.tokenize(prompts)
         if self.pad_to_max:
             tokens.pop("attention_mask", None)  # open_clip feeds no padding mask (causal mask only)
@@ -426,9 +438,12 @@ def load_openclip_as_clip_model(
 class HPSv2Reward(_ClipPairReward):
     """HPS v2.1: cosine of open_clip ViT-H-14 image and text embeddings (about 0.2-0.4).
 
-    Preprocessing follows hpsv2's ``preprocess_val``: the PIL image becomes a tensor first, then a
-    bicubic tensor resize, centre crop, OpenAI mean/std. torchvision >= 0.17 antialiases that
-    resize, older versions did not: ``antialias=False`` reproduces scores made with those.
+    Preprocessing follows hpsv2's ``preprocess_val`` (built with ``light_augmentation=True``): the
+    PIL image becomes a tensor, the long side is resized to 224 (bicubic on the tensor) and the
+    short side zero-padded (open_clip's ``ResizeMaxSize``), then OpenAI mean/std. torchvision >= 0.17
+    antialiases that resize, older versions did not: ``antialias=False`` reproduces those scores.
+    Prompts are cleaned as open_clip's tokenizer does (:func:`treegrpo.rewards.text_clean.open_clip_clean`)
+    and padded with id 0.
     """
 
     name = "hpsv2"
@@ -463,6 +478,16 @@ class HPSv2Reward(_ClipPairReward):
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
         )
         super().__init__(model, tok, pad_to_max=True, **options)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """hpsv2's ``preprocess_val``: 8-bit, long side -> 224, zero pad, normalise."""
+        x = quantize_uint8(images.to(self.device).float())
+        return normalize(resize_longest_side_and_pad(x, self.image_size, antialias=self.antialias))
+
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """open_clip's ``tokenize``: cleaned text, start + BPE + end, truncated, padded with 0."""
+        ids = self.tokenizer([open_clip_clean(p) for p in prompts], truncation=True, max_length=self.context_length)
+        return {"input_ids": pad_token_ids(ids["input_ids"], self.context_length, pad_id=0).to(self.device)}
 
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self.cosine(images, prompts)

@@ -321,8 +321,8 @@ class RemoteReward(BatchedReward):
         name: str | None = None,
         **options: Any,
     ) -> None:
-        options.pop("device", None)
-        options.pop("dtype", None)
+        for shared in ("device", "dtype", "reward_device", "offload"):  # no local model to place
+            options.pop(shared, None)
         if options:
             raise TypeError(f"unknown option(s) for RemoteReward: {sorted(options)}")
         if timeout <= 0 or retries < 0 or backoff < 0:
@@ -338,40 +338,7 @@ class RemoteReward(BatchedReward):
 
     def _request(self, path: str, body: bytes | None) -> Any:
         """One HTTP exchange -> parsed JSON; ``RequestError`` for 4xx, other exceptions to retry."""
-        request = urllib.request.Request(
-            self.url + path, data=body, method="POST" if body is not None else "GET",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        deadline = time.monotonic() + self.timeout
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = self._read_before(response, deadline)
-        except urllib.error.HTTPError as error:
-            detail = _error_detail(error)
-            if 400 <= error.code < 500:
-                raise RequestError(error.code, detail) from None
-            raise ConnectionError(f"HTTP {error.code}: {detail}") from None
-        if len(raw) > self.max_response_bytes:
-            raise ValueError(f"response larger than {self.max_response_bytes} bytes")
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
-
-    def _read_before(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
-        """The body, read chunk by chunk, so a server trickling bytes cannot outlast ``timeout``."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = response.read1(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                return b"".join(chunks)  # the caller reports the size
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out")
+        return http_json(self.url + path, body, timeout=self.timeout, max_response_bytes=self.max_response_bytes)
 
     def _with_retries(self, path: str, body: bytes | None, check: Any) -> Any:
         """Call ``_request`` up to ``retries + 1`` times with exponential backoff."""
@@ -419,6 +386,60 @@ class RemoteReward(BatchedReward):
             return torch.tensor(scores, dtype=torch.float32)
 
         return self._with_retries("/score", body, check)
+
+
+# ----------------------------------------------------------------------------- HTTP helper
+
+
+def http_json(
+    url: str,
+    body: bytes | None,
+    *,
+    timeout: float,
+    max_response_bytes: int,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """One JSON exchange (POST when ``body`` is given, else GET), bounded by ``timeout`` in all.
+
+    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429),
+    ``ConnectionError`` for 5xx, ``ValueError`` for a non-JSON or oversized body, and the socket's
+    own errors (timeouts, refused or dropped connections) as they come.
+    """
+    request = urllib.request.Request(
+        url, data=body, method="POST" if body is not None else "GET",
+        headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = _read_before(response, deadline, max_response_bytes)
+    except urllib.error.HTTPError as error:
+        detail = _error_detail(error)
+        if 400 <= error.code < 500:
+            raise RequestError(error.code, detail) from None
+        raise ConnectionError(f"HTTP {error.code}: {detail}") from None
+    if len(raw) > max_response_bytes:
+        raise ValueError(f"response larger than {max_response_bytes} bytes")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
+
+
+def _read_before(response: http.client.HTTPResponse, deadline: float, max_bytes: int) -> bytes:
+    """The body, read chunk by chunk, so a server trickling bytes cannot outlast the deadline."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = response.read1(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            return b"".join(chunks)  # the caller reports the size
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out")
 
 
 def _error_detail(error: urllib.error.HTTPError) -> str:
