@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/treegrpo demo
 
 test: $(STAMP)
+	$(PY) -m mypy
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 clean:

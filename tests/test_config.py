@@ -159,3 +159,10 @@ def test_rng_round_trip_and_atomic_checkpoints(tmp_path: Path) -> None:
     assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000004", "step-000005"]
     (tmp_path / "checkpoints" / "step-000009").mkdir()  # no COMPLETE marker: ignored
     assert ckpt.latest_checkpoint(tmp_path).name == "step-000005"
+
+
+def test_an_import_path_is_a_valid_reward_name() -> None:
+    cfg = resolve_config(BASE, ['reward={"treegrpo.demo.reward:ShapesReward": 1.0}'])
+    assert reward_weights(cfg.reward) == {"treegrpo.demo.reward:ShapesReward": (1.0, {})}
+    with pytest.raises(ConfigError, match="unknown reward 'shapez'"):
+        resolve_config(BASE, ["reward=shapez"])

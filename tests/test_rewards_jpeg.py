@@ -58,7 +58,7 @@ def test_reward_fn_protocol_and_input_checks() -> None:
         reward(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["x"])
     assert reward(torch.rand(0, 3, 8, 8), []).shape == (0,)
     assert resolve_dtype("bf16") == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(ValueError, match="'int3' is not supported; use one of fp32, bf16, fp16"):
         resolve_dtype("int3")
 
 

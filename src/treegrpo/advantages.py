@@ -4,7 +4,7 @@
    (population std; ``std_scope="global"`` divides by the std over every leaf instead), clamped to
    ``[-clip, clip]``. Guard: a group whose score spread is below ``min_group_std`` gets zero
    advantage; without it a tree whose leaves collapse onto one image turns noise into full-size
-   advantages (see ALGORITHM.md, "Practical lessons").
+   advantages (docs/ARCHITECTURE.md, "the zero-spread guard").
 2. Backup, deepest level first: the edge into node u carries a weighted mean of u's child-edge
    advantages; weights are uniform (``beta = 0``, the official code) or ``softmax(beta * log pi_old)``
    over siblings (``beta = 1`` is the paper's probability-weighted rule). One child passes through.
@@ -38,8 +38,8 @@ class LeafAdvantages:
         return float(self.guarded.float().mean()) if self.num_groups else 0.0
 
 
-def _group_stats(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group mean and population std of ``values``."""
+def group_stats(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and population std of ``values`` (``groups``: dense ids ``0 .. num_groups - 1``)."""
     count = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(
         0, groups, torch.ones_like(values)
     )
@@ -69,7 +69,7 @@ def normalize_leaf_scores(
     scores = scores.to(torch.float32)
     _, dense = torch.unique(groups, return_inverse=True)
     num_groups = int(dense.max()) + 1 if dense.numel() else 0
-    mean, std = _group_stats(scores, dense, num_groups)
+    mean, std = group_stats(scores, dense, num_groups)
     scale = std[dense] if std_scope == "group" else scores.std(unbiased=False).expand_as(scores)
     scale = scale.clamp_min(std_floor)
     advantages = ((scores - mean[dense]) / (scale + eps)).clamp(-clip, clip)
@@ -133,5 +133,5 @@ def normalize_per_depth(
     """BranchGRPO's depth-wise normalisation: zero mean, unit std per (prompt group, depth)."""
     key = edge_group.long() * (int(edge_depth.max()) + 1) + edge_depth.long()
     _, dense = torch.unique(key, return_inverse=True)
-    mean, std = _group_stats(edge_advantages, dense, int(dense.max()) + 1)
+    mean, std = group_stats(edge_advantages, dense, int(dense.max()) + 1)
     return (edge_advantages - mean[dense]) / (std[dense] + eps)

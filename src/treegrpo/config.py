@@ -138,6 +138,10 @@ class SamplingConfig:
     """Rows per model call during rollout (frontier chunk)."""
     sde_type: SdeVariant = SdeVariant.sde
     """``"sde"`` (Flow-GRPO) or ``"cps"`` (coefficients-preserving)."""
+    reward_chunks: int = 1
+    """Grow each process's trees in this many chunks and score a chunk's images in a worker thread
+    while the next chunk is sampled (the policy is the same, so scores stay on-policy). Worth it
+    when the reward is slow or remote (a VLM judge, a reward server); 1 = sample, then score."""
 
     def check(self) -> None:
         """Ranges; one-line ConfigError naming the key."""
@@ -146,6 +150,7 @@ class SamplingConfig:
         if self.steps > MAX_STEPS:
             raise ConfigError(f"sampling.steps must be <= {MAX_STEPS}, got {self.steps}; lower it")
         _at_least("sampling.max_batch", self.max_batch, 1)
+        _at_least("sampling.reward_chunks", self.reward_chunks, 1)
         _at_least("sampling.noise_level", self.noise_level, 0)
 
 
@@ -166,7 +171,7 @@ class TrainConfig:
     inner_epochs: int = 1
     parents_per_batch: int = 16
     """Parents per minibatch; one forward scores all of a parent's children, so a step of a k-ary
-    tree sees k x this many edges (a k3 tree at 11 matches a flat method at 32: benchmarks/RESULTS.md 5)."""
+    tree sees k x this many edges (divide a flat run's value by k for equal edges per step; benchmarks/RESULTS.md)."""
     grad_accum: int = 1
     """Minibatches per optimizer step (0 = one step per pass over the edges)."""
     mixed_precision: MixedPrecision = MixedPrecision.no
@@ -212,6 +217,21 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation beyond the training rewards."""
+
+    rewards: Any = None
+    """Rewards that also score every evaluation, logged as ``eval/judge/<name>`` and ``eval/judge_score``
+    (same forms as ``reward``; unset = none). A held-out judge shows reward hacking: the training
+    reward rising while the judge stays flat."""
+
+    def check(self) -> None:
+        """The judges' spec has the form of ``reward`` and names known rewards."""
+        if self.rewards is not None:
+            _check_reward_names(self.rewards, "eval.rewards")
+
+
+@dataclass
 class TrainerConfig:
     """The whole run."""
 
@@ -225,6 +245,7 @@ class TrainerConfig:
     reward: Any = "hpsv2"
     """A name, a map name -> weight, or name -> {weight: w, <reward option>: value}."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     output_dir: str = "runs/treegrpo"
 
@@ -234,9 +255,9 @@ class TrainerConfig:
 
         _check_finite(self)
         check_model_config(self.model)
-        for section in (self.data, self.tree, self.advantage, self.loss, self.sampling, self.train):
+        for section in (self.data, self.tree, self.advantage, self.loss, self.sampling, self.train, self.eval):
             section.check()
-        _check_rewards(self)
+        _check_reward_names(self.reward, "reward")
         try:
             plan_for_iteration(self.tree, self.sampling.steps, 0, self.seed)
         except ValueError as error:
@@ -389,9 +410,18 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
     return resolve_config(values, overrides, source=str(path) if path is not None else "defaults")
 
 
+def _plain(value: Any) -> Any:
+    """Containers with every choice replaced by its string value."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.value if isinstance(value, Choice) else value
+
+
 def to_yaml(cfg: TrainerConfig) -> str:
-    """The resolved config as YAML (what RUN/config.yaml holds)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML (what RUN/config.yaml holds); choices are written as their values."""
+    return OmegaConf.to_yaml(_plain(OmegaConf.to_container(OmegaConf.structured(cfg))))
 
 
 def show_defaults(method: str | None = None) -> str:
@@ -402,13 +432,13 @@ def show_defaults(method: str | None = None) -> str:
 # ----------------------------------------------------------------------------- value checks
 
 
-def reward_weights(spec: Any) -> dict[str, tuple[float, dict[str, Any]]]:
-    """Normalise the ``reward`` value to ``{name: (weight, options)}``."""
+def reward_weights(spec: Any, key: str = "reward") -> dict[str, tuple[float, dict[str, Any]]]:
+    """Normalise a ``reward`` value (``key`` names it in errors) to ``{name: (weight, options)}``."""
     if isinstance(spec, str):
         return {spec: (1.0, {})}
     if not isinstance(spec, dict) or not spec:
         raise ConfigError(
-            f"reward must be a name or a map name -> weight (e.g. reward: {{hpsv2: 1.0, pickscore: 0.5}}), got {spec!r}"
+            f"{key} must be a name or a map name -> weight (e.g. {key}: {{hpsv2: 1.0, pickscore: 0.5}}), got {spec!r}"
         )
     result: dict[str, tuple[float, dict[str, Any]]] = {}
     for name, value in spec.items():
@@ -418,20 +448,20 @@ def reward_weights(spec: Any) -> dict[str, tuple[float, dict[str, Any]]]:
             options = dict(value)
             weight = options.pop("weight", 1.0)
             if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-                raise ConfigError(f"reward.{name}.weight must be a number, got {weight!r}")
+                raise ConfigError(f"{key}.{name}.weight must be a number, got {weight!r}")
             result[str(name)] = (float(weight), options)
         else:
-            raise ConfigError(f"reward.{name} must be a weight or a map with 'weight' and options, got {value!r}")
+            raise ConfigError(f"{key}.{name} must be a weight or a map with 'weight' and options, got {value!r}")
     return result
 
 
-def _check_rewards(cfg: TrainerConfig) -> None:
-    """Reward names must be registered."""
-    from treegrpo.rewards import available_rewards
+def _check_reward_names(spec: Any, key: str) -> None:
+    """Reward names must be registered or be import paths (``my_pkg.rewards:score``)."""
+    from treegrpo.rewards import available_rewards, is_import_path
 
     known = available_rewards()
-    for name in reward_weights(cfg.reward):
-        if name not in known:
+    for name in reward_weights(spec, key):
+        if name not in known and not is_import_path(name):
             raise ConfigError(f"unknown reward {name!r}{did_you_mean(name, known)} (available: {', '.join(known)})")
 
 

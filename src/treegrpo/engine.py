@@ -85,7 +85,8 @@ class TorchLearner:
         self.max_grad_norm = max_grad_norm
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        """Plain autograd backward."""
+        loss.backward()  # type: ignore[no-untyped-call]
 
     def step(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)

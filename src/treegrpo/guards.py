@@ -65,7 +65,6 @@ class NonFiniteGuard:
 
     limit: int
     in_a_row: int = 0
-    total: int = 0
     findings: list[str] = field(default_factory=list)
 
     def end_iteration(self, step: int, findings: list[str], skips: int) -> dict[str, Any]:
@@ -75,7 +74,6 @@ class NonFiniteGuard:
             self.in_a_row = 0
             return {"nonfinite_skips": 0, "nonfinite": "", "nonfinite_in_a_row": 0}
         self.in_a_row += 1
-        self.total += 1
         for finding in findings:
             logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step, finding, self.in_a_row)
         quantities = sorted({finding.split(":")[0].split(" ")[0] for finding in findings})

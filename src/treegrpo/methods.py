@@ -22,7 +22,7 @@ class TreeSchedule(Choice):
     tree = "tree"
     flat = "flat"
     mix = "mix"
-    split = "split"
+    split_ = "split"  # "split" is a str method
 
 
 class WindowPlacement(Choice):
@@ -89,9 +89,8 @@ class AdvantageConfig:
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "treegrpo": {
-        # shifting (the official code's placement) rather than the paper's geometric r=0.5: on the toy
-        # it kept every seed's peak where geometric r=0.5 lost 1 of 4 (benchmarks/RESULTS.md 3); on the
-        # shapes task at 6 steps (one seed) early windows did better: fixed 0 or geometric r=0.3 (section 6)
+        # shifting (the official code's placement) rather than the paper's geometric r=0.5: the window
+        # ablations in benchmarks/RESULTS.md (sections 3 and 6) are why
         "tree": dict(schedule="tree", k=3, window=3, window_placement="shifting", window_start=0,
                      shift=1, shift_every=25, trees=1),
         "advantage": dict(backup_beta=0.0),

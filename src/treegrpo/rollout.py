@@ -15,7 +15,7 @@ policy: the parent latents (stored once per parent), step, conditioning, child l
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -92,7 +92,6 @@ class TreeRollout:
 
     structure: TreeStructure
     node_cond: torch.Tensor  # [N] conditioning (prompt) row
-    node_step: torch.Tensor  # [N] step that created the node, -1 for roots
     # trained-edge parents: one entry per (node, trained step) that produced children
     parent_latents: torch.Tensor  # [P, ...]
     parent_step: torch.Tensor  # [P]
@@ -154,7 +153,6 @@ class _TreeBuilder:
         self.node_depth = [torch.zeros(num_roots, dtype=torch.long, device=device)]
         self.node_tree = [roots]
         self.node_cond = [root_cond]
-        self.node_step = [torch.full((num_roots,), -1, device=device)]
         self.num_nodes = num_roots
         self.parents: dict[str, list[torch.Tensor]] = {"latents": [], "step": [], "cond": [], "node": []}
         self.edges: dict[str, list[torch.Tensor]] = {"slot": [], "child": [], "latents": [], "log_prob": []}
@@ -188,7 +186,6 @@ class _TreeBuilder:
         self.node_depth.append(depth[parent_of_child] + 1)
         self.node_tree.append(tree[parent_of_child])
         self.node_cond.append(parent_cond.repeat_interleave(k))
-        self.node_step.append(torch.full((n * k,), step, device=device))
         self.num_nodes += n * k
 
         self.edges["slot"].append(slots.repeat_interleave(k))
@@ -220,7 +217,6 @@ class _TreeBuilder:
         return TreeRollout(
             structure=structure,
             node_cond=node_cond,
-            node_step=torch.cat(self.node_step),
             parent_latents=cat(self.parents["latents"], roots),
             parent_step=cat(self.parents["step"], index),
             parent_cond=cat(self.parents["cond"], index),
@@ -281,3 +277,63 @@ def rollout_trees(
             on_step(step, int(latents.shape[0]))
 
     return builder.finish(node, latents, initial_noise.to(torch.float32), nfe, calls)
+
+
+def concat_rollouts(parts: Sequence[TreeRollout]) -> TreeRollout:
+    """Rollouts of disjoint trees grown one after another, as one rollout of all their trees.
+
+    Trees keep their order (part 0's first); roots stay nodes ``0 .. R-1`` and every other node
+    follows, part by part, so node ids, parent slots and leaves of each part are renumbered.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    total_roots = sum(part.structure.num_trees for part in parts)
+    node_maps, tree_offset, other_offset, parent_offset = [], 0, total_roots, 0
+    for part in parts:
+        roots, nodes = part.structure.num_trees, part.structure.num_nodes
+        ids = torch.arange(nodes, device=part.node_cond.device)
+        node_maps.append(torch.where(ids < roots, ids + tree_offset, ids - roots + other_offset))
+        tree_offset += roots
+        other_offset += nodes - roots
+
+    def nodes_in_order(values: list[torch.Tensor]) -> torch.Tensor:
+        """Per-node arrays of the parts, placed at their new node ids."""
+        out = values[0].new_empty((other_offset, *values[0].shape[1:]))
+        for new_ids, value in zip(node_maps, values):
+            out[new_ids] = value
+        return out
+
+    def renumber(old: torch.Tensor, node_map: torch.Tensor) -> torch.Tensor:
+        return torch.where(old >= 0, node_map[old.clamp_min(0)], old)
+
+    slots, trees_before = [], 0
+    node_tree = []
+    for part in parts:
+        slots.append(part.edge_parent_slot + parent_offset)
+        parent_offset += part.num_parents
+        node_tree.append(part.structure.node_tree + trees_before)
+        trees_before += part.structure.num_trees
+    structure = TreeStructure(
+        node_parent=nodes_in_order([renumber(p.structure.node_parent, m) for p, m in zip(parts, node_maps)]),
+        node_depth=nodes_in_order([p.structure.node_depth for p in parts]),
+        node_tree=nodes_in_order(node_tree),
+        node_group=nodes_in_order([p.structure.node_group for p in parts]),
+        edge_child=torch.cat([m[p.structure.edge_child] for p, m in zip(parts, node_maps)]),
+        edge_log_prob=torch.cat([p.structure.edge_log_prob for p in parts]),
+        leaf_node=torch.cat([m[p.structure.leaf_node] for p, m in zip(parts, node_maps)]),
+        num_trees=total_roots,
+    )
+    return TreeRollout(
+        structure=structure,
+        node_cond=nodes_in_order([p.node_cond for p in parts]),
+        parent_latents=torch.cat([p.parent_latents for p in parts]),
+        parent_step=torch.cat([p.parent_step for p in parts]),
+        parent_cond=torch.cat([p.parent_cond for p in parts]),
+        parent_node=torch.cat([m[p.parent_node] for p, m in zip(parts, node_maps)]),
+        edge_parent_slot=torch.cat(slots),
+        child_latents=torch.cat([p.child_latents for p in parts]),
+        leaf_latents=torch.cat([p.leaf_latents for p in parts]),
+        root_latents=torch.cat([p.root_latents for p in parts]),
+        nfe=sum(p.nfe for p in parts),
+        model_calls=sum(p.model_calls for p in parts),
+    )

@@ -13,19 +13,11 @@ from typing import Optional
 import torch
 
 from treegrpo.errors import ConfigError
+from treegrpo.placement import resolve_device, resolve_dtype
 
 from treegrpo.models.registry import FAMILIES
 
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 LORA_INIT_WEIGHTS: tuple[str, ...] = ("gaussian", "default")
 
@@ -85,17 +77,8 @@ class ModelConfig:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype for a config dtype string."""
-    if name not in DTYPES:
-        raise ConfigError(f"model.dtype {name!r} is not supported; use one of fp32, bf16, fp16")
-    return DTYPES[name]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is parsed by torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The torch dtype of ``model.dtype``."""
+    return resolve_dtype(name, "model.dtype")
 
 
 def validate_model_config(cfg: ModelConfig) -> None:

@@ -13,10 +13,10 @@ which all start from an 8-bit image (PIL or a saved PNG):
   becomes ``size``, the long side ``int(size * long / short)`` (truncated). An image already at that
   size is returned untouched, as torchvision and PIL do.
 * ``pil_resample=True`` (PickScore, ImageReward, CLIPScore, aesthetic: PIL-based processors) resizes
-  with :func:`treegrpo.rewards.pil_resample.pil_resize`, a bit-exact copy of PIL's 8-bit two-pass
-  bicubic (fixed-point weights, clamp and round between the passes). A float resize rounded once
-  at the end is *not* close on hard edges: 13-21 levels off where the cubic overshoots
-  (``benchmarks/reward_parity.py``); ``tests/test_rewards_preprocess.py`` checks against PIL itself.
+  with :func:`treegrpo.rewards.pil_resample.pil_resize`, a bit-exact reimplementation of PIL's 8-bit
+  two-pass bicubic (fixed-point weights, clamp and round between the passes). A float resize
+  rounded once at the end is *not* close on hard edges where the cubic overshoots (measured by
+  ``benchmarks/reward_parity.py``, figures in benchmarks/RESULTS.md); ``tests/test_rewards_preprocess.py`` checks against PIL itself.
 * ``resize_longest_side_and_pad``: open_clip's ``ResizeMaxSize`` (what hpsv2's ``preprocess_val``
   uses): long side -> ``size`` (``round`` half-to-even on the short side), then zero padding split
   ``pad // 2`` before and the rest after.
@@ -34,6 +34,8 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from treegrpo.placement import resolve_device, resolve_dtype
+
 from treegrpo.rewards.pil_resample import pil_resize
 
 logger = logging.getLogger(__name__)
@@ -43,18 +45,6 @@ OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.2757771
 
 CropRounding = Literal["torchvision", "floor"]
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
 @runtime_checkable
 class RewardFn(Protocol):
     """``reward(images [B, 3, H, W] in [0, 1], prompts) -> float32 CPU tensor [B]``."""
@@ -62,25 +52,6 @@ class RewardFn(Protocol):
     name: str
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """Accept a torch dtype or a name such as ``"bf16"``; ``None`` means float32."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
-    return _DTYPES[key]
 
 
 def check_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:

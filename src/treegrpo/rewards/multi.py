@@ -90,13 +90,11 @@ def group_normalize(scores: torch.Tensor, group_ids: torch.Tensor, eps: float = 
     group_ids = group_ids.reshape(-1)
     if group_ids.shape != scores.shape:
         raise ValueError(f"group_ids has {group_ids.numel()} entries for {scores.numel()} scores")
+    from treegrpo.advantages import group_stats
+
     _, inverse = torch.unique(group_ids, return_inverse=True)
-    groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
-    count = torch.zeros(groups).index_add_(0, inverse, torch.ones_like(scores))
-    mean = torch.zeros(groups).index_add_(0, inverse, scores) / count
-    centred = scores - mean[inverse]
-    var = torch.zeros(groups).index_add_(0, inverse, centred**2) / count
-    return centred / (var.sqrt()[inverse] + eps)
+    mean, std = group_stats(scores, inverse, int(inverse.max().item()) + 1 if inverse.numel() else 0)
+    return (scores - mean[inverse]) / (std[inverse] + eps)
 
 
 def advantage_sum(

@@ -8,7 +8,7 @@ order matters by a level or more on hard edges. Each pass uses
 fixed-point weights (the Keys cubic, a = -0.5, widened by the scale when downscaling, normalised per
 output pixel, then scaled by 2**22 and rounded away from zero), adds 2**21 and shifts right by 22,
 clamping to [0, 255]. The clamp and rounding *between* the passes matter: on hard edges the cubic
-overshoots, and a float resize that rounds once at the end lands up to ~21 levels away from PIL.
+overshoots, and a float resize that rounds once at the end lands far from PIL (benchmarks/RESULTS.md).
 
 Sums of integer weights times 8-bit values stay below 2**53, so float64 arithmetic is exact here.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,14 +58,22 @@ def sample_images(
 @torch.no_grad()
 def evaluate(
     backbone: Backbone, rewards: RewardSet, prompts: Sequence[str], *, steps: int, guidance_scale: float,
-    seed: int, max_batch: int,
+    seed: int, max_batch: int, judges: Optional[RewardSet] = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """ODE samples (fixed seeded noise) of ``prompts`` scored by every reward: (means, images)."""
+    """ODE samples (fixed seeded noise) of ``prompts`` scored by every reward and judge: (means, images).
+
+    Keys: ``eval/<reward>``, ``eval/score`` (the weighted training reward) and, with judges,
+    ``eval/judge/<name>`` and ``eval/judge_score``.
+    """
     images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed + 7919,
                            max_batch=max_batch)
     total, components = rewards(images, list(prompts))
     result = {f"eval/{name}": float(values.mean()) for name, values in components.items()}
     result["eval/score"] = float(total.mean())
+    if judges is not None:
+        judged, judge_components = judges(images, list(prompts))
+        result.update({f"eval/judge/{name}": float(values.mean()) for name, values in judge_components.items()})
+        result["eval/judge_score"] = float(judged.mean())
     return result, images
 
 

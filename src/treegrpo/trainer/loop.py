@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -35,14 +36,15 @@ from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, 
 from treegrpo.methods import plan_for_iteration
 from treegrpo.models.base import Backbone
 from treegrpo.optim import Ema, lr_factor
-from treegrpo.rollout import TreeRollout, TreeStructure, rollout_trees
+from treegrpo.rewards.overlap import default_executor
+from treegrpo.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
 from treegrpo.schedule import Plan, describe
 from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
 from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
 from treegrpo.trainer.evaluation import RewardSet, evaluate, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
 from treegrpo.trainer.run_dir import holds_run, prepare_run_dir, write_atomic
-from treegrpo.trainer.setup import build_rewards, find_resume_checkpoint, preflight
+from treegrpo.trainer.setup import build_judges, build_rewards, find_resume_checkpoint, preflight
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ class IterationResult:
     scores: torch.Tensor
 
 
+Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]
+"""(weighted score [L], each reward's scores [L]) of a rollout's leaves."""
+
 NO_UPDATE: dict[str, float] = {"training_nfe": 0.0, "trained_edges": 0.0, "optimizer_steps": 0.0}
 
 
@@ -82,6 +87,7 @@ class Trainer:
         resume_from: Optional[Path] = None,
         backbone: Optional[Backbone] = None,
         rewards: Optional[RewardSet] = None,
+        judges: Optional[RewardSet] = None,
         accelerator: Any = None,
     ) -> None:
         from accelerate import Accelerator
@@ -100,6 +106,7 @@ class Trainer:
         self._seed_everything()
         self.backbone = backbone or self._load_backbone()
         self.rewards = rewards or build_rewards(cfg.reward, self.processes.device)
+        self.judges = judges if judges is not None else build_judges(cfg, self.processes.device)
         self.schedule = self.backbone.schedule(cfg.sampling.steps)
         self.stepper = self.schedule.stepper(cfg.sampling.noise_level, cfg.sampling.sde_type)
         self.sharded = self._shard()
@@ -133,11 +140,11 @@ class Trainer:
         plan = plan_for_iteration(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
         prompts, root_cond, root_group = self._draw_prompts()
         conditioning = self.backbone.encode_prompts(prompts)
-        rollout = self._rollout(plan, conditioning, root_cond, iteration)
+        rollout, scored_while_sampling = self._rollout(plan, conditioning, root_cond, prompts, iteration)
         rollout_seconds = time.time() - start
 
         leaf_prompts = [prompts[int(i)] for i in rollout.leaf_cond]
-        scores, components = self.rewards(self.backbone.decode(rollout.leaf_latents), leaf_prompts)
+        scores, components = self._scores(rollout, leaf_prompts, scored_while_sampling)
         fault_point("reward")
         reward_seconds = time.time() - start - rollout_seconds
 
@@ -174,23 +181,47 @@ class Trainer:
         groups, root_cond = torch.unique(root_group, return_inverse=True)
         return [texts[int(g)] for g in groups], root_cond, root_group
 
-    def _rollout(self, plan: Plan, conditioning: Any, root_cond: torch.Tensor, iteration: int) -> TreeRollout:
-        """Grow this process's trees from their share of the iteration's noise (the same on any process count)."""
+    def _rollout(
+        self, plan: Plan, conditioning: Any, root_cond: torch.Tensor, prompts: list[str], iteration: int
+    ) -> tuple[TreeRollout, list[Future[Scores]]]:
+        """Grow this process's trees from their share of the iteration's noise (the same on any process count).
+
+        With ``sampling.reward_chunks > 1`` the trees grow chunk by chunk and each chunk's images
+        are scored in a worker thread while the next chunk is sampled; the futures come back too.
+        """
         cfg, device = self.cfg, self.processes.device
         roots = cfg.data.prompts_per_iteration * cfg.tree.trees
         per_process = roots // self.processes.world
         noise = self.backbone.initial_noise(roots, self.generators["noise"])
-        noise = noise[self.processes.rank * per_process : (self.processes.rank + 1) * per_process]
+        noise = noise[self.processes.rank * per_process : (self.processes.rank + 1) * per_process].to(device)
+        root_cond = root_cond.to(device)
         model_fn = self.backbone.model_fn(conditioning, cfg.sampling.guidance_scale, self.schedule)
+        chunks = torch.arange(per_process, device=device).tensor_split(min(cfg.sampling.reward_chunks, per_process))
+        parts: list[TreeRollout] = []
+        pending: list[Future[Scores]] = []
         self.backbone.denoiser.eval()
-        with self._progress(iteration) as bar:
-            rollout = rollout_trees(
-                model_fn, self.stepper, plan, noise.to(device), root_cond.to(device),
-                max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
-                on_step=lambda step, width: bar.update(1),
-            )
+        with self._progress(iteration, len(chunks)) as bar:
+            for trees in chunks:
+                part = rollout_trees(
+                    model_fn, self.stepper, plan, noise[trees], root_cond[trees],
+                    max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
+                    on_step=lambda step, width: bar.update(1),
+                )
+                parts.append(part)
+                if len(chunks) > 1:
+                    leaf_prompts = [prompts[int(i)] for i in part.leaf_cond]
+                    images = self.backbone.decode(part.leaf_latents)
+                    pending.append(default_executor().submit(self.rewards, images, leaf_prompts))
         fault_point("rollout")
-        return rollout
+        return concat_rollouts(parts), pending
+
+    def _scores(self, rollout: TreeRollout, leaf_prompts: list[str], pending: list[Future[Scores]]) -> Scores:
+        """Scores of the rollout's leaves: the chunks scored while sampling, or all of them now."""
+        if not pending:
+            return self.rewards(self.backbone.decode(rollout.leaf_latents), leaf_prompts)
+        done = [future.result() for future in pending]
+        components = {name: torch.cat([part[1][name] for part in done]) for name in done[0][1]}
+        return torch.cat([part[0] for part in done]), components
 
     def _share_scores(
         self, rollout: TreeRollout, scores: torch.Tensor, components: dict[str, torch.Tensor],
@@ -257,12 +288,13 @@ class Trainer:
         record.update(lr=lr, num_processes=self.processes.world, prompts=self.cfg.data.prompts_per_iteration)
         return record
 
-    def _progress(self, iteration: int) -> Any:
-        """A tqdm bar over denoising steps (main process, when enabled)."""
+    def _progress(self, iteration: int, chunks: int) -> Any:
+        """A tqdm bar over denoising steps of every chunk (main process, when enabled)."""
         from tqdm.auto import tqdm
 
         enabled = self.cfg.train.progress and self.processes.is_main
-        return tqdm(total=self.cfg.sampling.steps, desc=f"iter {iteration + 1} rollout", leave=False, disable=not enabled)
+        total = self.cfg.sampling.steps * chunks
+        return tqdm(total=total, desc=f"iter {iteration + 1} rollout", leave=False, disable=not enabled)
 
     def _dump(self, iteration: int, scores: torch.Tensor, groups: torch.Tensor, advantages: EdgeAdvantages,
               shared: SharedScores) -> None:
@@ -431,6 +463,7 @@ class Trainer:
                 result, images = evaluate(
                     self.backbone, self.rewards, self.prompts.eval, steps=cfg.sampling.steps,
                     guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
+                    judges=self.judges,
                 )
         if self.processes.is_main and result is not None:
             grid = image_grid(images, math.ceil(math.sqrt(images.shape[0])))
@@ -516,9 +549,9 @@ def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool =
     state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
     if holds_run(run_dir) and resume is None and not overwrite:
         prepare_run_dir(run_dir, resume=False, overwrite=False)  # raises the one-line RunDirError
-    rewards = preflight(cfg, state.device)
+    rewards, judges = preflight(cfg, state.device)
     if state.is_main_process:
         prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
     state.wait_for_everyone()
-    trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint, rewards=rewards)
+    trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint, rewards=rewards, judges=judges)
     return trainer.train()

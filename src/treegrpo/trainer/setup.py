@@ -37,15 +37,20 @@ def check_model_folder(cfg: TrainerConfig) -> None:
         )
 
 
-def preflight(cfg: TrainerConfig, device: torch.device | str) -> RewardSet:
+def build_judges(cfg: TrainerConfig, device: torch.device | str) -> Optional[RewardSet]:
+    """The held-out judges of ``eval.rewards`` (None when unset)."""
+    return None if cfg.eval.rewards is None else build_rewards(cfg.eval.rewards, device)
+
+
+def preflight(cfg: TrainerConfig, device: torch.device | str) -> tuple[RewardSet, Optional[RewardSet]]:
     """Every user input that can be checked before the run folder is touched: prompts, model, rewards.
 
-    Prompts and the model folder are checked without loading a model; the rewards are built here
-    (missing weights fail now, before the diffusion model loads) and handed to the trainer.
+    Prompts and the model folder are checked without loading a model; the rewards and judges are
+    built here (missing weights fail now, before the diffusion model loads) and handed to the trainer.
     """
     load_prompt_sets(cfg.data, cfg.seed)
     check_model_folder(cfg)
-    return build_rewards(cfg.reward, device)
+    return build_rewards(cfg.reward, device), build_judges(cfg, device)
 
 
 def find_resume_checkpoint(run_dir: Path, explicit: bool) -> Optional[Path]:
