@@ -7,6 +7,7 @@ per parent, a loss on them, and the backward pass into the LoRA weights.
 Tiny random models by default (built in a temporary folder)::
 
     python benchmarks/backbone_step.py --out backbone_step.json
+    python benchmarks/backbone_step.py --families qwenimage flux2 zimage
 
 or a real pipeline (family read from its model_index.json)::
 
@@ -27,15 +28,21 @@ from typing import Any, Optional
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5}
-NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0}
+FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage")
+GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5, "qwenimage": 4.0, "flux2": 4.0, "zimage": 3.0}
+"""Engine guidance with CFG (Qwen-Image: true CFG; Z-Image: the pipeline's ``cond + s * (cond - uncond)``)."""
+NO_GUIDANCE = {"zimage": 0.0}
+"""Guidance meaning no CFG where it is not 1."""
+NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0, "qwenimage": 1.2, "flux2": 0.7, "zimage": 0.7}
 TINY_SIZE = 32
+TINY_MAX_SEQUENCE_LENGTH = {"qwenimage": 256, "flux2": 48, "zimage": 48}
+"""Text tokens of the tiny models (8 elsewhere): enough to keep the prompt after the chat templates."""
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="+", default=["sd3", "flux", "sd"], choices=["sd3", "flux", "sd"])
+    parser.add_argument("--families", nargs="+", default=["sd3", "flux", "sd"], choices=list(FAMILIES))
     parser.add_argument("--path", default=None, help="a real pipeline (folder or hub id) instead of the tiny ones")
     parser.add_argument("--batch", type=int, default=8, help="parent latents per training node")
     parser.add_argument("--children", type=int, default=2, help="child edges scored per parent (k)")
@@ -60,7 +67,7 @@ def build_tiny(family: str, folder: Path) -> Path:
     return BUILDERS[family](folder / family)
 
 
-def time_family(path: str, args: argparse.Namespace, tiny: bool) -> dict[str, Any]:
+def time_family(path: str, args: argparse.Namespace, tiny: bool, family: Optional[str] = None) -> dict[str, Any]:
     """Median forward+backward seconds of one training node on the backbone at ``path``."""
     from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 
@@ -71,12 +78,12 @@ def time_family(path: str, args: argparse.Namespace, tiny: bool) -> dict[str, An
         device=args.device,
         height=size,
         width=size,
-        max_sequence_length=8 if tiny else 256,
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH.get(family or "", 8) if tiny else 256,
         lora=LoraConfig(rank=4, alpha=8.0) if tiny else LoraConfig(),
     )
     backbone = load_backbone(config)
     family = backbone.family
-    guidance = 1.0 if args.no_cfg else GUIDANCE[family]
+    guidance = NO_GUIDANCE.get(family, 1.0) if args.no_cfg else GUIDANCE[family]
     conditioning = backbone.encode_prompts(["a photo of a cat", "a red cube on a table"])
     schedule = backbone.schedule(10)
     stepper = schedule.stepper(NOISE_LEVEL[family])
@@ -111,7 +118,7 @@ def time_family(path: str, args: argparse.Namespace, tiny: bool) -> dict[str, An
         "family": family,
         "batch": args.batch,
         "children": args.children,
-        "cfg": guidance > 1,
+        "cfg": not args.no_cfg,
         "latent_shape": list(parents.shape[1:]),
         "trainable_parameters": sum(p.numel() for p in backbone.trainable_parameters()),
         "median_s": statistics.median(times),
@@ -122,11 +129,11 @@ def time_family(path: str, args: argparse.Namespace, tiny: bool) -> dict[str, An
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """A small fixed-width table of the results."""
-    print(f"{'family':<6} {'batch':>5} {'k':>3} {'cfg':>5} {'latents':<14} {'median ms':>10} {'min ms':>8}")
+    print(f"{'family':<9} {'batch':>5} {'k':>3} {'cfg':>5} {'latents':<14} {'median ms':>10} {'min ms':>8}")
     for row in rows:
         shape = "x".join(str(n) for n in row["latent_shape"])
         print(
-            f"{row['family']:<6} {row['batch']:>5} {row['children']:>3} {str(row['cfg']):>5} {shape:<14} "
+            f"{row['family']:<9} {row['batch']:>5} {row['children']:>3} {str(row['cfg']):>5} {shape:<14} "
             f"{1000 * row['median_s']:>10.1f} {1000 * row['min_s']:>8.1f}"
         )
 
@@ -142,7 +149,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
             rows.append(time_family(args.path, args, tiny=False))
         else:
             for family in args.families:
-                rows.append(time_family(str(build_tiny(family, Path(folder))), args, tiny=True))
+                rows.append(time_family(str(build_tiny(family, Path(folder))), args, tiny=True, family=family))
     print_table(rows)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

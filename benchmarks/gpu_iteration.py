@@ -15,6 +15,10 @@ counts matrix products, convolutions and attention), with MFU against ``--peak-t
 
     python benchmarks/gpu_iteration.py --size sd35m --device cuda --dtype bf16 --out benchmarks/results
     python benchmarks/gpu_iteration.py --size tiny --device cpu --dtype fp32      # seconds, for tests
+
+The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
+real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
+and ``zimage``, with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
 from __future__ import annotations
@@ -33,12 +37,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import markdown_table, write_json  # noqa: E402
+from gpu_families import (  # noqa: E402
+    FAMILY_BUILDS, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
+    ZIMAGE_TRANSFORMER,
+)
 
 from treegrpo import schedule as S  # noqa: E402
 from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
 from treegrpo.methods import MethodConfig, plan_for_iteration, preset  # noqa: E402
 from treegrpo.models.common import TextConditioning  # noqa: E402
+from treegrpo.models.common import DiffusersBackbone  # noqa: E402
 from treegrpo.models.config import LoraConfig, ModelConfig, torch_dtype  # noqa: E402
+from treegrpo.models.registry import adapter_class  # noqa: E402
 from treegrpo.models.sd3 import SD3Backbone  # noqa: E402
 from treegrpo.rollout import TreeRollout, rollout_trees  # noqa: E402
 from treegrpo.training import make_minibatches, minibatch_loss  # noqa: E402
@@ -61,6 +71,8 @@ class SizeSpec:
     text_tokens: int
     text_dim: int
     pooled_dim: int
+    """0: the family has no pooled text embedding."""
+    family: str = "sd3"
 
 
 SD35_MEDIUM_TRANSFORMER: dict[str, Any] = dict(
@@ -94,7 +106,21 @@ SIZES: dict[str, SizeSpec] = {
                     image_size=32, patch_size=8, projection_dim=16),
         resolution=32, text_tokens=8, text_dim=32, pooled_dim=64,
     ),
+    # Qwen-Image: Qwen2.5-VL-7B text width, ~64 prompt tokens after the template's system prefix.
+    "qwenimage": SizeSpec(QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, CLIP_VIT_H14, resolution=512, text_tokens=64,
+                          text_dim=3584, pooled_dim=0, family="qwenimage"),
+    # FLUX.2 [klein] 4B: prompts padded to the pipeline's 512 tokens, three Qwen3-4B layers stacked.
+    "flux2_klein4b": SizeSpec(FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, CLIP_VIT_H14, resolution=512, text_tokens=512,
+                              text_dim=7680, pooled_dim=0, family="flux2"),
+    # Z-Image: Qwen3-4B text width, ~64 real tokens (the padding is dropped before the transformer).
+    "zimage": SizeSpec(ZIMAGE_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=64, text_dim=2560,
+                       pooled_dim=0, family="zimage"),
 }
+for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32)):
+    _text_dim = TINY[_family]["transformer"].get("joint_attention_dim", TINY[_family]["transformer"].get("cap_feat_dim"))
+    SIZES[f"{_family}_tiny"] = SizeSpec(TINY[_family]["transformer"], TINY[_family]["vae"], SIZES["tiny"].reward,
+                                        resolution=_tiny_resolution, text_tokens=8, text_dim=_text_dim, pooled_dim=0,
+                                        family=_family)
 
 
 # ----------------------------------------------------------------------------- options
@@ -149,28 +175,32 @@ def created_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> SD3Backbone:
-    """A StableDiffusion3Pipeline of random weights (no text encoders) wrapped by the library's SD3Backbone."""
+def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbone:
+    """The family's pipeline of random weights (no text encoders) wrapped by the library's adapter."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(args.seed)
     with created_on(torch.device(args.device), torch_dtype(args.dtype)):
-        transformer = SD3Transformer2DModel(**spec.transformer)
-        vae = AutoencoderKL(**spec.vae)
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
-    )
+        if spec.family == "sd3":
+            pipe = StableDiffusion3Pipeline(
+                transformer=SD3Transformer2DModel(**spec.transformer), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=AutoencoderKL(**spec.vae), text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                text_encoder_3=None, tokenizer_3=None,
+            )
+        else:
+            pipe = FAMILY_BUILDS[spec.family].build(spec.transformer, spec.vae)
     config = ModelConfig(
-        path="random-weights", family="sd3", dtype=args.dtype, device=args.device, full_finetune=args.train == "full",
-        lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)), gradient_checkpointing=args.gradient_checkpointing,
-        height=spec.resolution, width=spec.resolution, decode_batch_size=args.decode_batch,
+        path="random-weights", family=spec.family, dtype=args.dtype, device=args.device,
+        full_finetune=args.train == "full", lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)),
+        gradient_checkpointing=args.gradient_checkpointing, height=spec.resolution, width=spec.resolution,
+        decode_batch_size=args.decode_batch,
     )
-    return SD3Backbone(pipe, config, torch.device(args.device))
+    adapter = SD3Backbone if spec.family == "sd3" else adapter_class(spec.family)
+    return adapter(pipe, config, torch.device(args.device))
 
 
 def random_conditioning(spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device) -> TextConditioning:
-    """Random prompt embeddings of the real shapes (T5 + CLIP tokens, pooled CLIP), with the negative row."""
+    """Random prompt embeddings of the real shapes (and pooled ones when the family has them), with the negative row."""
     generator = torch.Generator().manual_seed(1)
 
     def draw(*shape: int) -> torch.Tensor:
@@ -179,8 +209,8 @@ def random_conditioning(spec: SizeSpec, prompts: int, dtype: torch.dtype, device
     return TextConditioning(
         prompt_embeds=draw(prompts, spec.text_tokens, spec.text_dim),
         negative_prompt_embeds=draw(1, spec.text_tokens, spec.text_dim),
-        pooled_prompt_embeds=draw(prompts, spec.pooled_dim),
-        negative_pooled_prompt_embeds=draw(1, spec.pooled_dim),
+        pooled_prompt_embeds=draw(prompts, spec.pooled_dim) if spec.pooled_dim else None,
+        negative_pooled_prompt_embeds=draw(1, spec.pooled_dim) if spec.pooled_dim else None,
     )
 
 
@@ -268,7 +298,7 @@ class Bench:
     """Everything an iteration needs, built once."""
 
     args: argparse.Namespace
-    backbone: SD3Backbone
+    backbone: DiffusersBackbone
     conditioning: TextConditioning
     reward: ClipReward
     learner: TorchLearner

@@ -39,10 +39,14 @@ def _config(family: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**settings, **overrides})
 
 
-def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> None:
-    """A few steps of a simple loss through model_fn (pushes the outputs towards zero)."""
+def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2, guidance: float | None = None) -> None:
+    """A few steps of a simple loss through model_fn (pushes the outputs towards zero).
+
+    ``guidance``: the engine's guidance scale (default: the family's in ``GUIDANCE``).
+    """
     conditioning = backbone.encode_prompts(PROMPTS)
-    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family], backbone.schedule(STEPS))
+    guidance = GUIDANCE[backbone.family] if guidance is None else guidance
+    model_fn = backbone.model_fn(conditioning, guidance, backbone.schedule(STEPS))
     optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
     latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
     for step in range(steps):
@@ -53,13 +57,16 @@ def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> Non
         optimizer.step()
 
 
-def _engine_latents(backbone: DiffusersBackbone, seed: int, denoiser: Any = None) -> torch.Tensor:
+def _engine_latents(
+    backbone: DiffusersBackbone, seed: int, denoiser: Any = None, guidance: float | None = None
+) -> torch.Tensor:
     """Final latents of the engine's ODE plan from the pipeline's initial noise (``denoiser``: the one called)."""
     conditioning = backbone.encode_prompts(PROMPTS)
     schedule = backbone.schedule(STEPS)
     stepper = schedule.stepper(0.0)
     noise = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(seed))
-    model_fn = backbone.model_fn(conditioning, GUIDANCE[backbone.family], schedule, denoiser=denoiser)
+    guidance = GUIDANCE[backbone.family] if guidance is None else guidance
+    model_fn = backbone.model_fn(conditioning, guidance, schedule, denoiser=denoiser)
     return rollout_trees(model_fn, stepper, (ODE,) * STEPS, noise, torch.arange(len(PROMPTS))).leaf_latents
 
 

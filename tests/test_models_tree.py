@@ -11,6 +11,7 @@ from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_thr
 from treegrpo.advantages import backup_edge_advantages, normalize_leaf_scores
 from treegrpo.loss import LossConfig
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
+from treegrpo.models.common import DiffusersBackbone
 from treegrpo.rollout import rollout_trees
 from treegrpo.schedule import tree_plan
 from treegrpo.training import make_minibatches, minibatch_loss, rescore_edges
@@ -43,10 +44,21 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(family: str) -> None:
             lora=LoraConfig(rank=4, alpha=8.0),
         )
     )
+    check_tree_iteration(backbone, GUIDANCE[family], NOISE_LEVEL[family])
+
+
+def check_tree_iteration(
+    backbone: DiffusersBackbone, guidance: float, noise_level: float, without_gradient: tuple[str, ...] = ()
+) -> float:
+    """Rollout, re-score (ratio 1 before any update), decode, reward, one update; returns max |ratio - 1|.
+
+    ``without_gradient``: names of trained weights the output cannot depend on (e.g. the text stream
+    of a last dual-stream block); every other trained weight must get a gradient.
+    """
     conditioning = backbone.encode_prompts(PROMPTS)
     schedule = backbone.schedule(STEPS)
-    stepper = schedule.stepper(NOISE_LEVEL[family])
-    model_fn = backbone.model_fn(conditioning, GUIDANCE[family], schedule)
+    stepper = schedule.stepper(noise_level)
+    model_fn = backbone.model_fn(conditioning, guidance, schedule)
     plan = tree_plan(STEPS, k=2, window=2, start=1)
     root_cond = torch.arange(len(PROMPTS)).repeat_interleave(TREES_PER_PROMPT)
     generator = torch.Generator().manual_seed(1)
@@ -60,12 +72,13 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(family: str) -> None:
     (batch,) = make_minibatches(rollout, everything, parents_per_batch=10_000)
     scored = rescore_edges(model_fn, stepper, rollout, batch)
     ratio = torch.exp(scored.log_prob - rollout.structure.edge_log_prob[batch.edge_ids])
-    print(f"{family}: max |ratio - 1| before any update = {(ratio - 1).abs().max().item():.3g}")
-    assert (ratio - 1).abs().max().item() < 1e-5
+    ratio_error = (ratio - 1).abs().max().item()
+    print(f"{backbone.family}: max |ratio - 1| before any update = {ratio_error:.3g}")
+    assert ratio_error < 1e-5
 
     # A full iteration: decode leaves, score them, back the advantages up the tree, one update.
     images = backbone.decode(rollout.leaf_latents)
-    assert images.shape == (rollout.leaf_latents.shape[0], 3, SIZE, SIZE)
+    assert images.shape == (rollout.leaf_latents.shape[0], 3, backbone.height, backbone.width)
     scores = images.mean(dim=(1, 2, 3))
     leaf = normalize_leaf_scores(scores, rollout.leaf_cond, min_group_std=0.0)
     advantages = backup_edge_advantages(
@@ -77,7 +90,9 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(family: str) -> None:
     optimizer = torch.optim.AdamW(parameters, lr=1e-3)
     output = minibatch_loss(model_fn, stepper, rollout, batch, advantages, LossConfig(clip_eps=1e-3))
     output.loss.backward()
-    assert all(p.grad is not None for p in parameters)
+    trained = {name: p for name, p in backbone.denoiser.named_parameters() if p.requires_grad}
+    assert {name for name, p in trained.items() if p.grad is None} == set(without_gradient)
     optimizer.step()
     assert any(not torch.equal(p, b) for p, b in zip(parameters, before))
     assert abs(output.stats["ratio_mean"] - 1) < 1e-5
+    return ratio_error

@@ -249,7 +249,244 @@ def build_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int 
     return path
 
 
-BUILDERS = {"sd3": build_tiny_sd3, "flux": build_tiny_flux, "sd": build_tiny_sd}
+QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+)
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+"""A Qwen3-style chat template (user turns, generation prompt, empty think block when thinking is off)."""
+
+
+def tiny_qwen_tokenizer():  # -> Qwen2Tokenizer
+    """Byte-level (no merges) Qwen2 tokenizer with the Qwen special tokens and a chat template."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {character: index for index, character in enumerate(_byte_characters())}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _qwen3_config(tokenizer, hidden: int, layers: int):  # -> Qwen3Config
+    """A Qwen3 text config of ``layers`` layers, two heads of ``hidden / 2``, over the tiny vocabulary."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
+def build_tiny_qwenimage(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny QwenImagePipeline (Qwen2.5-VL text encoder, Qwen-Image VAE, published scheduler) to ``path``."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    tokenizer = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.0],
+        latents_std=[1.5, 0.8, 1.2, 2.0],
+    ).eval()
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": None,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_token_id=ids["<|image_pad|>"],
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(  # Qwen/Qwen-Image's published scheduler config
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=8192,
+        max_shift=0.9,
+        num_train_timesteps=1000,
+        shift=1.0,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+        use_dynamic_shifting=True,
+    )
+    pipe = QwenImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_tiny_flux2(path: str | Path, seed: int = 0, is_distilled: bool = False) -> Path:
+    """Save a tiny Flux2KleinPipeline (27-layer Qwen3 text encoder, batch-norm latents) to ``path``.
+
+    27 layers because the pipeline stacks hidden states 9, 18 and 27 (the released 4B/9B encoders).
+    """
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3ForCausalLM
+
+    path = Path(path)
+    tokenizer = tiny_qwen_tokenizer()
+    hidden = 8
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * hidden,
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLFlux2(
+        sample_size=TINY_SIZE,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+    with torch.no_grad():  # non-trivial latent statistics, so the de-normalisation is exercised
+        vae.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.05, 0.3]))
+        vae.bn.running_var.copy_(torch.tensor([1.5, 0.6, 2.0, 1.1]))
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen3ForCausalLM(_qwen3_config(tokenizer, hidden=hidden, layers=27)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(  # black-forest-labs/FLUX.2-klein's published scheduler config
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=4096,
+        max_shift=1.15,
+        num_train_timesteps=1000,
+        shift=3.0,
+        time_shift_type="exponential",
+        use_dynamic_shifting=True,
+    )
+    pipe = Flux2KleinPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=is_distilled,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_tiny_zimage(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny ZImagePipeline (two-layer Qwen3 text encoder, 16-channel latents) to ``path``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Model
+
+    path = Path(path)
+    tokenizer = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=1,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32],
+    ).eval()
+    with torch.no_grad():  # the padding tokens are torch.empty in the constructor
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen3Model(_qwen3_config(tokenizer, hidden=16, layers=2)).eval()
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
+        vae=_tiny_vae(16, scaling_factor=0.3611, shift_factor=0.1159, seed=seed + 1),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+BUILDERS = {
+    "sd3": build_tiny_sd3,
+    "flux": build_tiny_flux,
+    "sd": build_tiny_sd,
+    "qwenimage": build_tiny_qwenimage,
+    "flux2": build_tiny_flux2,
+    "zimage": build_tiny_zimage,
+}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""What the SD3, FLUX and SD adapters share: freezing, LoRA / full fine-tuning, CFG, export.
+"""What the diffusers adapters (SD3, FLUX, SD, Qwen-Image, FLUX.2, Z-Image) share: freezing, LoRA / full fine-tuning, CFG, export.
 
 :class:`DiffusersBackbone` wraps a loaded diffusers pipeline. Family subclasses supply the
 prompt encoder, the schedule, the initial noise, the denoiser call and the latent -> VAE mapping;
@@ -26,6 +26,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
+from treegrpo.errors import ConfigError
 from treegrpo.models.base import ModelFn
 from treegrpo.models.config import ModelConfig, torch_dtype
 from treegrpo.sampling import Schedule, SdeType
@@ -40,13 +41,17 @@ TEXT_ENCODER_NAMES: tuple[str, ...] = ("text_encoder", "text_encoder_2", "text_e
 class TextConditioning:
     """Prompt embeddings (one row per prompt) and the unconditional embedding (one row).
 
-    ``pooled_*`` are the pooled CLIP embeddings of SD3 and FLUX (``None`` for SD).
+    ``pooled_*`` are the pooled CLIP embeddings of SD3 and FLUX (``None`` for the others).
+    ``*_mask`` (``[N, L]`` bool, True = real token) mark zero padding of variable-length text
+    (Qwen-Image, Z-Image); ``None`` means every position is a token.
     """
 
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor
     pooled_prompt_embeds: Optional[torch.Tensor] = None
     negative_pooled_prompt_embeds: Optional[torch.Tensor] = None
+    prompt_mask: Optional[torch.Tensor] = None
+    negative_prompt_mask: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.prompt_embeds.shape[0])
@@ -60,8 +65,10 @@ class TextConditioning:
         """The conditioning of the prompts at ``rows`` (the unconditional row is kept)."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_embeds.device)
         pooled = None if self.pooled_prompt_embeds is None else self.pooled_prompt_embeds[index]
+        mask = None if self.prompt_mask is None else self.prompt_mask[index]
         return TextConditioning(
-            self.prompt_embeds[index], self.negative_prompt_embeds, pooled, self.negative_pooled_prompt_embeds
+            self.prompt_embeds[index], self.negative_prompt_embeds, pooled, self.negative_pooled_prompt_embeds,
+            mask, self.negative_prompt_mask,
         )
 
 
@@ -69,14 +76,47 @@ def _to(value: Optional[torch.Tensor], device: torch.device | str) -> Optional[t
     return None if value is None else value.to(device)
 
 
+def concat_padded(
+    parts: Sequence[tuple[torch.Tensor, Optional[torch.Tensor]]],
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Stack ``[N_i, L_i, D]`` text embeddings (with optional ``[N_i, L_i]`` masks) along the batch.
+
+    Shorter sequences are zero-padded at the end and masked there, so rows of different lengths
+    share one forward. Without masks and with equal lengths this is ``torch.cat`` (mask ``None``).
+    """
+    length = max(int(embeds.shape[1]) for embeds, _ in parts)
+    if all(mask is None and embeds.shape[1] == length for embeds, mask in parts):
+        return torch.cat([embeds for embeds, _ in parts]), None
+    padded, masks = [], []
+    for embeds, mask in parts:
+        n, own = int(embeds.shape[0]), int(embeds.shape[1])
+        if mask is None:
+            mask = torch.ones(n, own, dtype=torch.bool, device=embeds.device)
+        padded.append(torch.cat([embeds, embeds.new_zeros(n, length - own, *embeds.shape[2:])], dim=1))
+        masks.append(torch.cat([mask.bool(), mask.new_zeros(n, length - own, dtype=torch.bool)], dim=1))
+    return torch.cat(padded), torch.cat(masks)
+
+
+def checked_image_size(size: tuple[int, int], multiple: int, family: str) -> tuple[int, int]:
+    """``size`` unchanged if both sides are multiples of ``multiple`` (the pipeline's latent grid), else a ConfigError."""
+    height, width = size
+    if height % multiple or width % multiple:
+        raise ConfigError(
+            f"model.height and model.width must be multiples of {multiple} for {family} (got {height} x {width}); "
+            f"round them to a multiple of {multiple}"
+        )
+    return height, width
+
+
 @dataclass
 class DenoiserInputs:
-    """One batched denoiser call: latents, per-row timesteps and text conditioning."""
+    """One batched denoiser call: latents, per-row timesteps and text conditioning (mask: see TextConditioning)."""
 
     latents: torch.Tensor
     timesteps: torch.Tensor
     prompt_embeds: torch.Tensor
     pooled_prompt_embeds: Optional[torch.Tensor]
+    prompt_mask: Optional[torch.Tensor] = None
 
 
 class WithoutAdapters(torch.nn.Module):
@@ -157,6 +197,13 @@ class DiffusersBackbone:
         """(prompt_embeds, pooled or None) from the pipeline's own ``encode_prompt``."""
         raise NotImplementedError
 
+    def _encode_texts_with_mask(
+        self, texts: list[str]
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(prompt_embeds, pooled, padding mask or None); families with variable-length text override it."""
+        embeds, pooled = self._encode_texts(texts)
+        return embeds, pooled, None
+
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """One denoiser call, exactly as the pipeline makes it."""
         raise NotImplementedError
@@ -165,9 +212,21 @@ class DiffusersBackbone:
         """Scale of classifier-free guidance (uncond + s * (cond - uncond)); <= 1 means none."""
         return guidance_scale
 
+    def _uses_free_guidance(self, scale: float) -> bool:
+        """Whether ``scale`` (from :meth:`_free_guidance_scale`) means a guided (two-row) forward."""
+        return scale > 1
+
+    def _combine_guidance(self, uncond: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+        """The guided output from the unconditional and conditional outputs (float32), as the pipeline combines them."""
+        return uncond + scale * (text - uncond)
+
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Engine latents -> latents the VAE decodes (unpacking and scaling/shift)."""
         raise NotImplementedError
+
+    def _vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] ``[B, 3, H, W]`` from VAE latents (video VAEs override it to drop the frame axis)."""
+        return self.pipe.vae.decode(vae_latents, return_dict=False)[0]
 
     def schedule(self, num_steps: int) -> Schedule:
         """The model's own schedule for ``num_steps`` (as its pipeline's ``set_timesteps`` makes it)."""
@@ -246,9 +305,9 @@ class DiffusersBackbone:
         """Embed ``prompts`` and the negative prompt once (frozen encoders, no grad)."""
         texts = list(prompts)
         with torch.no_grad(), self._text_encoders_on_device():
-            prompt_embeds, pooled = self._encode_texts(texts)
-            negative_embeds, negative_pooled = self._encode_texts([self.cfg.negative_prompt])
-        return TextConditioning(prompt_embeds, negative_embeds, pooled, negative_pooled)
+            prompt_embeds, pooled, mask = self._encode_texts_with_mask(texts)
+            negative_embeds, negative_pooled, negative_mask = self._encode_texts_with_mask([self.cfg.negative_prompt])
+        return TextConditioning(prompt_embeds, negative_embeds, pooled, negative_pooled, mask, negative_mask)
 
     def model_fn(
         self, conditioning: TextConditioning, guidance_scale: float, schedule: Schedule, *,
@@ -262,18 +321,19 @@ class DiffusersBackbone:
         """
         cond = conditioning.to(self.device)
         guidance = self._free_guidance_scale(guidance_scale)
+        guided = self._uses_free_guidance(guidance)
         module = self.denoiser if denoiser is None else denoiser
         dtype = weights_dtype(module)
         timesteps = schedule.timesteps.to(self.device)
 
         def model_fn(latents: torch.Tensor, step_index: torch.Tensor, cond_index: torch.Tensor) -> torch.Tensor:
             step_timesteps = timesteps[step_index.to(self.device).long()]
-            inputs = self._inputs(cond, latents, step_timesteps, cond_index, dtype, with_uncond=guidance > 1)
+            inputs = self._inputs(cond, latents, step_timesteps, cond_index, dtype, with_uncond=guided)
             output = self._forward(module, inputs, guidance_scale).to(torch.float32)
-            if guidance <= 1:
+            if not guided:
                 return output
             uncond, text = output.chunk(2)
-            return uncond + guidance * (text - uncond)
+            return self._combine_guidance(uncond, text, guidance)
 
         return model_fn
 
@@ -299,7 +359,7 @@ class DiffusersBackbone:
         images = []
         for start in range(0, latents.shape[0], self.cfg.decode_batch_size):
             chunk = latents[start : start + self.cfg.decode_batch_size].to(self.device, self.dtype)
-            decoded = self.pipe.vae.decode(self._to_vae_latents(chunk), return_dict=False)[0]
+            decoded = self._vae_decode(self._to_vae_latents(chunk))
             images.append((decoded.to(torch.float32) / 2 + 0.5).clamp(0, 1))
         return torch.cat(images)
 
@@ -359,16 +419,20 @@ class DiffusersBackbone:
         rows = cond_index.to(self.device).long()
         embeds = cond.prompt_embeds[rows].to(dtype)
         pooled = None if cond.pooled_prompt_embeds is None else cond.pooled_prompt_embeds[rows].to(dtype)
+        mask = None if cond.prompt_mask is None else cond.prompt_mask[rows]
         if with_uncond:
             n = x.shape[0]
             x = torch.cat([x, x])
             timesteps = torch.cat([timesteps, timesteps])
-            negative = cond.negative_prompt_embeds.to(dtype).expand(n, *embeds.shape[1:])
-            embeds = torch.cat([negative, embeds])
+            negative = cond.negative_prompt_embeds.to(dtype)
+            negative = negative.expand(n, *negative.shape[1:])
+            negative_mask = cond.negative_prompt_mask
+            negative_mask = None if negative_mask is None else negative_mask.expand(n, *negative_mask.shape[1:])
+            embeds, mask = concat_padded([(negative, negative_mask), (embeds, mask)])
             if pooled is not None and cond.negative_pooled_prompt_embeds is not None:
                 negative_pooled = cond.negative_pooled_prompt_embeds.to(dtype).expand(n, *pooled.shape[1:])
                 pooled = torch.cat([negative_pooled, pooled])
-        return DenoiserInputs(x, timesteps, embeds, pooled)
+        return DenoiserInputs(x, timesteps, embeds, pooled, mask)
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self) -> Iterator[None]:

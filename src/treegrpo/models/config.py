@@ -37,12 +37,12 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    """A diffusers pipeline (SD3/3.5, FLUX.1, SD1.x/2.x) seen as a trainable policy."""
+    """A diffusers pipeline (SD3/3.5, FLUX.1, SD1.x/2.x, Qwen-Image, FLUX.2 [klein], Z-Image) seen as a trainable policy."""
 
     path: str = ""
     """Local pipeline folder or hub id (``stabilityai/stable-diffusion-3.5-medium``)."""
     family: Optional[str] = None
-    """``"sd3"``, ``"flux"`` or ``"sd"``; read from ``model_index.json`` when ``None``."""
+    """``"sd3"``, ``"flux"``, ``"sd"``, ``"qwenimage"``, ``"flux2"`` or ``"zimage"``; read from ``model_index.json`` when ``None``."""
     revision: Optional[str] = None
     variant: Optional[str] = None
     """Weight variant to load, e.g. ``"fp16"``."""
@@ -67,9 +67,9 @@ class ModelConfig:
     negative_prompt: str = ""
     """Unconditional prompt for classifier-free guidance."""
     max_sequence_length: int = 256
-    """T5 tokens per prompt (SD3, FLUX); ignored by SD."""
+    """Text tokens per prompt (SD3/FLUX T5; Qwen-Image, FLUX.2, Z-Image: the Qwen encoder's); ignored by SD."""
     true_cfg_scale: float = 1.0
-    """FLUX with a guidance embedding (FLUX.1-dev): real CFG scale on top of it; 1 = off."""
+    """FLUX / Qwen-Image with a guidance embedding (FLUX.1-dev): real CFG scale on top of it; 1 = off."""
     offload_text_encoders: bool = True
     """Move text encoders to the CPU after encoding (off the accelerator between rollouts)."""
     decode_batch_size: int = 8

@@ -26,6 +26,9 @@ FAMILIES: dict[str, Family] = {
     "sd3": Family("treegrpo.models.sd3:SD3Backbone", ("StableDiffusion3Pipeline",)),
     "flux": Family("treegrpo.models.flux:FluxBackbone", ("FluxPipeline",)),
     "sd": Family("treegrpo.models.sd:SDBackbone", ("StableDiffusionPipeline",)),
+    "qwenimage": Family("treegrpo.models.qwenimage:QwenImageBackbone", ("QwenImagePipeline",)),
+    "flux2": Family("treegrpo.models.flux2:Flux2Backbone", ("Flux2KleinPipeline",)),
+    "zimage": Family("treegrpo.models.zimage:ZImageBackbone", ("ZImagePipeline",)),
 }
 
 

@@ -1,0 +1,120 @@
+"""Published architectures of Qwen-Image, FLUX.2 [klein] 4B and Z-Image for ``gpu_iteration.py``.
+
+Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
+builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
+real width) and names the library adapter that wraps it. The configs are those of the released
+``transformer/config.json`` and ``vae/config.json`` files (diffusers' constructor defaults for
+Qwen-Image and Z-Image match them; FLUX.2 [klein] 4B: 5 double + 20 single blocks, 24 heads of
+128, text width 3 x 2560 from Qwen3-4B); latent statistics are left at their defaults, which do
+not change the timing. Tiny variants with the same code path run the CPU test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+QWENIMAGE_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)
+"""Qwen/Qwen-Image: about 20B parameters (LoRA only on one 141 GB GPU: full fine-tuning's fp32 Adam state does not fit)."""
+QWENIMAGE_VAE: dict[str, Any] = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True],
+)
+FLUX2_KLEIN_4B_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
+    rope_theta=2000, guidance_embeds=False,
+)
+"""black-forest-labs/FLUX.2-klein-(base-)4B: about 4B parameters."""
+FLUX2_VAE: dict[str, Any] = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=32)
+"""FLUX.2's VAE: 32 latent channels, 8x; the rest are diffusers' defaults for AutoencoderKLFlux2."""
+ZIMAGE_TRANSFORMER: dict[str, Any] = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30,
+    n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
+    axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
+)
+"""Tongyi-MAI/Z-Image(-Turbo): about 6B parameters; the VAE is FLUX.1's."""
+FLUX1_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)
+
+TINY: dict[str, dict[str, dict[str, Any]]] = {
+    "qwenimage": dict(
+        transformer=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
+                         num_attention_heads=2, joint_attention_dim=32, guidance_embeds=False, axes_dims_rope=(4, 2, 2)),
+        vae=dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
+    ),
+    "flux2": dict(
+        transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                         num_attention_heads=2, joint_attention_dim=32, timestep_guidance_channels=256,
+                         axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False),
+        vae=dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                 block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                 use_quant_conv=False, use_post_quant_conv=False),
+    ),
+    "zimage": dict(
+        transformer=dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2,
+                         n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32,
+                         rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32]),
+        vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
+                 latent_channels=16, norm_num_groups=4, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FamilyBuild:
+    """How to build one family's text-encoder-free pipeline and which adapter wraps it."""
+
+    adapter: str
+    """``module:Class`` of the library adapter."""
+    build: Callable[[dict[str, Any], dict[str, Any]], Any]
+    """(transformer config, VAE config) -> pipeline of random weights (created on the current default device)."""
+
+
+def _qwenimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02,
+        time_shift_type="exponential", use_dynamic_shifting=True,
+    )
+    return QwenImagePipeline(scheduler=scheduler, vae=AutoencoderKLQwenImage(**vae), text_encoder=None, tokenizer=None,
+                             transformer=QwenImageTransformer2DModel(**transformer))
+
+
+def _flux2(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0,
+        time_shift_type="exponential", use_dynamic_shifting=True,
+    )
+    return Flux2KleinPipeline(scheduler=scheduler, vae=AutoencoderKLFlux2(**vae), text_encoder=None, tokenizer=None,
+                              transformer=Flux2Transformer2DModel(**transformer))
+
+
+def _zimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    model = ZImageTransformer2DModel(**transformer)
+    with torch.no_grad():  # torch.empty in the constructor
+        model.x_pad_token.fill_(1.0)
+        model.cap_pad_token.fill_(1.0)
+    return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=AutoencoderKL(**vae),
+                          text_encoder=None, tokenizer=None, transformer=model)
+
+
+FAMILY_BUILDS: dict[str, FamilyBuild] = {
+    "qwenimage": FamilyBuild("treegrpo.models.qwenimage:QwenImageBackbone", _qwenimage),
+    "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
+    "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),
+}

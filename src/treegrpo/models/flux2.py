@@ -1,0 +1,115 @@
+"""FLUX.2 [klein] (``Flux2KleinPipeline``) as a policy of the tree engine.
+
+Mirrors the pipeline's ``__call__``: Qwen3 hidden states of layers 9, 18 and 27 stacked along the
+features (padded to ``model.max_sequence_length`` tokens, no mask), latents drawn already
+patchified (``[B, 4C, H/16, W/16]``) and packed to ``[B, H/16 * W/16, 4C]``, 4-D position ids for
+text (``(0, 0, 0, l)``) and image (``(0, h, w, 0)``), sigmas ``linspace(1, 1/T, T)`` with the
+pipeline's empirical ``mu`` (a function of image tokens and ``T``), the transformer called with
+``timestep / 1000`` and no guidance embedding.
+
+Guidance: the undistilled "base" checkpoints use true CFG with the empty prompt as negative
+(``guidance_scale > 1``: uncond + s * (cond - uncond), one batched forward); step-distilled ones
+(``is_distilled`` in the pipeline config) ignore ``guidance_scale`` as the pipeline does. The
+pipeline hard-codes the negative prompt ""; ``model.negative_prompt`` should stay "" for parity.
+
+Published sampling defaults: FLUX.2 [klein] 4B/9B (distilled) 4 steps, guidance 1.0; the
+"base" 4B/9B 50 steps with guidance 4.0; 1024 x 1024 by default (``default_sample_size`` 128).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size
+from treegrpo.models.sd3 import SD3_LORA_TARGETS
+from treegrpo.sampling import FlowSchedule
+
+logger = logging.getLogger(__name__)
+
+FLUX2_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS + ("attn.to_qkv_mlp_proj",)
+"""Attention projections of the double-stream blocks plus the single-stream blocks' fused QKV/MLP input."""
+
+
+class Flux2Backbone(DiffusersBackbone):
+    """FLUX.2 [klein] transformer policy; see :class:`~treegrpo.models.common.DiffusersBackbone`."""
+
+    family = "flux2"
+    denoiser_name = "transformer"
+    default_lora_targets = FLUX2_LORA_TARGETS
+
+    def _image_size(self) -> tuple[int, int]:
+        """Configured or default size; both sides multiples of twice the VAE factor (2 x 2 latent patches)."""
+        return checked_image_size(super()._image_size(), self.pipe.vae_scale_factor * 2, self.family)
+
+    def _token_grid(self) -> tuple[int, int]:
+        """(height, width) in tokens of the patchified latents ``prepare_latents`` draws."""
+        factor = self.pipe.vae_scale_factor
+        return self.height // (factor * 2), self.width // (factor * 2)
+
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Stacked Qwen3 hidden states via the pipeline (no pooled embedding)."""
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=texts, device=self.device, num_images_per_prompt=1, max_sequence_length=self.cfg.max_sequence_length
+        )
+        return embeds, None
+
+    def schedule(self, num_steps: int) -> FlowSchedule:
+        """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+        scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
+        height, width = self._token_grid()
+        mu = compute_empirical_mu(image_seq_len=height * width, num_steps=num_steps)
+        if scheduler.config.get("use_flow_sigmas", False):
+            scheduler.set_timesteps(num_steps, device=self.device, mu=mu)
+        else:
+            sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+            scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
+        return FlowSchedule(scheduler.sigmas.to(self.device), scheduler.timesteps.to(self.device))
+
+    def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Packed ``[num, H/2 * W/2, 4C]`` latents from ``pipe.prepare_latents`` (float32 copy)."""
+        channels = self.denoiser.config.in_channels // 4
+        latents, _ = self.pipe.prepare_latents(num, channels, self.height, self.width, self.dtype, self.device, generator)
+        return latents.to(torch.float32)
+
+    def _free_guidance_scale(self, guidance_scale: float) -> float:
+        """``guidance_scale`` for undistilled checkpoints; 1 (no CFG) for step-distilled ones, as the pipeline."""
+        if self.pipe.config.get("is_distilled", False):
+            if guidance_scale > 1:
+                logger.warning("guidance_scale %s is ignored: this FLUX.2 checkpoint is step-distilled", guidance_scale)
+            return 1.0
+        return guidance_scale
+
+    def _image_ids(self, batch: int) -> torch.Tensor:
+        """``[batch, H * W, 4]`` image position ids, as ``prepare_latents`` makes them."""
+        height, width = self._token_grid()
+        grid = torch.zeros(1, 1, height, width, device=self.device)
+        return self.pipe._prepare_latent_ids(grid).expand(batch, -1, -1).to(self.device)
+
+    def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
+        """The transformer's velocity with text and image position ids as the pipeline passes them."""
+        x = inputs.latents
+        text_ids = self.pipe._prepare_text_ids(inputs.prompt_embeds).to(self.device)
+        return denoiser(
+            hidden_states=x,
+            timestep=inputs.timesteps.to(x.dtype) / 1000,
+            guidance=None,
+            encoder_hidden_states=inputs.prompt_embeds,
+            txt_ids=text_ids,
+            img_ids=self._image_ids(x.shape[0]),
+            return_dict=False,
+        )[0][:, : x.shape[1]]
+
+    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unpack to the token grid, undo the VAE's batch-norm normalisation, then unpatchify."""
+        height, width = self._token_grid()
+        grid = latents.reshape(latents.shape[0], height, width, latents.shape[2]).permute(0, 3, 1, 2)
+        bn = self.pipe.vae.bn
+        mean = bn.running_mean.view(1, -1, 1, 1).to(grid.device, grid.dtype)
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.pipe.vae.config.batch_norm_eps).to(grid.device, grid.dtype)
+        return self.pipe._unpatchify_latents(grid * std + mean)
