@@ -26,10 +26,10 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     line = lines[0]
-    match = re.search(r"base (\d\.\d+) -> trained (\d\.\d+)", line)
+    match = re.search(r"base (\d\.\d+) \+- \d\.\d+ -> trained (\d\.\d+) \+- \d\.\d+", line)
     assert match, line
     for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "tensorboard", "checkpoints", "final",
-                 "before_after.png", "report.png", "demo.json"):
+                 "before_after.png", "report.png", "demo.json", "README.md"):
         assert (out / name).exists(), name
         assert str(out) in line
     assert list((out / "tensorboard").iterdir())
@@ -57,6 +57,15 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     cells = demo.grid_cells(out / "samples/step-000000.png", len(prompts), len(prompts))
     assert float(ShapesReward()(cells, prompts).mean()) == pytest.approx(evals[0]["eval/score"], abs=0.02)
 
+    # the README's three lines load the trained LoRA onto the shipped base in plain diffusers
+    readme = (out / "README.md").read_text()
+    code = readme.split("```python\n")[1].split("```")[0]
+    assert "builtin:shapes" not in code and str(demo.lora_snippet(out)) in code
+    namespace: dict = {}
+    exec(demo.lora_snippet(out), namespace)  # noqa: S102 - the snippet we print
+    pipe = namespace["pipe"]
+    assert "default_0" in pipe.get_list_adapters().get("transformer", []) or pipe.get_list_adapters()
+
 
 def test_grid_cells_invert_the_sample_grid(tmp_path: Path) -> None:
     import torch
@@ -78,12 +87,17 @@ def test_bad_demo_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.C
     assert not out.exists()
 
 
-def test_minutes_set_the_iterations() -> None:
-    args = demo.build_parser().parse_args(["--minutes", "20"])
-    cfg = demo.demo_config(args)
-    assert cfg.train.iterations == demo.iterations_for(20) > demo.DEMO_CONFIG["train"]["iterations"]
-    assert demo.iterations_for(0.1) == 1
+def test_minutes_are_a_wall_clock_budget_for_the_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = demo.build_parser().parse_args(["--minutes", "20", "--eval-points", "4"])
+    cfg = demo.demo_config(args, minutes_used=0.5)
+    budget = 20 - 0.5 - demo.SUMMARY_MINUTES
+    assert cfg.train.max_minutes == pytest.approx(budget, abs=1e-3)
+    assert cfg.train.eval_every_minutes == pytest.approx(budget / 5, abs=1e-3)
+    assert cfg.train.iterations == demo.MAX_ITERATIONS
     default = demo.demo_config(demo.build_parser().parse_args([]))
-    assert default.train.iterations == demo.DEMO_CONFIG["train"]["iterations"]
-    assert default.data.num_eval_prompts >= 256 and default.method == "treegrpo"
-    assert default.model.path == "builtin:shapes"
+    assert default.train.max_minutes == pytest.approx(demo.DEFAULT_MINUTES - demo.SUMMARY_MINUTES, abs=1e-3)
+    assert default.method == "treegrpo" and default.model.path == "builtin:shapes"
+    fixed = demo.demo_config(demo.build_parser().parse_args(["--iterations", "10"]))
+    assert fixed.train.iterations == 10 and fixed.train.max_minutes == 0 and fixed.train.eval_every == 2
+    assert cli.main(["demo", "--minutes", "0.2", "--output-dir", str(tmp_path / "late")]) == 2
+    assert "leaves no time to train" in capsys.readouterr().err

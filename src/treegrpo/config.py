@@ -182,6 +182,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 25
     """Iterations between evaluations (0 = only at the end)."""
+    eval_every_minutes: float = 0.0
+    """Also evaluate when this many minutes passed since the last evaluation (0 = off); with
+    ``max_minutes`` an evaluation runs only if it fits the budget."""
+    max_minutes: float = 0.0
+    """Wall-time budget of the run in minutes, measured while running (0 = none): the loop stops
+    before an iteration that would not leave time for the final evaluation and export, then
+    evaluates, checkpoints and exports as at the end of ``iterations``."""
     eval_at_start: bool = True
     """Evaluate the untrained model first (the "before" of the report's before/after grids)."""
     log_every: int = 1
@@ -204,7 +211,7 @@ class TrainConfig:
         for key in ("iterations", "inner_epochs", "parents_per_batch", "keep_checkpoints", "log_every",
                     "max_nonfinite_in_a_row"):
             _at_least(f"train.{key}", getattr(self, key), 1)
-        for key in ("grad_accum", "checkpoint_every", "eval_every", "warmup", "lr"):
+        for key in ("grad_accum", "checkpoint_every", "eval_every", "warmup", "lr", "eval_every_minutes", "max_minutes"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema is an EMA decay in [0, 1) (0 = off), got {self.ema}")

@@ -44,7 +44,7 @@ def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file
     import matplotlib.pyplot as plt
 
     reward_keys = sorted(k for k in metrics[0] if k.startswith("reward/") and k.endswith("_mean")) if metrics else []
-    eval_keys = sorted({k for r in evals for k in r if k.startswith("eval/")})
+    eval_keys = sorted({k for r in evals for k in r if k.startswith("eval/") and not k.endswith("_se")})
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     ax = axes[0][0]
     for key in reward_keys or ["reward_mean"]:
@@ -53,7 +53,10 @@ def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file
     ax.legend(fontsize=7)
     ax = axes[0][1]
     for key in eval_keys:
-        ax.plot(*_series(evals, key), marker="o", label=key.removeprefix("eval/"))
+        steps, values = _series(evals, key)
+        errors = [r.get(f"{key}_se") or 0.0 for r in evals if r.get(key) is not None]
+        ax.errorbar(steps, values, yerr=errors if len(errors) == len(values) else None, marker="o", capsize=2,
+                    label=key.removeprefix("eval/"))
     ax.set(title="held-out reward (ODE samples)", xlabel="iteration")
     if eval_keys:
         ax.legend(fontsize=7)

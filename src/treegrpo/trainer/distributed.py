@@ -44,6 +44,10 @@ class Processes:
             return flag
         return bool(self.gather(torch.tensor([1.0 if flag else 0.0])).max() > 0)
 
+    def all(self, flag: bool) -> bool:
+        """True when ``flag`` is set on every process (a collective)."""
+        return not self.any(not flag)
+
     def barrier(self) -> None:
         """Wait until every process gets here."""
         self.accelerator.wait_for_everyone()

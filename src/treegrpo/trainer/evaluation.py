@@ -62,19 +62,27 @@ def evaluate(
 ) -> tuple[dict[str, float], torch.Tensor]:
     """ODE samples (fixed seeded noise) of ``prompts`` scored by every reward and judge: (means, images).
 
-    Keys: ``eval/<reward>``, ``eval/score`` (the weighted training reward) and, with judges,
-    ``eval/judge/<name>`` and ``eval/judge_score``.
+    Keys: ``eval/<reward>``, ``eval/score`` (the weighted training reward), ``eval/score_se`` (its
+    standard error over the samples) and, with judges, ``eval/judge/<name>``, ``eval/judge_score``
+    and ``eval/judge_score_se``.
     """
     images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed + 7919,
                            max_batch=max_batch)
     total, components = rewards(images, list(prompts))
     result = {f"eval/{name}": float(values.mean()) for name, values in components.items()}
-    result["eval/score"] = float(total.mean())
+    result["eval/score"], result["eval/score_se"] = mean_and_standard_error(total)
     if judges is not None:
         judged, judge_components = judges(images, list(prompts))
         result.update({f"eval/judge/{name}": float(values.mean()) for name, values in judge_components.items()})
-        result["eval/judge_score"] = float(judged.mean())
+        result["eval/judge_score"], result["eval/judge_score_se"] = mean_and_standard_error(judged)
     return result, images
+
+
+def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error ``std / sqrt(n)`` (sample std; 0 for one value)."""
+    n = values.numel()
+    spread = float(values.double().std(unbiased=True)) if n > 1 else 0.0
+    return float(values.double().mean()), spread / math.sqrt(n) if n > 1 else 0.0
 
 
 def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:

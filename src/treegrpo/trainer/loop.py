@@ -40,6 +40,7 @@ from treegrpo.rewards.overlap import default_executor
 from treegrpo.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
 from treegrpo.schedule import Plan, describe
 from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
+from treegrpo.trainer.budget import TimeBudget
 from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
 from treegrpo.trainer.evaluation import RewardSet, evaluate, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
@@ -94,6 +95,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.cfg = cfg
+        self.budget = TimeBudget(cfg.train.max_minutes, start=time.time())
         self.run_dir = Path(run_dir or cfg.output_dir)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=cfg.train.find_unused_parameters)
         self.accelerator = accelerator or Accelerator(
@@ -127,6 +129,7 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every)
         self.metrics_lines = 0
         self.last: Optional[IterationResult] = None
+        self.last_evaluation = time.time()
         self.guard = NonFiniteGuard(t.max_nonfinite_in_a_row)
         self.stop = StopSignals()
         if resume_from is not None:
@@ -456,6 +459,7 @@ class Trainer:
         main process writes.
         """
         self.processes.barrier()
+        started = time.time()
         result = None
         if (self.processes.is_main or self.sharded) and self.prompts.eval:
             cfg = self.cfg
@@ -472,6 +476,8 @@ class Trainer:
             if self.last is not None:
                 self._draw_tree(step, self.last)
         self.processes.barrier()
+        self.budget.record_evaluation(time.time() - started)
+        self.last_evaluation = time.time()
         return result
 
     def _draw_tree(self, step: int, last: IterationResult) -> None:
@@ -509,31 +515,45 @@ class Trainer:
             self.save_checkpoint(step)
         raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step))
 
+    def _evaluation_due(self, step: int) -> bool:
+        """An intermediate evaluation after ``step``: every ``eval_every`` steps or ``eval_every_minutes``, if it fits."""
+        cfg = self.cfg.train
+        due = bool(cfg.eval_every and step % cfg.eval_every == 0)
+        due |= bool(cfg.eval_every_minutes and time.time() - self.last_evaluation >= 60 * cfg.eval_every_minutes)
+        return due and step != cfg.iterations and self.processes.all(self.budget.fits(iterations=1, evaluations=1))
+
     def train(self) -> list[dict[str, Any]]:
-        """Run from ``start_iteration`` to ``train.iterations``; returns this session's metrics."""
+        """Run from ``start_iteration`` to ``train.iterations`` (or until the time budget ends); returns this session's metrics."""
         cfg = self.cfg.train
         if self.processes.is_main:
             write_atomic(self.run_dir / "config.yaml", to_yaml(self.cfg))
         self.log.open(self.start_iteration, self.metrics_lines)
-        records = []
+        records: list[dict[str, Any]] = []
+        step, saved = self.start_iteration, True
         try:
             with self.stop.installed():
                 if self.start_iteration == 0 and cfg.eval_at_start:
                     self.evaluate_and_draw(0)
                 for iteration in range(self.start_iteration, cfg.iterations):
+                    if not self.processes.all(self.budget.fits(iterations=1)):
+                        logger.info("time budget of %.1f min: stopping after %d iterations", cfg.max_minutes, step)
+                        break
                     self.last = self.run_iteration(iteration)
+                    self.budget.record_iteration(self.last.metrics["seconds"])
                     self.log.iteration(self.last.metrics)
                     records.append(self.last.metrics)
                     step = iteration + 1
                     self.guard.check(step)
-                    if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.iterations:
+                    if self._evaluation_due(step):
                         self.evaluate_and_draw(step)
                     saved = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations
                     if saved:
                         self.save_checkpoint(step)
                     self._stop_if_requested(step, saved)
-                if self.start_iteration < cfg.iterations:
-                    self.evaluate_and_draw(cfg.iterations)
+                if step > self.start_iteration:
+                    if not saved:
+                        self.save_checkpoint(step)
+                    self.evaluate_and_draw(step)
                 self.export()
         finally:
             self.log.close()
