@@ -98,3 +98,17 @@ def test_an_internal_value_error_is_a_bug_and_keeps_its_traceback(monkeypatch: p
     monkeypatch.setattr(treegrpo.cli, "cmd_config", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["config", "--show-defaults"])
+
+
+def test_step_reweight_is_refused_for_ddim_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.tiny_models import tiny_pipeline
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    argv = ["train", f"model.path={tiny_pipeline('sd')}", f"data.prompts={prompts}", "reward=jpeg_compressibility",
+            "data.prompts_per_iteration=1", "loss.step_reweight=true", "--output-dir", str(tmp_path / "run")]
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    capsys.readouterr()  # building the tiny pipeline may print library notices
+    assert "models use DDIM: set it false" in _one_line_error(capsys, [argv[0], str(config), *argv[1:]])
+    assert not (tmp_path / "run").exists()

@@ -166,3 +166,11 @@ def test_an_import_path_is_a_valid_reward_name() -> None:
     assert reward_weights(cfg.reward) == {"treegrpo.demo.reward:ShapesReward": (1.0, {})}
     with pytest.raises(ConfigError, match="unknown reward 'shapez'"):
         resolve_config(BASE, ["reward=shapez"])
+
+
+def test_minibatches_are_sized_in_parents_or_in_edges_not_both() -> None:
+    assert resolve_config(BASE).train.minibatch_sizes() == (16, None)
+    assert resolve_config(BASE, ["train.edges_per_batch=32"]).train.minibatch_sizes() == (None, 32)
+    assert resolve_config(BASE, ["train.parents_per_batch=11"]).train.minibatch_sizes() == (11, None)
+    with pytest.raises(ConfigError, match="both size the minibatches; set one of them"):
+        resolve_config(BASE, ["train.parents_per_batch=11", "train.edges_per_batch=32"])

@@ -169,9 +169,12 @@ class TrainConfig:
     """Warm-up iterations."""
     max_grad_norm: float = 1.0
     inner_epochs: int = 1
-    parents_per_batch: int = 16
-    """Parents per minibatch; one forward scores all of a parent's children, so a step of a k-ary
-    tree sees k x this many edges (divide a flat run's value by k for equal edges per step; benchmarks/RESULTS.md)."""
+    parents_per_batch: Optional[int] = None
+    """Parents per minibatch (per process; 16 when neither this nor ``edges_per_batch`` is set). One
+    forward scores all of a parent's children, so a step of a k-ary tree sees k x this many edges."""
+    edges_per_batch: Optional[int] = None
+    """Trained edges per minibatch (per process), filled with whole parents: a k-ary tree and a flat
+    method then take the same number of optimizer steps per trained edge. Set this or ``parents_per_batch``."""
     grad_accum: int = 1
     """Minibatches per optimizer step (0 = one step per pass over the edges)."""
     mixed_precision: MixedPrecision = MixedPrecision.no
@@ -204,13 +207,26 @@ class TrainConfig:
     max_nonfinite_in_a_row: int = 3
     """Stop the run after this many iterations in a row whose update was skipped for NaN / inf values."""
 
+    def minibatch_sizes(self) -> tuple[Optional[int], Optional[int]]:
+        """(parents, edges) per minibatch as the engine takes them: exactly one is set."""
+        if self.edges_per_batch is not None:
+            return None, self.edges_per_batch
+        return (self.parents_per_batch if self.parents_per_batch is not None else DEFAULT_PARENTS_PER_BATCH), None
+
     def check(self) -> None:
         """Choices, ranges and settings FSDP cannot honour; one-line ConfigError naming the key."""
         self.lr_schedule = LrSchedule.parse(self.lr_schedule, "train.lr_schedule")
         self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "train.mixed_precision")
-        for key in ("iterations", "inner_epochs", "parents_per_batch", "keep_checkpoints", "log_every",
-                    "max_nonfinite_in_a_row"):
+        for key in ("iterations", "inner_epochs", "keep_checkpoints", "log_every", "max_nonfinite_in_a_row"):
             _at_least(f"train.{key}", getattr(self, key), 1)
+        if self.parents_per_batch is not None and self.edges_per_batch is not None:
+            raise ConfigError(
+                f"train.parents_per_batch={self.parents_per_batch} and train.edges_per_batch={self.edges_per_batch} "
+                "both size the minibatches; set one of them (the other to null)"
+            )
+        for key in ("parents_per_batch", "edges_per_batch"):
+            if getattr(self, key) is not None:
+                _at_least(f"train.{key}", getattr(self, key), 1)
         for key in ("grad_accum", "checkpoint_every", "eval_every", "warmup", "lr", "eval_every_minutes", "max_minutes"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         if not 0 <= self.ema < 1:
@@ -471,6 +487,9 @@ def _check_reward_names(spec: Any, key: str) -> None:
         if name not in known and not is_import_path(name):
             raise ConfigError(f"unknown reward {name!r}{did_you_mean(name, known)} (available: {', '.join(known)})")
 
+
+DEFAULT_PARENTS_PER_BATCH = 16
+"""Parents per minibatch when neither train.parents_per_batch nor train.edges_per_batch is set."""
 
 MAX_STEPS = 1000
 """Upper bound on ``sampling.steps`` (a plan is built per step at validation time)."""

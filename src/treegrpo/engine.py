@@ -101,8 +101,9 @@ class UpdateConfig:
     """How the trained edges are consumed (the ``train`` section's update keys)."""
 
     inner_epochs: int = 1  # passes over the edges of one rollout
-    parents_per_batch: int = 16  # parents per forward (each scores all its children)
+    parents_per_batch: int | None = 16  # parents per forward (each scores all its children) ...
     grad_accum: int = 1  # minibatches per optimizer step (0 = all minibatches of a pass in one step)
+    edges_per_batch: int | None = None  # ... or as many parents as reach this many trained edges
 
 
 def update_policy(
@@ -123,7 +124,8 @@ def update_policy(
     totals: dict[str, float] = {}
     count = steps = nfe = 0
     for _ in range(update_cfg.inner_epochs):
-        batches = make_minibatches(rollout, edge_mask, update_cfg.parents_per_batch, generator)
+        batches = make_minibatches(rollout, edge_mask, update_cfg.parents_per_batch, generator,
+                                   edges_per_batch=update_cfg.edges_per_batch)
         accum = update_cfg.grad_accum if update_cfg.grad_accum > 0 else max(1, len(batches))
         for i, batch in enumerate(batches):
             out = minibatch_loss(model_fn, stepper, rollout, batch, edge_advantages, loss_cfg, reference_fn=reference_fn)

@@ -34,6 +34,13 @@ class LossConfig:
     """Per parent node: the mean or the sum of its child edges' losses."""
     kl_beta: float = 0.0
     """Weight of the KL to the reference policy (0 = off)."""
+    ratio_norm: bool = False
+    """GRPO-Guard's ratio normalisation: remove the ``|mu_new - mu_old|^2 / 2 std^2`` term that keeps
+    ratios below 1 (so clipping acts on both sides) and scale the log-ratio by the step's std (one
+    ratio scale for every step); see :func:`guarded_log_ratio`."""
+    step_reweight: bool = False
+    """GRPO-Guard's step reweighting: weight each edge's loss by ``1 / (sigma_t - sigma_{t+1})`` of its
+    step, normalised to mean 1 over the schedule, so every step's gradient has one scale (flow models)."""
 
     def check(self) -> None:
         """Ranges the types cannot express; one-line ConfigError naming the key."""
@@ -44,11 +51,42 @@ class LossConfig:
             raise ConfigError(f"loss.kl_beta must be >= 0 (0 = no KL term), got {self.kl_beta}")
 
 
+def guarded_log_ratio(
+    new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, new_mean: torch.Tensor, old_mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """GRPO-Guard's normalised log-ratio ``(log p_new - log p_old + b) * s`` per edge.
+
+    For a Gaussian step of std ``s`` with ``x = mu_old + s z`` the plain log-ratio (averaged over
+    dimensions) is ``mean(z d) / s - mean(d^2) / (2 s^2)`` with ``d = mu_new - mu_old``: its second
+    term biases every ratio below 1 and grows as ``s`` shrinks. Adding ``b = mean(d^2) / (2 s^2)``
+    and scaling by ``s`` leaves ``mean(z d)``: centred at 0 and on one scale for every step.
+    """
+    dims = tuple(range(1, new_mean.ndim))
+    step_std = std.reshape(std.shape[0], -1)[:, 0]
+    safe = torch.where(step_std > 0, step_std, torch.ones_like(step_std))
+    bias = ((new_mean - old_mean) ** 2).mean(dim=dims) / (2 * safe**2)
+    return torch.where(step_std > 0, (new_log_prob - old_log_prob + bias) * step_std, torch.zeros_like(bias))
+
+
+def step_weights(sigmas: torch.Tensor) -> torch.Tensor:
+    """GRPO-Guard's per-step loss weights ``1 / (sigma_t - sigma_{t+1})``, normalised to mean 1: ``[T]``.
+
+    A flow step's mean moves by ``dt`` times the model output, so its gradient scales with ``dt``;
+    the weights undo that, so late (short) steps are not drowned by early (long) ones.
+    """
+    steps = (sigmas[:-1] - sigmas[1:]).to(torch.float32)
+    if bool((steps <= 0).any()):
+        raise ValueError("step_weights needs strictly decreasing sigmas")
+    inverse = 1.0 / steps
+    return inverse / inverse.mean()
+
+
 def clipped_surrogate(
-    new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_eps: float
+    log_ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-edge PPO-clip loss and the ratio."""
-    ratio = torch.exp(new_log_prob - old_log_prob)
+    """Per-edge PPO-clip loss and the ratio ``exp(log_ratio)``."""
+    ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
     return torch.maximum(unclipped, clipped), ratio
@@ -89,13 +127,20 @@ def policy_loss(
     cfg: LossConfig,
     *,
     kl: torch.Tensor | None = None,
+    log_ratio: torch.Tensor | None = None,
+    edge_weight: torch.Tensor | None = None,
 ) -> LossOutput:
     """The full objective for one minibatch of edges plus its diagnostics.
 
     ``parent`` gives each edge's parent as a dense id within the minibatch; ``kl`` (optional) is
-    the per-edge KL to the reference policy.
+    the per-edge KL to the reference policy; ``log_ratio`` replaces ``new - old`` log-probs (the
+    guarded ratio); ``edge_weight`` scales each edge's clipped loss (step reweighting).
     """
-    per_edge, ratio = clipped_surrogate(new_log_prob, old_log_prob, advantages, cfg.clip_eps)
+    if log_ratio is None:
+        log_ratio = new_log_prob - old_log_prob
+    per_edge, ratio = clipped_surrogate(log_ratio, advantages, cfg.clip_eps)
+    if edge_weight is not None:
+        per_edge = per_edge * edge_weight
     loss = aggregate_per_parent(per_edge, parent, cfg.node_aggregation)
     stats: dict[str, float] = {}
     if kl is not None and cfg.kl_beta > 0:
@@ -103,7 +148,6 @@ def policy_loss(
         loss = loss + cfg.kl_beta * kl_term
         stats["kl"] = float(kl_term.detach())
     with torch.no_grad():
-        log_ratio = new_log_prob - old_log_prob
         stats.update(
             policy_loss=float(per_edge.mean()),
             clip_fraction=float(((ratio - 1).abs() > cfg.clip_eps).float().mean()),

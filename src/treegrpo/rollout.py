@@ -103,6 +103,7 @@ class TreeRollout:
     root_latents: torch.Tensor  # [R, ...]
     nfe: int = 0
     model_calls: int = 0
+    parent_mean: torch.Tensor | None = None  # [P, ...] the old policy's step mean (``keep_means``)
 
     @property
     def num_parents(self) -> int:
@@ -154,7 +155,7 @@ class _TreeBuilder:
         self.node_tree = [roots]
         self.node_cond = [root_cond]
         self.num_nodes = num_roots
-        self.parents: dict[str, list[torch.Tensor]] = {"latents": [], "step": [], "cond": [], "node": []}
+        self.parents: dict[str, list[torch.Tensor]] = {"latents": [], "step": [], "cond": [], "node": [], "mean": []}
         self.edges: dict[str, list[torch.Tensor]] = {"slot": [], "child": [], "latents": [], "log_prob": []}
         self.num_parents = 0
 
@@ -167,12 +168,18 @@ class _TreeBuilder:
         k: int,
         child_latents: torch.Tensor,
         log_prob: torch.Tensor,
+        mean: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Record ``k`` children of each parent (children ordered parent-major); returns child ids."""
+        """Record ``k`` children of each parent (children ordered parent-major); returns child ids.
+
+        ``mean`` (optional): the step mean of each parent, kept for GRPO-Guard's ratio normalisation.
+        """
         n = parent_node.shape[0]
         device = parent_node.device
         slots = self.num_parents + torch.arange(n, device=device)
         self.parents["latents"].append(parent_latents)
+        if mean is not None:
+            self.parents["mean"].append(mean)
         self.parents["step"].append(torch.full((n,), step, device=device))
         self.parents["cond"].append(parent_cond)
         self.parents["node"].append(parent_node)
@@ -195,7 +202,7 @@ class _TreeBuilder:
         return children
 
     def finish(self, frontier_node: torch.Tensor, frontier_latents: torch.Tensor, roots: torch.Tensor,
-               nfe: int, calls: int) -> TreeRollout:
+               nfe: int, calls: int, keep_means: bool = False) -> TreeRollout:
         def cat(items: list[torch.Tensor], empty_like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
             if items:
                 return torch.cat(items)
@@ -227,6 +234,7 @@ class _TreeBuilder:
             root_latents=roots,
             nfe=nfe,
             model_calls=calls,
+            parent_mean=cat(self.parents["mean"], roots) if keep_means else None,
         )
 
 
@@ -241,10 +249,12 @@ def rollout_trees(
     max_batch: int = 64,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    keep_means: bool = False,
 ) -> TreeRollout:
     """Grow one tree per row of ``initial_noise`` (conditioned on ``root_cond``) through ``plan``.
 
-    ``on_step(step, frontier_size)`` is called after each step (progress bars).
+    ``on_step(step, frontier_size)`` is called after each step (progress bars); ``keep_means``
+    stores each trained parent's step mean (``parent_mean``, for GRPO-Guard's ratio normalisation).
     """
     if len(plan) != stepper.num_steps:
         raise ValueError(f"plan has {len(plan)} steps but the sampler has {stepper.num_steps}")
@@ -269,14 +279,15 @@ def rollout_trees(
             repeat = torch.arange(latents.shape[0], device=latents.device).repeat_interleave(k)
             drawn = stepper.step(output[repeat], latents[repeat], step_index[repeat], True, generator=generator)
             if spec.trained:
-                node = builder.add_children(node, latents, cond, step, k, drawn.prev_sample, drawn.log_prob)
+                mean = drawn.mean[::k] if keep_means else None  # children are parent-major: row i * k is parent i's
+                node = builder.add_children(node, latents, cond, step, k, drawn.prev_sample, drawn.log_prob, mean)
             else:
                 node = node[repeat]
             latents, cond = drawn.prev_sample, cond[repeat]
         if on_step is not None:
             on_step(step, int(latents.shape[0]))
 
-    return builder.finish(node, latents, initial_noise.to(torch.float32), nfe, calls)
+    return builder.finish(node, latents, initial_noise.to(torch.float32), nfe, calls, keep_means)
 
 
 def concat_rollouts(parts: Sequence[TreeRollout]) -> TreeRollout:
@@ -336,4 +347,5 @@ def concat_rollouts(parts: Sequence[TreeRollout]) -> TreeRollout:
         root_latents=torch.cat([p.root_latents for p in parts]),
         nfe=sum(p.nfe for p in parts),
         model_calls=sum(p.model_calls for p in parts),
+        parent_mean=None if any(p.parent_mean is None for p in parts) else torch.cat([p.parent_mean for p in parts]),  # type: ignore[misc]
     )

@@ -154,6 +154,8 @@ class DiffusersBackbone:
     default_lora_targets: tuple[str, ...] = ()
     sde_types: tuple[SdeType, ...] = ("sde", "cps")
     """``sampling.sde_type`` values the family's sampler has."""
+    flow_matching: bool = True
+    """A flow-matching model (sigmas, velocity); False for DDIM-sampled diffusion models."""
     pipeline_load_kwargs: dict[str, Any] = {}
     """Extra ``from_pretrained`` arguments of the family's pipeline (e.g. no safety checker)."""
 

@@ -35,6 +35,7 @@ class SDBackbone(DiffusersBackbone):
     denoiser_name = "unet"
     default_lora_targets = SD_LORA_TARGETS
     sde_types = ("sde",)
+    flow_matching = False
     pipeline_load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
     def __init__(

@@ -124,7 +124,8 @@ class Trainer:
         named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.ema = Ema(named, t.ema) if t.ema > 0 else None
         self.generators = self._make_generators()
-        self.update_cfg = UpdateConfig(t.inner_epochs, t.parents_per_batch, t.grad_accum)
+        parents, edges = t.minibatch_sizes()
+        self.update_cfg = UpdateConfig(t.inner_epochs, parents, t.grad_accum, edges_per_batch=edges)
         self.start_iteration = 0
         self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every)
         self.metrics_lines = 0
@@ -208,7 +209,7 @@ class Trainer:
                 part = rollout_trees(
                     model_fn, self.stepper, plan, noise[trees], root_cond[trees],
                     max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
-                    on_step=lambda step, width: bar.update(1),
+                    on_step=lambda step, width: bar.update(1), keep_means=cfg.loss.ratio_norm,
                 )
                 parts.append(part)
                 if len(chunks) > 1:

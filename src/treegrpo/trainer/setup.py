@@ -27,14 +27,17 @@ def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
 
 
 def check_model_folder(cfg: TrainerConfig) -> None:
-    """``model.path`` is a supported pipeline whose sampler has ``sampling.sde_type`` (nothing loaded)."""
+    """``model.path`` is a supported pipeline whose sampler has what the config asks of it (nothing loaded)."""
     model = replace(cfg.model, path=resolve_model_path(cfg.model.path))
     family = chosen_family(model, read_model_index(model))
-    supported = adapter_class(family).sde_types
-    if cfg.sampling.sde_type not in supported:
+    adapter = adapter_class(family)
+    if cfg.sampling.sde_type not in adapter.sde_types:
         raise ConfigError(
-            f"sampling.sde_type {cfg.sampling.sde_type!r} does not exist for {family} models; use one of {', '.join(supported)}"
+            f"sampling.sde_type {cfg.sampling.sde_type!r} does not exist for {family} models; "
+            f"use one of {', '.join(adapter.sde_types)}"
         )
+    if cfg.loss.step_reweight and not adapter.flow_matching:
+        raise ConfigError(f"loss.step_reweight weights flow-matching steps by their sigma; {family} models use DDIM: set it false")
 
 
 def build_judges(cfg: TrainerConfig, device: torch.device | str) -> Optional[RewardSet]:
