@@ -98,3 +98,27 @@ def test_guarded_ratio_is_one_before_any_update_and_needs_the_means() -> None:
     _, _, without = _rollout(S.tree_plan(5, k=2, window=2, start=1), trees=2)
     with pytest.raises(ValueError, match="keep_means"):
         minibatch_loss(model, stepper, without, make_minibatches(without, mask, 2)[0], advantages, cfg)
+
+
+def test_depth_scale_gives_every_depth_rms_one_by_hand() -> None:
+    from treegrpo.advantages import equalize_depth_scale
+
+    edge = torch.tensor([0.3, -0.4, 1.0, -2.0, 0.0, 2.0])
+    depth = torch.tensor([1, 1, 2, 2, 2, 2])
+    # depth 1: rms sqrt((0.09 + 0.16) / 2) = sqrt(0.125); depth 2: sqrt((1 + 4 + 0 + 4) / 4) = 1.5
+    expected = torch.tensor([0.3 / 0.125**0.5, -0.4 / 0.125**0.5, 1 / 1.5, -2 / 1.5, 0.0, 2 / 1.5])
+    torch.testing.assert_close(equalize_depth_scale(edge, depth), expected)
+
+
+def test_depth_scale_in_compute_advantages() -> None:
+    from treegrpo.engine import compute_advantages
+    from treegrpo.methods import AdvantageConfig
+
+    _, _, rollout = _rollout(S.tree_plan(5, k=2, window=3, start=0), trees=3)
+    scores = torch.randn(rollout.structure.leaf_node.numel(), generator=torch.Generator().manual_seed(4))
+    plain = compute_advantages(rollout.structure, scores, AdvantageConfig(min_group_std=0.0)).edge
+    scaled = compute_advantages(rollout.structure, scores, AdvantageConfig(min_group_std=0.0, depth_scale=True)).edge
+    depth = rollout.structure.edge_depth
+    for d in (1, 2, 3):
+        assert float(scaled[depth == d].square().mean().sqrt()) == pytest.approx(1.0, abs=1e-4)
+        assert torch.equal(torch.sign(scaled[depth == d]), torch.sign(plain[depth == d]))

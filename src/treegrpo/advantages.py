@@ -135,3 +135,18 @@ def normalize_per_depth(
     _, dense = torch.unique(key, return_inverse=True)
     mean, std = group_stats(edge_advantages, dense, int(dense.max()) + 1)
     return (edge_advantages - mean[dense]) / (std[dense] + eps)
+
+
+def equalize_depth_scale(edge_advantages: torch.Tensor, edge_depth: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """Rescale each depth's edge advantages to root-mean-square 1 over all groups (signs and zeros kept).
+
+    A backed-up advantage is a mean over the leaves below its edge, so edges near the root carry
+    smaller advantages than edges into leaves; this gives every depth the same scale.
+    """
+    _, dense = torch.unique(edge_depth, return_inverse=True)
+    depths = int(dense.max()) + 1 if dense.numel() else 0
+    square = torch.zeros(depths, dtype=edge_advantages.dtype, device=edge_advantages.device)
+    square.index_add_(0, dense, edge_advantages**2)
+    count = torch.zeros_like(square).index_add_(0, dense, torch.ones_like(edge_advantages))
+    rms = (square / count.clamp_min(1)).sqrt()
+    return edge_advantages / (rms[dense] + eps)

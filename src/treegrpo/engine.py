@@ -12,7 +12,13 @@ from typing import Callable, Protocol
 
 import torch
 
-from treegrpo.advantages import LeafAdvantages, backup_edge_advantages, normalize_leaf_scores, normalize_per_depth
+from treegrpo.advantages import (
+    LeafAdvantages,
+    backup_edge_advantages,
+    equalize_depth_scale,
+    normalize_leaf_scores,
+    normalize_per_depth,
+)
 from treegrpo.loss import LossConfig
 from treegrpo.methods import AdvantageConfig
 from treegrpo.models.base import ModelFn
@@ -44,6 +50,8 @@ def compute_advantages(structure: TreeStructure, leaf_scores: torch.Tensor, cfg:
         tree_guarded = torch.zeros(structure.num_trees, dtype=torch.bool, device=edge.device)
         tree_guarded[structure.leaf_tree] = leaf.leaf_guarded
         edge = edge.masked_fill(tree_guarded[structure.edge_tree], 0.0)  # guarded groups stay at zero
+    if cfg.depth_scale and edge.numel():
+        edge = equalize_depth_scale(edge, structure.edge_depth)
     return EdgeAdvantages(edge, leaf)
 
 

@@ -72,6 +72,7 @@ class AdvantageConfig:
     std_floor: float = 0.0  # divide by max(std, std_floor): tiny spreads give small advantages
     backup_beta: float = 0.0  # 0 = uniform mean of children, 1 = softmax over log pi_old
     per_depth_norm: bool = False  # BranchGRPO: normalise edge advantages per depth
+    depth_scale: bool = False  # rescale each depth's edge advantages to RMS 1 (root edges average many leaves)
     prune_depths: list[int] = field(default_factory=list)  # BranchGRPO depth pruning
     prune_keep_fraction: float = 1.0  # BranchGRPO width pruning at the deepest level
 
