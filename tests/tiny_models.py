@@ -479,7 +479,7 @@ def build_tiny_zimage(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, boundary_ratio: float = 0.6) -> Path:
+def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, boundary_ratio: float = 0.7) -> Path:
     """Save a tiny WanPipeline (T5 encoder, Wan VAE 4x temporal / 8x spatial, Euler scheduler) to ``path``.
 
     ``two_experts``: Wan 2.2's layout, a second transformer for the low-noise steps below
