@@ -200,3 +200,69 @@ def test_bad_wan_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="model.height"):
         load_backbone(_config(False, height=24))
     assert resolve_expert("auto", False, set(), {0, 5}) == "high"
+
+
+# ----------------------------------------------------------------------------- rewards and files for clips
+
+
+class _Brightness:
+    """An image reward: mean pixel value; records how many images it saw."""
+
+    name = "brightness"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def __call__(self, images: torch.Tensor, prompts: Any) -> torch.Tensor:
+        assert images.dim() == 4 and len(prompts) == images.shape[0]
+        self.seen.append(int(images.shape[0]))
+        return images.mean(dim=(1, 2, 3))
+
+
+class _ClipLength:
+    """A video reward: takes whole clips."""
+
+    name = "length"
+    takes_video = True
+
+    def __call__(self, images: torch.Tensor, prompts: Any) -> torch.Tensor:
+        return torch.full((images.shape[0],), float(images.shape[1]))
+
+
+def test_image_rewards_score_sampled_frames_and_video_rewards_get_clips() -> None:
+    from treegrpo.rewards.multi import MultiReward
+    from treegrpo.rewards.video import FrameSampledReward, frame_indices
+
+    assert frame_indices(9, 3) == [0, 4, 8] and frame_indices(9, "first") == [0] and frame_indices(3, "all") == [0, 1, 2]
+    assert frame_indices(5, 1) == [2] and frame_indices(2, 4) == [0, 1]
+    clips = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1, 1, 1).expand(2, 5, 3, 2, 2) / 10
+    brightness = _Brightness()
+    multi = MultiReward({"brightness": brightness, "length": _ClipLength()})
+    components = multi.components(clips, ["a", "b"])
+    expected = clips[:, [0, 1, 3, 4]].mean(dim=(1, 2, 3, 4))  # default: 4 frames evenly spaced over 5
+    assert torch.allclose(components["brightness"], expected) and brightness.seen == [8]
+    assert components["length"].tolist() == [5.0, 5.0]
+    first = FrameSampledReward(_Brightness(), "first")(clips, ["a", "b"])
+    assert torch.allclose(first, clips[:, 0].mean(dim=(1, 2, 3)))
+    with pytest.raises(ConfigError, match="frames"):
+        FrameSampledReward(_Brightness(), "middle")
+
+
+def test_steps_ever_trained_follow_the_window() -> None:
+    from treegrpo.methods import TreeConfig, steps_ever_trained
+
+    assert steps_ever_trained(TreeConfig(schedule="tree", window=2, window_start=1, window_placement="fixed"), 6) == (1, 2)
+    assert steps_ever_trained(TreeConfig(schedule="tree", window=2, window_placement="shifting"), 6) == (0, 1, 2, 3, 4)
+    assert steps_ever_trained(TreeConfig(schedule="flat"), 4) == (0, 1, 2, 3)
+
+
+def test_clips_are_written_as_video(tmp_path: Path) -> None:
+    from treegrpo.video_io import save_gif, save_video
+
+    clip = torch.rand(5, 3, 16, 32)
+    file = save_video(clip, tmp_path / "clip")
+    assert file.suffix in (".mp4", ".gif") and file.stat().st_size > 0
+    from PIL import Image
+
+    gif = save_gif((clip.permute(0, 2, 3, 1).numpy() * 255).astype("uint8"), tmp_path / "clip.gif")
+    assert Image.open(gif).n_frames == 5
