@@ -7,7 +7,7 @@ per parent, a loss on them, and the backward pass into the LoRA weights.
 Tiny random models by default (built in a temporary folder)::
 
     python benchmarks/backbone_step.py --out backbone_step.json
-    python benchmarks/backbone_step.py --families qwenimage flux2 zimage
+    python benchmarks/backbone_step.py --families qwenimage flux2 zimage wan
 
 or a real pipeline (family read from its model_index.json)::
 
@@ -28,15 +28,17 @@ from typing import Any, Optional
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage")
-GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5, "qwenimage": 4.0, "flux2": 4.0, "zimage": 3.0}
+FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage", "wan")
+GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5, "qwenimage": 4.0, "flux2": 4.0, "zimage": 3.0, "wan": 5.0}
 """Engine guidance with CFG (Qwen-Image: true CFG; Z-Image: the pipeline's ``cond + s * (cond - uncond)``)."""
 NO_GUIDANCE = {"zimage": 0.0}
 """Guidance meaning no CFG where it is not 1."""
-NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0, "qwenimage": 1.2, "flux2": 0.7, "zimage": 0.7}
+NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0, "qwenimage": 1.2, "flux2": 0.7, "zimage": 0.7, "wan": 0.3}
 TINY_SIZE = 32
-TINY_MAX_SEQUENCE_LENGTH = {"qwenimage": 256, "flux2": 48, "zimage": 48}
+TINY_MAX_SEQUENCE_LENGTH = {"qwenimage": 256, "flux2": 48, "zimage": 48, "wan": 16}
 """Text tokens of the tiny models (8 elsewhere): enough to keep the prompt after the chat templates."""
+TINY_NUM_FRAMES = {"wan": 5}
+"""Frames of the tiny video models (2 latent frames)."""
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -79,6 +81,7 @@ def time_family(path: str, args: argparse.Namespace, tiny: bool, family: Optiona
         height=size,
         width=size,
         max_sequence_length=TINY_MAX_SEQUENCE_LENGTH.get(family or "", 8) if tiny else 256,
+        num_frames=TINY_NUM_FRAMES.get(family or "") if tiny else None,
         lora=LoraConfig(rank=4, alpha=8.0) if tiny else LoraConfig(),
     )
     backbone = load_backbone(config)

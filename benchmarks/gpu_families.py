@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image, FLUX.2 [klein] 4B and Z-Image for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image, FLUX.2 [klein] 4B, Z-Image and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -42,6 +42,17 @@ FLUX1_VAE: dict[str, Any] = dict(
     sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
 )
 
+WAN21_1_3B_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+    freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    rope_max_seq_len=1024,
+)
+"""Wan-AI/Wan2.1-T2V-1.3B-Diffusers: about 1.4B parameters (UMT5-XXL text width 4096)."""
+WAN_14B_TRANSFORMER: dict[str, Any] = {**WAN21_1_3B_TRANSFORMER, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+"""Wan2.1-T2V-14B, and each of Wan2.2-T2V-A14B's two experts: about 14B parameters."""
+WAN_VAE: dict[str, Any] = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+"""Wan 2.1's VAE (also Wan2.2-A14B's): 4x temporal, 8x spatial, 16 channels."""
+
 TINY: dict[str, dict[str, dict[str, Any]]] = {
     "qwenimage": dict(
         transformer=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -65,6 +76,12 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
                  latent_channels=16, norm_num_groups=4, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
                  use_quant_conv=False, use_post_quant_conv=False),
+    ),
+    "wan": dict(
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                         out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                         qk_norm="rms_norm_across_heads", rope_max_seq_len=32),
+        vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
     ),
 }
 
@@ -113,7 +130,28 @@ def _zimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
                           text_encoder=None, tokenizer=None, transformer=model)
 
 
+def _wan(transformer: dict[str, Any], vae: dict[str, Any], two_experts: bool = False) -> Any:
+    """Wan 2.1 (one transformer) or Wan2.2-A14B (two, boundary 0.875, flow shift 12) with the released UniPC scheduler."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0 if two_experts else 3.0,
+    )
+    return WanPipeline(
+        tokenizer=None, text_encoder=None, vae=AutoencoderKLWan(**vae), scheduler=scheduler,
+        transformer=WanTransformer3DModel(**transformer),
+        transformer_2=WanTransformer3DModel(**transformer) if two_experts else None,
+        boundary_ratio=0.875 if two_experts else None,
+    )
+
+
+def _wan22(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    return _wan(transformer, vae, two_experts=True)
+
+
 FAMILY_BUILDS: dict[str, FamilyBuild] = {
+    "wan": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan),
+    "wan22": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan22),
     "qwenimage": FamilyBuild("treegrpo.models.qwenimage:QwenImageBackbone", _qwenimage),
     "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
     "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),

@@ -39,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_json  # noqa: E402
 from gpu_families import (  # noqa: E402
     FAMILY_BUILDS, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
-    ZIMAGE_TRANSFORMER,
+    WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
 from treegrpo import schedule as S  # noqa: E402
+from treegrpo.rewards.video import DEFAULT_FRAMES, frame_indices  # noqa: E402
 from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
 from treegrpo.methods import MethodConfig, plan_for_iteration, preset  # noqa: E402
 from treegrpo.models.common import TextConditioning  # noqa: E402
@@ -73,6 +74,8 @@ class SizeSpec:
     pooled_dim: int
     """0: the family has no pooled text embedding."""
     family: str = "sd3"
+    num_frames: Optional[int] = None
+    """Video families: frames per clip (the reward scores 4 evenly spaced frames of each)."""
 
 
 SD35_MEDIUM_TRANSFORMER: dict[str, Any] = dict(
@@ -116,6 +119,14 @@ SIZES: dict[str, SizeSpec] = {
     "zimage": SizeSpec(ZIMAGE_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=64, text_dim=2560,
                        pooled_dim=0, family="zimage"),
 }
+# Wan: UMT5-XXL width, prompts zero-padded to the pipeline's 512 tokens; 480 x 480, 33 frames (9 latent frames).
+SIZES["wan21_1.3b"] = SizeSpec(WAN21_1_3B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resolution=480, text_tokens=512,
+                               text_dim=4096, pooled_dim=0, family="wan", num_frames=33)
+# Wan2.2-T2V-A14B: two 14B experts (about 28 GB each in bf16; --train lora).
+SIZES["wan22_a14b"] = SizeSpec(WAN_14B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resolution=480, text_tokens=512,
+                               text_dim=4096, pooled_dim=0, family="wan22", num_frames=33)
+SIZES["wan_tiny"] = SizeSpec(TINY["wan"]["transformer"], TINY["wan"]["vae"], SIZES["tiny"].reward, resolution=32,
+                             text_tokens=8, text_dim=32, pooled_dim=0, family="wan", num_frames=5)
 for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32)):
     _text_dim = TINY[_family]["transformer"].get("joint_attention_dim", TINY[_family]["transformer"].get("cap_feat_dim"))
     SIZES[f"{_family}_tiny"] = SizeSpec(TINY[_family]["transformer"], TINY[_family]["vae"], SIZES["tiny"].reward,
@@ -175,6 +186,15 @@ def created_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+def score_clips_or_images(bench: Any, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The reward of images, or of clips as the mean over 4 evenly spaced frames (``rewards.video``'s default)."""
+    if images.dim() == 4:
+        return bench.reward(images, cond)
+    index = frame_indices(int(images.shape[1]), DEFAULT_FRAMES)
+    scores = bench.reward(images[:, index].flatten(0, 1), cond.repeat_interleave(len(index)))
+    return scores.view(-1, len(index)).mean(dim=1)
+
+
 def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbone:
     """The family's pipeline of random weights (no text encoders) wrapped by the library's adapter."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -189,13 +209,14 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
             )
         else:
             pipe = FAMILY_BUILDS[spec.family].build(spec.transformer, spec.vae)
+    family = "wan" if spec.family == "wan22" else spec.family  # Wan 2.2 is the wan adapter with two experts
     config = ModelConfig(
-        path="random-weights", family=spec.family, dtype=args.dtype, device=args.device,
+        path="random-weights", family=family, dtype=args.dtype, device=args.device, num_frames=spec.num_frames,
         full_finetune=args.train == "full", lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)),
         gradient_checkpointing=args.gradient_checkpointing, height=spec.resolution, width=spec.resolution,
         decode_batch_size=args.decode_batch,
     )
-    adapter = SD3Backbone if spec.family == "sd3" else adapter_class(spec.family)
+    adapter = SD3Backbone if spec.family == "sd3" else adapter_class(family)
     return adapter(pipe, config, torch.device(args.device))
 
 
@@ -322,7 +343,7 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
     noise = backbone.initial_noise(roots, rollout_generator)
     rollout, rollout_s = timed(device, lambda: rollout_trees(model_fn, stepper, plan, noise, root_cond,
                                                              max_batch=args.max_batch, generator=rollout_generator))
-    scores, reward_s = timed(device, lambda: bench.reward(backbone.decode(rollout.leaf_latents), rollout.leaf_cond))
+    scores, reward_s = timed(device, lambda: score_clips_or_images(bench, backbone.decode(rollout.leaf_latents), rollout.leaf_cond))
 
     def train() -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         advantages = compute_advantages(rollout.structure, scores, method.advantage)

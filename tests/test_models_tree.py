@@ -78,8 +78,9 @@ def check_tree_iteration(
 
     # A full iteration: decode leaves, score them, back the advantages up the tree, one update.
     images = backbone.decode(rollout.leaf_latents)
-    assert images.shape == (rollout.leaf_latents.shape[0], 3, backbone.height, backbone.width)
-    scores = images.mean(dim=(1, 2, 3))
+    frames = (getattr(backbone, "num_frames"),) if images.dim() == 5 else ()  # video: [N, F, 3, H, W]
+    assert images.shape == (rollout.leaf_latents.shape[0], *frames, 3, backbone.height, backbone.width)
+    scores = images.flatten(1).mean(dim=1)
     leaf = normalize_leaf_scores(scores, rollout.leaf_cond, min_group_std=0.0)
     advantages = backup_edge_advantages(
         rollout.structure.node_parent, rollout.structure.node_depth, rollout.structure.edge_child, rollout.structure.edge_log_prob,

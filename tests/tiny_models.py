@@ -479,6 +479,67 @@ def build_tiny_zimage(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, boundary_ratio: float = 0.7) -> Path:
+    """Save a tiny WanPipeline (T5 encoder, Wan VAE 4x temporal / 8x spatial, Euler scheduler) to ``path``.
+
+    ``two_experts``: Wan 2.2's layout, a second transformer for the low-noise steps below
+    ``boundary_ratio``. The transformer follows diffusers' own tiny Wan test config.
+    """
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    path = Path(path)
+
+    def transformer(offset: int):  # -> WanTransformer3DModel
+        torch.manual_seed(seed + offset)
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=16,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=1,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        ).eval()
+
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer(0),
+        transformer_2=transformer(3) if two_experts else None,
+        boundary_ratio=boundary_ratio if two_experts else None,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
@@ -486,6 +547,7 @@ BUILDERS = {
     "qwenimage": build_tiny_qwenimage,
     "flux2": build_tiny_flux2,
     "zimage": build_tiny_zimage,
+    "wan": build_tiny_wan,
 }
 
 

@@ -186,3 +186,16 @@ def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: in
             raise ValueError(f"tree.k must be >= 2 for the split schedule, got {cfg.k}")
         return S.split_plan(num_steps, cfg.k, cfg.split_steps)
     raise ValueError(f"unknown tree.schedule {cfg.schedule!r}; use tree, flat, mix or split")
+
+
+def steps_ever_trained(cfg: TreeConfig, num_steps: int) -> tuple[int, ...]:
+    """Every step some iteration's plan may train (a fixed window's steps; any reachable window otherwise).
+
+    For denoisers that depend on the step (Wan 2.2's two experts): the model loads what these steps need.
+    """
+    if cfg.schedule in ("tree", "mix"):
+        S.check_window(num_steps, cfg.window)
+        fixed = cfg.window_placement == "fixed"
+        starts = [cfg.window_start] if fixed else range(S.max_window_start(num_steps, cfg.window) + 1)
+        return tuple(sorted({t for s in starts for t in range(s, min(s + cfg.window, num_steps))}))
+    return tuple(range(num_steps))  # flat (any fraction may draw any step) and split (trained SDE between splits)

@@ -67,7 +67,11 @@ class Backbone(Protocol):
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Final latents -> images ``[B, 3, H, W]`` in [0, 1] (float32, no grad)."""
+        """Final latents -> images ``[B, 3, H, W]`` in [0, 1] (float32, no grad).
+
+        Video families (Wan) return clips ``[B, F, 3, H, W]`` (frame axis before channels, as
+        diffusers' video pipelines output them); rewards see them through ``rewards.video``.
+        """
         ...
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

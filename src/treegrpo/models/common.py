@@ -1,4 +1,4 @@
-"""What the diffusers adapters (SD3, FLUX, SD, Qwen-Image, FLUX.2, Z-Image) share: freezing, LoRA / full fine-tuning, CFG, export.
+"""What the diffusers adapters (SD3, FLUX, SD, Qwen-Image, FLUX.2, Z-Image, Wan) share: freezing, LoRA / full fine-tuning, CFG, export.
 
 :class:`DiffusersBackbone` wraps a loaded diffusers pipeline. Family subclasses supply the
 prompt encoder, the schedule, the initial noise, the denoiser call and the latent -> VAE mapping;
@@ -119,6 +119,14 @@ class DenoiserInputs:
     prompt_mask: Optional[torch.Tensor] = None
 
 
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The steps any iteration may train out of ``num_steps`` (for denoisers that depend on the step: Wan 2.2's experts)."""
+
+    num_steps: int
+    steps: tuple[int, ...]
+
+
 class WithoutAdapters(torch.nn.Module):
     """The LoRA denoiser's base model: each call runs with the adapters disabled (the reference policy)."""
 
@@ -167,12 +175,14 @@ class DiffusersBackbone:
         *,
         with_reference: bool = False,
         trainable: bool = True,
+        training_window: Optional[TrainingWindow] = None,
     ) -> None:
         self.pipe = pipe
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = torch_dtype(cfg.dtype)
-        self.denoiser: torch.nn.Module = getattr(pipe, self.denoiser_name)
+        self.training_window = training_window
+        self.denoiser: torch.nn.Module = self._trained_denoiser()
         self.height, self.width = self._image_size()
         self._reference_copy: Optional[torch.nn.Module] = None
         self.trainable = trainable
@@ -189,6 +199,14 @@ class DiffusersBackbone:
         """Names, not Parameter objects: FSDP replaces the objects when it shards the denoiser."""
 
     # ------------------------------------------------------------------ family hooks
+
+    def _trained_denoiser(self) -> torch.nn.Module:
+        """The module trained: the pipeline's ``denoiser_name`` (Wan 2.2 picks one expert or both)."""
+        return getattr(self.pipe, self.denoiser_name)
+
+    def _frozen_modules(self) -> list[torch.nn.Module]:
+        """Further denoisers called but never trained (Wan 2.2's other expert); frozen and placed like the VAE."""
+        return []
 
     def _default_size(self) -> tuple[int, int]:
         """The pipeline's default (height, width): ``default_sample_size * vae_scale_factor`` (SD3, FLUX)."""
@@ -252,7 +270,7 @@ class DiffusersBackbone:
 
     def _freeze_all(self) -> None:
         """Text encoders, VAE and denoiser frozen and in eval mode (training unfreezes what it trains)."""
-        for module in [*self._text_encoders(), self.pipe.vae, self.denoiser]:
+        for module in [*self._text_encoders(), self.pipe.vae, self.denoiser, *self._frozen_modules()]:
             module.requires_grad_(False)
             module.eval()
 
@@ -262,8 +280,8 @@ class DiffusersBackbone:
 
     def _place_modules(self) -> None:
         """Denoiser and VAE on the device; text encoders there too unless offloaded."""
-        self.denoiser.to(self.device)
-        self.pipe.vae.to(self.device)
+        for module in [self.denoiser, *self._frozen_modules(), self.pipe.vae]:
+            module.to(self.device)
         encoder_device = torch.device("cpu") if self._offloads() else self.device
         for encoder in self._text_encoders():
             encoder.to(encoder_device)
@@ -357,7 +375,7 @@ class DiffusersBackbone:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-decode final latents to float32 images ``[B, 3, H, W]`` in [0, 1]."""
+        """VAE-decode final latents to float32 images ``[B, 3, H, W]`` (video: ``[B, F, 3, H, W]``) in [0, 1]."""
         images = []
         for start in range(0, latents.shape[0], self.cfg.decode_batch_size):
             chunk = latents[start : start + self.cfg.decode_batch_size].to(self.device, self.dtype)

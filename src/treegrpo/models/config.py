@@ -20,6 +20,8 @@ from treegrpo.models.registry import FAMILIES
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 
 LORA_INIT_WEIGHTS: tuple[str, ...] = ("gaussian", "default")
+WAN_EXPERTS: tuple[str, ...] = ("auto", "high", "low", "both")
+"""``model.expert`` choices (Wan 2.2's high-noise / low-noise denoisers)."""
 
 
 @dataclass
@@ -37,12 +39,12 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    """A diffusers pipeline (SD3/3.5, FLUX.1, SD1.x/2.x, Qwen-Image, FLUX.2 [klein], Z-Image) seen as a trainable policy."""
+    """A diffusers pipeline (SD3/3.5, FLUX.1, SD1.x/2.x, Qwen-Image, FLUX.2 [klein], Z-Image, Wan) seen as a trainable policy."""
 
     path: str = ""
     """Local pipeline folder or hub id (``stabilityai/stable-diffusion-3.5-medium``)."""
     family: Optional[str] = None
-    """``"sd3"``, ``"flux"``, ``"sd"``, ``"qwenimage"``, ``"flux2"`` or ``"zimage"``; read from ``model_index.json`` when ``None``."""
+    """``"sd3"``, ``"flux"``, ``"sd"``, ``"qwenimage"``, ``"flux2"``, ``"zimage"`` or ``"wan"``; read from ``model_index.json`` when ``None``."""
     revision: Optional[str] = None
     variant: Optional[str] = None
     """Weight variant to load, e.g. ``"fp16"``."""
@@ -73,7 +75,13 @@ class ModelConfig:
     offload_text_encoders: bool = True
     """Move text encoders to the CPU after encoding (off the accelerator between rollouts)."""
     decode_batch_size: int = 8
-    """Images per VAE decode call."""
+    """Images (clips) per VAE decode call."""
+    num_frames: Optional[int] = None
+    """Video families (Wan): frames per clip, 1 + a multiple of the VAE's temporal factor; ``None`` = 81."""
+    expert: str = "auto"
+    """Wan 2.2: the denoiser(s) trained, ``high`` / ``low`` / ``both``; ``auto`` = those whose steps the tree's window reaches."""
+    guidance_scale_2: Optional[float] = None
+    """Wan 2.2: CFG scale of the low-noise expert's steps; ``None`` = the guidance scale of the others."""
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -106,5 +114,7 @@ def check_model_config(cfg: ModelConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise ConfigError(f"model.{name} must be a positive number of pixels, got {value}")
+    if cfg.expert not in WAN_EXPERTS:
+        raise ConfigError(f"model.expert {cfg.expert!r} is not supported; use one of {', '.join(WAN_EXPERTS)}")
     if cfg.decode_batch_size < 1:
         raise ConfigError(f"model.decode_batch_size must be >= 1, got {cfg.decode_batch_size}")

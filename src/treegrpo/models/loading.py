@@ -15,7 +15,7 @@ import torch
 
 from treegrpo.errors import ConfigError
 
-from treegrpo.models.common import DiffusersBackbone
+from treegrpo.models.common import DiffusersBackbone, TrainingWindow
 from treegrpo.models.config import ModelConfig, resolve_device, torch_dtype, validate_model_config
 from treegrpo.models.registry import FAMILIES, adapter_class, family_of_pipeline, supported_pipelines
 
@@ -136,6 +136,7 @@ def load_backbone(
     *,
     with_reference: bool = False,
     trainable: bool = True,
+    training_window: Optional[TrainingWindow] = None,
 ) -> DiffusersBackbone:
     """Load ``cfg.path`` as a trainable policy (LoRA or full fine-tuning) on ``device``.
 
@@ -143,10 +144,13 @@ def load_backbone(
     fine-tuned denoiser for :meth:`~DiffusersBackbone.reference` (needed only with a KL term;
     LoRA models never need the copy). ``trainable=False`` loads for sampling only: no adapter,
     every weight frozen in ``cfg.dtype`` (load a trained LoRA with ``backbone.pipe.load_lora_weights``).
+    ``training_window``: the steps the trainer may train (Wan 2.2 picks and checks its expert with it).
     """
     validate_model_config(cfg)
     model_index = read_model_index(cfg)
     family = chosen_family(cfg, model_index)
     pipe = load_pipeline(cfg, family, model_index)
     target = torch.device(device) if device is not None else resolve_device(cfg.device)
-    return adapter_class(family)(pipe, cfg, target, with_reference=with_reference, trainable=trainable)
+    return adapter_class(family)(
+        pipe, cfg, target, with_reference=with_reference, trainable=trainable, training_window=training_window
+    )

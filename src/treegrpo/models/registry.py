@@ -29,6 +29,7 @@ FAMILIES: dict[str, Family] = {
     "qwenimage": Family("treegrpo.models.qwenimage:QwenImageBackbone", ("QwenImagePipeline",)),
     "flux2": Family("treegrpo.models.flux2:Flux2Backbone", ("Flux2KleinPipeline",)),
     "zimage": Family("treegrpo.models.zimage:ZImageBackbone", ("ZImagePipeline",)),
+    "wan": Family("treegrpo.models.wan:WanBackbone", ("WanPipeline",)),
 }
 
 

@@ -39,7 +39,8 @@ class SDBackbone(DiffusersBackbone):
     pipeline_load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
     def __init__(
-        self, pipe: Any, cfg: ModelConfig, device: torch.device, *, with_reference: bool = False, trainable: bool = True
+        self, pipe: Any, cfg: ModelConfig, device: torch.device, *, with_reference: bool = False, trainable: bool = True,
+        **options: Any,
     ) -> None:
         if pipe.unet.config.get("time_cond_proj_dim", None) is not None:
             raise ValueError(
@@ -52,7 +53,7 @@ class SDBackbone(DiffusersBackbone):
                 f"scheduler prediction_type {prediction_type!r} is not supported; "
                 f"use a model with one of {', '.join(SUPPORTED_PREDICTION_TYPES)}"
             )
-        super().__init__(pipe, cfg, device, with_reference=with_reference, trainable=trainable)
+        super().__init__(pipe, cfg, device, with_reference=with_reference, trainable=trainable, **options)
 
     def _default_size(self) -> tuple[int, int]:
         """``unet.config.sample_size * vae_scale_factor``, as the pipeline defaults."""

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from treegrpo.rewards.base import RewardFn, check_inputs
+from treegrpo.rewards.video import FrameSampledReward, for_clips, is_video
 
 
 class MultiReward:
@@ -46,15 +47,22 @@ class MultiReward:
         unknown = sorted(set(options) - set(weights))
         if unknown:
             raise ValueError(f"options given for reward(s) {unknown} that have no weight")
-        rewards = {name: get_reward(name, **{**shared, **options.get(name, {})}) for name in weights}
+        rewards = {}
+        for name in weights:
+            settings = {**shared, **options.get(name, {})}
+            frames = settings.pop("frames", None)  # video: which frames an image reward scores
+            reward = get_reward(name, **settings)
+            rewards[name] = reward if frames is None else FrameSampledReward(reward, frames)
         return cls(rewards, weights)
 
     def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Each reward's float32 CPU scores [B], by name (unweighted)."""
-        check_inputs(images, prompts)
+        """Each reward's float32 CPU scores [B], by name (unweighted); clips ``[B, F, 3, H, W]`` go to
+        rewards that take video, and as sampled frames (:mod:`treegrpo.rewards.video`) to the others."""
+        video = is_video(images)
+        check_inputs(images[:, 0] if video else images, prompts)
         out = {}
         for key, reward in self.rewards.items():
-            scores = reward(images, prompts).detach().to("cpu", torch.float32).reshape(-1)
+            scores = (for_clips(reward) if video else reward)(images, prompts).detach().to("cpu", torch.float32).reshape(-1)
             if scores.shape[0] != images.shape[0]:
                 raise ValueError(f"reward {key!r} returned {scores.shape[0]} scores for {images.shape[0]} images")
             out[key] = scores

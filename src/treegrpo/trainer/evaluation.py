@@ -17,6 +17,7 @@ import torch
 
 from treegrpo.models.base import Backbone
 from treegrpo.rewards.multi import MultiReward
+from treegrpo.rewards.video import middle_frames
 from treegrpo.rollout import TreeRollout, rollout_trees
 from treegrpo.schedule import ODE, Plan, flat_plan
 
@@ -126,9 +127,9 @@ def tree_figure(rollout: TreeRollout, decode: Callable[[torch.Tensor], torch.Ten
 
     structure = rollout.structure
     nodes, latents = tree_nodes(rollout, tree)
-    images = dict(zip(nodes, decode(torch.stack([latents[n] for n in nodes]))))
+    images = dict(zip(nodes, middle_frames(decode(torch.stack([latents[n] for n in nodes])))))  # clips: middle frame
     leaves = torch.nonzero(structure.leaf_tree == tree).squeeze(1).tolist()
-    finals = decode(rollout.leaf_latents[leaves])
+    finals = middle_frames(decode(rollout.leaf_latents[leaves]))
     parent = structure.node_parent.tolist()
     depth = structure.node_depth.tolist()
     children: dict[int, list[int]] = {n: [] for n in nodes}

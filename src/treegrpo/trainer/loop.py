@@ -33,10 +33,12 @@ from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
 from treegrpo.engine import EdgeAdvantages, UpdateConfig, compute_advantages, select_edges, update_policy
 from treegrpo.faults import fault_point
 from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, stats_findings
-from treegrpo.methods import plan_for_iteration
+from treegrpo.methods import plan_for_iteration, steps_ever_trained
 from treegrpo.models.base import Backbone
+from treegrpo.models.common import TrainingWindow
 from treegrpo.optim import Ema, lr_factor
 from treegrpo.rewards.overlap import default_executor
+from treegrpo.rewards.video import is_video, middle_frames
 from treegrpo.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
 from treegrpo.schedule import Plan, describe
 from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
@@ -47,6 +49,7 @@ from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
 from treegrpo.trainer.run_dir import holds_run, prepare_run_dir, write_atomic
 from treegrpo.trainer.setup import build_judges, build_rewards, find_resume_checkpoint, preflight
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
+from treegrpo.video_io import save_video
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +363,9 @@ class Trainer:
 
         model = replace(self.cfg.model, path=resolve_model_path(self.cfg.model.path))
         with_reference = self.cfg.loss.kl_beta > 0 and model.full_finetune
-        return load_backbone(model, device=self.processes.device, with_reference=with_reference)
+        steps = self.cfg.sampling.steps  # Wan 2.2 loads (and checks) the expert(s) these steps need
+        window = TrainingWindow(steps, steps_ever_trained(self.cfg.tree, steps))
+        return load_backbone(model, device=self.processes.device, with_reference=with_reference, training_window=window)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the trainable weights."""
@@ -471,8 +476,12 @@ class Trainer:
                     judges=self.judges,
                 )
         if self.processes.is_main and result is not None:
-            grid = image_grid(images, math.ceil(math.sqrt(images.shape[0])))
+            columns = math.ceil(math.sqrt(images.shape[0]))
+            grid = image_grid(middle_frames(images), columns)  # clips: their middle frames, and the grid animated
             save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")
+            if is_video(images):
+                clip = torch.stack([image_grid(images[:, f], columns) for f in range(images.shape[1])])
+                save_video(clip, self.run_dir / "samples" / f"step-{step:06d}")
             self.log.evaluation(step, result, grid)
             if self.last is not None:
                 self._draw_tree(step, self.last)
