@@ -11,6 +11,7 @@ import pytest
 from treegrpo import cli
 from treegrpo.demo import run as demo
 from treegrpo.demo.evaluate import BASE_DIR
+from treegrpo.trainer.evaluation import grid_cells
 
 needs_base = pytest.mark.skipif(not (BASE_DIR / "model_index.json").exists(), reason="demo base not present")
 
@@ -54,7 +55,7 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
 
     cfg = load_config(out / "config.yaml")
     prompts = load_prompt_sets(cfg.data, cfg.seed).eval
-    cells = demo.grid_cells(out / "samples/step-000000.png", len(prompts), len(prompts))
+    cells = grid_cells(out / "samples/step-000000.png", len(prompts), len(prompts))
     assert float(ShapesReward()(cells, prompts).mean()) == pytest.approx(evals[0]["eval/score"], abs=0.02)
 
     # the README's three lines load the trained LoRA onto the shipped base in plain diffusers
@@ -74,7 +75,7 @@ def test_grid_cells_invert_the_sample_grid(tmp_path: Path) -> None:
 
     images = torch.rand(11, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     save_png(image_grid(images, 4), tmp_path / "grid.png")  # 11 images: 4 columns, as for 11 eval prompts
-    cells = demo.grid_cells(tmp_path / "grid.png", 11, 11)
+    cells = grid_cells(tmp_path / "grid.png", 11, 11)
     assert cells.shape == images.shape and (cells - images).abs().max() <= 0.5 / 255 + 1e-6
 
 

@@ -133,23 +133,6 @@ BEFORE_AFTER_PAIRS = 24
 """Held-out prompts shown in before_after.png (the first ones of the fixed evaluation set)."""
 
 
-def grid_cells(grid: Path, count: int, total: int) -> torch.Tensor:
-    """The first ``count`` of the ``total`` square images in a sample grid PNG (``trainer.image_grid`` layout)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    array = np.asarray(Image.open(grid).convert("RGB"), dtype=np.float32) / 255
-    columns = math.ceil(math.sqrt(total))
-    size = array.shape[1] // columns - 2
-    cells = []
-    for i in range(count):
-        row, column = divmod(i, columns)
-        top, left = row * (size + 2) + 1, column * (size + 2) + 1
-        cells.append(array[top : top + size, left : left + size])
-    return torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2)
-
-
 def before_after_png(before: Path, after: Path, prompts: Sequence[str], scores: tuple[float, float], file: Path) -> None:
     """Base and trained samples of the first held-out prompts side by side, captioned, with each image's reward."""
     import textwrap
@@ -161,6 +144,7 @@ def before_after_png(before: Path, after: Path, prompts: Sequence[str], scores: 
     import torch
 
     from treegrpo.demo.reward import ShapesReward
+    from treegrpo.trainer.evaluation import grid_cells
 
     shown = min(BEFORE_AFTER_PAIRS, len(prompts))
     base, trained = grid_cells(before, shown, len(prompts)), grid_cells(after, shown, len(prompts))

@@ -86,8 +86,13 @@ def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
     return float(values.double().mean()), spread / math.sqrt(n) if n > 1 else 0.0
 
 
+def grid_columns(count: int) -> int:
+    """Columns of a square-ish grid of ``count`` images (the evaluation grids' layout)."""
+    return max(1, math.ceil(math.sqrt(count)))
+
+
 def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
-    """``[N, 3, H, W]`` -> one ``[3, rows * H, columns * W]`` grid (2-pixel gaps)."""
+    """``[N, 3, H, W]`` -> one ``[3, rows * H, columns * W]`` grid (2-pixel gaps); :func:`grid_cells` inverts it."""
     n, c, h, w = images.shape
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
@@ -96,6 +101,21 @@ def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
         r, k = divmod(i, columns)
         grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, k * (w + 2) + 1 : k * (w + 2) + 1 + w] = images[i].cpu()
     return grid
+
+
+def grid_cells(file: Path, count: int, total: int) -> torch.Tensor:
+    """The first ``count`` of the ``total`` square images of an evaluation grid PNG: ``[count, 3, S, S]``."""
+    from PIL import Image
+
+    array = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255
+    columns = grid_columns(total)
+    size = array.shape[1] // columns - 2
+    cells = []
+    for i in range(count):
+        row, column = divmod(i, columns)
+        top, left = row * (size + 2) + 1, column * (size + 2) + 1
+        cells.append(array[top : top + size, left : left + size])
+    return torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2)
 
 
 def save_png(image: torch.Tensor, file: Path) -> None:

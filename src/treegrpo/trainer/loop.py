@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import random
 import time
 from concurrent.futures import Future
@@ -44,7 +43,7 @@ from treegrpo.schedule import Plan, describe
 from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
 from treegrpo.trainer.budget import TimeBudget
 from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
-from treegrpo.trainer.evaluation import RewardSet, evaluate, image_grid, save_png, tree_figure
+from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
 from treegrpo.trainer.run_dir import holds_run, prepare_run_dir, write_atomic
 from treegrpo.trainer.setup import build_judges, build_rewards, find_resume_checkpoint, preflight
@@ -476,7 +475,7 @@ class Trainer:
                     judges=self.judges,
                 )
         if self.processes.is_main and result is not None:
-            columns = math.ceil(math.sqrt(images.shape[0]))
+            columns = grid_columns(images.shape[0])
             grid = image_grid(middle_frames(images), columns)  # clips: their middle frames, and the grid animated
             save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")
             if is_video(images):
