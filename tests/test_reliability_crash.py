@@ -57,7 +57,7 @@ def _write_config(tmp_path: Path) -> Path:
 def _drive(config: Path, plan: list[dict], tmp_path: Path) -> list[dict]:
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "reliability_driver.py"), str(config), str(plan_file)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

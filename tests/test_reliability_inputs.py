@@ -59,7 +59,7 @@ def _launch(config: Path, tmp_path: Path, name: str, overrides: list[str]) -> tu
     keep = out / ("metrics.jsonl" if name == "another-run" else "notes.txt")
     keep.write_bytes(b'{"step": 1}\n' + name.encode())
     items = [item.replace("{tmp}", str(tmp_path)) for item in overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     command = [sys.executable, "-m", "treegrpo", "train", str(config), *items, "--output-dir", str(out)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, keep, keep.read_bytes()
