@@ -81,7 +81,7 @@ def _image_tag(run: Path, file: Path | None, caption: str) -> str:
     )
 
 
-def _steps(folder: Path) -> list[Path]:
+def step_pictures(folder: Path) -> list[Path]:
     """The raw ``step-NNNNNN.png`` pictures of a folder, oldest first (captioned copies left out)."""
     return sorted(p for p in folder.glob("step-*.png") if p.stem[5:].isdigit()) if folder.is_dir() else []
 
@@ -95,12 +95,12 @@ def _readable(file: Path | None) -> Path | None:
 
 
 def _newest(folder: Path) -> Path | None:
-    files = _steps(folder)
+    files = step_pictures(folder)
     return files[-1] if files else None
 
 
 def _oldest(folder: Path) -> Path | None:
-    files = _steps(folder)
+    files = step_pictures(folder)
     return files[0] if files else None
 
 

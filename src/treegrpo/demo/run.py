@@ -176,7 +176,10 @@ def before_after_png(before: Path, after: Path, prompts: Sequence[str], scores: 
 
 
 def _steps(folder: Path) -> list[Path]:
-    return sorted(folder.glob("step-*.png")) if folder.is_dir() else []
+    """The raw ``step-NNNNNN.png`` pictures (not their ``-captioned`` copies), oldest first."""
+    from treegrpo.report import step_pictures
+
+    return step_pictures(folder)
 
 
 def summarize(run: Path, eval_prompts: Sequence[str]) -> dict[str, Any]:
