@@ -268,3 +268,8 @@ def test_library_noise_is_silenced_and_no_bars_without_a_tty(tmp_path: Path) -> 
     for noise in ("torchvision", "Loading", "it/s]", "%|", "Warning", "warn"):
         assert noise not in done.stderr, done.stderr
     assert "step 1/1" in done.stderr and "eval step 1" in done.stderr
+
+
+def test_demo_takes_overrides_after_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    error = _one_line_error(capsys, ["demo", "--iterations", "1", "tree.kk=3", "--seed", "1"])
+    assert "unknown config key 'tree.kk'" in error and "did you mean 'tree.k'" in error

@@ -82,7 +82,7 @@ def quiet_libraries(verbose: bool, loads_models: bool) -> None:
     if loads_models:
         import diffusers.utils.logging as diffusers_logging
         import transformers.utils.logging as transformers_logging
-        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]
 
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()

@@ -200,7 +200,7 @@ def summarize(run: Path, eval_prompts: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``treegrpo demo`` (also ``python -m treegrpo.demo.run``)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may follow options
     import torch
 
     torch.set_num_threads(max(1, args.threads))

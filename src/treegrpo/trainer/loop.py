@@ -510,8 +510,8 @@ class Trainer:
         if self.processes.is_main:
             with self.eval_weights():
                 self.backbone.save_trained(folder, weights=weights)
-            write_model_card(self.run_dir, type(getattr(self.backbone, "pipe", None)).__name__
-                             if getattr(self.backbone, "pipe", None) is not None else None)
+            pipe = getattr(self.backbone, "pipe", None)
+            write_model_card(self.run_dir, type(pipe).__name__ if pipe is not None else None)
             ckpt.normal_file_modes(folder)
         self.processes.barrier()
         return folder

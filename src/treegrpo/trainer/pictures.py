@@ -50,7 +50,7 @@ def captioned_grid(images: torch.Tensor, captions: Sequence[str], columns: Optio
         r, c = divmod(i, columns)
         left, top = c * (tile_w + 4) + 2, r * (tile_h + band + 4) + 2
         array = (images[i].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        tile = Image.fromarray(np.ascontiguousarray(array)).resize((tile_w, tile_h), Image.NEAREST)
+        tile = Image.fromarray(np.ascontiguousarray(array)).resize((tile_w, tile_h), Image.Resampling.NEAREST)
         canvas.paste(tile, (left, top))
         lines = textwrap.wrap(captions[i] if i < len(captions) else "", width=chars) or [""]
         if len(lines) > CAPTION_LINES:
