@@ -112,7 +112,7 @@ def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHis
 
     def held_out_reward() -> float:
         with trainer.eval_weights():
-            result, _ = evaluate(trainer.backbone, trainer.rewards, trainer.prompts.eval, steps=cfg.sampling.steps,
+            result, _, _ = evaluate(trainer.backbone, trainer.rewards, trainer.prompts.eval, steps=cfg.sampling.steps,
                                  guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed,
                                  max_batch=cfg.sampling.max_batch)
         return result["eval/score"]

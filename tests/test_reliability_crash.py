@@ -57,7 +57,7 @@ def _write_config(tmp_path: Path) -> Path:
 def _drive(config: Path, plan: list[dict], tmp_path: Path) -> list[dict]:
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "reliability_driver.py"), str(config), str(plan_file)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -91,7 +91,8 @@ def test_kills_signals_and_corruption_never_lose_more_than_one_checkpoint(tmp_pa
         assert (_ended(result), result["latest"]) == (end, latest), result
         assert result["broken"] == [], result  # no half-written checkpoint ever looks complete
     for result in results[12:14]:  # signals: one line on stderr naming the checkpoint and how to resume
-        assert "checkpoint" in result["stderr_tail"][0] and "--resume auto" in result["stderr_tail"][0]
+        line = result["stderr_tail"][0]  # the exact command that resumes this run, not its config's folder
+        assert "checkpoint" in line and f"`treegrpo train --resume {Path(chaos).resolve()}`" in line
     assert results[-2] == {"corrupted": plan[-2]["corrupt"]}
     # the corrupted newest checkpoint is skipped: resume falls back to step 3, redoes iteration 4
     assert _ended(results[-1]) == "exit 0" and results[-1]["latest"] == 4 and results[-1]["broken"] == []

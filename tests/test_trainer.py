@@ -78,7 +78,7 @@ def test_two_processes_gather_whole_groups(tmp_path: Path) -> None:
     values["tree"]["trees"] = 2  # 6 trees over 2 processes: prompt 1's trees sit on both
     config.write_text(json.dumps(values))
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
                "-m", "treegrpo", "train", str(config), "--output-dir", str(out)]
@@ -97,6 +97,10 @@ def test_two_processes_gather_whole_groups(tmp_path: Path) -> None:
         assert parts[0]["weights_checksum"] == parts[1]["weights_checksum"]  # DDP kept the replicas equal
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["num_processes"] for r in records] == [2, 2]
+    # train.parents_per_batch is global: 2 processes take 8 parents each and step the optimizer as often as 1 process
+    assert "minibatch: 16 parents over 2 processes (8 per process)" in done.stderr
+    single = train(resolve_config(values, [f"output_dir={tmp_path / 'single'}", "train.debug_dump=false"]))
+    assert [r["optimizer_steps"] for r in records] == [r["optimizer_steps"] for r in single] == [2.0, 2.0]
 
 
 def test_accelerates_fsdp_plugin_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -118,7 +122,7 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path: Path) -> None:
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_values(tmp_path, ema=0.0, checkpoint_every=2, eval_at_start=False)))
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
                str(ROOT / "tests" / "fsdp_driver.py"), str(config), str(out)]

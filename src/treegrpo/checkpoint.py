@@ -79,6 +79,19 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
+def normal_file_modes(path: Path) -> None:
+    """Give ``path`` (or every file under it) the mode a normally created file gets (0666 minus the umask).
+
+    safetensors and huggingface_hub write through private temp files (0600); exported weights and
+    checkpoints should be as readable as the run's other files.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        os.chmod(file, 0o666 & ~mask)
+
+
 def write_json(file: Path, value: Any) -> None:
     """Write JSON and fsync it."""
     fault_point("checkpoint_write")
@@ -192,6 +205,7 @@ def save_main(
     fault_point("checkpoint_write")
     torch.save(scheduler, folder / "scheduler.pt")
     write_json(folder / "state.json", state)
+    normal_file_modes(folder)
 
 
 def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) -> None:

@@ -1,17 +1,22 @@
 """The ``treegrpo`` command line.
 
-    treegrpo train CONFIG.yaml [dotted.key=value ...] [--output-dir RUN] [--resume RUN|auto] [--overwrite]
-    treegrpo sample --model PATH [--trained DIR] --prompt TEXT ... [--noise-level 0.7] --out grid.png
-    treegrpo eval CONFIG.yaml [dotted.key=value ...] [--trained DIR] [--out results.json]
+    treegrpo train [CONFIG.yaml] [dotted.key=value ...] [--output-dir RUN] [--resume RUN|auto] [--overwrite]
+    treegrpo sample (--model PATH | --run RUN) [--trained DIR] --prompt TEXT ... [--prompts FILE --prompt-field F] --out grid.png
+    treegrpo eval [CONFIG.yaml] [dotted.key=value ...] [--trained DIR] [--out results.json]
     treegrpo report RUN
+    treegrpo push RUN --repo ID [--private]
     treegrpo config --show-defaults [--method NAME]
     treegrpo toy [--method NAME] [--iterations N] [--lr LR] [--seed S]
     treegrpo demo ...
 
+``key=value`` overrides go anywhere on the line (before or after options); without a YAML file the
+schema defaults plus the overrides make the config. ``--verbose`` (anywhere) shows library warnings
+and loading bars, which are silenced otherwise.
+
 Multi-process: ``accelerate launch --config_file configs/accelerate/8gpu_ddp.yaml -m treegrpo train ...``.
 Bad input prints one line on stderr naming the problem and the fix, and exits with code 2.
-SIGTERM / Ctrl-C during ``train`` save a checkpoint and exit with 128 + the signal number (143 / 130);
-a run stopped by repeated NaN / inf values exits with code 1; both print one line.
+SIGTERM / Ctrl-C during ``train`` save a checkpoint, print the command that resumes the run and exit
+with 128 + the signal number (143 / 130); a run stopped by repeated NaN / inf values exits with code 1.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -47,26 +54,69 @@ def split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], lis
 
 def _setup_logging() -> None:
     """treegrpo's INFO lines on stderr (warnings only on non-main processes)."""
-    import os
-
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     logging.getLogger("treegrpo").setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
+LIBRARIES: tuple[str, ...] = ("transformers", "diffusers", "huggingface_hub", "peft", "accelerate", "torch", "wandb")
+"""Libraries whose warnings and progress bars are silenced unless ``--verbose``."""
+
+
+def quiet_libraries(verbose: bool, loads_models: bool) -> None:
+    """Silence library warnings and loading bars (unless ``verbose``); treegrpo's own lines stay.
+
+    Environment variables cover libraries imported later; with ``loads_models`` transformers and
+    diffusers are imported and told directly (they may already be imported, e.g. in tests).
+    """
+    if verbose:
+        return
+    for variable, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                            ("WANDB_SILENT", "true")):
+        os.environ.setdefault(variable, value)
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module="treegrpo")
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if loads_models:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+        from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        disable_progress_bars()
+
+
 # ----------------------------------------------------------------------------- commands
 
 
+def _config_path(path: Optional[str], resume: Optional[str], output_dir: Optional[str]) -> Optional[str]:
+    """The YAML to read: the one given, else the resumed run's own RUN/config.yaml (when there is one)."""
+    if path is not None:
+        return path
+    if resume not in (None, "auto"):
+        return str(Path(resume) / "config.yaml")
+    if resume == "auto" and output_dir and (Path(output_dir) / "config.yaml").is_file():
+        return str(Path(output_dir) / "config.yaml")
+    return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Resolve the config (or the resumed run's) and train."""
+    """Resolve the config (a YAML, the resumed run's, or only defaults + overrides) and train."""
     from treegrpo.config import load_config
     from treegrpo.trainer import train
 
     path, overrides = split_config_and_overrides(args.items)
-    if path is None and args.resume not in (None, "auto"):
-        path = str(Path(args.resume) / "config.yaml")
-    if path is None:
-        raise CliError("no config given; run `treegrpo train CONFIG.yaml [key=value ...]` (see configs/)")
+    path = _config_path(path, args.resume, args.output_dir)
+    if path is None and not overrides:
+        raise CliError("no config given; pass CONFIG.yaml and/or key=value overrides, e.g. `treegrpo train "
+                       "model.path=builtin:shapes data.builtin=shapes reward=shapes` (see configs/)")
+    if args.resume not in (None, "auto") and not Path(path or "").is_file():
+        raise CliError(f"{args.resume} holds no config.yaml; pass the folder of a treegrpo run to --resume")
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     if args.resume not in (None, "auto"):
@@ -117,13 +167,41 @@ def apply_trained(backbone: Any, folder: Path) -> None:
     backbone.denoiser.load_state_dict(state)
 
 
-def _model_config(args: argparse.Namespace) -> Any:
+SAMPLE_DEFAULTS: dict[str, Any] = {"steps": 10, "guidance_scale": 4.5, "dtype": "bf16", "max_sequence_length": 256}
+"""``treegrpo sample`` settings when neither the flag nor ``--run`` gives them."""
+
+
+def _sample_settings(args: argparse.Namespace) -> tuple[Any, Optional[str], int, float]:
+    """(model config, trained folder, steps, guidance): from the flags, else from ``--run RUN``'s config, else defaults."""
+    from dataclasses import replace
+
+    from treegrpo.config import load_config
     from treegrpo.models.config import ModelConfig
 
-    return ModelConfig(
-        path=args.model, dtype=args.dtype, device=args.device, height=args.height, width=args.width,
-        local_files_only=args.local_files_only, max_sequence_length=args.max_sequence_length,
-    )
+    flags = {key: getattr(args, key) for key in SAMPLE_DEFAULTS}
+    if args.run is None:
+        if args.model is None:
+            raise CliError("no model; pass --model PATH (pipeline folder, hub id or builtin:shapes) or --run RUN")
+        values = {key: SAMPLE_DEFAULTS[key] if value is None else value for key, value in flags.items()}
+        model = ModelConfig(path=args.model, dtype=values["dtype"], device=args.device, height=args.height, width=args.width,
+                            local_files_only=args.local_files_only, max_sequence_length=values["max_sequence_length"])
+        return model, args.trained, values["steps"], values["guidance_scale"]
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise CliError(f"{run} holds no config.yaml; pass the folder of a treegrpo training run to --run")
+    cfg = load_config(run / "config.yaml")
+    trained = args.trained or str(run / "final")
+    if not Path(trained).is_dir():
+        raise CliError(f"{trained} does not exist: the run has not exported its weights; finish it with "
+                       f"`treegrpo train --resume {run}` or pass --trained")
+    changes = {key: value for key, value in (("path", args.model), ("dtype", args.dtype), ("height", args.height),
+                                             ("width", args.width), ("max_sequence_length", args.max_sequence_length))
+               if value is not None}
+    model = replace(cfg.model, device=args.device, local_files_only=args.local_files_only or cfg.model.local_files_only,
+                    **changes)
+    steps = cfg.sampling.steps if args.steps is None else args.steps
+    guidance = cfg.sampling.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    return model, trained, steps, guidance
 
 
 def _prompt_list(args: argparse.Namespace) -> list[str]:
@@ -131,24 +209,29 @@ def _prompt_list(args: argparse.Namespace) -> list[str]:
 
     prompts = list(args.prompt or [])
     if args.prompts:
-        prompts += load_prompts(args.prompts)
+        prompts += load_prompts(args.prompts, field=args.prompt_field, field_key="--prompt-field")
     if not prompts:
         raise CliError("no prompts; pass --prompt TEXT (repeatable) or --prompts FILE")
     return [p for p in prompts for _ in range(args.per_prompt)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """Images from a base model (plus trained weights) as a PNG grid."""
+    """Images from a base model (plus trained weights, or a run's) as a PNG grid and a captioned copy."""
     import math
 
     from treegrpo.trainer.evaluation import image_grid, sample_images, save_png
+    from treegrpo.trainer.pictures import captioned_name, save_captioned
 
     prompts = _prompt_list(args)
-    backbone = load_for_inference(_model_config(args), args.trained)
-    images = sample_images(backbone, prompts, steps=args.steps, guidance_scale=args.guidance_scale,
+    model, trained, steps, guidance = _sample_settings(args)
+    backbone = load_for_inference(model, trained)
+    images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance,
                            noise_level=args.noise_level, seed=args.seed, max_batch=64)
-    save_png(image_grid(images, args.columns or math.ceil(math.sqrt(len(prompts)))), Path(args.out))
-    print(f"wrote {args.out} ({len(prompts)} images)")
+    columns = args.columns or math.ceil(math.sqrt(len(prompts)))
+    out = Path(args.out)
+    save_png(image_grid(images, columns), out)
+    captioned = save_captioned(images, prompts, captioned_name(out), columns)
+    print(f"wrote {out} and {captioned} ({len(prompts)} images)")
     return 0
 
 
@@ -160,13 +243,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from treegrpo.trainer.setup import build_rewards
 
     path, overrides = split_config_and_overrides(args.items)
-    if path is None:
-        raise CliError("no config given; run `treegrpo eval CONFIG.yaml [key=value ...] [--trained RUN/final]`")
+    if path is None and not overrides:
+        raise CliError("no config given; run `treegrpo eval [CONFIG.yaml] [key=value ...] [--trained RUN/final]`")
     cfg = load_config(path, overrides)
     prompts = load_prompt_sets(cfg.data, cfg.seed).eval
     backbone = load_for_inference(cfg.model, args.trained)
     rewards = build_rewards(cfg.reward, backbone.device if hasattr(backbone, "device") else "cpu")
-    result, _ = evaluate(backbone, rewards, prompts, steps=cfg.sampling.steps, guidance_scale=cfg.sampling.guidance_scale,
+    result, _, _ = evaluate(backbone, rewards, prompts, steps=cfg.sampling.steps, guidance_scale=cfg.sampling.guidance_scale,
                          seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch)
     output = {"model": cfg.model.path, "trained": args.trained, "prompts": len(prompts), **result}
     text = json.dumps(output, indent=2)
@@ -184,6 +267,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CliError(f"{args.run} is not a run folder; pass the output_dir of a training run")
     png, page = make_report(args.run)
     print(f"wrote {png} and {page}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload RUN/final (weights + model card) to a Hugging Face Hub repo."""
+    from treegrpo.sharing import push
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise CliError(f"{run} is not a run folder; pass the output_dir of a training run")
+    url = push(run, args.repo, private=args.private)
+    print(f"uploaded {run / 'final'} to {url}")
     return 0
 
 
@@ -213,35 +308,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    """``--verbose`` after the command too (it is global; SUPPRESS keeps the top-level value)."""
+    p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                   help="show library warnings and loading bars")
+
+
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model with a GRPO-family method", description="Train (RL post-training).")
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
-                   help="a YAML config, then dotted overrides such as tree.k=4 train.lr=1e-5")
+                   help="an optional YAML config and dotted overrides such as tree.k=4 train.lr=1e-5, anywhere on the line")
     p.add_argument("--output-dir", help="run folder (overrides output_dir)")
-    p.add_argument("--resume", metavar="RUN|auto", help="continue RUN (or output_dir with 'auto') from its newest complete checkpoint")
+    p.add_argument("--resume", metavar="RUN|auto",
+                   help="continue RUN (its config.yaml) from its newest complete checkpoint; 'auto': output_dir's, "
+                        "or a new run when it has none")
     p.add_argument("--overwrite", action="store_true", help="replace another run's files in the output folder")
+    _add_verbose(p)
     p.set_defaults(func=cmd_train)
 
 
 def _add_sample(sub: Any) -> None:
-    p = sub.add_parser("sample", help="draw images from a model (+ trained weights) into a PNG grid")
-    p.add_argument("--model", required=True, help="pipeline folder, hub id or builtin:shapes")
+    p = sub.add_parser("sample", help="draw images from a model (+ trained weights) into a PNG grid (+ a captioned one)")
+    p.add_argument("--model", help="pipeline folder, hub id or builtin:shapes (or take a run's with --run)")
+    p.add_argument("--run", help="a run folder: its model, size, steps and guidance, and its RUN/final weights")
     p.add_argument("--trained", help="a LoRA folder or RUN/final")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts", help="a .txt/.jsonl file of prompts")
+    p.add_argument("--prompt-field", default="prompt", help="the field of a .jsonl record that holds the prompt")
     p.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance-scale", type=float, default=4.5)
+    p.add_argument("--steps", type=int, help=f"default: the run's, else {SAMPLE_DEFAULTS['steps']}")
+    p.add_argument("--guidance-scale", type=float, help=f"default: the run's, else {SAMPLE_DEFAULTS['guidance_scale']}")
     p.add_argument("--noise-level", type=float, default=0.0, help="0 = ODE sampling, > 0 = SDE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--dtype", default="bf16", help="fp32, bf16 or fp16")
+    p.add_argument("--dtype", help=f"fp32, bf16 or fp16 (default: the run's, else {SAMPLE_DEFAULTS['dtype']})")
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-sequence-length", type=int, default=256)
+    p.add_argument("--max-sequence-length", type=int)
     p.add_argument("--local-files-only", action="store_true")
     p.add_argument("--columns", type=int, help="grid columns (default: square)")
-    p.add_argument("--out", default="samples.png", help="PNG file to write")
+    p.add_argument("--out", default="samples.png", help="PNG file to write (and OUT-captioned.png beside it)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -250,6 +357,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
     p.add_argument("--trained", help="a LoRA folder or RUN/final (default: the base model)")
     p.add_argument("--out", help="also write the JSON here")
+    _add_verbose(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -257,6 +365,12 @@ def _add_misc(sub: Any) -> None:
     p = sub.add_parser("report", help="PNG + HTML report of a run (curves, tree picture, before/after)")
     p.add_argument("run", help="a run folder")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("push", help="upload RUN/final (weights + model card) to the Hugging Face Hub")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--repo", required=True, help="the Hub repo id, e.g. your-name/sd35m-treegrpo-hps")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    _add_verbose(p)
+    p.set_defaults(func=cmd_push)
     p = sub.add_parser("config", help="print the default config (--show-defaults [--method NAME])")
     p.add_argument("--show-defaults", action="store_true", help="print every key with its default")
     p.add_argument("--method", help="apply this method preset first")
@@ -300,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     from treegrpo import __version__
 
     parser.add_argument("--version", action="version", version=f"treegrpo {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show library warnings and loading bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train(sub)
     _add_sample(sub)
@@ -308,18 +423,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MODEL_COMMANDS: tuple[str, ...] = ("train", "sample", "eval", "demo")
+"""Commands that load diffusers pipelines (their libraries are silenced directly, not only by environment)."""
+
+
+def parse_words(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides (and the config file) may come after options too.
+
+    argparse gives a ``nargs="*"`` positional only the words before the first option; the rest come
+    back unrecognised and join ``items`` here. Unknown options stay errors.
+    """
+    args, extra = parser.parse_known_args(words)
+    if extra and hasattr(args, "items"):
+        args.items = list(args.items) + [word for word in extra if not word.startswith("-")]
+        extra = [word for word in extra if word.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: run a subcommand; bad input -> one line on stderr, exit code 2."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    verbose = words[:1] in (["--verbose"], ["-v"])
+    if verbose:
+        words = words[1:]
     if words[:1] == ["demo"]:  # everything after "demo" is the demo's own (argparse.REMAINDER drops leading --options)
-        args = argparse.Namespace(command="demo", func=cmd_demo, rest=words[1:])
+        args = argparse.Namespace(command="demo", func=cmd_demo, rest=words[1:], verbose=verbose)
     else:
-        args = parser.parse_args(words)
+        args = parse_words(parser, words)
+        args.verbose = verbose or bool(getattr(args, "verbose", False))
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
     _setup_logging()
+    quiet_libraries(args.verbose, loads_models=args.command in MODEL_COMMANDS)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

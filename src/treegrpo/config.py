@@ -170,10 +170,11 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     inner_epochs: int = 1
     parents_per_batch: Optional[int] = None
-    """Parents per minibatch (per process; 16 when neither this nor ``edges_per_batch`` is set). One
-    forward scores all of a parent's children, so a step of a k-ary tree sees k x this many edges."""
+    """Parents per minibatch over all processes (each takes parents_per_batch / processes, so the optimizer
+    steps per iteration do not change with the number of GPUs); 16 when neither this nor ``edges_per_batch``
+    is set. One forward scores all of a parent's children, so a step of a k-ary tree sees k x this many edges."""
     edges_per_batch: Optional[int] = None
-    """Trained edges per minibatch (per process), filled with whole parents: a k-ary tree and a flat
+    """Trained edges per minibatch over all processes, filled with whole parents: a k-ary tree and a flat
     method then take the same number of optimizer steps per trained edge. Set this or ``parents_per_batch``."""
     grad_accum: int = 1
     """Minibatches per optimizer step (0 = one step per pass over the edges)."""
@@ -197,7 +198,10 @@ class TrainConfig:
     log_every: int = 1
     """Iterations between log lines (metrics.jsonl always gets every iteration)."""
     progress: bool = True
-    """tqdm bar over denoising steps on the main process."""
+    """tqdm bar over denoising steps on the main process (only when stderr is a terminal)."""
+    log_with: Any = "tensorboard"
+    """Experiment trackers: a list or a comma-separated string of ``tensorboard``, ``wandb``, ``trackio``,
+    ``swanlab`` (any of accelerate's trackers); ``none`` = only metrics.jsonl / eval.jsonl."""
     find_unused_parameters: bool = False
     """DDP option; needed when some trained weights get no gradient."""
     fsdp: bool = False
@@ -215,7 +219,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """Choices, ranges and settings FSDP cannot honour; one-line ConfigError naming the key."""
+        from treegrpo.trainer.trackers import parse_log_with
+
         self.lr_schedule = LrSchedule.parse(self.lr_schedule, "train.lr_schedule")
+        self.log_with = parse_log_with(self.log_with)
         self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "train.mixed_precision")
         for key in ("iterations", "inner_epochs", "keep_checkpoints", "log_every", "max_nonfinite_in_a_row"):
             _at_least(f"train.{key}", getattr(self, key), 1)
@@ -433,6 +440,25 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
     return resolve_config(values, overrides, source=str(path) if path is not None else "defaults")
 
 
+def _local_path(value: Optional[str]) -> Optional[str]:
+    """``value`` as an absolute path when it names an existing file or folder; else unchanged (hub ids, aliases)."""
+    if value is None or ":" in value and not Path(value).exists():
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def with_absolute_paths(cfg: TrainerConfig) -> TrainerConfig:
+    """A copy of ``cfg`` whose path-valued keys are absolute, so RUN/config.yaml works from any folder.
+
+    Local data files and a local model folder become absolute; hub ids (and ``builtin:shapes``) stay
+    as typed; ``output_dir`` is always made absolute.
+    """
+    data = dataclasses.replace(cfg.data, prompts=_local_path(cfg.data.prompts), eval_prompts=_local_path(cfg.data.eval_prompts))
+    model = dataclasses.replace(cfg.model, path=_local_path(cfg.model.path) or cfg.model.path)
+    return dataclasses.replace(cfg, data=data, model=model, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
+
+
 def _plain(value: Any) -> Any:
     """Containers with every choice replaced by its string value."""
     if isinstance(value, dict):
@@ -445,6 +471,11 @@ def _plain(value: Any) -> Any:
 def to_yaml(cfg: TrainerConfig) -> str:
     """The resolved config as YAML (what RUN/config.yaml holds); choices are written as their values."""
     return OmegaConf.to_yaml(_plain(OmegaConf.to_container(OmegaConf.structured(cfg))))
+
+
+def config_values(cfg: TrainerConfig) -> dict[str, Any]:
+    """The resolved config as a plain nested dict of YAML values (what trackers store once)."""
+    return typing.cast(dict[str, Any], _plain(OmegaConf.to_container(OmegaConf.structured(cfg))))
 
 
 def show_defaults(method: str | None = None) -> str:

@@ -36,8 +36,8 @@ def load_txt(file: Path) -> list[str]:
     return [line.strip() for line in _read_text(file).splitlines() if line.strip()]
 
 
-def load_jsonl(file: Path, field: str = "prompt") -> list[str]:
-    """The ``field`` of every JSON record (one per line) of a .jsonl file."""
+def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_field") -> list[str]:
+    """The ``field`` of every JSON record (one per line) of a .jsonl file; errors name ``field_key`` as the fix."""
     prompts = []
     for number, line in enumerate(_read_text(file).splitlines(), start=1):
         if not line.strip():
@@ -48,7 +48,7 @@ def load_jsonl(file: Path, field: str = "prompt") -> list[str]:
             raise DataError(f"{file}:{number} is not valid JSON; write one JSON object per line") from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise DataError(
-                f"{file}:{number} has no string field {field!r}; add it or set data.prompt_field to the field's name"
+                f"{file}:{number} has no string field {field!r}; add it or set {field_key} to the field's name"
             )
         if record[field].strip():
             prompts.append(record[field].strip())
@@ -76,14 +76,15 @@ def load_dataset_prompts(name: str, split: str, field: str = "prompt") -> list[s
     return [str(p).strip() for p in table[field] if str(p).strip()]
 
 
-def load_prompts(source: str, *, field: str = "prompt", split: str = "train") -> list[str]:
-    """Prompts from a .txt / .jsonl file or a HF dataset name or folder; never empty."""
+def load_prompts(source: str, *, field: str = "prompt", split: str = "train", field_key: str = "data.prompt_field") -> list[str]:
+    """Prompts from a .txt / .jsonl file or a HF dataset name or folder; never empty. ``field_key`` names the
+    setting that chooses the field (``data.prompt_field``, or ``--prompt-field`` for ``treegrpo sample``)."""
     file = Path(source).expanduser()
     suffix = file.suffix.lower()
     if suffix in (".txt", ".jsonl", ".json"):
         if not file.is_file():
             raise DataError(f"prompt file {file} does not exist; set data.prompts to an existing .txt or .jsonl file")
-        prompts = load_txt(file) if suffix == ".txt" else load_jsonl(file, field)
+        prompts = load_txt(file) if suffix == ".txt" else load_jsonl(file, field, field_key)
     elif file.is_file():
         raise DataError(f"{file} has an unknown extension; use .txt (one prompt per line) or .jsonl")
     else:

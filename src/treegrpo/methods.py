@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Optional
 
 from treegrpo import schedule as S
 from treegrpo.choices import Choice
@@ -53,7 +53,9 @@ class TreeConfig:
     shift_every: int = 1  # ... every this many iterations
     geometric_ratio: float = 0.5  # geometric: P[i] ~ r^i
     trees: int = 1  # trees (independent trajectories for flat methods) per prompt
-    split_steps: list[int] = field(default_factory=lambda: [0, 2, 4, 6])  # split: BRANCH steps
+    split_steps: Optional[list[int]] = None
+    """split: BRANCH steps (absolute indices); ``None`` = BranchGRPO's [0, 2, 4, 6] of 10 steps scaled to
+    ``sampling.steps`` (see :func:`default_split_steps`)."""
     train_fraction: float = 1.0  # flat: fraction of steps trained, redrawn every iteration
 
     def check(self) -> None:
@@ -114,7 +116,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "loss": dict(clip_eps=1e-4, kl_beta=0.0),
     },
     "branch_grpo": {
-        "tree": dict(schedule="split", k=2, split_steps=[0, 2, 4, 6], trees=1),
+        "tree": dict(schedule="split", k=2, trees=1),  # split_steps: derived from sampling.steps
         "advantage": dict(backup_beta=1.0, per_depth_norm=True),
         "loss": dict(clip_eps=1e-3, kl_beta=0.0),
     },
@@ -165,6 +167,15 @@ def preset(name: str, **overrides: dict[str, Any]) -> MethodConfig:
     return config
 
 
+SPLIT_FRACTIONS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+"""BranchGRPO's split points [0, 2, 4, 6] of its 10-step schedule, as fractions of the schedule."""
+
+
+def default_split_steps(num_steps: int) -> list[int]:
+    """BranchGRPO's split steps scaled to ``num_steps`` (10 steps -> [0, 2, 4, 6]; 4 -> [0, 1, 2])."""
+    return sorted({int(fraction * num_steps + 1e-9) for fraction in SPLIT_FRACTIONS})
+
+
 def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: int = 0) -> S.Plan:
     """The per-step plan of RL iteration ``iteration`` (pure: the same iteration and seed give the same plan)."""
     if cfg.trees < 1:
@@ -184,7 +195,14 @@ def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: in
     if cfg.schedule == "split":
         if cfg.k < 2:
             raise ValueError(f"tree.k must be >= 2 for the split schedule, got {cfg.k}")
-        return S.split_plan(num_steps, cfg.k, cfg.split_steps)
+        steps = default_split_steps(num_steps) if cfg.split_steps is None else cfg.split_steps
+        try:
+            return S.split_plan(num_steps, cfg.k, steps)
+        except ValueError as error:
+            raise ValueError(
+                f"tree.split_steps={list(steps)}: {error}; set tree.split_steps=null to scale BranchGRPO's splits "
+                "to sampling.steps, or list steps below sampling.steps"
+            ) from None
     raise ValueError(f"unknown tree.schedule {cfg.schedule!r}; use tree, flat, mix or split")
 
 

@@ -48,8 +48,8 @@ def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     ax = axes[0][0]
     for key in reward_keys or ["reward_mean"]:
-        ax.plot(*_series(metrics, key), label=key.removeprefix("reward/").removesuffix("_mean"))
-    ax.set(title="training reward (mean over leaves)", xlabel="iteration")
+        ax.plot(*_series(metrics, key), marker=".", label=key.removeprefix("reward/").removesuffix("_mean"))
+    ax.set(title="training reward (mean over leaves)", xlabel="RL iteration", ylabel="mean reward (the reward's own scale)")
     ax.legend(fontsize=7)
     ax = axes[0][1]
     for key in eval_keys:
@@ -57,18 +57,19 @@ def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file
         errors = [r.get(f"{key}_se") or 0.0 for r in evals if r.get(key) is not None]
         ax.errorbar(steps, values, yerr=errors if len(errors) == len(values) else None, marker="o", capsize=2,
                     label=key.removeprefix("eval/"))
-    ax.set(title="held-out reward (ODE samples)", xlabel="iteration")
+    ax.set(title="held-out reward (ODE samples, +- standard error)", xlabel="RL iteration",
+           ylabel="mean reward (the reward's own scale)")
     if eval_keys:
         ax.legend(fontsize=7)
     ax = axes[1][0]
     for key in ("rollout_nfe", "training_nfe"):
         steps, values = _series(metrics, key)
-        ax.plot(steps, _cumulative(values), label=key)
-    ax.set(title="cumulative model evaluations (NFE)", xlabel="iteration")
+        ax.plot(steps, _cumulative(values), marker=".", label=key)
+    ax.set(title="cumulative model evaluations (NFE)", xlabel="RL iteration", ylabel="NFE (model forward passes)")
     ax.legend(fontsize=7)
     ax = axes[1][1]
-    ax.plot(*_series(metrics, "seconds"), label="seconds / iteration")
-    ax.set(title="wall time", xlabel="iteration")
+    ax.plot(*_series(metrics, "seconds"), marker=".", label="seconds / iteration")
+    ax.set(title="wall time", xlabel="RL iteration", ylabel="seconds per iteration (s)")
     fig.tight_layout()
     fig.savefig(file, dpi=100)
     plt.close(fig)
@@ -84,14 +85,43 @@ def _image_tag(run: Path, file: Path | None, caption: str) -> str:
     )
 
 
+def step_pictures(folder: Path) -> list[Path]:
+    """The raw ``step-NNNNNN.png`` pictures of a folder, oldest first (captioned copies left out)."""
+    return sorted(p for p in folder.glob("step-*.png") if p.stem[5:].isdigit()) if folder.is_dir() else []
+
+
+def _readable(file: Path | None) -> Path | None:
+    """The captioned copy of a sample grid when there is one (prompts and rewards under each image)."""
+    if file is None:
+        return None
+    captioned = file.with_name(f"{file.stem}-captioned.png")
+    return captioned if captioned.is_file() else file
+
+
 def _newest(folder: Path) -> Path | None:
-    files = sorted(folder.glob("step-*.png")) if folder.is_dir() else []
+    files = step_pictures(folder)
     return files[-1] if files else None
 
 
 def _oldest(folder: Path) -> Path | None:
-    files = sorted(folder.glob("step-*.png")) if folder.is_dir() else []
+    files = step_pictures(folder)
     return files[0] if files else None
+
+
+def _cell(value: Any) -> str:
+    """One table cell: floats with 4 significant digits, anything else as text."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"<td>{html.escape(text)}</td>"
+
+
+def evaluation_table(evals: list[dict[str, Any]]) -> str:
+    """eval.jsonl as an HTML table: one row per evaluation, one column per metric (step first)."""
+    if not evals:
+        return "<p><em>no evaluations recorded</em></p>"
+    columns = ["step"] + sorted({key for record in evals for key in record if key != "step"})
+    head = "".join(f"<th>{html.escape(column.removeprefix('eval/'))}</th>" for column in columns)
+    rows = "".join("<tr>" + "".join(_cell(record.get(column, "")) for column in columns) + "</tr>" for record in evals)
+    return f'<table class="evals" border="1" cellpadding="4" style="border-collapse:collapse"><tr>{head}</tr>{rows}</table>'
 
 
 def write_html(run: Path, metrics: list[dict[str, Any]], evals: list[dict[str, Any]], figure: Path) -> Path:
@@ -101,19 +131,19 @@ def write_html(run: Path, metrics: list[dict[str, Any]], evals: list[dict[str, A
         f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
         for k, v in last.items()
     )
-    evals_rows = "".join(f"<tr><td>{html.escape(json.dumps(e))}</td></tr>" for e in evals)
+    evals_table = evaluation_table(evals)
     samples = run / "samples"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>treegrpo report: {html.escape(run.name)}</title></head>
 <body style="font-family:sans-serif;max-width:1100px;margin:auto">
 <h1>treegrpo run {html.escape(str(run))}</h1>
 {_image_tag(run, figure, "reward curves, NFE and seconds per iteration")}
 <h2>Before / after</h2>
-{_image_tag(run, _oldest(samples), "held-out samples, first evaluation")}
-{_image_tag(run, _newest(samples), "held-out samples, last evaluation")}
+{_image_tag(run, _readable(_oldest(samples)), "held-out samples, first evaluation (prompt and reward under each)")}
+{_image_tag(run, _readable(_newest(samples)), "held-out samples, last evaluation (prompt and reward under each)")}
 <h2>One tree</h2>
 {_image_tag(run, _newest(run / "trees"), "decoded image at every node of tree 0 of the latest rollout")}
 <h2>Last iteration</h2><table>{summary}</table>
-<h2>Evaluations</h2><table>{evals_rows}</table>
+<h2>Evaluations</h2>{evals_table}
 </body></html>"""
     file = run / "report.html"
     file.write_text(page, encoding="utf-8")

@@ -171,7 +171,10 @@ def before_after_png(before: Path, after: Path, prompts: Sequence[str], scores: 
 
 
 def _steps(folder: Path) -> list[Path]:
-    return sorted(folder.glob("step-*.png")) if folder.is_dir() else []
+    """The raw ``step-NNNNNN.png`` pictures (not their ``-captioned`` copies), oldest first."""
+    from treegrpo.report import step_pictures
+
+    return step_pictures(folder)
 
 
 def summarize(run: Path, eval_prompts: Sequence[str]) -> dict[str, Any]:
@@ -216,7 +219,7 @@ def write_run_readme(run: Path, line: str, sampling: dict[str, Any]) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``treegrpo demo`` (also ``python -m treegrpo.demo.run``)."""
     start = time.time()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may follow options
     import torch
 
     torch.set_num_threads(max(1, args.threads))

@@ -60,8 +60,10 @@ def sample_images(
 def evaluate(
     backbone: Backbone, rewards: RewardSet, prompts: Sequence[str], *, steps: int, guidance_scale: float,
     seed: int, max_batch: int, judges: Optional[RewardSet] = None,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """ODE samples (fixed seeded noise) of ``prompts`` scored by every reward and judge: (means, images).
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """ODE samples (fixed seeded noise) of ``prompts`` scored by every reward and judge: (means, images, scores).
+
+    ``scores`` is each image's weighted training reward (the captions of the evaluation pictures).
 
     Keys: ``eval/<reward>``, ``eval/score`` (the weighted training reward), ``eval/score_se`` (its
     standard error over the samples) and, with judges, ``eval/judge/<name>``, ``eval/judge_score``
@@ -76,7 +78,7 @@ def evaluate(
         judged, judge_components = judges(images, list(prompts))
         result.update({f"eval/judge/{name}": float(values.mean()) for name, values in judge_components.items()})
         result["eval/judge_score"], result["eval/judge_score_se"] = mean_and_standard_error(judged)
-    return result, images
+    return result, images, total
 
 
 def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
@@ -138,8 +140,10 @@ def tree_nodes(rollout: TreeRollout, tree: int) -> tuple[list[int], dict[int, to
     return nodes, latents
 
 
-def tree_figure(rollout: TreeRollout, decode: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor, tree: int = 0) -> Any:
-    """A matplotlib figure of one tree: decoded node images by depth, final leaf images below."""
+def tree_figure(rollout: TreeRollout, decode: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor, tree: int = 0,
+                prompt: str = "", edge_advantages: Optional[torch.Tensor] = None) -> Any:
+    """A matplotlib figure of one tree: its prompt, decoded node images by depth, each trained edge's
+    advantage (when given, indexed like ``rollout.structure.edge_child``), final leaf images and rewards below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,9 +170,15 @@ def tree_figure(rollout: TreeRollout, decode: Callable[[torch.Tensor], torch.Ten
     max_depth = max(depth[n] for n in nodes)
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(order)), 1.4 * (max_depth + 2)))
     size = 0.42
+    edge_of = {child: edge for edge, child in enumerate(structure.edge_child.tolist())}
     for n in nodes:
         if parent[n] >= 0:
             ax.plot([x[parent[n]], x[n]], [-depth[parent[n]], -depth[n]], color="0.6", lw=0.8, zorder=0)
+            if edge_advantages is not None and n in edge_of:
+                value = float(edge_advantages[edge_of[n]])
+                ax.text((x[parent[n]] + x[n]) / 2, -(depth[parent[n]] + depth[n]) / 2, f"{value:+.2f}", fontsize=6,
+                        ha="center", va="center", color="tab:green" if value >= 0 else "tab:red",
+                        bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8), zorder=2)
     for n in nodes:
         ax.imshow(images[n].permute(1, 2, 0).clamp(0, 1).numpy(), extent=(x[n] - size, x[n] + size, -depth[n] - size, -depth[n] + size))
     for i, n in enumerate(order):
@@ -179,6 +189,7 @@ def tree_figure(rollout: TreeRollout, decode: Callable[[torch.Tensor], torch.Ten
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_ylim(-(max_depth + 2.1), 0.6)
     ax.axis("off")
-    ax.set_title("tree 0: nodes by depth (rows), final images and scores (bottom)", fontsize=8)
+    about = "edge labels: advantage; " if edge_advantages is not None else ""
+    ax.set_title(f"{prompt!r}\ntree {tree}: nodes by depth (rows), {about}final images and rewards (bottom)", fontsize=8)
     fig.tight_layout()
     return fig

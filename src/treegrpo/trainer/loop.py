@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import random
+import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from treegrpo import checkpoint as ckpt
-from treegrpo.config import ConfigError, TrainerConfig, to_yaml
+from treegrpo.config import ConfigError, TrainerConfig, config_values, to_yaml, with_absolute_paths
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
 from treegrpo.engine import EdgeAdvantages, UpdateConfig, compute_advantages, select_edges, update_policy
 from treegrpo.faults import fault_point
@@ -40,13 +41,17 @@ from treegrpo.rewards.overlap import default_executor
 from treegrpo.rewards.video import is_video, middle_frames
 from treegrpo.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
 from treegrpo.schedule import Plan, describe
+from treegrpo.sharing import write_model_card
 from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
 from treegrpo.trainer.budget import TimeBudget
 from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
 from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
-from treegrpo.trainer.run_dir import holds_run, prepare_run_dir, write_atomic
-from treegrpo.trainer.setup import build_judges, build_rewards, find_resume_checkpoint, preflight
+from treegrpo.trainer.pictures import captions_for, save_captioned
+from treegrpo.trainer.run_dir import (
+    RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, write_atomic,
+)
+from treegrpo.trainer.setup import build_judges, build_rewards, check_processes, find_resume_checkpoint, preflight
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
 from treegrpo.video_io import save_video
 
@@ -71,6 +76,10 @@ class IterationResult:
     metrics: dict[str, Any]
     rollout: TreeRollout
     scores: torch.Tensor
+    prompts: list[str]
+    """This process's prompts (``rollout.node_cond`` indexes them)."""
+    edge_advantages: Optional[torch.Tensor] = None
+    """Advantages of this process's edges (indexed like ``rollout.structure.edge_child``)."""
 
 
 Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -126,10 +135,17 @@ class Trainer:
         named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.ema = Ema(named, t.ema) if t.ema > 0 else None
         self.generators = self._make_generators()
+        world = self.processes.world
         parents, edges = t.minibatch_sizes()
-        self.update_cfg = UpdateConfig(t.inner_epochs, parents, t.grad_accum, edges_per_batch=edges)
+        self.update_cfg = UpdateConfig(t.inner_epochs, None if parents is None else parents // world, t.grad_accum,
+                                       edges_per_batch=None if edges is None else edges // world)
+        if world > 1:
+            unit, size = ("parents", parents) if parents is not None else ("trained edges", edges)
+            logger.info("minibatch: %d %s over %d processes (%d per process); its size is global",
+                        size, unit, world, (size or 0) // world)
         self.start_iteration = 0
-        self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every)
+        self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every,
+                              log_with=t.log_with, config=config_values(cfg))
         self.metrics_lines = 0
         self.last: Optional[IterationResult] = None
         self.last_evaluation = time.time()
@@ -175,7 +191,8 @@ class Trainer:
             update_seconds=time.time() - update_start,
         )
         metrics.update(self.guard.end_iteration(iteration + 1, findings, 1 if shared.skip else self.learner.skipped))
-        return IterationResult(metrics, rollout, scores)
+        mine = slice(shared.edge_offsets[self.processes.rank], shared.edge_offsets[self.processes.rank + 1])
+        return IterationResult(metrics, rollout, scores, prompts, advantages.edge[mine].detach().cpu())
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """This process's prompts, the local conditioning row of each local tree, the global group of each."""
@@ -298,7 +315,7 @@ class Trainer:
         """A tqdm bar over denoising steps of every chunk (main process, when enabled)."""
         from tqdm.auto import tqdm
 
-        enabled = self.cfg.train.progress and self.processes.is_main
+        enabled = self.cfg.train.progress and self.processes.is_main and sys.stderr.isatty()
         total = self.cfg.sampling.steps * chunks
         return tqdm(total=total, desc=f"iter {iteration + 1} rollout", leave=False, disable=not enabled)
 
@@ -332,12 +349,7 @@ class Trainer:
                 "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model "
                 "(configs/accelerate/README.md)"
             )
-        roots = self.cfg.data.prompts_per_iteration * self.cfg.tree.trees
-        if roots % self.processes.world:
-            raise ConfigError(
-                f"{roots} trees per iteration (data.prompts_per_iteration x tree.trees) do not split over "
-                f"{self.processes.world} processes; make it a multiple of {self.processes.world}"
-            )
+        check_processes(self.cfg, self.processes.world)
 
     def _shard(self) -> bool:
         """With ``train.fsdp`` and several processes, shard the denoiser (FSDP2); whether it was sharded."""
@@ -469,19 +481,22 @@ class Trainer:
         if (self.processes.is_main or self.sharded) and self.prompts.eval:
             cfg = self.cfg
             with self.eval_weights():
-                result, images = evaluate(
+                result, images, scores = evaluate(
                     self.backbone, self.rewards, self.prompts.eval, steps=cfg.sampling.steps,
                     guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
                     judges=self.judges,
                 )
         if self.processes.is_main and result is not None:
             columns = grid_columns(images.shape[0])
-            grid = image_grid(middle_frames(images), columns)  # clips: their middle frames, and the grid animated
+            frames = middle_frames(images)  # clips: their middle frames (and the grid animated below)
+            grid = image_grid(frames, columns)
             save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")
             if is_video(images):
                 clip = torch.stack([image_grid(images[:, f], columns) for f in range(images.shape[1])])
                 save_video(clip, self.run_dir / "samples" / f"step-{step:06d}")
-            self.log.evaluation(step, result, grid)
+            captions = captions_for(self.prompts.eval, scores.tolist())
+            save_captioned(frames, captions, self.run_dir / "samples" / f"step-{step:06d}-captioned.png", columns)
+            self.log.evaluation(step, result, grid, frames, captions)
             if self.last is not None:
                 self._draw_tree(step, self.last)
         self.processes.barrier()
@@ -493,11 +508,14 @@ class Trainer:
         """Picture of tree 0 of the latest rollout."""
         import matplotlib.pyplot as plt
 
-        figure = tree_figure(last.rollout.cpu(), self.backbone.decode, last.scores.cpu())
+        rollout = last.rollout.cpu()
+        prompt = last.prompts[int(rollout.node_cond[0])] if last.prompts else ""  # node 0 = root of tree 0
+        figure = tree_figure(rollout, self.backbone.decode, last.scores.cpu(), prompt=prompt,
+                             edge_advantages=last.edge_advantages)
         file = self.run_dir / "trees" / f"step-{step:06d}.png"
         file.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(file, dpi=100)
-        self.log.figure("tree", figure, step)
+        self.log.figure("tree", figure, step, caption=prompt)
         plt.close(figure)
 
     def export(self) -> Path:
@@ -509,6 +527,9 @@ class Trainer:
         if self.processes.is_main:
             with self.eval_weights():
                 self.backbone.save_trained(folder, weights=weights)
+            pipe = getattr(self.backbone, "pipe", None)
+            write_model_card(self.run_dir, type(pipe).__name__ if pipe is not None else None)
+            ckpt.normal_file_modes(folder)
         self.processes.barrier()
         return folder
 
@@ -522,7 +543,8 @@ class Trainer:
             return
         if not saved:
             self.save_checkpoint(step)
-        raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step))
+        raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step),
+                                  resume=resume_command(self.run_dir, self.processes.world))
 
     def _evaluation_due(self, step: int) -> bool:
         """An intermediate evaluation after ``step``: every ``eval_every`` steps or ``eval_every_minutes``, if it fits."""
@@ -570,17 +592,38 @@ class Trainer:
 
 
 def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool = False) -> list[dict[str, Any]]:
-    """Train as ``cfg`` says; ``resume`` is a run folder or ``"auto"`` (newest complete checkpoint)."""
+    """Train as ``cfg`` says; ``resume`` is a run folder or ``"auto"`` (newest complete checkpoint, else a new run).
+
+    Paths in the config are made absolute first (RUN/config.yaml then works from any folder). A
+    resumed run that already finished ``train.iterations`` logs one line and returns no records.
+    """
     from accelerate import PartialState
 
-    run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume))
+    cfg = with_absolute_paths(cfg)
+    run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume)).expanduser().resolve()
+    check_output_folder(run_dir)
     checkpoint = find_resume_checkpoint(run_dir, explicit=resume not in (None, "auto")) if resume else None
-    state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
-    if holds_run(run_dir) and resume is None and not overwrite:
+    if holds_run(run_dir) and checkpoint is None and not overwrite:
+        if resume == "auto":
+            raise RunDirError(f"{run_dir} holds a run but no complete checkpoint to resume; pass --overwrite to start it "
+                              "again, or choose another --output-dir")
         prepare_run_dir(run_dir, resume=False, overwrite=False)  # raises the one-line RunDirError
+    if checkpoint is not None:
+        done = int(ckpt.read_state(checkpoint)["iteration"])
+        exported = (run_dir / "final").is_dir() and any((run_dir / "final").iterdir())
+        if done >= cfg.train.iterations and exported:
+            logger.info("%s already finished %d iterations; raise train.iterations to continue, e.g. `%s train.iterations=%d`",
+                        run_dir, done, resume_command(run_dir), 2 * done)
+            return []
+    state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
+    check_processes(cfg, state.num_processes)
     rewards, judges = preflight(cfg, state.device)
     if state.is_main_process:
-        prepare_run_dir(run_dir, resume=resume is not None, overwrite=overwrite)
+        if resume == "auto" and checkpoint is None:
+            logger.info("no checkpoint in %s: starting a new run there", run_dir)
+        prepare_run_dir(run_dir, resume=checkpoint is not None, overwrite=overwrite)
     state.wait_for_everyone()
+    cfg = replace(cfg, output_dir=str(run_dir))
     trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint, rewards=rewards, judges=judges)
     return trainer.train()
+

@@ -5,6 +5,8 @@ reward/<name>_mean/std, group_std_mean, guard_fraction, loss, policy_loss, clip_
 approx_kl, ratio_mean/min/max, grad_norm, trained_edges, rollout_nfe, training_nfe, model_calls,
 seconds (and rollout/reward/update seconds), lr, num_processes, the non-finite counters.
 Only the main process writes; on resume, lines written after the resumed checkpoint are dropped.
+TensorBoard and the other trackers of ``train.log_with`` (:mod:`~treegrpo.trainer.trackers`) get
+the same numbers under grouped keys (``train/``, ``eval/``, ``time/``, ``nfe/``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from treegrpo.faults import fault_point
 from treegrpo.trainer.run_dir import write_atomic
+from treegrpo.trainer.trackers import Trackers, tracker_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +45,20 @@ def _eval_step(line: str) -> float:
 class MetricsLog:
     """Appends iteration and evaluation records (main process only; other processes only count)."""
 
-    def __init__(self, run_dir: Path, *, is_main: bool, iterations: int, log_every: int) -> None:
+    def __init__(self, run_dir: Path, *, is_main: bool, iterations: int, log_every: int,
+                 log_with: Sequence[str] = ("tensorboard",), config: Optional[dict[str, Any]] = None) -> None:
         self.run_dir = run_dir
         self.is_main = is_main
         self.iterations = iterations
         self.log_every = log_every
+        self.log_with = list(log_with)
+        self.config = config or {}
         self.lines = 0
         self.writer: Any = None
+        self.trackers: Optional[Trackers] = None
 
     def open(self, start_iteration: int, metrics_lines: int) -> None:
-        """Drop records written after the resumed checkpoint (and torn last lines); open TensorBoard."""
+        """Drop records written after the resumed checkpoint (and torn last lines); open the trackers."""
         self.lines = metrics_lines
         if not self.is_main:
             return
@@ -62,9 +70,16 @@ class MetricsLog:
         if file.exists():
             lines = file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
             write_atomic(file, "".join(line for line in lines if _eval_step(line) <= start_iteration))
-        from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in self.log_with:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_iteration + 1 if start_iteration else None)
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                        purge_step=start_iteration + 1 if start_iteration else None)
+            if not start_iteration:
+                self.writer.add_text("config", "```\n" + json.dumps(self.config, indent=2) + "\n```", 0)
+        if any(name != "tensorboard" for name in self.log_with):
+            self.trackers = Trackers(self.log_with, self.run_dir)
+            self.trackers.start(self.config)
 
     def iteration(self, record: dict[str, Any]) -> None:
         """Append one iteration's record to metrics.jsonl and TensorBoard; log a line every ``log_every``."""
@@ -75,9 +90,12 @@ class MetricsLog:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({k: json_value(v) for k, v in record.items()}) + "\n")
         step = record["step"]
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "epoch") and math.isfinite(float(value)):
+        scalars = tracker_scalars(record)
+        if self.writer is not None:
+            for key, value in scalars.items():
                 self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log(scalars, step)
         if step % self.log_every == 0 or step == self.iterations:
             logger.info(
                 "step %d/%d  reward %.4f +- %.4f  loss %.3g  clip %.3f  guard %.2f  nfe %d+%d  %.1fs",
@@ -86,27 +104,47 @@ class MetricsLog:
                 record["training_nfe"], record["seconds"],
             )
 
-    def evaluation(self, step: int, result: dict[str, float], grid: torch.Tensor) -> None:
-        """Append one evaluation to eval.jsonl and TensorBoard (with its sample grid)."""
+    def evaluation(self, step: int, result: dict[str, float], grid: torch.Tensor,
+                   images: Optional[torch.Tensor] = None, captions: Sequence[str] = ()) -> None:
+        """Append one evaluation to eval.jsonl and the trackers (TensorBoard: the grid; others: captioned images)."""
         if not self.is_main:
             return
-        self.writer.add_image("eval/samples", grid, step)
-        for key, value in result.items():
-            self.writer.add_scalar(key, value, step)
+        if self.writer is not None:
+            self.writer.add_image("eval/samples", grid, step)
+            for key, value in result.items():
+                self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log(dict(result), step)
+            if images is not None:
+                self.trackers.log_images("eval/samples", [hwc_uint8(image) for image in images], list(captions), step)
         with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **result}) + "\n")
         logger.info("eval step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
 
-    def figure(self, tag: str, figure: Any, step: int) -> None:
-        """A matplotlib figure into TensorBoard."""
-        if self.is_main:
-            self.writer.add_figure(tag, figure, step)
+    def figure(self, tag: str, figure: Any, step: int, caption: str = "") -> None:
+        """A matplotlib figure into the trackers (drawn to an image for those other than TensorBoard)."""
+        if not self.is_main:
+            return
+        if self.trackers is not None:
+            figure.canvas.draw()
+            array = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+            self.trackers.log_images(tag, [array], [caption], step)
+        if self.writer is not None:
+            self.writer.add_figure(tag, figure, step, close=False)
 
     def close(self) -> None:
-        """Flush and close TensorBoard."""
+        """Flush and close TensorBoard and the other trackers."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
+
+
+def hwc_uint8(image: torch.Tensor) -> np.ndarray:
+    """A ``[3, H, W]`` float image in [0, 1] as an ``[H, W, 3]`` uint8 array (what trackers take)."""
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def reduce_update_stats(stats: dict[str, float], gather: Any) -> dict[str, float]:

@@ -6,10 +6,11 @@
     RUN/metrics.jsonl               one JSON object per iteration (see treegrpo.trainer.metrics)
     RUN/eval.jsonl                  one JSON object per evaluation: step, eval/<name>, eval/score
     RUN/tensorboard/                the same scalars, sample grids, tree pictures
-    RUN/samples/step-NNNNNN.png     evaluation grids (step 0 = before training)
+    RUN/samples/step-NNNNNN.png     evaluation grids (step 0 = before training), and -captioned.png (prompt, reward)
     RUN/trees/step-NNNNNN.png       one tree of the latest rollout: the decoded image at every node
     RUN/checkpoints/step-NNNNNN/    see treegrpo.checkpoint (exact resume)
-    RUN/final/                      the trained weights via backbone.save_trained (EMA when on)
+    RUN/final/                      the trained weights via backbone.save_trained (EMA when on) and README.md (model card)
+    RUN/wandb/, RUN/swanlog/        other trackers' local files (train.log_with)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from treegrpo.config import ConfigError
 
 RUN_FILES: tuple[str, ...] = (
     "config.yaml", "metrics.jsonl", "eval.jsonl", "tensorboard", "samples", "trees", "checkpoints", "final", "debug",
+    "wandb", "swanlog", "report.png", "report.html",
 )
 """What a run writes into its folder (and what ``--overwrite`` removes)."""
 
@@ -33,6 +35,25 @@ class RunDirError(ConfigError):
 def holds_run(folder: Path) -> bool:
     """Whether ``folder`` already holds files of a run."""
     return folder.is_dir() and any((folder / name).exists() for name in RUN_FILES)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse a file, or a non-empty folder that holds no run (a model folder, a home directory): never write there."""
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"--output-dir {folder} is a file; choose a new or empty folder")
+    if folder.is_dir() and not holds_run(folder):
+        entries = sorted(p.name for p in folder.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise RunDirError(
+                f"--output-dir {folder} is not empty ({shown}) and holds no treegrpo run; choose a new or empty folder"
+            )
+
+
+def resume_command(run_dir: Path, processes: int = 1) -> str:
+    """The command that continues the run in ``run_dir`` (its config.yaml holds every setting)."""
+    launcher = "treegrpo" if processes == 1 else f"accelerate launch --num_processes {processes} -m treegrpo"
+    return f"{launcher} train --resume {run_dir.resolve()}"
 
 
 def prepare_run_dir(folder: Path, *, resume: bool, overwrite: bool) -> None:

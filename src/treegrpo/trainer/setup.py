@@ -14,6 +14,7 @@ from treegrpo.data import load_prompt_sets
 from treegrpo.models.loading import chosen_family, read_model_index, resolve_model_path
 from treegrpo.models.registry import adapter_class
 from treegrpo.trainer.evaluation import RewardSet
+from treegrpo.trainer.trackers import check_trackers_installed
 
 
 def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
@@ -53,7 +54,25 @@ def preflight(cfg: TrainerConfig, device: torch.device | str) -> tuple[RewardSet
     """
     load_prompt_sets(cfg.data, cfg.seed)
     check_model_folder(cfg)
+    check_trackers_installed(cfg.train.log_with)
     return build_rewards(cfg.reward, device), build_judges(cfg, device)
+
+
+def check_processes(cfg: TrainerConfig, world: int) -> None:
+    """Trees and the global minibatch (``train.parents_per_batch`` or ``edges_per_batch``) must split evenly over ``world`` processes."""
+    roots = cfg.data.prompts_per_iteration * cfg.tree.trees
+    if roots % world:
+        raise ConfigError(
+            f"{roots} trees per iteration (data.prompts_per_iteration x tree.trees) do not split over "
+            f"{world} processes; make it a multiple of {world}"
+        )
+    parents, edges = cfg.train.minibatch_sizes()
+    key, size = ("train.parents_per_batch", parents) if parents is not None else ("train.edges_per_batch", edges)
+    if size is not None and size % world:
+        raise ConfigError(
+            f"{key}={size} is the minibatch over all processes and does not split over {world} processes; "
+            f"make it a multiple of {world}"
+        )
 
 
 def find_resume_checkpoint(run_dir: Path, explicit: bool) -> Optional[Path]:

@@ -16,13 +16,11 @@ logger = logging.getLogger(__name__)
 class TrainingInterrupted(RuntimeError):
     """SIGTERM / SIGINT stopped the run at an iteration boundary, after saving a checkpoint."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Optional[Path]) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Optional[Path], resume: str = "") -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         saved = f"checkpoint {checkpoint} saved" if checkpoint is not None else "no iteration finished, nothing saved"
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after step {step}; {saved}; "
-            "continue with `treegrpo train CONFIG --resume auto` (same output dir)"
-        )
+        hint = f"; continue with `{resume}`" if resume and checkpoint is not None else ""
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {saved}{hint}")
 
 
 class StopSignals:

@@ -1,0 +1,123 @@
+"""Sharing a trained run: the model card in ``RUN/final/README.md`` and ``treegrpo push RUN --repo ID``.
+
+The card is built from the run folder alone (``RUN/config.yaml``, ``RUN/eval.jsonl``, the files in
+``RUN/final``), so ``push`` can write it for runs trained before cards existed. Uploads go through
+huggingface_hub (``create_repo`` + ``upload_folder``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from treegrpo.errors import ConfigError
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+BUILTIN_PREFIX = "builtin:"
+
+
+def _read_config(run: Path) -> dict[str, Any]:
+    """RUN/config.yaml as a plain dict (one-line error when missing)."""
+    from treegrpo.config import load_yaml
+
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run} has no config.yaml; pass the folder of a treegrpo training run")
+    return load_yaml(run / "config.yaml")
+
+
+def _last_eval(run: Path) -> dict[str, Any]:
+    """The newest eval.jsonl record ({} when there is none)."""
+    file = run / "eval.jsonl"
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()] if file.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _is_hub_id(path: str) -> bool:
+    """Whether ``model.path`` looks like a hub repo id (``org/name``) rather than a local folder or alias."""
+    return not path.startswith(BUILTIN_PREFIX) and not Path(path).exists() and path.count("/") == 1 and not path.startswith("/")
+
+
+def _yaml_block(values: dict[str, Any]) -> str:
+    """A config section as indented YAML lines."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(values).rstrip()
+
+
+def model_card(run: Path, pipeline_class: Optional[str] = None) -> str:
+    """The README.md of ``RUN/final``: hub metadata, base model, method and settings, rewards, final eval, how to load."""
+    cfg = _read_config(run)
+    base = str(cfg.get("model", {}).get("path", ""))
+    full = bool(cfg.get("model", {}).get("full_finetune", False)) or not (run / "final" / LORA_FILE).is_file()
+    pipeline = pipeline_class or "DiffusionPipeline"
+    method = cfg.get("method", "treegrpo")
+    evaluation = _last_eval(run)
+    tags = list(dict.fromkeys(["treegrpo", "text-to-image", "diffusers", method, "full-finetune" if full else "lora"]))
+    meta = ["---", "library_name: diffusers", "pipeline_tag: text-to-image"]
+    if _is_hub_id(base):
+        meta.append(f"base_model: {base}")
+    meta += ["tags:", *[f"- {tag}" for tag in tags], "---"]
+    base_text = base if _is_hub_id(base) else f"{base} (a local pipeline, not on the Hub)"
+    load_path = '"' + base + '"'
+    if base.startswith(BUILTIN_PREFIX):
+        load_path = "str(BASE_DIR)"  # the shipped demo base: from treegrpo.demo import BASE_DIR
+    lines = [
+        *meta, "", f"# {run.name}", "",
+        f"{'Full fine-tune' if full else 'LoRA'} of **{base_text}** trained with **{method}** "
+        "(treegrpo: RL post-training of diffusion models).", "",
+        "## Training", "",
+        f"- method: `{method}`, {cfg.get('train', {}).get('iterations')} iterations, "
+        f"lr {cfg.get('train', {}).get('lr')}, {cfg.get('sampling', {}).get('steps')} sampling steps, seed {cfg.get('seed')}",
+        f"- rewards: `{json.dumps(cfg.get('reward'))}`", "",
+        "Method settings:", "", "```yaml",
+        _yaml_block({key: cfg.get(key, {}) for key in ("tree", "advantage", "loss", "sampling")}), "```", "",
+        "## Final evaluation (held-out prompts, ODE samples)", "",
+    ]
+    if evaluation:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |" for key, value in evaluation.items()]
+    else:
+        lines.append("No evaluation was recorded.")
+    lines += ["", "## Use", "", "```python", f"from diffusers import {pipeline}"]
+    lines += ["from treegrpo.demo import BASE_DIR", ""] if base.startswith(BUILTIN_PREFIX) else [""]
+    if full:
+        folders = [p.name for p in (run / "final").iterdir() if p.is_dir()] if (run / "final").is_dir() else []
+        sub = folders[0] if folders else "transformer"
+        lines[lines.index(f"from diffusers import {pipeline}")] = f"from diffusers import AutoModel, {pipeline}"
+        lines += [
+            f'{sub} = AutoModel.from_pretrained("THIS_FOLDER_OR_REPO", subfolder="{sub}")  # the trained weights',
+            f'pipe = {pipeline}.from_pretrained({load_path}, {sub}={sub})',
+            'image = pipe("a prompt").images[0]',
+        ]
+    else:
+        lines += [
+            f'pipe = {pipeline}.from_pretrained({load_path})',
+            'pipe.load_lora_weights("THIS_FOLDER_OR_REPO")',
+            'image = pipe("a prompt").images[0]',
+        ]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(run: Path, pipeline_class: Optional[str] = None) -> Path:
+    """Write ``RUN/final/README.md``; returns its path."""
+    file = run / "final" / "README.md"
+    file.write_text(model_card(run, pipeline_class), encoding="utf-8")
+    return file
+
+
+def push(run: Path, repo: str, *, private: bool = False, token: Optional[str] = None) -> str:
+    """Upload ``RUN/final`` (with its model card) to the Hub repo ``repo``; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    final = run / "final"
+    if not final.is_dir() or not any(p.suffix == ".safetensors" for p in final.rglob("*")):
+        raise ConfigError(f"{final} holds no exported weights; push the folder of a run that finished training")
+    if not (final / "README.md").is_file():
+        write_model_card(run)
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id=repo, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(folder_path=str(final), repo_id=repo, repo_type="model",
+                      commit_message=f"treegrpo: upload {run.name}")
+    return str(url)
