@@ -491,28 +491,42 @@ def pretrain(out: Path, cfg: PretrainConfig, threads: int, command: str, resume:
     train_denoiser(pipe, cfg, state, deadline, out, info)
     state.ema.copy_to_weights()
     pipe.save_pretrained(out, safe_serialization=True)
-    info.update(steps=state.step, wall_minutes=(info["vae_seconds"] + state.elapsed_s) / 60, size_mb=_folder_mb(out))
+    info.update(steps=state.step, wall_minutes=(info["vae_seconds"] + state.elapsed_s) / 60)
+    (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")  # what describe_base reads
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    return describe_base(out, cfg)
+
+
+def describe_base(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """Evaluate a saved base (held-out components by prompt group at 1x and 2x steps, a CFG sweep) and write its card.
+
+    Reads and extends ``out/pretrain.json``; also ``python -m treegrpo.demo.pretrain --out DIR --describe``.
+    """
+    info: dict[str, Any] = json.loads((out / "pretrain.json").read_text())
+    info["size_mb"] = _folder_mb(out)
     reloaded = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    steps, guidance = cfg.sample_steps, cfg.guidance_scale
     evaluations = [
-        (f"{cfg.final_eval_prompts} prompts, {cfg.sample_steps} steps, CFG {cfg.guidance_scale}", "heldout"),
-        (f"{cfg.final_eval_prompts} prompts, {2 * cfg.sample_steps} steps, CFG {cfg.guidance_scale}", "heldout_2x_steps"),
+        (f"{cfg.final_eval_prompts} prompts, {steps} steps, CFG {guidance:g}", "heldout"),
+        (f"{cfg.final_eval_prompts} prompts, {2 * steps} steps, CFG {guidance:g}", "heldout_2x_steps"),
     ]
     info["heldout"] = _eval_line(reloaded, cfg, cfg.final_eval_prompts)
-    info["heldout_2x_steps"] = _eval_line(reloaded, cfg, cfg.final_eval_prompts, steps=2 * cfg.sample_steps)
-    for guidance in (1.0, 2.0, 3.0, 7.0):
-        key = f"heldout_cfg{guidance:g}"
-        info[key] = _eval_line(reloaded, cfg, cfg.eval_prompts, guidance=guidance)
-        evaluations.append((f"{cfg.eval_prompts} prompts, {cfg.sample_steps} steps, CFG {guidance:g}", key))
+    info["heldout_2x_steps"] = _eval_line(reloaded, cfg, cfg.final_eval_prompts, steps=2 * steps)
+    for sweep in (1.0, 2.0, 3.0, 4.5, 7.0):
+        if sweep != guidance:
+            key = f"heldout_cfg{sweep:g}"
+            info[key] = _eval_line(reloaded, cfg, cfg.eval_prompts, guidance=sweep)
+            evaluations.append((f"{cfg.eval_prompts} prompts, {steps} steps, CFG {sweep:g}", key))
+    info["evaluation_settings"] = {"sample_steps": steps, "guidance_scale": guidance}
     info["evaluations"] = evaluations
     for title, key in evaluations:
         _log(f"final (reloaded, {title}): {_fmt_groups(info[key])}")
     write_model_card(out, cfg, info)
-    shutil.rmtree(out / "resume", ignore_errors=True)
     return info
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int, bool]:
-    """Command line -> (output folder, config, threads, resume)."""
+def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int, str]:
+    """Command line -> (output folder, config, threads, mode: "train", "resume" or "describe")."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder to save the pipeline into")
     p.add_argument("--minutes", type=float, default=PretrainConfig.minutes, help="wall budget for training")
@@ -527,6 +541,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume (same settings)")
+    p.add_argument("--describe", action="store_true",
+                   help="only evaluate the base saved in OUT (with --sample-steps, --guidance) and rewrite its card")
+    p.add_argument("--sample-steps", type=int, default=PretrainConfig.sample_steps, help="steps of the evaluations")
+    p.add_argument("--guidance", type=float, default=PretrainConfig.guidance_scale, help="CFG scale of the evaluations")
     a = p.parse_args(argv)
     cfg = PretrainConfig(
         seed=a.seed,
@@ -539,7 +557,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
         eval_prompts=a.eval_prompts,
         final_eval_prompts=a.final_eval_prompts,
         checkpoint_every_s=a.checkpoint_every,
+        sample_steps=a.sample_steps,
+        guidance_scale=a.guidance,
     )
+    if a.describe:
+        if not (a.out / "pretrain.json").is_file():
+            p.error(f"--describe: {a.out / 'pretrain.json'} does not exist; pretrain into --out first")
+        return a.out, cfg, a.threads, "describe"
     resume_point = a.out / "resume" / "state.json"
     if a.resume and not resume_point.exists():
         p.error(f"--resume: {resume_point} does not exist; start without --resume")
@@ -550,14 +574,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
         if saved != {**asdict(cfg), "steps": saved["steps"], "minutes": saved["minutes"]}:
             p.error("--resume with different settings than the saved run; repeat the original options")
         cfg = replace(cfg, steps=saved["steps"], minutes=saved["minutes"])
-    return a.out, cfg, a.threads, a.resume
+    return a.out, cfg, a.threads, "resume" if a.resume else "train"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m treegrpo.demo.pretrain``."""
-    out, cfg, threads, resume = parse_args(argv)
+    out, cfg, threads, mode = parse_args(argv)
+    torch.set_num_threads(threads)
+    if mode == "describe":
+        describe_base(out, cfg)
+        return
     command = "python -m treegrpo.demo.pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-    pretrain(out, cfg, threads, command, resume=resume)
+    pretrain(out, cfg, threads, command, resume=mode == "resume")
 
 
 if __name__ == "__main__":
