@@ -229,3 +229,41 @@ def test_gpu_iteration_runs_the_tiny_kontext_on_cpu(tmp_path: Path) -> None:
                            "--guidance", "2.5", "--out", str(tmp_path)])
     (result,) = payload["results"]
     assert result["rollout_nfe"] == result["rollout_nfe_closed_form"] and result["extra"]["minibatch_flops"] > 0
+
+
+class SourceBrightness:
+    """Trainer-run reward (import path): the generated image's mean minus its source image's mean; keeps what it saw."""
+
+    name = "source_brightness"
+    takes_source = True
+    seen: list[tuple[str, tuple[int, int]]] = []
+
+    def __call__(self, images: torch.Tensor, prompts: Any, *, source_images: list[Any]) -> torch.Tensor:
+        SourceBrightness.seen += [(str(p), image.size) for p, image in zip(prompts, source_images)]
+        sources = torch.tensor([float(np.asarray(image).mean()) / 255 for image in source_images])
+        return images.flatten(1).mean(dim=1) - sources
+
+
+def test_trainer_iteration_edits_jsonl_prompts_and_passes_sources(tmp_path: Path) -> None:
+    """One trainer iteration on the tiny Kontext: .jsonl edit prompts in, source images out to the reward."""
+    from treegrpo.config import resolve_config
+    from treegrpo.trainer import train
+
+    for seed in range(3):
+        _image(10 + seed, height=8, width=8).save(tmp_path / f"{seed}.png")  # resized to 16 x 24 by the backbone
+    prompts = _write_jsonl(tmp_path, [{"prompt": f"edit {seed}", "image": f"{seed}.png"} for seed in range(3)])
+    values = {
+        "model": {"path": str(tiny_pipeline("flux_kontext")), "dtype": "fp32", "device": "cpu", "height": HEIGHT,
+                  "width": WIDTH, "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH, "lora": {"rank": 4, "alpha": 4}},
+        "data": {"prompts": str(prompts), "prompts_per_iteration": 2, "heldout": 1, "num_eval_prompts": 1},
+        "tree": {"k": 2, "window": 2},
+        "sampling": {"steps": 3, "guidance_scale": GUIDANCE},
+        "reward": "tests.test_models_editing:SourceBrightness",
+        "train": {"iterations": 1, "lr": 1e-3, "checkpoint_every": 0, "eval_every": 1, "progress": False},
+    }
+    SourceBrightness.seen = []
+    folder = tmp_path / "run"
+    train(resolve_config(values, [f"output_dir={folder}"]))  # type: ignore[arg-type]
+    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["step"] == 1 and "reward_mean" in record
+    assert SourceBrightness.seen and all(text.startswith("edit ") and size == (8, 8) for text, size in SourceBrightness.seen)
