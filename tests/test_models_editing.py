@@ -110,6 +110,8 @@ def test_ode_plan_reproduces_pipeline(true_cfg: float) -> None:
     print(f"flux_kontext true_cfg={true_cfg}: max |engine - pipeline| latents = {difference:.3g}")
     assert engine.shape == pipeline.shape and difference < 1e-5
     assert backbone.decode(engine).shape == (2, 3, HEIGHT, WIDTH)
+    if true_cfg > 1:  # the negative prompt really changes the result
+        assert (engine - _engine_latents(load_backbone(_config()), seed=7)).abs().max().item() > 1e-4
 
 
 def test_source_image_changes_the_output() -> None:
