@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image, FLUX.2 [klein] 4B, Z-Image and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image, FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -41,6 +41,11 @@ FLUX1_VAE: dict[str, Any] = dict(
     block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16, norm_num_groups=32,
     sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
 )
+FLUX1_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+"""black-forest-labs/FLUX.1-Kontext-dev (as FLUX.1-dev): about 12B parameters, guidance-distilled."""
 
 WAN21_1_3B_TRANSFORMER: dict[str, Any] = dict(
     patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
@@ -75,6 +80,15 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
         vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
                  latent_channels=16, norm_num_groups=4, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+    ),
+    "flux_kontext": dict(
+        transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+                         axes_dims_rope=(2, 2, 4)),
+        vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
+                 latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
                  use_quant_conv=False, use_post_quant_conv=False),
     ),
     "wan": dict(
@@ -130,6 +144,17 @@ def _zimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
                           text_encoder=None, tokenizer=None, transformer=model)
 
 
+def _flux_kontext(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-Kontext-dev's published scheduler config
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0,
+        use_dynamic_shifting=True,
+    )
+    return FluxKontextPipeline(scheduler=scheduler, vae=AutoencoderKL(**vae), text_encoder=None, tokenizer=None,
+                               text_encoder_2=None, tokenizer_2=None, transformer=FluxTransformer2DModel(**transformer))
+
+
 def _wan(transformer: dict[str, Any], vae: dict[str, Any], two_experts: bool = False) -> Any:
     """Wan 2.1 (one transformer) or Wan2.2-A14B (two, boundary 0.875, flow shift 12) with the released UniPC scheduler."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
@@ -155,4 +180,5 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "qwenimage": FamilyBuild("treegrpo.models.qwenimage:QwenImageBackbone", _qwenimage),
     "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
     "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),
+    "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),
 }

@@ -18,7 +18,8 @@ counts matrix products, convolutions and attention), with MFU against ``--peak-t
 
 The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
-and ``zimage``, with ``*_tiny`` variants of the same code path for CPU runs.
+``zimage`` and ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``),
+with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import markdown_table, write_json  # noqa: E402
 from gpu_families import (  # noqa: E402
-    FAMILY_BUILDS, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
+    FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
     WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
@@ -119,6 +120,12 @@ SIZES: dict[str, SizeSpec] = {
     "zimage": SizeSpec(ZIMAGE_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=64, text_dim=2560,
                        pooled_dim=0, family="zimage"),
 }
+# FLUX.1-Kontext-dev: T5-XXL width padded to 512 tokens, pooled CLIP-L 768; the source image (encoded once per
+# prompt by the VAE) doubles the image tokens of every forward.
+SIZES["flux_kontext"] = SizeSpec(FLUX1_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=512,
+                                 text_dim=4096, pooled_dim=768, family="flux_kontext")
+SIZES["flux_kontext_tiny"] = SizeSpec(TINY["flux_kontext"]["transformer"], TINY["flux_kontext"]["vae"], SIZES["tiny"].reward,
+                                      resolution=32, text_tokens=8, text_dim=32, pooled_dim=16, family="flux_kontext")
 # Wan: UMT5-XXL width, prompts zero-padded to the pipeline's 512 tokens; 480 x 480, 33 frames (9 latent frames).
 SIZES["wan21_1.3b"] = SizeSpec(WAN21_1_3B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resolution=480, text_tokens=512,
                                text_dim=4096, pooled_dim=0, family="wan", num_frames=33)
@@ -218,6 +225,17 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
     )
     adapter = SD3Backbone if spec.family == "sd3" else adapter_class(family)
     return adapter(pipe, config, torch.device(args.device))
+
+
+def with_random_sources(backbone: Any, conditioning: TextConditioning, prompts: int, resolution: int) -> TextConditioning:
+    """``conditioning`` plus the packed latents of random source images (one per prompt) and their ids."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(2)
+    images = [Image.fromarray(torch.randint(0, 256, (resolution, resolution, 3), generator=generator,
+                                            dtype=torch.uint8).numpy()) for _ in range(prompts)]
+    conditioning.source_latents, conditioning.source_ids = backbone._encode_sources(images)
+    return conditioning
 
 
 def random_conditioning(spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device) -> TextConditioning:
@@ -455,7 +473,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     dtype = torch_dtype(args.dtype)
     parameters = backbone.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
-    bench = Bench(args, backbone, random_conditioning(spec, args.prompts, dtype, device),
+    conditioning = random_conditioning(spec, args.prompts, dtype, device)
+    if spec.family == "flux_kontext":  # editing: random source images, VAE-encoded by the adapter's own code
+        conditioning = with_random_sources(backbone, conditioning, args.prompts, spec.resolution)
+    bench = Bench(args, backbone, conditioning,
                   ClipReward(spec, args.prompts, dtype, device, args.reward_batch),
                   TorchLearner(parameters, optimizer, max_grad_norm=1.0), device)
     results = [benchmark_method(bench, name) for name in args.methods]

@@ -206,6 +206,18 @@ def build_tiny_flux(path: str | Path, seed: int = 0, guidance_embeds: bool = Tru
     return path
 
 
+def build_tiny_flux_kontext(path: str | Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """Save a tiny FluxKontextPipeline: the tiny FLUX.1 components (Kontext adds no trained part)."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    path = Path(path)
+    flux = FluxPipeline.from_pretrained(build_tiny_flux(path.with_name(path.name + "-flux"), seed, guidance_embeds))
+    FluxKontextPipeline(**{name: getattr(flux, name) for name in (
+        "transformer", "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"
+    )}).save_pretrained(path)
+    return path
+
+
 def build_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Save a tiny StableDiffusionPipeline (UNet, DDIM scheduler, no safety checker) to ``path``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -543,6 +555,7 @@ def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, b
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
+    "flux_kontext": build_tiny_flux_kontext,
     "sd": build_tiny_sd,
     "qwenimage": build_tiny_qwenimage,
     "flux2": build_tiny_flux2,

@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from treegrpo.config import ConfigError, DataConfig
 
@@ -36,9 +36,62 @@ def load_txt(file: Path) -> list[str]:
     return [line.strip() for line in _read_text(file).splitlines() if line.strip()]
 
 
+class EditPrompt(str):
+    """An editing instruction (the string itself) with its source image, ``image``: a path or a PIL image.
+
+    A ``str`` so everything that logs, captions, splits or samples prompts keeps working unchanged;
+    editing backbones and rewards with ``takes_source`` read ``image``.
+    """
+
+    image: Any
+
+    def __new__(cls, text: str, image: Any) -> "EditPrompt":
+        prompt = super().__new__(cls, text)
+        prompt.image = image
+        return prompt
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EditPrompt, (str(self), self.image))
+
+
+def source_image(prompt: str) -> Optional[Any]:
+    """The RGB PIL source image of an :class:`EditPrompt` (read from its path), ``None`` for a plain prompt."""
+    image = getattr(prompt, "image", None)
+    if image is None:
+        return None
+    if isinstance(image, (str, Path)):
+        from PIL import Image
+
+        try:
+            with Image.open(image) as opened:
+                return opened.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read source image {image} ({type(error).__name__}); use a PNG/JPEG file") from None
+    return image.convert("RGB")
+
+
+def source_images(prompts: Sequence[str]) -> list[Optional[Any]]:
+    """:func:`source_image` of each prompt (what rewards with ``takes_source`` receive)."""
+    return [source_image(prompt) for prompt in prompts]
+
+
+def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:
+    """The record's text with its ``image`` path resolved against the .jsonl's folder; must exist."""
+    if not isinstance(image, str) or not image.strip():
+        raise DataError(f"{file}:{number} has a non-string 'image' field; give the source image's path as a string")
+    path = (file.parent / image.strip()).resolve()
+    if not path.is_file():
+        raise DataError(f"{file}:{number} names source image {path}, which does not exist; fix the 'image' path "
+                        "(relative to the .jsonl file)")
+    return EditPrompt(text, path)
+
+
 def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_field") -> list[str]:
-    """The ``field`` of every JSON record (one per line) of a .jsonl file; errors name ``field_key`` as the fix."""
-    prompts = []
+    """The ``field`` of every JSON record (one per line) of a .jsonl file; errors name ``field_key`` as the fix.
+
+    A record with an ``image`` field (a path relative to the file) becomes an :class:`EditPrompt`.
+    """
+    prompts: list[str] = []
     for number, line in enumerate(_read_text(file).splitlines(), start=1):
         if not line.strip():
             continue
@@ -50,8 +103,11 @@ def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_
             raise DataError(
                 f"{file}:{number} has no string field {field!r}; add it or set {field_key} to the field's name"
             )
-        if record[field].strip():
-            prompts.append(record[field].strip())
+        text = record[field].strip()
+        if text and "image" in record:
+            prompts.append(_edit_prompt(file, number, text, record["image"]))
+        elif text:
+            prompts.append(text)
     return prompts
 
 

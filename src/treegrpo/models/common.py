@@ -52,6 +52,10 @@ class TextConditioning:
     negative_pooled_prompt_embeds: Optional[torch.Tensor] = None
     prompt_mask: Optional[torch.Tensor] = None
     negative_prompt_mask: Optional[torch.Tensor] = None
+    source_latents: Optional[torch.Tensor] = None
+    """Editing families: each prompt's encoded source image ``[N, L_src, C]`` (packed like the latents)."""
+    source_ids: Optional[torch.Tensor] = None
+    """Editing families: the position ids of the source tokens (shared by every row)."""
 
     def __len__(self) -> int:
         return int(self.prompt_embeds.shape[0])
@@ -66,9 +70,10 @@ class TextConditioning:
         index = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_embeds.device)
         pooled = None if self.pooled_prompt_embeds is None else self.pooled_prompt_embeds[index]
         mask = None if self.prompt_mask is None else self.prompt_mask[index]
+        source = None if self.source_latents is None else self.source_latents[index]
         return TextConditioning(
             self.prompt_embeds[index], self.negative_prompt_embeds, pooled, self.negative_pooled_prompt_embeds,
-            mask, self.negative_prompt_mask,
+            mask, self.negative_prompt_mask, source, self.source_ids,
         )
 
 
@@ -117,6 +122,9 @@ class DenoiserInputs:
     prompt_embeds: torch.Tensor
     pooled_prompt_embeds: Optional[torch.Tensor]
     prompt_mask: Optional[torch.Tensor] = None
+    source_latents: Optional[torch.Tensor] = None
+    """Editing families: the rows' encoded source images (see TextConditioning)."""
+    source_ids: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -323,7 +331,7 @@ class DiffusersBackbone:
 
     def encode_prompts(self, prompts: Sequence[str]) -> TextConditioning:
         """Embed ``prompts`` and the negative prompt once (frozen encoders, no grad)."""
-        texts = list(prompts)
+        texts = [str(prompt) for prompt in prompts]
         with torch.no_grad(), self._text_encoders_on_device():
             prompt_embeds, pooled, mask = self._encode_texts_with_mask(texts)
             negative_embeds, negative_pooled, negative_mask = self._encode_texts_with_mask([self.cfg.negative_prompt])
@@ -440,6 +448,7 @@ class DiffusersBackbone:
         embeds = cond.prompt_embeds[rows].to(dtype)
         pooled = None if cond.pooled_prompt_embeds is None else cond.pooled_prompt_embeds[rows].to(dtype)
         mask = None if cond.prompt_mask is None else cond.prompt_mask[rows]
+        source = None if cond.source_latents is None else cond.source_latents[rows].to(dtype)
         if with_uncond:
             n = x.shape[0]
             x = torch.cat([x, x])
@@ -452,7 +461,8 @@ class DiffusersBackbone:
             if pooled is not None and cond.negative_pooled_prompt_embeds is not None:
                 negative_pooled = cond.negative_pooled_prompt_embeds.to(dtype).expand(n, *pooled.shape[1:])
                 pooled = torch.cat([negative_pooled, pooled])
-        return DenoiserInputs(x, timesteps, embeds, pooled, mask)
+            source = None if source is None else torch.cat([source, source])
+        return DenoiserInputs(x, timesteps, embeds, pooled, mask, source, cond.source_ids)
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self) -> Iterator[None]:

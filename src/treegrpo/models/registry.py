@@ -25,6 +25,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "sd3": Family("treegrpo.models.sd3:SD3Backbone", ("StableDiffusion3Pipeline",)),
     "flux": Family("treegrpo.models.flux:FluxBackbone", ("FluxPipeline",)),
+    "flux_kontext": Family("treegrpo.models.flux_kontext:FluxKontextBackbone", ("FluxKontextPipeline",)),
     "sd": Family("treegrpo.models.sd:SDBackbone", ("StableDiffusionPipeline",)),
     "qwenimage": Family("treegrpo.models.qwenimage:QwenImageBackbone", ("QwenImagePipeline",)),
     "flux2": Family("treegrpo.models.flux2:Flux2Backbone", ("Flux2KleinPipeline",)),

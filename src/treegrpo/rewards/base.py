@@ -1,7 +1,9 @@
 """The reward interface, plus the CLIP-style image preparation shared by the neural scorers.
 
 A reward is a callable ``(images [B, 3, H, W] float in [0, 1], prompts) -> scores [B]`` (float32,
-CPU). :class:`BatchedReward` supplies the common part (input checks, ``torch.no_grad()``, batching,
+CPU). Editing: a reward that declares ``takes_source = True`` is also called with
+``source_images=`` (each prompt's PIL source image, ``None`` for a plain prompt; see
+:class:`treegrpo.data.EditPrompt`); the others never see them. :class:`BatchedReward` supplies the common part (input checks, ``torch.no_grad()``, batching,
 device/dtype options); a scorer only writes :meth:`BatchedReward.score_batch`.
 
 Image preparation runs in torch so it works batched on a GPU. It reproduces the authors' pipelines,

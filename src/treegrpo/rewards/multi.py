@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from treegrpo.data import source_images
 from treegrpo.rewards.base import RewardFn, check_inputs
 from treegrpo.rewards.video import FrameSampledReward, for_clips, is_video
 
@@ -57,12 +58,19 @@ class MultiReward:
 
     def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Each reward's float32 CPU scores [B], by name (unweighted); clips ``[B, F, 3, H, W]`` go to
-        rewards that take video, and as sampled frames (:mod:`treegrpo.rewards.video`) to the others."""
+        rewards that take video, and as sampled frames (:mod:`treegrpo.rewards.video`) to the others.
+        Rewards with ``takes_source`` also get ``source_images=`` (see :mod:`treegrpo.rewards.base`)."""
         video = is_video(images)
         check_inputs(images[:, 0] if video else images, prompts)
         out = {}
+        sources = None
         for key, reward in self.rewards.items():
-            scores = (for_clips(reward) if video else reward)(images, prompts).detach().to("cpu", torch.float32).reshape(-1)
+            if getattr(reward, "takes_source", False) and not video:  # editing: the prompts' source images too
+                sources = source_images(prompts) if sources is None else sources
+                raw = reward(images, prompts, source_images=sources)  # type: ignore[call-arg]
+            else:
+                raw = (for_clips(reward) if video else reward)(images, prompts)
+            scores = raw.detach().to("cpu", torch.float32).reshape(-1)
             if scores.shape[0] != images.shape[0]:
                 raise ValueError(f"reward {key!r} returned {scores.shape[0]} scores for {images.shape[0]} images")
             out[key] = scores
