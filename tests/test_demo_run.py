@@ -28,6 +28,7 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     assert len(lines) == 1, lines
     line = lines[0]
     match = re.search(r"base (\d\.\d+) \+- \d\.\d+ -> trained (\d\.\d+) \+- \d\.\d+", line)
+    assert re.search(r"sampled with 16 steps \(\d+ samples\) \d\.\d+ \+- \d\.\d+ -> \d\.\d+ \+- \d\.\d+", line), line
     assert match, line
     for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "tensorboard", "checkpoints", "final",
                  "before_after.png", "report.png", "demo.json", "README.md"):

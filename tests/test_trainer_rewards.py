@@ -61,7 +61,8 @@ def test_held_out_judges_are_evaluated_and_logged(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1]
     for record in records:
-        assert record["eval/judge/jpeg_incompressibility"] == record["eval/judge_score"]
-        assert record["eval/jpeg_compressibility"] == record["eval/score"]
+        assert record["eval/judge/jpeg_incompressibility"] == pytest.approx(record["eval/judge_score"], abs=1e-6)
+        assert record["eval/jpeg_compressibility"] == pytest.approx(record["eval/score"], abs=1e-6)
+        assert record["eval/judge_score_se"] > 0 and record["eval/score_se"] > 0
     with pytest.raises(ConfigError, match="unknown reward 'jpegg'"):
         resolve_config(tiny_values(tmp_path), ["eval.rewards=jpegg"])

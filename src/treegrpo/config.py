@@ -255,10 +255,19 @@ class EvalConfig:
     (same forms as ``reward``; unset = none). A held-out judge shows reward hacking: the training
     reward rising while the judge stays flat."""
 
+    more_steps: int = 0
+    """Also evaluate the first and the last model with this many sampling steps (e.g. twice
+    ``sampling.steps``), logged as ``eval/steps<N>/score``: a gain that holds there is not tied to the
+    training sampler (0 = off)."""
+    more_steps_samples: int = 0
+    """Held-out samples of that check (the first ones of the evaluation set; 0 = all)."""
+
     def check(self) -> None:
-        """The judges' spec has the form of ``reward`` and names known rewards."""
+        """The judges' spec has the form of ``reward`` and names known rewards; ranges."""
         if self.rewards is not None:
             _check_reward_names(self.rewards, "eval.rewards")
+        _at_least("eval.more_steps", self.more_steps, 0)
+        _at_least("eval.more_steps_samples", self.more_steps_samples, 0)
 
 
 @dataclass

@@ -469,9 +469,10 @@ class Trainer:
         with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
             yield
 
-    def evaluate_and_draw(self, step: int) -> Optional[dict[str, float]]:
+    def evaluate_and_draw(self, step: int, *, first_or_last: bool = False) -> Optional[dict[str, float]]:
         """Held-out evaluation, sample grid and tree picture (main process); returns eval metrics.
 
+        ``first_or_last``: the base's or the final evaluation, which also runs ``eval.more_steps``.
         With FSDP every process runs the evaluation's forwards (they are collectives); only the
         main process writes.
         """
@@ -486,6 +487,8 @@ class Trainer:
                     guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
                     judges=self.judges,
                 )
+                if first_or_last and cfg.eval.more_steps:
+                    result.update(self._evaluate_more_steps())
         if self.processes.is_main and result is not None:
             columns = grid_columns(images.shape[0])
             frames = middle_frames(images)  # clips: their middle frames (and the grid animated below)
@@ -503,6 +506,17 @@ class Trainer:
         self.budget.record_evaluation(time.time() - started)
         self.last_evaluation = time.time()
         return result
+
+    def _evaluate_more_steps(self) -> dict[str, float]:
+        """``eval/steps<N>/score`` and its standard error: the same prompts and noise sampled with ``eval.more_steps`` steps."""
+        cfg = self.cfg
+        samples = cfg.eval.more_steps_samples or len(self.prompts.eval)
+        result, _, _ = evaluate(
+            self.backbone, self.rewards, self.prompts.eval[:samples], steps=cfg.eval.more_steps,
+            guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
+        )
+        prefix = f"eval/steps{cfg.eval.more_steps}/"
+        return {prefix + "score": result["eval/score"], prefix + "score_se": result["eval/score_se"]}
 
     def _draw_tree(self, step: int, last: IterationResult) -> None:
         """Picture of tree 0 of the latest rollout."""
@@ -564,7 +578,7 @@ class Trainer:
         try:
             with self.stop.installed():
                 if self.start_iteration == 0 and cfg.eval_at_start:
-                    self.evaluate_and_draw(0)
+                    self.evaluate_and_draw(0, first_or_last=True)
                 for iteration in range(self.start_iteration, cfg.iterations):
                     if not self.processes.all(self.budget.fits(iterations=1)):
                         logger.info("time budget of %.1f min: stopping after %d iterations", cfg.max_minutes, step)
@@ -584,7 +598,7 @@ class Trainer:
                 if step > self.start_iteration:
                     if not saved:
                         self.save_checkpoint(step)
-                    self.evaluate_and_draw(step)
+                    self.evaluate_and_draw(step, first_or_last=True)
                 self.export()
         finally:
             self.log.close()
