@@ -74,8 +74,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=512, help="toy: samples per evaluation")
     parser.add_argument("--eval-prompts", type=int, default=128, help="shapes: held-out prompts per evaluation")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="shapes: CFG scale of rollouts and evaluation")
-    parser.add_argument("--steps", type=int, default=4,
-                        help="shapes: sampling steps (4 = the demo; at 4 a 3-step window has one legal start)")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="shapes: sampling steps (8 = the demo on the second-edition base; the tables of "
+                             "RESULTS.md sections 5-6 used 4 and 6 on the first-edition base)")
     parser.add_argument("--set", nargs="*", default=[], metavar="[METHOD:]SECTION.KEY=VALUE", dest="settings",
                         help="shapes: trainer config values for every run (or one preset's runs), "
                              "e.g. train.lr_schedule=cosine treegrpo:train.parents_per_batch=11")
