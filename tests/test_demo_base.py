@@ -20,9 +20,9 @@ def pipe():  # type: ignore[no-untyped-def]
 
 def test_base_is_small_and_has_no_t5(pipe) -> None:  # type: ignore[no-untyped-def]
     assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None
-    assert pipe.vae_scale_factor == 1
+    assert pipe.vae_scale_factor == 2 and pipe.transformer.config.patch_size == 2  # the VAE draws the edges
     size = sum(p.stat().st_size for p in BASE_DIR.rglob("*") if p.is_file())
-    assert size < 20 * 2**20
+    assert size < 25 * 2**20
     assert not list(BASE_DIR.rglob("*.bin")), "weights must be safetensors"
     assert (BASE_DIR / "README.md").exists()
 
@@ -39,3 +39,15 @@ def test_base_generates_32x32_images(pipe) -> None:  # type: ignore[no-untyped-d
     assert scores.shape == (2,)
     image = pipe("one green triangle", generator=torch.Generator().manual_seed(1), **kwargs).images[0]
     assert image.size == (32, 32)
+
+
+def test_base_draws_one_object_prompts_in_colour_and_shape(pipe) -> None:  # type: ignore[no-untyped-def]
+    """Floors well below the card's figures on 1024 prompts (colour 0.78, shape 0.46 at 8 steps, no CFG)."""
+    from treegrpo.demo import shapes
+    from treegrpo.demo.evaluate import component_means_by_group, sample_images
+
+    prompts = [p for p in shapes.heldout_prompts(160, seed=0) if shapes.parse_caption(p).kind != "relation"][:64]
+    images = sample_images(pipe, prompts, seed=0, num_inference_steps=8, guidance_scale=1.0)
+    one_object = component_means_by_group(images, prompts)["one_object"]
+    assert one_object["n"] >= 20
+    assert one_object["colour"] >= 0.55 and one_object["shape"] >= 0.25, one_object

@@ -444,6 +444,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> No
         f"transformer: patch 2, {info['steps']} steps (batch {cfg.batch}); reproduce with `--steps {info['steps']}`",
         f"- saved weights: exponential moving average (decay {cfg.ema_decay}) of transformer and text encoders",
         f"- size on disk: {info['size_mb']:.1f} MB",
+        *([f"- note: {info['note']}"] if "note" in info else []),
         "",
     ]
     for title, key in info["evaluations"]:
