@@ -94,7 +94,7 @@ def test_minutes_are_a_wall_clock_budget_for_the_trainer(tmp_path: Path, capsys:
     cfg = demo.demo_config(args, minutes_used=0.5)
     budget = 20 - 0.5 - demo.SUMMARY_MINUTES
     assert cfg.train.max_minutes == pytest.approx(budget, abs=1e-3)
-    assert cfg.train.eval_every_minutes == pytest.approx(budget / 5, abs=1e-3)
+    assert cfg.train.eval_every_minutes == pytest.approx(budget / 7, abs=1e-3)
     assert cfg.train.iterations == demo.MAX_ITERATIONS
     default = demo.demo_config(demo.build_parser().parse_args([]))
     assert default.train.max_minutes == pytest.approx(demo.DEFAULT_MINUTES - demo.SUMMARY_MINUTES, abs=1e-3)

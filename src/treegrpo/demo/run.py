@@ -123,7 +123,7 @@ def demo_config(args: argparse.Namespace, minutes_used: float = 0.0) -> Any:
         if budget <= 0:
             raise ConfigError(f"--minutes {args.minutes} leaves no time to train; give it more minutes")
         length = [f"train.iterations={MAX_ITERATIONS}", f"train.max_minutes={budget:.4f}",
-                  f"train.eval_every_minutes={budget / (args.eval_points + 1):.4f}"]
+                  f"train.eval_every_minutes={budget / (args.eval_points + 3):.4f}"]  # room for the evaluations themselves
     overrides = [
         f"seed={args.seed}", f"output_dir={output_dir}", *length,
         f"data.num_eval_prompts={args.eval_prompts}", *args.overrides,
