@@ -130,7 +130,7 @@ def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
     efficiency = load("efficiency")
     efficiency.main(["--task", "shapes", "--methods", "treegrpo", "flow_grpo", "--flat-trees", "3", "--seeds", "0",
                      "--lrs", "1e-3", "--budget", "240", "--prompts", "2", "--eval-points", "2", "--eval-prompts", "4",
-                     "--threads", "1", "--quiet", "--out", str(tmp_path)])
+                     "--steps", "4", "--threads", "1", "--quiet", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "efficiency_shapes.json").read_text())
     assert {row["label"] for row in saved["reach"]} == {"treegrpo", "flow_grpo"}
     for run in saved["runs"]:
