@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import random
 import sys
 import time
 from concurrent.futures import Future
@@ -24,7 +23,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import torch
 
 from treegrpo import checkpoint as ckpt
@@ -51,7 +49,10 @@ from treegrpo.trainer.pictures import captions_for, save_captioned
 from treegrpo.trainer.run_dir import (
     RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, write_atomic,
 )
-from treegrpo.trainer.setup import build_judges, build_rewards, check_processes, find_resume_checkpoint, preflight
+from treegrpo.trainer.setup import (
+    build_judges, build_rewards, check_processes, find_resume_checkpoint, make_generators, make_optimizer, preflight,
+    seed_everything,
+)
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
 from treegrpo.video_io import save_video
 
@@ -116,7 +117,7 @@ class Trainer:
         self._check_processes()
         self.prompts: PromptSets = load_prompt_sets(cfg.data, cfg.seed)
         self.sampler = PromptSampler(len(self.prompts.train), cfg.seed)
-        self._seed_everything()
+        seed_everything(cfg.seed, self.processes.rank)
         self.backbone = backbone or self._load_backbone()
         self.rewards = rewards or build_rewards(cfg.reward, self.processes.device)
         self.judges = judges if judges is not None else build_judges(cfg, self.processes.device)
@@ -125,7 +126,7 @@ class Trainer:
         self.sharded = self._shard()
         self.wrapped = self.backbone.denoiser if self.sharded else self.accelerator.prepare(self.backbone.denoiser)
         self.parameters = self.backbone.trainable_parameters()
-        self.optimizer = self.accelerator.prepare(self._make_optimizer())
+        self.optimizer = self.accelerator.prepare(make_optimizer(self.parameters, cfg.train))
         t = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self._raw_optimizer(), functools.partial(lr_factor, t.lr_schedule, t.warmup, t.iterations)
@@ -134,7 +135,7 @@ class Trainer:
                                          self.processes, self.sharded)
         named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.ema = Ema(named, t.ema) if t.ema > 0 else None
-        self.generators = self._make_generators()
+        self.generators = make_generators(cfg.seed, self.processes.rank, self.processes.device)
         world = self.processes.world
         parents, edges = t.minibatch_sizes()
         self.update_cfg = UpdateConfig(t.inner_epochs, None if parents is None else parents // world, t.grad_accum,
@@ -362,12 +363,6 @@ class Trainer:
         logger.info("FSDP: denoiser sharded over %d processes in %d units", self.processes.world, units)
         return True
 
-    def _seed_everything(self) -> None:
-        """Seed the global RNGs (same model init on every process)."""
-        random.seed(self.cfg.seed + self.processes.rank)
-        np.random.seed((self.cfg.seed + self.processes.rank) % 2**32)
-        torch.manual_seed(self.cfg.seed)
-
     def _load_backbone(self) -> Backbone:
         """The configured model on this process's device."""
         from treegrpo.models.loading import load_backbone, resolve_model_path
@@ -377,22 +372,6 @@ class Trainer:
         steps = self.cfg.sampling.steps  # Wan 2.2 loads (and checks) the expert(s) these steps need
         window = TrainingWindow(steps, steps_ever_trained(self.cfg.tree, steps))
         return load_backbone(model, device=self.processes.device, with_reference=with_reference, training_window=window)
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the trainable weights."""
-        if not self.parameters:
-            raise ConfigError("the model has no trainable weights; set model.lora.rank >= 1 or model.full_finetune=true")
-        t = self.cfg.train
-        return torch.optim.AdamW(self.parameters, lr=t.lr, betas=(t.betas[0], t.betas[1]), eps=t.adam_eps, weight_decay=t.weight_decay)
-
-    def _make_generators(self) -> dict[str, torch.Generator]:
-        """Noise (shared by all processes), rollout and minibatch generators (per process)."""
-        seed, rank = self.cfg.seed, self.processes.rank
-        return {
-            "noise": torch.Generator().manual_seed(seed),
-            "rollout": torch.Generator(device=self.processes.device).manual_seed(seed + 1_000_003 * (rank + 1)),
-            "minibatch": torch.Generator().manual_seed(seed + 2_000_003 * (rank + 1)),
-        }
 
     def _raw_optimizer(self) -> torch.optim.Optimizer:
         """The torch optimizer inside accelerate's wrapper."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
+
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from treegrpo import checkpoint as ckpt
-from treegrpo.config import ConfigError, TrainerConfig, reward_weights
+from treegrpo.config import ConfigError, TrainConfig, TrainerConfig, reward_weights
 from treegrpo.data import load_prompt_sets
 from treegrpo.models.loading import chosen_family, read_model_index, resolve_model_path
 from treegrpo.models.registry import adapter_class
@@ -83,3 +86,27 @@ def find_resume_checkpoint(run_dir: Path, explicit: bool) -> Optional[Path]:
             f"{run_dir} has no complete checkpoint to resume; start it anew with --overwrite or check the path"
         )
     return latest
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed the global RNGs: torch the same on every process (same model init), Python and numpy per process."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable weights (none is a one-line error)."""
+    if not parameters:
+        raise ConfigError("the model has no trainable weights; set model.lora.rank >= 1 or model.full_finetune=true")
+    return torch.optim.AdamW(parameters, lr=train.lr, betas=(train.betas[0], train.betas[1]), eps=train.adam_eps,
+                             weight_decay=train.weight_decay)
+
+
+def make_generators(seed: int, rank: int, device: torch.device) -> dict[str, torch.Generator]:
+    """The run's generators: initial noise (the same on every process), rollout and minibatch order (per process)."""
+    return {
+        "noise": torch.Generator().manual_seed(seed),
+        "rollout": torch.Generator(device=device).manual_seed(seed + 1_000_003 * (rank + 1)),
+        "minibatch": torch.Generator().manual_seed(seed + 2_000_003 * (rank + 1)),
+    }
