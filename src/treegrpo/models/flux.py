@@ -89,15 +89,27 @@ class FluxBackbone(DiffusersBackbone):
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The transformer's velocity, with ids and guidance as the pipeline passes them."""
+        return self._call_transformer(denoiser, inputs, guidance_scale)
+
+    def _call_transformer(
+        self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float,
+        extra_tokens: Optional[torch.Tensor] = None, extra_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """One FLUX.1 call; ``extra_tokens`` (e.g. Kontext's source image) follow the noisy tokens, and only the
+        noisy tokens' output is returned."""
         x = inputs.latents
         height, width = self._latent_grid()
         image_ids = self.pipe._prepare_latent_image_ids(x.shape[0], height // 2, width // 2, self.device, x.dtype)
+        hidden = x
+        if extra_tokens is not None and extra_ids is not None:
+            image_ids = torch.cat([image_ids, extra_ids.to(x.dtype)])
+            hidden = torch.cat([x, extra_tokens.to(x.dtype)], dim=1)
         text_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=self.device, dtype=x.dtype)
         guidance = None
         if self._has_guidance_embedding():
             guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
-        return denoiser(
-            hidden_states=x,
+        output = denoiser(
+            hidden_states=hidden,
             timestep=inputs.timesteps.to(x.dtype) / 1000,
             guidance=guidance,
             pooled_projections=inputs.pooled_prompt_embeds,
@@ -106,6 +118,7 @@ class FluxBackbone(DiffusersBackbone):
             img_ids=image_ids,
             return_dict=False,
         )[0]
+        return output[:, : x.shape[1]]
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unpack, then undo the latent normalisation (``/ scaling_factor + shift_factor``)."""

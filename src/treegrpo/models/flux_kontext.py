@@ -76,22 +76,4 @@ class FluxKontextBackbone(FluxBackbone):
         """FLUX.1's call on ``[noisy tokens, source tokens]`` with ids concatenated; the noisy tokens' output."""
         if inputs.source_latents is None or inputs.source_ids is None:
             raise ValueError("FLUX.1-Kontext conditioning has no source latents; build it with encode_prompts")
-        x = inputs.latents
-        height, width = self._latent_grid()
-        image_ids = self.pipe._prepare_latent_image_ids(x.shape[0], height // 2, width // 2, self.device, x.dtype)
-        image_ids = torch.cat([image_ids, inputs.source_ids.to(x.dtype)])
-        text_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=self.device, dtype=x.dtype)
-        guidance: Optional[torch.Tensor] = None
-        if self._has_guidance_embedding():
-            guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
-        output = denoiser(
-            hidden_states=torch.cat([x, inputs.source_latents.to(x.dtype)], dim=1),
-            timestep=inputs.timesteps.to(x.dtype) / 1000,
-            guidance=guidance,
-            pooled_projections=inputs.pooled_prompt_embeds,
-            encoder_hidden_states=inputs.prompt_embeds,
-            txt_ids=text_ids,
-            img_ids=image_ids,
-            return_dict=False,
-        )[0]
-        return output[:, : x.shape[1]]
+        return self._call_transformer(denoiser, inputs, guidance_scale, inputs.source_latents, inputs.source_ids)
