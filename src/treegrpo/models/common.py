@@ -135,6 +135,20 @@ class TrainingWindow:
     steps: tuple[int, ...]
 
 
+def shift_mu(scheduler_config: Any, image_seq_len: int, max_shift_default: float) -> float:
+    """The flow pipelines' dynamic shift ``mu``: linear in the image sequence length between the
+    scheduler config's base and max shifts (diffusers' ``calculate_shift``, one copy per pipeline)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return float(calculate_shift(
+        image_seq_len,
+        scheduler_config.get("base_image_seq_len", 256),
+        scheduler_config.get("max_image_seq_len", 4096),
+        scheduler_config.get("base_shift", 0.5),
+        scheduler_config.get("max_shift", max_shift_default),
+    ))
+
+
 class WithoutAdapters(torch.nn.Module):
     """The LoRA denoiser's base model: each call runs with the adapters disabled (the reference policy)."""
 

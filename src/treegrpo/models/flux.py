@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
 from treegrpo.sampling import FlowSchedule
 
@@ -54,21 +54,13 @@ class FluxBackbone(DiffusersBackbone):
 
     def schedule(self, num_steps: int) -> FlowSchedule:
         """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         config = scheduler.config
         sigmas: Optional[np.ndarray] = np.linspace(1.0, 1 / num_steps, num_steps)
         if config.get("use_flow_sigmas", False):
             sigmas = None
         height, width = self._latent_grid()
-        mu = calculate_shift(
-            (height // 2) * (width // 2),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
+        mu = shift_mu(config, (height // 2) * (width // 2), 1.15)
         if sigmas is None:
             scheduler.set_timesteps(num_steps, device=self.device, mu=mu)
         else:

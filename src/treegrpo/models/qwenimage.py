@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, shift_mu
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
 from treegrpo.sampling import FlowSchedule
 
@@ -62,18 +62,10 @@ class QwenImageBackbone(DiffusersBackbone):
 
     def schedule(self, num_steps: int) -> FlowSchedule:
         """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
-
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         config = scheduler.config
         height, width = self._latent_grid()
-        mu = calculate_shift(
-            (height // 2) * (width // 2),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
+        mu = shift_mu(config, (height // 2) * (width // 2), 1.15)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device=self.device, mu=mu)
         return FlowSchedule(scheduler.sigmas.to(self.device), scheduler.timesteps.to(self.device))
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
 from treegrpo.sampling import FlowSchedule
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
@@ -63,18 +63,9 @@ class SD3Backbone(DiffusersBackbone):
 
     def _dynamic_shift_mu(self) -> float:
         """``mu`` from the image sequence length (patches), as the pipeline computes it."""
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
         _, height, width = self._latent_shape()
         patch = self.denoiser.config.patch_size
-        config = self.pipe.scheduler.config
-        return calculate_shift(
-            (height // patch) * (width // patch),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.16),
-        )
+        return shift_mu(self.pipe.scheduler.config, (height // patch) * (width // patch), 1.16)
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, C, H/f, W/f]`` Gaussian latents from ``pipe.prepare_latents`` (float32 copy)."""

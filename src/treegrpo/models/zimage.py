@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, concat_padded
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, concat_padded, shift_mu
 from treegrpo.sampling import FlowSchedule
 
 ZIMAGE_LORA_TARGETS: tuple[str, ...] = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
@@ -68,18 +68,12 @@ class ZImageBackbone(DiffusersBackbone):
 
     def schedule(self, num_steps: int) -> FlowSchedule:
         """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(sigmas=..., mu=...)``."""
-        from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
 
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         config = scheduler.config
         _, height, width = self._latent_shape()
-        mu = calculate_shift(
-            (height // 2) * (width // 2),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
+        mu = shift_mu(config, (height // 2) * (width // 2), 1.15)
         scheduler.set_timesteps(sigmas=get_default_z_image_sigmas(num_steps), device=self.device, mu=mu)
         return FlowSchedule(scheduler.sigmas.to(self.device), scheduler.timesteps.to(self.device))
 
