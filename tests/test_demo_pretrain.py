@@ -1,4 +1,4 @@
-"""The demo base's pretraining resumes exactly: interrupted and resumed equals straight through."""
+"""The demo base's pretraining resumes exactly (interrupted and resumed equals straight through) and continues a saved base."""
 
 from __future__ import annotations
 
@@ -50,3 +50,24 @@ def test_resume_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "none"), "--resume"])
     assert "does not exist; start without --resume" in capsys.readouterr().err
+
+
+def test_init_from_continues_the_saved_base(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    pretrain(tmp_path / "first", _tiny(checkpoint_every_s=0), threads=1, command="first")
+    # one more step at learning rate 0: the continued base must equal the saved one exactly
+    pretrain(tmp_path / "more", _tiny(steps=1, lr=0.0, seed=1, checkpoint_every_s=0), threads=1, command="more",
+             init_from=tmp_path / "first")
+    for component in ("transformer", "vae"):
+        first = load_file(str(tmp_path / "first" / component / "diffusion_pytorch_model.safetensors"))
+        more = load_file(str(tmp_path / "more" / component / "diffusion_pytorch_model.safetensors"))
+        for name in first:
+            assert torch.equal(first[name], more[name]), (component, name)
+    card = (tmp_path / "more" / "README.md").read_text()
+    assert "5 steps (4 + 1 continued" in card and "first && more" in card
+
+
+def test_init_from_needs_a_saved_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "out"), "--init-from", str(tmp_path / "missing")])
+    assert "name a folder this script saved" in capsys.readouterr().err

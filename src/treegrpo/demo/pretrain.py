@@ -1,6 +1,7 @@
 """Pretrain the demo's tiny text-to-image StableDiffusion3Pipeline from scratch on the shapes task.
 
     python -m treegrpo.demo.pretrain --out DIR [--steps N | --minutes M] [--threads 1] [--seed 0] [--resume]
+    python -m treegrpo.demo.pretrain --out DIR2 --init-from DIR --steps N --seed 1 --lr 5e-4
 
 Phase 1 trains a two-level AutoencoderKL (32x32 RGB <-> 4x16x16 latents: its decoder draws the
 edges) on shapes images and sets its shift/scaling factors from latent statistics. Phase 2 trains
@@ -15,7 +16,9 @@ The run writes a resume point into ``DIR/resume/`` every few minutes (safetensor
 ``--resume`` continues from it and gives the same weights as an uninterrupted single-threaded run.
 With ``--minutes`` the number of transformer steps is fixed after 20 timed steps so that the
 whole run fits the budget; the step count is kept in the resume point and the model card, and
-``--steps N`` reproduces the run.
+``--steps N`` reproduces the run. ``--init-from DIR`` continues phase 2 from a saved base (its
+autoencoder, text encoders and transformer; a fresh optimizer, schedule and EMA), so a base can be
+trained further across sessions; the model card records the chain of commands.
 """
 
 from __future__ import annotations
@@ -429,6 +432,14 @@ def _group_table(result: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _steps_text(info: dict[str, Any]) -> str:
+    """The transformer's step count, split by run when the base continued another (``--init-from``)."""
+    if info.get("previous_steps"):
+        total = info["previous_steps"] + info["steps"]
+        return f"{total} steps ({info['previous_steps']} + {info['steps']} continued; reproduce with the command chain)"
+    return f"{info['steps']} steps; reproduce with `--steps {info['steps']}`"
+
+
 def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> None:
     """README.md (human) and pretrain.json (machine) describing how the base was made."""
     (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -441,7 +452,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> No
         f"- command: `{info['command']}`",
         f"- seed {cfg.seed}, threads {info['threads']}, wall {info['wall_minutes']:.1f} min (all sessions of the run)",
         f"- autoencoder: two levels, latents 4x16x16, {cfg.vae_steps} steps (batch {cfg.vae_batch}); "
-        f"transformer: patch 2, {info['steps']} steps (batch {cfg.batch}); reproduce with `--steps {info['steps']}`",
+        f"transformer: patch 2, {_steps_text(info)} (batch {cfg.batch})",
         f"- saved weights: exponential moving average (decay {cfg.ema_decay}) of transformer and text encoders",
         f"- size on disk: {info['size_mb']:.1f} MB",
         *([f"- note: {info['note']}"] if "note" in info else []),
@@ -469,13 +480,37 @@ def _folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def pretrain(out: Path, cfg: PretrainConfig, threads: int, command: str, resume: bool = False) -> dict[str, Any]:
-    """Run both phases (or continue from ``out/resume``), save the EMA pipeline and its model card into ``out``."""
+def load_saved_base(source: Path, pipe: StableDiffusion3Pipeline) -> dict[str, Any]:
+    """Copy a saved base's weights and latent factors into ``pipe``; returns the base's ``pretrain.json``."""
+    saved = StableDiffusion3Pipeline.from_pretrained(source, text_encoder_3=None, tokenizer_3=None)
+    pipe.vae.load_state_dict(saved.vae.state_dict())
+    pipe.vae.register_to_config(shift_factor=saved.vae.config.shift_factor, scaling_factor=saved.vae.config.scaling_factor)
+    pipe.vae.eval().requires_grad_(False)
+    for name, module in _trained_modules(pipe).items():
+        module.load_state_dict(getattr(saved, name).state_dict())
+    info: dict[str, Any] = json.loads((source / "pretrain.json").read_text())
+    return info
+
+
+def pretrain(
+    out: Path, cfg: PretrainConfig, threads: int, command: str, resume: bool = False, init_from: Path | None = None
+) -> dict[str, Any]:
+    """Run both phases (or continue from ``out/resume``, or phase 2 from a saved base), save the EMA pipeline and card."""
     torch.set_num_threads(threads)
     start = time.time()
     deadline = start + cfg.minutes * 60
     pipe = build_pipeline(cfg.seed)
-    if resume:
+    if init_from is not None and not resume:
+        source = load_saved_base(init_from, pipe)
+        _log(f"continuing from {init_from} ({source['steps']} transformer steps)")
+        info = {"config": asdict(cfg), "command": source["command"] + " && " + command, "threads": threads,
+                "latent_shift": source["latent_shift"], "latent_scaling": source["latent_scaling"],
+                "vae_seconds": source["vae_seconds"], "reconstruction": source["reconstruction"],
+                "previous_steps": source.get("previous_steps", 0) + source["steps"],
+                "previous_minutes": source["wall_minutes"] - source["vae_seconds"] / 60}
+        state = _new_denoiser_state(pipe, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+    elif resume:
         state, info = load_resume_point(out, pipe, cfg)
         info["command"] = info["command"] + " && " + command
         _log(f"resumed at step {state.step}/{state.total}, {state.elapsed_s / 60:.1f} min trained so far")
@@ -492,7 +527,7 @@ def pretrain(out: Path, cfg: PretrainConfig, threads: int, command: str, resume:
     train_denoiser(pipe, cfg, state, deadline, out, info)
     state.ema.copy_to_weights()
     pipe.save_pretrained(out, safe_serialization=True)
-    info.update(steps=state.step, wall_minutes=(info["vae_seconds"] + state.elapsed_s) / 60)
+    info.update(steps=state.step, wall_minutes=info.get("previous_minutes", 0.0) + (info["vae_seconds"] + state.elapsed_s) / 60)
     (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")  # what describe_base reads
     shutil.rmtree(out / "resume", ignore_errors=True)
     return describe_base(out, cfg)
@@ -526,8 +561,8 @@ def describe_base(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
     return info
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int, str]:
-    """Command line -> (output folder, config, threads, mode: "train", "resume" or "describe")."""
+def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int, str, Path | None]:
+    """Command line -> (output folder, config, threads, mode: "train", "resume" or "describe", base to continue)."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder to save the pipeline into")
     p.add_argument("--minutes", type=float, default=PretrainConfig.minutes, help="wall budget for training")
@@ -542,6 +577,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume (same settings)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="continue phase 2 from the base saved in this folder (skips the autoencoder phase)")
     p.add_argument("--describe", action="store_true",
                    help="only evaluate the base saved in OUT (with --sample-steps, --guidance) and rewrite its card")
     p.add_argument("--sample-steps", type=int, default=PretrainConfig.sample_steps, help="steps of the evaluations")
@@ -564,29 +601,31 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
     if a.describe:
         if not (a.out / "pretrain.json").is_file():
             p.error(f"--describe: {a.out / 'pretrain.json'} does not exist; pretrain into --out first")
-        return a.out, cfg, a.threads, "describe"
+        return a.out, cfg, a.threads, "describe", None
     resume_point = a.out / "resume" / "state.json"
     if a.resume and not resume_point.exists():
         p.error(f"--resume: {resume_point} does not exist; start without --resume")
     if not a.resume and resume_point.exists():
         p.error(f"{a.out} holds an unfinished run; add --resume to continue it, or choose another --out")
+    if a.init_from is not None and not (a.init_from / "pretrain.json").is_file():
+        p.error(f"--init-from: {a.init_from / 'pretrain.json'} does not exist; name a folder this script saved")
     if a.resume:
         saved = json.loads(resume_point.read_text())["config"]
         if saved != {**asdict(cfg), "steps": saved["steps"], "minutes": saved["minutes"]}:
             p.error("--resume with different settings than the saved run; repeat the original options")
         cfg = replace(cfg, steps=saved["steps"], minutes=saved["minutes"])
-    return a.out, cfg, a.threads, "resume" if a.resume else "train"
+    return a.out, cfg, a.threads, "resume" if a.resume else "train", a.init_from
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m treegrpo.demo.pretrain``."""
-    out, cfg, threads, mode = parse_args(argv)
+    out, cfg, threads, mode, init_from = parse_args(argv)
     torch.set_num_threads(threads)
     if mode == "describe":
         describe_base(out, cfg)
         return
     command = "python -m treegrpo.demo.pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-    pretrain(out, cfg, threads, command, resume=mode == "resume")
+    pretrain(out, cfg, threads, command, resume=mode == "resume", init_from=init_from)
 
 
 if __name__ == "__main__":
