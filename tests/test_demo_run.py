@@ -24,8 +24,12 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
         "data.prompts_per_iteration=2", "tree.k=2",
     ])
     assert code == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
+    # quiet: no bar without a terminal, no per-iteration lines; one short line per evaluation (base and trained)
+    progress = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(progress) == 2 and all("held-out" in line for line in progress), progress
     line = lines[0]
     match = re.search(r"base (\d\.\d+) \+- \d\.\d+ -> trained (\d\.\d+) \+- \d\.\d+", line)
     assert re.search(r"sampled with 16 steps \(\d+ samples\) \d\.\d+ \+- \d\.\d+ -> \d\.\d+ \+- \d\.\d+", line), line

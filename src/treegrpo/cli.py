@@ -301,7 +301,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from treegrpo.demo.run import main as demo_main  # type: ignore[import-not-found]
     except ImportError as error:
         raise CliError(f"the demo entry point treegrpo.demo.run is not available ({error}); update treegrpo") from None
-    result = demo_main(list(args.rest))
+    verbose = args.verbose and not any(word in ("--verbose", "-v") for word in args.rest)
+    result = demo_main(list(args.rest) + (["--verbose"] if verbose else []))
     return int(result or 0)
 
 
@@ -450,6 +451,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if verbose:
         words = words[1:]
     if words[:1] == ["demo"]:  # everything after "demo" is the demo's own (argparse.REMAINDER drops leading --options)
+        verbose = verbose or any(word in ("--verbose", "-v") for word in words[1:])
         args = argparse.Namespace(command="demo", func=cmd_demo, rest=words[1:], verbose=verbose)
     else:
         args = parse_words(parser, words)

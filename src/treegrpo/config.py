@@ -197,8 +197,9 @@ class TrainConfig:
     """Evaluate the untrained model first (the "before" of the report's before/after grids)."""
     log_every: int = 1
     """Iterations between log lines (metrics.jsonl always gets every iteration)."""
-    progress: bool = True
-    """tqdm bar over denoising steps on the main process (only when stderr is a terminal)."""
+    progress: Any = "steps"
+    """Bars on the main process when stderr is a terminal: ``steps`` (one over the run and one over each
+    rollout's denoising steps), ``run`` (only the run's), ``none``; true / false mean steps / none."""
     log_with: Any = "tensorboard"
     """Experiment trackers: a list or a comma-separated string of ``tensorboard``, ``wandb``, ``trackio``,
     ``swanlab`` (any of accelerate's trackers); ``none`` = only metrics.jsonl / eval.jsonl."""
@@ -219,11 +220,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Choices, ranges and settings FSDP cannot honour; one-line ConfigError naming the key."""
+        from treegrpo.trainer.progress import Progress
         from treegrpo.trainer.trackers import parse_log_with
 
         self.lr_schedule = LrSchedule.parse(self.lr_schedule, "train.lr_schedule")
         self.log_with = parse_log_with(self.log_with)
         self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "train.mixed_precision")
+        self.progress = Progress.from_value(self.progress, "train.progress")
         for key in ("iterations", "inner_epochs", "keep_checkpoints", "log_every", "max_nonfinite_in_a_row"):
             _at_least(f"train.{key}", getattr(self, key), 1)
         if self.parents_per_batch is not None and self.edges_per_batch is not None:

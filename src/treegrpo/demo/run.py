@@ -61,7 +61,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "checkpoint_every": 0,
         "keep_checkpoints": 1,
         "eval_every": 0,
-        "progress": False,
+        "progress": "run",  # one bar over the run; the tree's denoising steps take a second
     },
 }
 """The demo's settings (on top of the method preset); dotted overrides on the command line win."""
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 2,
                    help="torch CPU threads (default: $OMP_NUM_THREADS, else 2)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's files in --output-dir")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also log every iteration and evaluation (default: one progress bar and the result line)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.lr=1e-4")
     return p
 
@@ -231,6 +233,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not args.verbose:
+        logging.getLogger("treegrpo").setLevel(logging.WARNING)
     from treegrpo.data import load_prompt_sets
     from treegrpo.trainer import train
 

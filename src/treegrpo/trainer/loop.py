@@ -46,6 +46,7 @@ from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_p
 from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
 from treegrpo.trainer.pictures import captions_for, save_captioned
+from treegrpo.trainer.progress import Progress, RunProgress
 from treegrpo.trainer.run_dir import (
     RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, write_atomic,
 )
@@ -316,7 +317,7 @@ class Trainer:
         """A tqdm bar over denoising steps of every chunk (main process, when enabled)."""
         from tqdm.auto import tqdm
 
-        enabled = self.cfg.train.progress and self.processes.is_main and sys.stderr.isatty()
+        enabled = self.cfg.train.progress == Progress.steps and self.processes.is_main and sys.stderr.isatty()
         total = self.cfg.sampling.steps * chunks
         return tqdm(total=total, desc=f"iter {iteration + 1} rollout", leave=False, disable=not enabled)
 
@@ -554,10 +555,13 @@ class Trainer:
         self.log.open(self.start_iteration, self.metrics_lines)
         records: list[dict[str, Any]] = []
         step, saved = self.start_iteration, True
+        progress = RunProgress(enabled=cfg.progress != Progress.none and self.processes.is_main,
+                               iterations=cfg.iterations, budget_minutes=cfg.max_minutes,
+                               start_iteration=self.start_iteration)
         try:
-            with self.stop.installed():
+            with self.stop.installed(), progress.shown():
                 if self.start_iteration == 0 and cfg.eval_at_start:
-                    self.evaluate_and_draw(0, first_or_last=True)
+                    progress.evaluation(0, self.evaluate_and_draw(0, first_or_last=True) or {})
                 for iteration in range(self.start_iteration, cfg.iterations):
                     if not self.processes.all(self.budget.fits(iterations=1)):
                         logger.info("time budget of %.1f min: stopping after %d iterations", cfg.max_minutes, step)
@@ -567,9 +571,10 @@ class Trainer:
                     self.log.iteration(self.last.metrics)
                     records.append(self.last.metrics)
                     step = iteration + 1
+                    progress.iteration(step, self.last.metrics["reward_mean"])
                     self.guard.check(step)
                     if self._evaluation_due(step):
-                        self.evaluate_and_draw(step)
+                        progress.evaluation(step, self.evaluate_and_draw(step) or {})
                     saved = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations
                     if saved:
                         self.save_checkpoint(step)
@@ -577,7 +582,7 @@ class Trainer:
                 if step > self.start_iteration:
                     if not saved:
                         self.save_checkpoint(step)
-                    self.evaluate_and_draw(step, first_or_last=True)
+                    progress.evaluation(step, self.evaluate_and_draw(step, first_or_last=True) or {})
                 self.export()
         finally:
             self.log.close()
