@@ -86,6 +86,9 @@ class DataConfig:
     """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files."""
     prompt_field: str = "prompt"
     """Field of a .jsonl record or column of a dataset that holds the prompt."""
+    image_field: Optional[str] = "image"
+    """Field of a .jsonl record (a path relative to the file) or column of a dataset (images or paths) that
+    holds an editing prompt's source image; rows without it are plain prompts; null ignores it."""
     dataset_split: str = "train"
     eval_dataset_split: str = "test"
     heldout: int = 0

@@ -8,6 +8,7 @@ whole state is ``(epoch, position)``, and the permutation of a pass is a pure fu
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ def load_txt(file: Path) -> list[str]:
 
 
 class EditPrompt(str):
-    """An editing instruction (the string itself) with its source image, ``image``: a path or a PIL image.
+    """An editing instruction (the string itself) with its source image, ``image``: a path, a PIL image or
+    the encoded file's bytes (a dataset's image column, decoded when used).
 
     A ``str`` so everything that logs, captions, splits or samples prompts keeps working unchanged;
     editing backbones and rewards with ``takes_source`` read ``image``.
@@ -59,14 +61,15 @@ def source_image(prompt: str) -> Optional[Any]:
     image = getattr(prompt, "image", None)
     if image is None:
         return None
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path, bytes)):
         from PIL import Image
 
+        name = f"{len(image)} bytes of an image column" if isinstance(image, bytes) else str(image)
         try:
-            with Image.open(image) as opened:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
                 return opened.convert("RGB")
         except (OSError, ValueError) as error:
-            raise DataError(f"cannot read source image {image} ({type(error).__name__}); use a PNG/JPEG file") from None
+            raise DataError(f"cannot read source image {name} ({type(error).__name__}); use a PNG/JPEG file") from None
     return image.convert("RGB")
 
 
@@ -86,10 +89,11 @@ def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:
     return EditPrompt(text, path)
 
 
-def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_field") -> list[str]:
+def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_field",
+               image_field: Optional[str] = "image") -> list[str]:
     """The ``field`` of every JSON record (one per line) of a .jsonl file; errors name ``field_key`` as the fix.
 
-    A record with an ``image`` field (a path relative to the file) becomes an :class:`EditPrompt`.
+    A record with an ``image_field`` field (a path relative to the file) becomes an :class:`EditPrompt`.
     """
     prompts: list[str] = []
     for number, line in enumerate(_read_text(file).splitlines(), start=1):
@@ -104,15 +108,19 @@ def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_
                 f"{file}:{number} has no string field {field!r}; add it or set {field_key} to the field's name"
             )
         text = record[field].strip()
-        if text and "image" in record:
-            prompts.append(_edit_prompt(file, number, text, record["image"]))
+        if text and image_field and image_field in record:
+            prompts.append(_edit_prompt(file, number, text, record[image_field]))
         elif text:
             prompts.append(text)
     return prompts
 
 
-def load_dataset_prompts(name: str, split: str, field: str = "prompt") -> list[str]:
-    """The ``field`` column of a Hugging Face dataset (name or local path); needs ``datasets``."""
+def load_dataset_prompts(name: str, split: str, field: str = "prompt", image_field: Optional[str] = "image") -> list[str]:
+    """The ``field`` column of a Hugging Face dataset (name or local path); needs ``datasets``.
+
+    With an ``image_field`` column (an image feature, or paths) every row becomes an :class:`EditPrompt`
+    holding the image's encoded bytes or path, decoded only when used.
+    """
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
@@ -129,10 +137,36 @@ def load_dataset_prompts(name: str, split: str, field: str = "prompt") -> list[s
         ) from None
     if field not in table.column_names:
         raise DataError(f"dataset {name!r} has no column {field!r} (columns: {table.column_names}); set data.prompt_field")
-    return [str(p).strip() for p in table[field] if str(p).strip()]
+    texts = [str(p).strip() for p in table[field]]
+    if not image_field or image_field not in table.column_names:
+        return [text for text in texts if text]
+    if isinstance(table.features[image_field], datasets.Image):
+        table = table.cast_column(image_field, datasets.Image(decode=False))  # bytes/paths, not decoded pictures
+    folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
+    return [text if image is None else EditPrompt(text, _dataset_image(name, row, image, image_field, folder))
+            for row, (text, image) in enumerate(zip(texts, table[image_field])) if text]
 
 
-def load_prompts(source: str, *, field: str = "prompt", split: str = "train", field_key: str = "data.prompt_field") -> list[str]:
+def _dataset_image(name: str, row: int, image: Any, image_field: str, folder: Optional[Path]) -> Any:
+    """A dataset row's source image as encoded bytes or an existing path (relative paths: the dataset's folder)."""
+    if isinstance(image, dict):
+        if image.get("bytes"):
+            return bytes(image["bytes"])
+        image = image.get("path")
+    if isinstance(image, str) and image.strip():
+        path = Path(image.strip()).expanduser()
+        if not path.is_absolute() and folder is not None:
+            path = folder / path
+        if path.is_file():
+            return path.resolve()
+        raise DataError(f"dataset {name!r} row {row}: source image {path} does not exist; fix column {image_field!r} "
+                        "or set data.image_field=null to ignore it")
+    raise DataError(f"dataset {name!r} row {row} has no usable {image_field!r} (got {type(image).__name__}); "
+                    "give an image or a path, or set data.image_field=null")
+
+
+def load_prompts(source: str, *, field: str = "prompt", split: str = "train", field_key: str = "data.prompt_field",
+                 image_field: Optional[str] = "image") -> list[str]:
     """Prompts from a .txt / .jsonl file or a HF dataset name or folder; never empty. ``field_key`` names the
     setting that chooses the field (``data.prompt_field``, or ``--prompt-field`` for ``treegrpo sample``)."""
     file = Path(source).expanduser()
@@ -140,11 +174,11 @@ def load_prompts(source: str, *, field: str = "prompt", split: str = "train", fi
     if suffix in (".txt", ".jsonl", ".json"):
         if not file.is_file():
             raise DataError(f"prompt file {file} does not exist; set data.prompts to an existing .txt or .jsonl file")
-        prompts = load_txt(file) if suffix == ".txt" else load_jsonl(file, field, field_key)
+        prompts = load_txt(file) if suffix == ".txt" else load_jsonl(file, field, field_key, image_field)
     elif file.is_file():
         raise DataError(f"{file} has an unknown extension; use .txt (one prompt per line) or .jsonl")
     else:
-        prompts = load_dataset_prompts(source, split, field)
+        prompts = load_dataset_prompts(source, split, field, image_field)
     if not prompts:
         raise DataError(f"{source} holds no prompts; add at least one non-empty prompt")
     return prompts
@@ -190,9 +224,10 @@ def load_prompt_sets(cfg: DataConfig, seed: int) -> PromptSets:
         sets = builtin_prompts(cfg.builtin, cfg, seed)
     else:
         assert cfg.prompts is not None, "validated by treegrpo.config.validate"
-        train = load_prompts(cfg.prompts, field=cfg.prompt_field, split=cfg.dataset_split)
+        train = load_prompts(cfg.prompts, field=cfg.prompt_field, split=cfg.dataset_split, image_field=cfg.image_field)
         if cfg.eval_prompts is not None:
-            sets = PromptSets(train, load_prompts(cfg.eval_prompts, field=cfg.prompt_field, split=cfg.eval_dataset_split))
+            sets = PromptSets(train, load_prompts(cfg.eval_prompts, field=cfg.prompt_field, split=cfg.eval_dataset_split,
+                                                  image_field=cfg.image_field))
         else:
             kept, held = split_heldout(train, cfg.heldout, cfg.eval_seed)
             sets = PromptSets(kept, held or kept)
