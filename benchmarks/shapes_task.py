@@ -1,7 +1,7 @@
 """The built-in shapes task as a benchmark runner: the shipped tiny SD3 base trained by the real trainer.
 
 Every run starts from the shipped base (``builtin:shapes``) with a fresh LoRA, takes the demo's
-settings (``treegrpo.demo.run.DEMO_CONFIG``: 4 steps unless ``ShapesProtocol.steps`` says
+settings (``treegrpo.demo.run.DEMO_CONFIG``: 8 steps unless ``ShapesProtocol.steps`` says
 otherwise, LoRA r8, minibatches of 32 parents, clip 1e-2) and the method preset, and trains
 through :class:`treegrpo.trainer.Trainer` one iteration at a time until the next iteration would
 exceed the NFE budget. (RESULTS.md section 5 sets 11 parents for k3 trees and 16 for BranchGRPO
@@ -34,7 +34,7 @@ class ShapesProtocol:
     eval_prompts: int = 128
     eval_points: int = 8  # evaluations spread evenly over the NFE budget (plus one before training)
     guidance_scale: float = 1.0
-    steps: int = 4  # sampling steps (the demo's 4; the ablations need more room for their windows)
+    steps: int = 8  # sampling steps (the demo's and the base's sampler: a 3-step window leaves an ODE tail)
     max_iterations: int = 10_000
 
 

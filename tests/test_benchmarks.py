@@ -167,7 +167,7 @@ def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
     k2w4 = next(v for v in efficiency.shape_variants() if v[0] == "k2w4")
     spec = RunSpec(k2w4[0], k2w4[1], 1e-3, 0, 1000, k2w4[2])
     with pytest.raises(ConfigError, match="tree.window <= 3"):
-        shapes_task.shapes_config(spec, shapes_task.ShapesProtocol(), tmp_path)
+        shapes_task.shapes_config(spec, shapes_task.ShapesProtocol(steps=4), tmp_path)
     for label, method, overrides in efficiency.shape_variants() + efficiency.window_variants():
         cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 1000, overrides), shapes_task.ShapesProtocol(steps=6), tmp_path)
         assert cfg.sampling.steps == 6
@@ -190,10 +190,11 @@ def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.Cap
                                                     "loss": {"kl_beta": "0"}})
     assert variants[1] == ("flow_grpo", "flow_grpo", {"tree": {"trees": 27}, "train": {"lr_schedule": "cosine"},
                                                       "loss": {"kl_beta": "0"}})
-    # 8 prompts, 30k NFE: 70 TreeGRPO iterations (424 NFE each) and 17 flat ones (1728), as measured
+    # 4 steps, 8 prompts, 30k NFE: 70 TreeGRPO iterations (424 NFE each) and 17 flat ones (1728), as measured
     expected = {"treegrpo": 70, "flow_grpo": 17}
     for label, method, overrides in variants:
-        cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 30_000, overrides), shapes_task.ShapesProtocol(), tmp_path)
+        cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 30_000, overrides), shapes_task.ShapesProtocol(steps=4),
+                                        tmp_path)
         assert cfg.train.lr_schedule == "cosine" and cfg.train.iterations == expected[label]
     for bad in ("lr_schedule", "treegrpp:train.warmup=3"):
         with pytest.raises(SystemExit, match=r"must look like \[method:\]section.key=value"):
