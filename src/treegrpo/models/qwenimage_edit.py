@@ -60,17 +60,21 @@ class QwenImageEditBackbone(QwenImageBackbone):
 
     def encode_prompts(self, prompts: Sequence[str]) -> TextConditioning:
         """VL embeddings of each instruction and of the negative prompt with the prompt's source image, and its packed latents."""
-        images = source_images_or_error(prompts, self.family)
-        height, width = self._source_size()
-        resized = self.pipe.image_processor.resize(images, height, width)
+        resized = self._resized_sources(source_images_or_error(prompts, self.family))
         texts = [str(prompt) for prompt in prompts]
         with torch.no_grad(), self._text_encoders_on_device():
             embeds, mask = self._encode_with_images(texts, resized)
             negative, negative_mask = self._encode_with_images([self.cfg.negative_prompt] * len(texts), resized)
+        source_latents, _ = self._encode_sources(resized)
         return TextConditioning(
-            embeds, negative, None, None, mask, negative_mask,
-            source_latents=self._encode_sources(resized, height, width), negative_per_prompt=True,
+            embeds, negative, None, None, mask, negative_mask, source_latents=source_latents, negative_per_prompt=True
         )
+
+    def _resized_sources(self, images: list[Any]) -> list[Any]:
+        """The PIL source images resized to :meth:`_source_size` as the pipeline resizes them (both encoders see these)."""
+        height, width = self._source_size()
+        resized: list[Any] = self.pipe.image_processor.resize(images, height, width)
+        return resized
 
     def _encode_with_images(self, texts: list[str], images: list[Any]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The pipeline's ``encode_prompt`` with the (resized) source images: embeddings and padding mask (``None`` when unpadded)."""
@@ -81,16 +85,21 @@ class QwenImageEditBackbone(QwenImageBackbone):
         return embeds, None if mask is None else mask.bool()
 
     @torch.no_grad()
-    def _encode_sources(self, images: list[Any], height: int, width: int) -> torch.Tensor:
-        """Packed source latents ``[N, L_src, 4C]`` (float32), one image at a time, as ``prepare_latents`` packs them."""
+    def _encode_sources(self, images: list[Any]) -> tuple[torch.Tensor, None]:
+        """Packed source latents ``[N, L_src, 4C]`` (float32), one image at a time, as ``prepare_latents`` packs them.
+
+        (No position ids: the source grid is the second ``img_shapes`` entry; the pair mirrors FLUX.1-Kontext's.)
+        """
         pipe = self.pipe
-        pixels = pipe.image_processor.preprocess(images, height, width).unsqueeze(2).to(self.device, self.dtype)
+        height, width = self._source_size()
+        resized = self._resized_sources(images)
+        pixels = pipe.image_processor.preprocess(resized, height, width).unsqueeze(2).to(self.device, self.dtype)
         packed = []
         for i in range(len(images)):
             latents = pipe._encode_vae_image(pixels[i : i + 1], generator=None)
             _, channels, _, latent_height, latent_width = latents.shape
             packed.append(pipe._pack_latents(latents, 1, channels, latent_height, latent_width))
-        return torch.cat(packed).to(torch.float32)
+        return torch.cat(packed).to(torch.float32), None
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Packed ``[num, H/2 * W/2, 4C]`` latents from the edit pipeline's ``prepare_latents`` (no image; float32 copy).
