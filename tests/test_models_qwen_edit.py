@@ -230,3 +230,15 @@ def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and "reward_mean" in record
     assert SourceBrightness.seen and all(text.startswith("edit ") and size == (24, 16) for text, size in SourceBrightness.seen)
+
+
+def test_gpu_iteration_runs_the_tiny_qwen_edit_on_cpu(tmp_path: Path) -> None:
+    """The GPU-iteration benchmark's Qwen-Image-Edit entry (tiny variant of the same code path) runs."""
+    from tests.test_models_benchmark import SCRIPT, _load
+
+    module = _load(SCRIPT.parent / "gpu_iteration.py")
+    payload = module.main(["--size", "qwenimage_edit_tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1",
+                           "--warmup", "0", "--iterations", "1", "--flop-repeats", "1", "--methods", "treegrpo",
+                           "--guidance", "4.0", "--out", str(tmp_path)])
+    (result,) = payload["results"]
+    assert result["rollout_nfe"] == result["rollout_nfe_closed_form"] and result["extra"]["minibatch_flops"] > 0
