@@ -147,9 +147,11 @@ def test_source_image_reaches_both_the_text_encoder_and_the_transformer() -> Non
     assert (outputs[0] - outputs[1]).abs().max().item() > 1e-4
 
 
-def test_plain_prompt_is_a_config_error() -> None:
+def test_plain_prompt_and_too_small_images_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="source image"):
         load_backbone(_config()).encode_prompts(["make it red"])
+    with pytest.raises(ConfigError, match="at least 32 x 32"):
+        load_backbone(_config(height=16, width=16))
 
 
 def test_tree_iteration_rescores_to_ratio_one_and_updates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,13 +224,14 @@ def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -
         "tree": {"k": 2, "window": 2},
         "sampling": {"steps": 3, "guidance_scale": TRUE_CFG},
         "reward": "tests.test_models_qwen_edit:SourceBrightness",
-        "train": {"iterations": 1, "lr": 1e-4, "checkpoint_every": 0, "eval_every": 0, "progress": False},
+        "train": {"iterations": 1, "lr": 1e-4, "checkpoint_every": 0, "eval_every": 1, "progress": False},
     }
     SourceBrightness.seen = []
     folder = tmp_path / "run"
     train(resolve_config(values, [f"output_dir={folder}"]))  # type: ignore[arg-type]
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and "reward_mean" in record
+    assert (folder / "eval.jsonl").read_text().strip(), "the held-out edit prompt was not evaluated"
     assert SourceBrightness.seen and all(text.startswith("edit ") and size == (24, 16) for text, size in SourceBrightness.seen)
 
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from treegrpo.errors import ConfigError
 from treegrpo.models.common import DenoiserInputs, TextConditioning
 from treegrpo.models.flux_kontext import source_images_or_error
 from treegrpo.models.qwenimage import QwenImageBackbone
@@ -44,6 +45,16 @@ class QwenImageEditBackbone(QwenImageBackbone):
     """Qwen-Image-Edit transformer policy; see the module docstring."""
 
     family = "qwenimage_edit"
+
+    def _image_size(self) -> tuple[int, int]:
+        """Qwen-Image's size check, and a source size the pipeline's rounding (to multiples of 32) keeps non-zero."""
+        height, width = super()._image_size()
+        if height * width < 32 * 32:
+            raise ConfigError(
+                f"model.height x model.width must cover at least 32 x 32 pixels for {self.family} "
+                f"(got {height} x {width}): the source image is resized to that area in multiples of 32"
+            )
+        return height, width
 
     def _source_size(self) -> tuple[int, int]:
         """(height, width) of the resized source image: the pipeline's ``calculate_dimensions`` at the output's area and ratio."""
