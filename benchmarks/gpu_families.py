@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image, FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -99,6 +99,9 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
     ),
 }
 
+TINY["qwenimage_edit"] = TINY["qwenimage"]
+"""Qwen-Image-Edit has Qwen-Image's transformer and VAE (the released edit model: same architecture, other weights)."""
+
 
 @dataclass(frozen=True)
 class FamilyBuild:
@@ -119,6 +122,15 @@ def _qwenimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     )
     return QwenImagePipeline(scheduler=scheduler, vae=AutoencoderKLQwenImage(**vae), text_encoder=None, tokenizer=None,
                              transformer=QwenImageTransformer2DModel(**transformer))
+
+
+def _qwenimage_edit(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """Qwen-Image-Edit: Qwen-Image's transformer, VAE and scheduler in the edit pipeline (no VL encoder, no processor)."""
+    from diffusers import QwenImageEditPipeline
+
+    qwenimage = _qwenimage(transformer, vae)
+    return QwenImageEditPipeline(scheduler=qwenimage.scheduler, vae=qwenimage.vae, text_encoder=None, tokenizer=None,
+                                 processor=None, transformer=qwenimage.transformer)
 
 
 def _flux2(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
@@ -181,4 +193,5 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
     "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),
     "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),
+    "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
 }

@@ -18,7 +18,8 @@ counts matrix products, convolutions and attention), with MFU against ``--peak-t
 
 The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
-``zimage`` and ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``),
+``zimage``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
+``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``),
 with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
@@ -126,6 +127,12 @@ SIZES["flux_kontext"] = SizeSpec(FLUX1_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, res
                                  text_dim=4096, pooled_dim=768, family="flux_kontext")
 SIZES["flux_kontext_tiny"] = SizeSpec(TINY["flux_kontext"]["transformer"], TINY["flux_kontext"]["vae"], SIZES["tiny"].reward,
                                       resolution=32, text_tokens=8, text_dim=32, pooled_dim=16, family="flux_kontext")
+# Qwen-Image-Edit: Qwen-Image's transformer; the source image is encoded once per prompt twice: by Qwen2.5-VL into the
+# prompt (a 512 x 512 source is resized by the processor to 504 x 504: 18 x 18 = 324 vision tokens, plus about 28
+# tokens of instruction and template after the dropped system prefix) and by the VAE into 32 x 32 = 1024 source
+# tokens after the 1024 noisy ones in every forward. The negative prompt (also encoded with the image) is as long.
+SIZES["qwenimage_edit"] = SizeSpec(QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, CLIP_VIT_H14, resolution=512, text_tokens=352,
+                                   text_dim=3584, pooled_dim=0, family="qwenimage_edit")
 # Wan: UMT5-XXL width, prompts zero-padded to the pipeline's 512 tokens; 480 x 480, 33 frames (9 latent frames).
 SIZES["wan21_1.3b"] = SizeSpec(WAN21_1_3B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resolution=480, text_tokens=512,
                                text_dim=4096, pooled_dim=0, family="wan", num_frames=33)
@@ -134,7 +141,7 @@ SIZES["wan22_a14b"] = SizeSpec(WAN_14B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resol
                                text_dim=4096, pooled_dim=0, family="wan22", num_frames=33)
 SIZES["wan_tiny"] = SizeSpec(TINY["wan"]["transformer"], TINY["wan"]["vae"], SIZES["tiny"].reward, resolution=32,
                              text_tokens=8, text_dim=32, pooled_dim=0, family="wan", num_frames=5)
-for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32)):
+for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32)):
     _text_dim = TINY[_family]["transformer"].get("joint_attention_dim", TINY[_family]["transformer"].get("cap_feat_dim"))
     SIZES[f"{_family}_tiny"] = SizeSpec(TINY[_family]["transformer"], TINY[_family]["vae"], SIZES["tiny"].reward,
                                         resolution=_tiny_resolution, text_tokens=8, text_dim=_text_dim, pooled_dim=0,
@@ -474,7 +481,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parameters = backbone.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
     conditioning = random_conditioning(spec, args.prompts, dtype, device)
-    if spec.family == "flux_kontext":  # editing: random source images, VAE-encoded by the adapter's own code
+    if spec.family in ("flux_kontext", "qwenimage_edit"):  # editing: random source images, VAE-encoded by the adapter's own code
         conditioning = with_random_sources(backbone, conditioning, args.prompts, spec.resolution)
     bench = Bench(args, backbone, conditioning,
                   ClipReward(spec, args.prompts, dtype, device, args.reward_batch),

@@ -56,6 +56,9 @@ class TextConditioning:
     """Editing families: each prompt's encoded source image ``[N, L_src, C]`` (packed like the latents)."""
     source_ids: Optional[torch.Tensor] = None
     """Editing families: the position ids of the source tokens (shared by every row)."""
+    negative_per_prompt: bool = False
+    """``negative_prompt_embeds`` (and its mask) hold one row per prompt instead of one shared row:
+    Qwen-Image-Edit encodes the negative prompt together with each prompt's source image."""
 
     def __len__(self) -> int:
         return int(self.prompt_embeds.shape[0])
@@ -71,14 +74,18 @@ class TextConditioning:
         pooled = None if self.pooled_prompt_embeds is None else self.pooled_prompt_embeds[index]
         mask = None if self.prompt_mask is None else self.prompt_mask[index]
         source = None if self.source_latents is None else self.source_latents[index]
+        negative, negative_mask = self.negative_prompt_embeds, self.negative_prompt_mask
+        if self.negative_per_prompt:
+            negative = negative[index]
+            negative_mask = None if negative_mask is None else negative_mask[index]
         return TextConditioning(
-            self.prompt_embeds[index], self.negative_prompt_embeds, pooled, self.negative_pooled_prompt_embeds,
-            mask, self.negative_prompt_mask, source, self.source_ids,
+            self.prompt_embeds[index], negative, pooled, self.negative_pooled_prompt_embeds,
+            mask, negative_mask, source, self.source_ids, self.negative_per_prompt,
         )
 
 
-def _to(value: Optional[torch.Tensor], device: torch.device | str) -> Optional[torch.Tensor]:
-    return None if value is None else value.to(device)
+def _to(value: Any, device: torch.device | str) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def concat_padded(
@@ -468,9 +475,13 @@ class DiffusersBackbone:
             x = torch.cat([x, x])
             timesteps = torch.cat([timesteps, timesteps])
             negative = cond.negative_prompt_embeds.to(dtype)
-            negative = negative.expand(n, *negative.shape[1:])
             negative_mask = cond.negative_prompt_mask
-            negative_mask = None if negative_mask is None else negative_mask.expand(n, *negative_mask.shape[1:])
+            if cond.negative_per_prompt:
+                negative = negative[rows]
+                negative_mask = None if negative_mask is None else negative_mask[rows]
+            else:
+                negative = negative.expand(n, *negative.shape[1:])
+                negative_mask = None if negative_mask is None else negative_mask.expand(n, *negative_mask.shape[1:])
             embeds, mask = concat_padded([(negative, negative_mask), (embeds, mask)])
             if pooled is not None and cond.negative_pooled_prompt_embeds is not None:
                 negative_pooled = cond.negative_pooled_prompt_embeds.to(dtype).expand(n, *pooled.shape[1:])

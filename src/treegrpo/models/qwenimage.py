@@ -86,21 +86,35 @@ class QwenImageBackbone(DiffusersBackbone):
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The transformer's velocity with ``img_shapes`` and the text mask as the pipeline passes them."""
+        return self._call_transformer(denoiser, inputs, guidance_scale)
+
+    def _call_transformer(
+        self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float,
+        extra_tokens: Optional[torch.Tensor] = None, extra_shape: Optional[tuple[int, int, int]] = None,
+    ) -> torch.Tensor:
+        """One Qwen-Image call; ``extra_tokens`` (Qwen-Image-Edit's packed source image, ``extra_shape`` its
+        ``img_shapes`` entry) follow the noisy tokens, and only the noisy tokens' output is returned."""
         x = inputs.latents
         height, width = self._latent_grid()
+        shapes = [(1, height // 2, width // 2)]
+        hidden = x
+        if extra_tokens is not None and extra_shape is not None:
+            hidden = torch.cat([x, extra_tokens.to(x.dtype)], dim=1)
+            shapes.append(extra_shape)
         mask = inputs.prompt_mask
         guidance = None
         if self._has_guidance_embedding():
             guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
-        return denoiser(
-            hidden_states=x,
+        output = denoiser(
+            hidden_states=hidden,
             timestep=inputs.timesteps.to(x.dtype) / 1000,
             guidance=guidance,
             encoder_hidden_states_mask=None if mask is None or bool(mask.all()) else mask,
             encoder_hidden_states=inputs.prompt_embeds,
-            img_shapes=[[(1, height // 2, width // 2)]] * x.shape[0],
+            img_shapes=[shapes] * x.shape[0],
             return_dict=False,
         )[0]
+        return output[:, : x.shape[1]]
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unpack to ``[B, C, 1, H, W]`` and undo the per-channel normalisation (``* std + mean``)."""

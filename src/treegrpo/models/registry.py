@@ -28,6 +28,7 @@ FAMILIES: dict[str, Family] = {
     "flux_kontext": Family("treegrpo.models.flux_kontext:FluxKontextBackbone", ("FluxKontextPipeline",)),
     "sd": Family("treegrpo.models.sd:SDBackbone", ("StableDiffusionPipeline",)),
     "qwenimage": Family("treegrpo.models.qwenimage:QwenImageBackbone", ("QwenImagePipeline",)),
+    "qwenimage_edit": Family("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", ("QwenImageEditPipeline",)),
     "flux2": Family("treegrpo.models.flux2:Flux2Backbone", ("Flux2KleinPipeline",)),
     "zimage": Family("treegrpo.models.zimage:ZImageBackbone", ("ZImagePipeline",)),
     "wan": Family("treegrpo.models.wan:WanBackbone", ("WanPipeline",)),
