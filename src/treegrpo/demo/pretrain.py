@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -42,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
 from treegrpo.demo import shapes
+from treegrpo.demo.base_card import format_groups, format_result, write_model_card
 from treegrpo.demo.evaluate import component_means_by_group, sample_images
 from treegrpo.demo.reward import ShapesReward
 from treegrpo.optim import Ema, lr_factor
@@ -398,7 +398,7 @@ def train_denoiser(
                 _set_train(modules, False)
                 result = _eval_line(pipe, cfg, cfg.eval_prompts)
                 _set_train(modules, True)
-            _log(f"eval step {state.step} (EMA, {cfg.eval_prompts} held-out prompts): {_fmt_groups(result)}")
+            _log(f"eval step {state.step} (EMA, {cfg.eval_prompts} held-out prompts): {format_groups(result)}")
             last_eval = time.time()
         if cfg.checkpoint_every_s > 0 and now - last_save >= cfg.checkpoint_every_s and state.total is not None:
             save_resume_point(out, pipe, state, info)
@@ -410,68 +410,6 @@ def _set_train(modules: list[torch.nn.Module], mode: bool) -> None:
     """Switch modules between train and eval mode."""
     for m in modules:
         m.train(mode)
-
-
-def _fmt(result: dict[str, float]) -> str:
-    """One-line rendering of an evaluation."""
-    return " ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "n")
-
-
-def _fmt_groups(result: dict[str, dict[str, float]]) -> str:
-    """One-line rendering of an evaluation by prompt group."""
-    return " | ".join(f"{group}: {_fmt(values)}" for group, values in result.items())
-
-
-def _group_table(result: dict[str, dict[str, float]]) -> list[str]:
-    """A markdown table of reward components (columns) by prompt group (rows)."""
-    keys = [k for k in next(iter(result.values())) if k != "n"]
-    lines = ["| prompts | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for group, values in result.items():
-        cells = " | ".join("n/a" if math.isnan(values[k]) else f"{values[k]:.3f}" for k in keys)
-        lines.append(f"| {group} | {int(values['n'])} | {cells} |")
-    return lines
-
-
-def _steps_text(info: dict[str, Any]) -> str:
-    """The transformer's step count, split by run when the base continued another (``--init-from``)."""
-    if info.get("previous_steps"):
-        total = info["previous_steps"] + info["steps"]
-        return f"{total} steps ({info['previous_steps']} + {info['steps']} continued; reproduce with the command chain)"
-    return f"{info['steps']} steps; reproduce with `--steps {info['steps']}`"
-
-
-def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> None:
-    """README.md (human) and pretrain.json (machine) describing how the base was made."""
-    (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
-    lines = [
-        "# treegrpo demo base: a tiny StableDiffusion3Pipeline for the shapes task",
-        "",
-        "Trained from scratch on procedurally drawn 32x32 shapes (treegrpo.demo.shapes, training",
-        "captions only) by `treegrpo.demo.pretrain`. Not a general-purpose model.",
-        "",
-        f"- command: `{info['command']}`",
-        f"- seed {cfg.seed}, threads {info['threads']}, wall {info['wall_minutes']:.1f} min (all sessions of the run)",
-        f"- autoencoder: two levels, latents 4x16x16, {cfg.vae_steps} steps (batch {cfg.vae_batch}); "
-        f"transformer: patch 2, {_steps_text(info)} (batch {cfg.batch})",
-        f"- saved weights: exponential moving average (decay {cfg.ema_decay}) of transformer and text encoders",
-        f"- size on disk: {info['size_mb']:.1f} MB",
-        *([f"- note: {info['note']}"] if "note" in info else []),
-        "",
-    ]
-    for title, key in info["evaluations"]:
-        lines += [f"Held-out reward ({title}; ShapesReward components, seed 0):", "", *_group_table(info[key]), ""]
-    lines += [
-        "Load and sample (there is no T5; keep max_sequence_length=1, as in training):",
-        "",
-        "```python",
-        "from diffusers import StableDiffusion3Pipeline",
-        "pipe = StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)",
-        f'image = pipe("two red circles", num_inference_steps={cfg.sample_steps}, guidance_scale={cfg.guidance_scale},',
-        "             height=32, width=32, max_sequence_length=1).images[0]",
-        "```",
-        "",
-    ]
-    (out / "README.md").write_text("\n".join(lines))
 
 
 def _folder_mb(folder: Path) -> float:
@@ -518,7 +456,7 @@ def pretrain(
         train_vae(pipe.vae, cfg)
         shift, scale = set_latent_statistics(pipe.vae, cfg.seed)
         recon = reconstruction_reward(pipe.vae)
-        _log(f"autoencoder reconstructions, held-out captions: {_fmt(recon)}")
+        _log(f"autoencoder reconstructions, held-out captions: {format_result(recon)}")
         _log(f"latent shift {shift:.4f} scaling {scale:.4f}; autoencoder done at {time.time() - start:.0f}s")
         info = {"config": asdict(cfg), "command": command, "threads": threads, "latent_shift": shift,
                 "latent_scaling": scale, "vae_seconds": time.time() - start, "reconstruction": recon}
@@ -556,7 +494,7 @@ def describe_base(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
     info["evaluation_settings"] = {"sample_steps": steps, "guidance_scale": guidance}
     info["evaluations"] = evaluations
     for title, key in evaluations:
-        _log(f"final (reloaded, {title}): {_fmt_groups(info[key])}")
+        _log(f"final (reloaded, {title}): {format_groups(info[key])}")
     write_model_card(out, cfg, info)
     return info
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -46,7 +45,7 @@ from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_p
 from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
 from treegrpo.trainer.pictures import captions_for, save_captioned
-from treegrpo.trainer.progress import Progress, RunProgress
+from treegrpo.trainer.progress import Progress, RunProgress, rollout_bar
 from treegrpo.trainer.run_dir import (
     RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, write_atomic,
 )
@@ -225,7 +224,8 @@ class Trainer:
         parts: list[TreeRollout] = []
         pending: list[Future[Scores]] = []
         self.backbone.denoiser.eval()
-        with self._progress(iteration, len(chunks)) as bar:
+        with rollout_bar(self.cfg.train.progress == Progress.steps and self.processes.is_main, iteration,
+                         self.cfg.sampling.steps * len(chunks)) as bar:
             for trees in chunks:
                 part = rollout_trees(
                     model_fn, self.stepper, plan, noise[trees], root_cond[trees],
@@ -312,14 +312,6 @@ class Trainer:
                       trained_edges=int(counts[3]))
         record.update(lr=lr, num_processes=self.processes.world, prompts=self.cfg.data.prompts_per_iteration)
         return record
-
-    def _progress(self, iteration: int, chunks: int) -> Any:
-        """A tqdm bar over denoising steps of every chunk (main process, when enabled)."""
-        from tqdm.auto import tqdm
-
-        enabled = self.cfg.train.progress == Progress.steps and self.processes.is_main and sys.stderr.isatty()
-        total = self.cfg.sampling.steps * chunks
-        return tqdm(total=total, desc=f"iter {iteration + 1} rollout", leave=False, disable=not enabled)
 
     def _dump(self, iteration: int, scores: torch.Tensor, groups: torch.Tensor, advantages: EdgeAdvantages,
               shared: SharedScores) -> None:

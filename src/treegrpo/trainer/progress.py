@@ -100,3 +100,11 @@ class RunProgress:
         if self.score is not None:
             parts.append(f"held-out {self.score}")
         self.bar.set_postfix_str("  ".join(parts), refresh=True)
+
+
+def rollout_bar(enabled: bool, iteration: int, total_steps: int) -> Any:
+    """A transient bar over one iteration's denoising steps (all chunks), shown only on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_steps, desc=f"iter {iteration + 1} rollout", leave=False,
+                disable=not (enabled and sys.stderr.isatty()))
