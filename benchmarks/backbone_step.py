@@ -28,14 +28,18 @@ from typing import Any, Optional
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage", "wan")
-GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5, "qwenimage": 4.0, "flux2": 4.0, "zimage": 3.0, "wan": 5.0}
+FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage", "wan", "flux_kontext", "qwenimage_edit")
+EDITING = ("flux_kontext", "qwenimage_edit")
+"""Families whose prompts carry a source image (the benchmark gives each prompt a random picture)."""
+GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5, "qwenimage": 4.0, "flux2": 4.0, "zimage": 3.0, "wan": 5.0,
+            "flux_kontext": 2.5, "qwenimage_edit": 4.0}
 """Engine guidance with CFG (Qwen-Image: true CFG; Z-Image: the pipeline's ``cond + s * (cond - uncond)``)."""
 NO_GUIDANCE = {"zimage": 0.0}
 """Guidance meaning no CFG where it is not 1."""
-NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0, "qwenimage": 1.2, "flux2": 0.7, "zimage": 0.7, "wan": 0.3}
+NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0, "qwenimage": 1.2, "flux2": 0.7, "zimage": 0.7, "wan": 0.3,
+               "flux_kontext": 0.7, "qwenimage_edit": 1.2}
 TINY_SIZE = 32
-TINY_MAX_SEQUENCE_LENGTH = {"qwenimage": 256, "flux2": 48, "zimage": 48, "wan": 16}
+TINY_MAX_SEQUENCE_LENGTH = {"qwenimage": 256, "flux2": 48, "zimage": 48, "wan": 16, "qwenimage_edit": 512}
 """Text tokens of the tiny models (8 elsewhere): enough to keep the prompt after the chat templates."""
 TINY_NUM_FRAMES = {"wan": 5}
 """Frames of the tiny video models (2 latent frames)."""
@@ -64,9 +68,27 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def build_tiny(family: str, folder: Path) -> Path:
     """A tiny pipeline of ``family`` (the test builders) saved under ``folder``."""
     sys.path.insert(0, str(REPO))
+    if family == "qwenimage_edit":
+        from tests.tiny_edit_models import build_tiny_qwenimage_edit
+
+        return build_tiny_qwenimage_edit(folder / family)
     from tests.tiny_models import BUILDERS
 
     return BUILDERS[family](folder / family)
+
+
+def benchmark_prompts(family: str, size: int) -> list[str]:
+    """Two prompts; for editing families each carries a random source picture of the output's size."""
+    texts = ["a photo of a cat", "a red cube on a table"]
+    if family not in EDITING:
+        return texts
+    import numpy as np
+    from PIL import Image
+
+    from treegrpo.data import EditPrompt
+
+    rng = np.random.default_rng(0)
+    return [EditPrompt(text, Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))) for text in texts]
 
 
 def time_family(path: str, args: argparse.Namespace, tiny: bool, family: Optional[str] = None) -> dict[str, Any]:
@@ -87,7 +109,7 @@ def time_family(path: str, args: argparse.Namespace, tiny: bool, family: Optiona
     backbone = load_backbone(config)
     family = backbone.family
     guidance = NO_GUIDANCE.get(family, 1.0) if args.no_cfg else GUIDANCE[family]
-    conditioning = backbone.encode_prompts(["a photo of a cat", "a red cube on a table"])
+    conditioning = backbone.encode_prompts(benchmark_prompts(family, size or 512))
     schedule = backbone.schedule(10)
     stepper = schedule.stepper(NOISE_LEVEL[family])
     model_fn = backbone.model_fn(conditioning, guidance, schedule)
