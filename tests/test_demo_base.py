@@ -42,7 +42,7 @@ def test_base_generates_32x32_images(pipe) -> None:  # type: ignore[no-untyped-d
 
 
 def test_base_draws_one_object_prompts_in_colour_and_shape(pipe) -> None:  # type: ignore[no-untyped-def]
-    """Floors well below the card's figures on 1024 prompts (colour 0.78, shape 0.46 at 8 steps, no CFG)."""
+    """Floors well below the card's figures on 1024 prompts (colour 0.91, shape 0.72 at 8 steps, no CFG; 0.89 / 0.68 here)."""
     from treegrpo.demo import shapes
     from treegrpo.demo.evaluate import component_means_by_group, sample_images
 
@@ -50,4 +50,4 @@ def test_base_draws_one_object_prompts_in_colour_and_shape(pipe) -> None:  # typ
     images = sample_images(pipe, prompts, seed=0, num_inference_steps=8, guidance_scale=1.0)
     one_object = component_means_by_group(images, prompts)["one_object"]
     assert one_object["n"] >= 20
-    assert one_object["colour"] >= 0.55 and one_object["shape"] >= 0.25, one_object
+    assert one_object["colour"] >= 0.75 and one_object["shape"] >= 0.5, one_object  # chance: 0.2 / 0.33
