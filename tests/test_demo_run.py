@@ -107,3 +107,12 @@ def test_minutes_are_a_wall_clock_budget_for_the_trainer(tmp_path: Path, capsys:
     assert fixed.train.iterations == 10 and fixed.train.max_minutes == 0 and fixed.train.eval_every == 2
     assert cli.main(["demo", "--minutes", "0.2", "--output-dir", str(tmp_path / "late")]) == 2
     assert "leaves no time to train" in capsys.readouterr().err
+
+
+def test_verbose_reaches_the_demo_from_either_side_of_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(demo, "main", lambda argv: seen.append(list(argv)) or 0)
+    for words in (["--verbose", "demo", "--seed", "1"], ["demo", "--seed", "1", "-v"], ["demo", "--seed", "1"]):
+        assert cli.main(words) == 0
+    assert seen == [["--seed", "1", "--verbose"], ["--seed", "1", "-v"], ["--seed", "1"]]
+    assert demo.build_parser().parse_args(["-v"]).verbose and not demo.build_parser().parse_args([]).verbose

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
 import pytest
 
@@ -36,9 +37,12 @@ def test_backbone_benchmark_runs_once(tmp_path: Path) -> None:
     assert saved["results"] == rows and all(row["median_s"] > 0 for row in rows)
 
 
-@pytest.mark.parametrize("family", ["qwenimage", "flux2", "zimage"])
-def test_backbone_benchmark_and_gpu_iteration_run_for_the_new_families(family: str, tmp_path: Path) -> None:
-    """The node benchmark and the GPU-iteration script (tiny variant of the published architecture) run on CPU."""
+@pytest.mark.parametrize(("family", "guidance"), [("qwenimage", None), ("flux2", None), ("zimage", None),
+                                               ("flux_kontext", 2.5), ("qwenimage_edit", 4.0)])
+def test_backbone_benchmark_and_gpu_iteration_run_for_the_new_families(family: str, guidance: Optional[float],
+                                                                       tmp_path: Path) -> None:
+    """The node benchmark and the GPU-iteration script (tiny variant of the published architecture) run on CPU;
+    the editing families' prompts carry a source picture."""
     step = _load(SCRIPT)
     with torch_threads(1):
         (row,) = step.main(["--families", family, "--repeats", "1", "--warmup", "0", "--batch", "2"])
@@ -46,6 +50,6 @@ def test_backbone_benchmark_and_gpu_iteration_run_for_the_new_families(family: s
     gpu = _load(SCRIPT.parent / "gpu_iteration.py")
     payload = gpu.main(["--size", f"{family}_tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1",
                         "--warmup", "0", "--iterations", "1", "--flop-repeats", "1", "--methods", "treegrpo",
-                        "--out", str(tmp_path)])
+                        *(["--guidance", str(guidance)] if guidance is not None else []), "--out", str(tmp_path)])
     (result,) = payload["results"]
     assert result["rollout_nfe"] == result["rollout_nfe_closed_form"] and result["extra"]["minibatch_flops"] > 0

@@ -221,18 +221,6 @@ def test_reward_with_takes_source_receives_the_source_images() -> None:
     assert plain_calls == [["make it red", "add two cats"]]
 
 
-def test_gpu_iteration_runs_the_tiny_kontext_on_cpu(tmp_path: Path) -> None:
-    """The GPU-iteration benchmark's FLUX.1-Kontext entry (tiny variant of the same code path) runs."""
-    from tests.test_models_benchmark import SCRIPT, _load
-
-    module = _load(SCRIPT.parent / "gpu_iteration.py")
-    payload = module.main(["--size", "flux_kontext_tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1",
-                           "--warmup", "0", "--iterations", "1", "--flop-repeats", "1", "--methods", "treegrpo",
-                           "--guidance", "2.5", "--out", str(tmp_path)])
-    (result,) = payload["results"]
-    assert result["rollout_nfe"] == result["rollout_nfe_closed_form"] and result["extra"]["minibatch_flops"] > 0
-
-
 class SourceBrightness:
     """Trainer-run reward (import path): the generated image's mean minus its source image's mean; keeps what it saw."""
 

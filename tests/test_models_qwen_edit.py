@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from tests import test_models_tree
+from tests.test_models_editing import SourceBrightness, _write_jsonl
 from tests.tiny_edit_models import tiny_edit_pipeline
 from tests.tiny_models import load_pipeline_like_a_user, torch_threads
 from treegrpo.data import EditPrompt, source_image
@@ -193,19 +194,6 @@ def test_lora_round_trip_through_load_lora_weights(tmp_path: Path) -> None:
     assert (without_lora - base).abs().max().item() < 1e-5
 
 
-class SourceBrightness:
-    """Trainer-run reward (import path): the generated image's mean minus its source image's mean; keeps what it saw."""
-
-    name = "source_brightness"
-    takes_source = True
-    seen: list[tuple[str, tuple[int, int]]] = []
-
-    def __call__(self, images: torch.Tensor, prompts: Any, *, source_images: list[Any]) -> torch.Tensor:
-        SourceBrightness.seen += [(str(p), image.size) for p, image in zip(prompts, source_images)]
-        sources = torch.tensor([float(np.asarray(image).mean()) / 255 for image in source_images])
-        return images.flatten(1).mean(dim=1) - sources
-
-
 def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -> None:
     """One trainer iteration (full fine-tuning, true CFG) on .jsonl records with ``prompt`` and ``image`` fields."""
     from treegrpo.config import resolve_config
@@ -213,9 +201,7 @@ def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -
 
     for seed in range(3):
         _image(10 + seed, height=16, width=24).save(tmp_path / f"{seed}.png")  # resized to 32 x 64 by the backbone
-    records = [{"prompt": f"edit {seed}", "image": f"{seed}.png"} for seed in range(3)]
-    prompts = tmp_path / "edits.jsonl"
-    prompts.write_text("".join(json.dumps(record) + "\n" for record in records))
+    prompts = _write_jsonl(tmp_path, [{"prompt": f"edit {seed}", "image": f"{seed}.png"} for seed in range(3)])
     values = {
         "model": {"path": str(tiny_edit_pipeline()), "dtype": "fp32", "device": "cpu", "height": HEIGHT,
                   "width": WIDTH, "max_sequence_length": MAX_SEQUENCE_LENGTH, "negative_prompt": NEGATIVE,
@@ -223,7 +209,7 @@ def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -
         "data": {"prompts": str(prompts), "prompts_per_iteration": 2, "heldout": 1, "num_eval_prompts": 1},
         "tree": {"k": 2, "window": 2},
         "sampling": {"steps": 3, "guidance_scale": TRUE_CFG},
-        "reward": "tests.test_models_qwen_edit:SourceBrightness",
+        "reward": "tests.test_models_editing:SourceBrightness",
         "train": {"iterations": 1, "lr": 1e-4, "checkpoint_every": 0, "eval_every": 1, "progress": False},
     }
     SourceBrightness.seen = []
@@ -233,15 +219,3 @@ def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -
     assert record["step"] == 1 and "reward_mean" in record
     assert (folder / "eval.jsonl").read_text().strip(), "the held-out edit prompt was not evaluated"
     assert SourceBrightness.seen and all(text.startswith("edit ") and size == (24, 16) for text, size in SourceBrightness.seen)
-
-
-def test_gpu_iteration_runs_the_tiny_qwen_edit_on_cpu(tmp_path: Path) -> None:
-    """The GPU-iteration benchmark's Qwen-Image-Edit entry (tiny variant of the same code path) runs."""
-    from tests.test_models_benchmark import SCRIPT, _load
-
-    module = _load(SCRIPT.parent / "gpu_iteration.py")
-    payload = module.main(["--size", "qwenimage_edit_tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1",
-                           "--warmup", "0", "--iterations", "1", "--flop-repeats", "1", "--methods", "treegrpo",
-                           "--guidance", "4.0", "--out", str(tmp_path)])
-    (result,) = payload["results"]
-    assert result["rollout_nfe"] == result["rollout_nfe_closed_form"] and result["extra"]["minibatch_flops"] > 0

@@ -295,14 +295,19 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asks_verbose(words: Sequence[str]) -> bool:
+    """Whether the demo's own words hold ``--verbose`` / ``-v``."""
+    return any(word in ("--verbose", "-v") for word in words)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Hand over to the demo's own entry point (``treegrpo.demo.run:main``)."""
     try:
         from treegrpo.demo.run import main as demo_main  # type: ignore[import-not-found]
     except ImportError as error:
         raise CliError(f"the demo entry point treegrpo.demo.run is not available ({error}); update treegrpo") from None
-    verbose = args.verbose and not any(word in ("--verbose", "-v") for word in args.rest)
-    result = demo_main(list(args.rest) + (["--verbose"] if verbose else []))
+    passed_on = args.verbose and not _asks_verbose(args.rest)  # `treegrpo --verbose demo`
+    result = demo_main(list(args.rest) + (["--verbose"] if passed_on else []))
     return int(result or 0)
 
 
@@ -451,7 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if verbose:
         words = words[1:]
     if words[:1] == ["demo"]:  # everything after "demo" is the demo's own (argparse.REMAINDER drops leading --options)
-        verbose = verbose or any(word in ("--verbose", "-v") for word in words[1:])
+        verbose = verbose or _asks_verbose(words[1:])
         args = argparse.Namespace(command="demo", func=cmd_demo, rest=words[1:], verbose=verbose)
     else:
         args = parse_words(parser, words)

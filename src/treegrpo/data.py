@@ -142,7 +142,8 @@ def load_dataset_prompts(name: str, split: str, field: str = "prompt", image_fie
         return [text for text in texts if text]
     if isinstance(table.features[image_field], datasets.Image):
         table = table.cast_column(image_field, datasets.Image(decode=False))  # bytes/paths, not decoded pictures
-    folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
+    local = Path(name).expanduser()
+    folder = local if local.is_dir() else None
     return [text if image is None else EditPrompt(text, _dataset_image(name, row, image, image_field, folder))
             for row, (text, image) in enumerate(zip(texts, table[image_field])) if text]
 
