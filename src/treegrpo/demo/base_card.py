@@ -49,7 +49,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> No
         "captions only) by `treegrpo.demo.pretrain`. Not a general-purpose model.",
         "",
         f"- command: `{info['command']}`",
-        f"- seed {cfg.seed}, threads {info['threads']}, wall {info['wall_minutes']:.1f} min (all sessions of the run)",
+        f"- seed {cfg.seed}, threads {info['threads']}, on {' and '.join(info.get('devices', ['cpu']))}, wall {info['wall_minutes']:.1f} min (all sessions of the run)",
         f"- autoencoder: two levels, latents 4x16x16, {cfg.vae_steps} steps (batch {cfg.vae_batch}); "
         f"transformer: patch 2, {_steps_text(info)} (batch {cfg.batch})",
         f"- saved weights: exponential moving average (decay {cfg.ema_decay}) of transformer and text encoders",

@@ -182,9 +182,9 @@ def train_vae(vae: AutoencoderKL, cfg: PretrainConfig) -> None:
     start = time.time()
     for step in range(cfg.vae_steps):
         images, _ = shapes.generate(cfg.vae_batch, seed=_data_seed(cfg.seed, step, phase=1))
-        x = images * 2 - 1
+        x = images.to(vae.device) * 2 - 1
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(vae.device)
         recon = vae.decode(z).sample
         loss = F.mse_loss(recon, x) + 1e-4 * posterior.kl().mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
@@ -201,7 +201,7 @@ def train_vae(vae: AutoencoderKL, cfg: PretrainConfig) -> None:
 def set_latent_statistics(vae: AutoencoderKL, seed: int, n: int = 1024) -> tuple[float, float]:
     """Set the VAE's shift and scaling factors so that latents have mean 0 and std 1."""
     images, _ = shapes.generate(n, seed=_data_seed(seed, 0, phase=2))
-    latents = vae.encode(images * 2 - 1).latent_dist.mode()
+    latents = vae.encode(images.to(vae.device) * 2 - 1).latent_dist.mode()
     shift, scale = float(latents.mean()), float(1.0 / latents.std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     return shift, scale
@@ -211,7 +211,7 @@ def set_latent_statistics(vae: AutoencoderKL, seed: int, n: int = 1024) -> tuple
 def reconstruction_reward(vae: AutoencoderKL, n: int = 256) -> dict[str, float]:
     """Reward of the autoencoder's reconstructions of n held-out images (a ceiling for the pipeline)."""
     images, captions = shapes.generate(n, seed=12345, split="heldout")
-    recon = vae.decode(vae.encode(images * 2 - 1).latent_dist.mode()).sample
+    recon = vae.decode(vae.encode(images.to(vae.device) * 2 - 1).latent_dist.mode()).sample.cpu()
     return ShapesReward().component_means(((recon + 1) / 2).clamp(0, 1), captions)
 
 
@@ -223,7 +223,7 @@ def _data_seed(seed: int, step: int, phase: int) -> int:
 @torch.no_grad()
 def encode_images(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Images [B, 3, H, W] in [0, 1] -> normalised latents, as the pipeline's decoder expects them."""
-    latents = vae.encode(images * 2 - 1).latent_dist.mode()
+    latents = vae.encode(images.to(vae.device) * 2 - 1).latent_dist.mode()
     return (latents - vae.config.shift_factor) * vae.config.scaling_factor
 
 
@@ -233,13 +233,13 @@ def flow_loss(pipe: StableDiffusion3Pipeline, latents: torch.Tensor, captions: l
         prompt=captions,
         prompt_2=captions,
         prompt_3=captions,
-        device=torch.device("cpu"),
+        device=latents.device,
         do_classifier_free_guidance=False,
         max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     b = latents.shape[0]
-    t = torch.sigmoid(torch.randn(b, generator=gen))
-    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.sigmoid(torch.randn(b, generator=gen)).to(latents.device)  # drawn on the CPU: the same stream on every device
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t4 = t.view(b, 1, 1, 1)
     noisy = (1 - t4) * latents + t4 * noise
     pred = pipe.transformer(
@@ -307,7 +307,7 @@ def save_resume_point(out: Path, pipe: StableDiffusion3Pipeline, state: Denoiser
     tmp = out / "resume.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
     final = out / "resume"
     if final.exists():
@@ -431,13 +431,17 @@ def load_saved_base(source: Path, pipe: StableDiffusion3Pipeline) -> dict[str, A
 
 
 def pretrain(
-    out: Path, cfg: PretrainConfig, threads: int, command: str, resume: bool = False, init_from: Path | None = None
+    out: Path, cfg: PretrainConfig, threads: int, command: str, resume: bool = False, init_from: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run both phases (or continue from ``out/resume``, or phase 2 from a saved base), save the EMA pipeline and card."""
+    """Run both phases (or continue from ``out/resume``, or phase 2 from a saved base), save the EMA pipeline and card.
+
+    ``device`` runs the model there (data and noise are still drawn on the CPU, so the recipe is the same).
+    """
     torch.set_num_threads(threads)
     start = time.time()
     deadline = start + cfg.minutes * 60
-    pipe = build_pipeline(cfg.seed)
+    pipe = build_pipeline(cfg.seed).to(device)
     if init_from is not None and not resume:
         source = load_saved_base(init_from, pipe)
         _log(f"continuing from {init_from} ({source['steps']} transformer steps)")
@@ -445,7 +449,8 @@ def pretrain(
                 "latent_shift": source["latent_shift"], "latent_scaling": source["latent_scaling"],
                 "vae_seconds": source["vae_seconds"], "reconstruction": source["reconstruction"],
                 "previous_steps": source.get("previous_steps", 0) + source["steps"],
-                "previous_minutes": source["wall_minutes"] - source["vae_seconds"] / 60}
+                "previous_minutes": source["wall_minutes"] - source["vae_seconds"] / 60,
+                "devices": source.get("devices", ["cpu"])}
         state = _new_denoiser_state(pipe, cfg)
         out.mkdir(parents=True, exist_ok=True)
     elif resume:
@@ -462,23 +467,29 @@ def pretrain(
                 "latent_scaling": scale, "vae_seconds": time.time() - start, "reconstruction": recon}
         state = _new_denoiser_state(pipe, cfg)
         out.mkdir(parents=True, exist_ok=True)
+    info["devices"] = sorted(set(info.get("devices", [])) | {device_name(torch.device(device))})
     train_denoiser(pipe, cfg, state, deadline, out, info)
     state.ema.copy_to_weights()
     pipe.save_pretrained(out, safe_serialization=True)
     info.update(steps=state.step, wall_minutes=info.get("previous_minutes", 0.0) + (info["vae_seconds"] + state.elapsed_s) / 60)
     (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")  # what describe_base reads
     shutil.rmtree(out / "resume", ignore_errors=True)
-    return describe_base(out, cfg)
+    return describe_base(out, cfg, device)
 
 
-def describe_base(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
+def device_name(device: torch.device) -> str:
+    """``cpu`` or the accelerator's name, for the model card."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def describe_base(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict[str, Any]:
     """Evaluate a saved base (held-out components by prompt group at 1x and 2x steps, a CFG sweep) and write its card.
 
     Reads and extends ``out/pretrain.json``; also ``python -m treegrpo.demo.pretrain --out DIR --describe``.
     """
     info: dict[str, Any] = json.loads((out / "pretrain.json").read_text())
     info["size_mb"] = _folder_mb(out)
-    reloaded = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    reloaded = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None).to(device)
     steps, guidance = cfg.sample_steps, cfg.guidance_scale
     evaluations = [
         (f"{cfg.final_eval_prompts} prompts, {steps} steps, CFG {guidance:g}", "heldout"),
@@ -499,8 +510,21 @@ def describe_base(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
     return info
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int, str, Path | None]:
-    """Command line -> (output folder, config, threads, mode: "train", "resume" or "describe", base to continue)."""
+@dataclass(frozen=True)
+class Invocation:
+    """What the command line asks for: where, what recipe, how to run it, and which mode."""
+
+    out: Path
+    cfg: PretrainConfig
+    threads: int
+    device: str
+    mode: str
+    """"train", "resume" or "describe"."""
+    init_from: Path | None
+
+
+def parse_args(argv: list[str] | None = None) -> Invocation:
+    """Command line -> the invocation (bad options exit 2 with a message before anything is written)."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder to save the pipeline into")
     p.add_argument("--minutes", type=float, default=PretrainConfig.minutes, help="wall budget for training")
@@ -513,6 +537,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
     p.add_argument("--final-eval-prompts", type=int, default=PretrainConfig.final_eval_prompts)
     p.add_argument("--checkpoint-every", type=float, default=PretrainConfig.checkpoint_every_s, help="seconds; 0 disables")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); data is drawn on the CPU either way")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume (same settings)")
     p.add_argument("--init-from", type=Path, default=None,
@@ -536,10 +561,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
         sample_steps=a.sample_steps,
         guidance_scale=a.guidance,
     )
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {a.device}: no CUDA device is visible here; use --device cpu")
     if a.describe:
         if not (a.out / "pretrain.json").is_file():
             p.error(f"--describe: {a.out / 'pretrain.json'} does not exist; pretrain into --out first")
-        return a.out, cfg, a.threads, "describe", None
+        return Invocation(a.out, cfg, a.threads, a.device, "describe", None)
     resume_point = a.out / "resume" / "state.json"
     if a.resume and not resume_point.exists():
         p.error(f"--resume: {resume_point} does not exist; start without --resume")
@@ -552,18 +579,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, PretrainConfig, int
         if saved != {**asdict(cfg), "steps": saved["steps"], "minutes": saved["minutes"]}:
             p.error("--resume with different settings than the saved run; repeat the original options")
         cfg = replace(cfg, steps=saved["steps"], minutes=saved["minutes"])
-    return a.out, cfg, a.threads, "resume" if a.resume else "train", a.init_from
+    return Invocation(a.out, cfg, a.threads, a.device, "resume" if a.resume else "train", a.init_from)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m treegrpo.demo.pretrain``."""
-    out, cfg, threads, mode, init_from = parse_args(argv)
-    torch.set_num_threads(threads)
-    if mode == "describe":
-        describe_base(out, cfg)
+    run = parse_args(argv)
+    torch.set_num_threads(run.threads)
+    if run.mode == "describe":
+        describe_base(run.out, run.cfg, run.device)
         return
     command = "python -m treegrpo.demo.pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-    pretrain(out, cfg, threads, command, resume=mode == "resume", init_from=init_from)
+    pretrain(run.out, run.cfg, run.threads, command, resume=run.mode == "resume", init_from=run.init_from,
+             device=run.device)
 
 
 if __name__ == "__main__":
