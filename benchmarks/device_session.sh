@@ -77,10 +77,10 @@ run_size() {  # size, cap seconds, extra options...
   pack
 }
 run_size sd35m 170 --prompts 1 --warmup 1 --iterations 1 --flop-repeats 2
-run_size flux2_klein4b 70 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2
-run_size zimage 70 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2
+run_size flux2_klein4b 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2
+run_size zimage 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2
 run_size qwenimage 90 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2
-run_size wan21_1.3b 80 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2 --gradient-checkpointing
-run_size flux_kontext 90 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2 --gradient-checkpointing
-run_size qwenimage_edit 100 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2 --gradient-checkpointing
+run_size wan21_1.3b 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2 --gradient-checkpointing
+run_size flux_kontext 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2 --gradient-checkpointing
+run_size qwenimage_edit 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2 --gradient-checkpointing
 log "done"

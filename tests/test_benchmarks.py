@@ -232,11 +232,21 @@ def test_gpu_iteration_tiny_on_cpu(tmp_path: Path) -> None:
     # k3w3 with the window at steps 0-2: 1 + 3 + 9 branching evaluations, then 27 leaves x 7 ODE steps
     tree_plan = S.tree_plan(10, 3, 3, 0)
     assert tree["rollout_nfe"] == tree["rollout_nfe_closed_form"] == S.rollout_nfe_per_tree(tree_plan) == 202
-    assert tree["training_nfe"] <= tree["training_nfe_closed_form"] == S.training_nfe_per_tree(tree_plan) == 13
+    assert tree["training_nfe"] == tree["training_nfe_closed_form"] == S.training_nfe_per_tree(tree_plan) == 13
     assert dance["rollout_nfe"] == dance["rollout_nfe_closed_form"] == 27 * 10
-    assert dance["training_nfe"] <= dance["training_nfe_closed_form"] == 27 * 6
+    assert dance["training_nfe"] == dance["training_nfe_closed_form"] == 27 * 6
     assert tree["leaves_per_prompt"] == dance["leaves_per_prompt"] == 27
     for result in (tree, dance):
         for key in ("rollout_s", "decode_reward_s", "training_s", "total_s", "peak_memory_gb", "optimizer_steps"):
             assert key in result
         assert result["extra"]["minibatch_flops"] > 0 and result["extra"]["mfu"] > 0
+
+
+def test_gpu_iteration_trains_every_edge_of_a_random_bf16_model(tmp_path: Path) -> None:
+    """Random Wan weights in bf16 decode to near-identical clips (as on the H200, where this run first trained nothing):
+    the benchmark's jitter keeps the rewards above the zero-spread guard, so the timed update is a whole one."""
+    gpu = load("gpu_iteration")
+    payload = gpu.main(["--size", "wan_tiny", "--device", "cpu", "--dtype", "bf16", "--prompts", "1", "--warmup", "0",
+                        "--methods", "treegrpo", "--flop-repeats", "1"])
+    (tree,) = payload["results"]
+    assert tree["training_nfe"] == tree["training_nfe_closed_form"] == 13
