@@ -123,6 +123,16 @@ def test_heldout_prompts_follow_eval_seed_not_seed(tmp_path: Path) -> None:
     assert load_prompt_sets(files.data, 0).eval == load_prompt_sets(files.data, 3).eval
 
 
+def test_builtin_composition_prompts_and_unknown_builtin() -> None:
+    cfg = resolve_config({"data": {"builtin": "shapes_composition", "builtin_size": 64, "num_eval_prompts": 32}})
+    sets = load_prompt_sets(cfg.data, 0)
+    from treegrpo.demo.evaluate import prompt_group
+
+    assert {prompt_group(p) for p in sets.train + sets.eval} == {"count", "relation"}
+    with pytest.raises(ConfigError, match="data.builtin"):
+        resolve_config({"data": {"builtin": "shapes_hard"}})
+
+
 @settings(max_examples=30, deadline=None)
 @given(pool=st.integers(1, 20), sizes=st.lists(st.integers(1, 9), min_size=2, max_size=8), cut=st.integers(0, 7))
 def test_sampler_resumes_exactly(pool: int, sizes: list[int], cut: int) -> None:

@@ -54,6 +54,23 @@ def test_train_and_heldout_are_disjoint() -> None:
     assert set(captions) <= train
 
 
+def test_composition_prompts_are_counts_of_two_or_three_and_relations() -> None:
+    """``groups`` filters by prompt group; all groups reproduce the default draw (same prompts as before)."""
+    every = shapes.heldout_prompts(300, seed=5)
+    assert shapes.heldout_prompts(300, seed=5, groups=shapes.PROMPT_GROUPS) == every
+    assert {shapes.caption_group(shapes.parse_caption(p)) for p in every} == set(shapes.PROMPT_GROUPS)
+    for draw in (shapes.train_prompts(400, seed=1, groups=shapes.COMPOSITION_GROUPS),
+                 shapes.heldout_prompts(400, seed=1, groups=shapes.COMPOSITION_GROUPS)):
+        captions = [shapes.parse_caption(p) for p in draw]
+        assert {shapes.caption_group(c) for c in captions} == {"count", "relation"}
+        assert all(c.kind == "relation" or (c.kind == "count" and c.count >= 2) for c in captions)
+    held = {c.text for c in shapes.split_captions("heldout")}
+    assert set(shapes.heldout_prompts(400, seed=1, groups=shapes.COMPOSITION_GROUPS)) <= held
+    assert not set(shapes.train_prompts(400, seed=1, groups=shapes.COMPOSITION_GROUPS)) & held
+    with pytest.raises(ValueError, match="non-empty subset"):
+        shapes.train_prompts(4, groups=("one_object", "colour"))
+
+
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_generated_images_score_full_marks(split: str) -> None:
     images, captions = shapes.generate(300, seed=7, split=split)

@@ -41,6 +41,7 @@ class BuiltinPrompts(Choice):
     """Prompt generators shipped in the package."""
 
     shapes = "shapes"
+    shapes_composition = "shapes_composition"
 
 
 class SdeVariant(Choice):
@@ -83,7 +84,8 @@ class DataConfig:
     eval_prompts: Optional[str] = None
     """Held-out prompts (same formats); unset = ``heldout`` prompts split off ``prompts``."""
     builtin: Optional[BuiltinPrompts] = None
-    """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files."""
+    """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files;
+    ``"shapes_composition"``: only its count (two or three objects) and relation captions."""
     prompt_field: str = "prompt"
     """Field of a .jsonl record or column of a dataset that holds the prompt."""
     image_field: Optional[str] = "image"

@@ -209,11 +209,13 @@ def split_heldout(prompts: list[str], count: int, seed: int) -> tuple[list[str],
 
 def builtin_prompts(name: str, cfg: DataConfig, seed: int) -> PromptSets:
     """The demo's shapes captions: a training pool and held-out captions."""
-    if name != "shapes":
-        raise DataError(f"unknown data.builtin {name!r}; use 'shapes'")
-    from treegrpo.demo.shapes import heldout_prompts, train_prompts
+    from treegrpo.demo.shapes import COMPOSITION_GROUPS, PROMPT_GROUPS, heldout_prompts, train_prompts
 
-    return PromptSets(train_prompts(cfg.builtin_size, seed), heldout_prompts(max(cfg.num_eval_prompts, 1), cfg.eval_seed + 1))
+    groups = {"shapes": PROMPT_GROUPS, "shapes_composition": COMPOSITION_GROUPS}.get(str(name))
+    if groups is None:
+        raise DataError(f"unknown data.builtin {name!r}; use 'shapes' or 'shapes_composition'")
+    return PromptSets(train_prompts(cfg.builtin_size, seed, groups),
+                      heldout_prompts(max(cfg.num_eval_prompts, 1), cfg.eval_seed + 1, groups))
 
 
 def load_prompt_sets(cfg: DataConfig, seed: int) -> PromptSets:

@@ -69,17 +69,13 @@ def evaluate_pipeline(
     return (reward or ShapesReward()).component_means(images, prompts)
 
 
-PROMPT_GROUPS: tuple[str, ...] = ("one_object", "count", "relation")
-"""Held-out prompt groups reported separately: one object ("one red circle", "a blue square on the
-left"), two or three identical objects, two objects in a relation."""
+PROMPT_GROUPS = shapes.PROMPT_GROUPS
+"""Held-out prompt groups reported separately (:data:`treegrpo.demo.shapes.PROMPT_GROUPS`)."""
 
 
 def prompt_group(prompt: str) -> str:
     """Which of :data:`PROMPT_GROUPS` a shapes caption belongs to."""
-    caption = shapes.parse_caption(prompt)
-    if caption.kind == "relation":
-        return "relation"
-    return "one_object" if caption.kind == "side" or caption.count == 1 else "count"
+    return shapes.caption_group(shapes.parse_caption(prompt))
 
 
 def component_means_by_group(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -138,9 +138,27 @@ def split_captions(split: str) -> list[Caption]:
     return [c for c in caps if is_heldout(c.text) == (split == "heldout")]
 
 
-def _sample_captions(n: int, rng: np.random.Generator, split: str) -> list[Caption]:
-    """Draw n captions: a kind uniformly, then a caption of that kind uniformly."""
-    by_kind = {k: [c for c in split_captions(split) if c.kind == k] for k in KINDS}
+PROMPT_GROUPS: tuple[str, ...] = ("one_object", "count", "relation")
+"""Prompt groups: one object ("one red circle", "a blue square on the left"), two or three identical
+objects, two objects in a relation."""
+COMPOSITION_GROUPS: tuple[str, ...] = ("count", "relation")
+"""The groups that need composition (counting, placing one object relative to another)."""
+
+
+def caption_group(caption: Caption) -> str:
+    """Which of :data:`PROMPT_GROUPS` a caption belongs to."""
+    if caption.kind == "relation":
+        return "relation"
+    return "one_object" if caption.kind == "side" or caption.count == 1 else "count"
+
+
+def _sample_captions(n: int, rng: np.random.Generator, split: str, groups: Sequence[str] = PROMPT_GROUPS) -> list[Caption]:
+    """Draw n captions of the given groups: a kind uniformly, then a caption of that kind uniformly."""
+    unknown = set(groups) - set(PROMPT_GROUPS)
+    if unknown or not groups:
+        raise ValueError(f"prompt groups must be a non-empty subset of {PROMPT_GROUPS}, got {tuple(groups)}")
+    chosen = [c for c in split_captions(split) if caption_group(c) in groups]
+    by_kind = {k: [c for c in chosen if c.kind == k] for k in KINDS}
     kinds = [k for k in KINDS if by_kind[k]]
     out = []
     for _ in range(n):
@@ -149,19 +167,19 @@ def _sample_captions(n: int, rng: np.random.Generator, split: str) -> list[Capti
     return out
 
 
-def _prompts(n: int, seed: int, split: str) -> list[str]:
-    """n caption strings of a split, seeded."""
-    return [c.text for c in _sample_captions(n, np.random.default_rng(seed), split)]
+def _prompts(n: int, seed: int, split: str, groups: Sequence[str]) -> list[str]:
+    """n caption strings of a split and prompt groups, seeded."""
+    return [c.text for c in _sample_captions(n, np.random.default_rng(seed), split, groups)]
 
 
-def train_prompts(n: int, seed: int = 0) -> list[str]:
-    """n training prompts (with repeats), seeded; disjoint from :func:`heldout_prompts`."""
-    return _prompts(n, seed, "train")
+def train_prompts(n: int, seed: int = 0, groups: Sequence[str] = PROMPT_GROUPS) -> list[str]:
+    """n training prompts (with repeats) of the given groups, seeded; disjoint from :func:`heldout_prompts`."""
+    return _prompts(n, seed, "train", groups)
 
 
-def heldout_prompts(n: int, seed: int = 0) -> list[str]:
-    """n held-out prompts (with repeats), seeded; never used in pretraining."""
-    return _prompts(n, seed, "heldout")
+def heldout_prompts(n: int, seed: int = 0, groups: Sequence[str] = PROMPT_GROUPS) -> list[str]:
+    """n held-out prompts (with repeats) of the given groups, seeded; never used in pretraining."""
+    return _prompts(n, seed, "heldout", groups)
 
 
 @dataclass(frozen=True)
