@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/device_session.sh OUT_DIR [SECONDS]
 #
-# 1. continues the demo base's pretraining on the GPU, two learning rates side by side (background);
+# 1. with PRETRAIN_MINUTES > 0 (default 0: the shipped base is done), continues the demo base's
+#    pretraining on the GPU, two learning rates side by side (background);
 # 2. meanwhile, every family's tiny variant through gpu_iteration.py on CUDA (does the GPU path run?);
 # 3. then, alone on the GPU, gpu_iteration.py at the published sizes, most important first, each bounded
 #    by what is left of SECONDS (default 530).
@@ -30,9 +31,11 @@ EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$work/results/environment.txt"
 
 # 1. pretraining continuations (GPU, background)
-pretrain_minutes=${PRETRAIN_MINUTES:-2.5}
+pretrain_minutes=${PRETRAIN_MINUTES:-0}
 declare -A pretrain_pids
-for spec in "lr5e-4:5e-4:3" "lr3e-4:3e-4:4"; do
+specs=("lr5e-4:5e-4:3" "lr3e-4:3e-4:4")
+[ "$pretrain_minutes" = 0 ] && specs=()
+for spec in "${specs[@]}"; do
   IFS=: read -r name lr seed <<<"$spec"
   python3 -m treegrpo.demo.pretrain --out "$work/base_$name" --init-from src/treegrpo/demo/base \
     --minutes "$pretrain_minutes" --seed "$seed" --lr "$lr" --threads 1 --guidance 1.0 --eval-every 60 \
