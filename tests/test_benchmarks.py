@@ -250,3 +250,17 @@ def test_gpu_iteration_trains_every_edge_of_a_random_bf16_model(tmp_path: Path) 
                         "--methods", "treegrpo", "--flop-repeats", "1"])
     (tree,) = payload["results"]
     assert tree["training_nfe"] == tree["training_nfe_closed_form"] == 13
+
+
+def test_shapes_headroom_best_of_k_skips_prompts_without_the_component(tmp_path: Path) -> None:
+    headroom = load("shapes_headroom")
+    nan = float("nan")
+    grid = torch.tensor([[0.0, 1.0, 0.0, 0.0], [nan, nan, nan, nan], [0.5, 0.5, 0.5, 0.5]])
+    stats = headroom.summarize(grid)
+    assert stats["mean"] == pytest.approx(3.0 / 8)  # (0 + 1 + 0 + 0 + 4 x 0.5) / 8
+    assert stats["best_of_4"] == pytest.approx(0.75)  # (1 + 0.5) / 2, the NaN prompt left out
+    assert stats["within_prompt_std"] == pytest.approx(0.25)  # (0.5 + 0) / 2, unbiased std of [0, 1, 0, 0]
+    payload = headroom.main(["--prompts", "2", "--k", "2", "--groups", "relation", "--out", str(tmp_path / "h.json")])
+    relation = json.loads((tmp_path / "h.json").read_text())["groups"]["relation"]
+    assert relation == payload["groups"]["relation"] and relation["prompts"] == 2
+    assert all(v["best_of_2"] >= v["mean"] - 1e-6 for k, v in relation.items() if k != "prompts")
