@@ -261,7 +261,7 @@ def random_conditioning(spec: SizeSpec, prompts: int, dtype: torch.dtype, device
 
 
 class ClipReward:
-    """A CLIP-vision-tower reward of realistic size: cosine of the image embedding with a per-prompt embedding.    """
+    """A CLIP-vision-tower reward of realistic size: cosine of the image embedding with a per-prompt embedding."""
 
     def __init__(self, spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device, batch: int) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -383,17 +383,17 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
         return stats, advantages.edge, mask
 
     (stats, edge_advantages, mask), training_s = timed(device, train)
-    if int(stats["training_nfe"]) != roots * S.training_nfe_per_tree(plan):
-        raise RuntimeError(f"{name}: the update trained {int(stats['training_nfe'])} of "
-                           f"{roots * S.training_nfe_per_tree(plan)} edges (rewards under the zero-spread guard give zero advantages); "
-                           "the timing would not be an iteration's")
+    training_nfe_closed_form = roots * S.training_nfe_per_tree(plan)
+    if int(stats["training_nfe"]) != training_nfe_closed_form:
+        raise RuntimeError(f"{name}: the update trained {int(stats['training_nfe'])} of {training_nfe_closed_form} edges "
+                           "(rewards under the zero-spread guard give zero advantages); the timing would not be an iteration's")
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     result = IterationResult(
         method=name, plan=S.describe(plan), leaves_per_prompt=method.tree.trees * S.leaves_per_tree(plan),
         rollout_s=rollout_s, decode_reward_s=reward_s, training_s=training_s,
         rollout_nfe=rollout.nfe, training_nfe=int(stats["training_nfe"]),
         rollout_nfe_closed_form=roots * S.rollout_nfe_per_tree(plan),
-        training_nfe_closed_form=roots * S.training_nfe_per_tree(plan),
+        training_nfe_closed_form=training_nfe_closed_form,
         rollout_model_calls=rollout.model_calls, optimizer_steps=int(stats["optimizer_steps"]), peak_memory_gb=peak,
     )
     return result, rollout, edge_advantages, mask

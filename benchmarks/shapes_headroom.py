@@ -31,7 +31,8 @@ def headroom(pipe: Any, prompts: Sequence[str], k: int, seed: int) -> dict[str, 
     reward = ShapesReward()
     repeated = [p for p in prompts for _ in range(k)]
     images = sample_images(pipe, repeated, seed=seed, num_inference_steps=8, guidance_scale=1.0)
-    scores = {**reward.components(images, repeated), "total": reward(images, repeated)}
+    components = reward.components(images, repeated)
+    scores = {**components, "total": reward.combine(components)}
     grids = {name: values.float().view(len(prompts), k) for name, values in scores.items()}
     return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}  # e.g. no position on counts
 
