@@ -1,11 +1,16 @@
 """How much reward the shapes task leaves to RL: per prompt, the mean of k samples against the best of them.
 
     python benchmarks/shapes_headroom.py --prompts 64 --k 8 [--lora RUN/final] [--out FILE.json]
+    python benchmarks/shapes_headroom.py --sampler tree --tree-k 2 --window 3 --start 0 [--noise 0.7]
 
 The shipped base (plus an optional trained LoRA) samples each held-out prompt ``k`` times with
 independent noise (8 steps, no CFG). For every reward component: the mean, the mean over prompts of
 the best of the k samples, and the spread within a prompt. A best-of-k far above the mean says the
 reward separates good from bad samples, so a stalled run is the learner's limit, not the reward's.
+
+``--sampler tree`` instead grows one tree per prompt through the engine, as TreeGRPO's rollout does
+(one root noise, k-way SDE branching in the window at ``--start``, ODE elsewhere): its k^window
+leaves are the samples, and their spread is what a tree's advantages compare.
 """
 
 from __future__ import annotations
@@ -37,6 +42,38 @@ def headroom(pipe: Any, prompts: Sequence[str], k: int, seed: int) -> dict[str, 
     return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}  # e.g. no position on counts
 
 
+def tree_headroom(prompts: Sequence[str], k: int, window: int, start: int, noise: float, seed: int,
+                  lora: Optional[Path]) -> dict[str, dict[str, float]]:
+    """As :func:`headroom`, with the leaves of one engine-grown tree per prompt as the samples."""
+    from treegrpo.models.config import ModelConfig
+    from treegrpo.models.loading import load_backbone
+    from treegrpo.rollout import rollout_trees
+    from treegrpo.schedule import tree_plan
+
+    steps = 8
+    model = ModelConfig(path=str(BASE_DIR), dtype="fp32", device="cpu", max_sequence_length=1)
+    backbone = load_backbone(model, device="cpu", trainable=False)
+    if lora is not None:
+        backbone.pipe.load_lora_weights(str(lora))  # type: ignore[attr-defined]
+    schedule = backbone.schedule(steps)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        rollout = rollout_trees(
+            backbone.model_fn(backbone.encode_prompts(list(prompts)), 1.0, schedule),
+            schedule.stepper(noise, "sde"), tree_plan(steps, k, window, start),
+            backbone.initial_noise(len(prompts), generator), torch.arange(len(prompts)), max_batch=256, generator=generator,
+        )
+        images = backbone.decode(rollout.leaf_latents)
+    leaf_prompts = [prompts[int(i)] for i in rollout.leaf_cond]
+    reward = ShapesReward()
+    components = reward.components(images, leaf_prompts)
+    scores = {**components, "total": reward.combine(components)}
+    order = torch.argsort(rollout.leaf_cond, stable=True)  # leaves grouped by prompt
+    leaves = k**window
+    grids = {name: values.float()[order].view(len(prompts), leaves) for name, values in scores.items()}
+    return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}
+
+
 def summarize(grid: torch.Tensor) -> dict[str, float]:
     """Scores ``[prompts, k]`` (NaN where a prompt has no such component) -> mean, best of k, within-prompt std."""
     best = grid.nan_to_num(float("-inf")).max(1).values
@@ -57,21 +94,33 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--sampler", choices=("independent", "tree"), default="independent",
+                        help="independent noise per sample, or the leaves of one tree per prompt")
+    parser.add_argument("--tree-k", type=int, default=2, help="tree: children per branching step")
+    parser.add_argument("--window", type=int, default=3, help="tree: branching steps")
+    parser.add_argument("--start", type=int, default=0, help="tree: the window's first step")
+    parser.add_argument("--noise", type=float, default=0.7, help="tree: SDE noise level in the window")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = StableDiffusion3Pipeline.from_pretrained(BASE_DIR, text_encoder_3=None, tokenizer_3=None)
     if args.lora is not None:
         pipe.load_lora_weights(str(args.lora))
     pipe.set_progress_bar_config(disable=True)
-    payload: dict[str, Any] = {"k": args.k, "lora": None if args.lora is None else str(args.lora), "groups": {}}
+    tree = args.sampler == "tree"
+    k = args.tree_k**args.window if tree else args.k
+    payload: dict[str, Any] = {"k": k, "lora": None if args.lora is None else str(args.lora), "groups": {},
+                               "sampler": args.sampler}
+    if tree:
+        payload.update(tree_k=args.tree_k, window=args.window, start=args.start, noise=args.noise)
     for group in args.groups:
         distinct = list(dict.fromkeys(shapes.heldout_prompts(8 * args.prompts, seed=21, groups=(group,))))[: args.prompts]
-        result = headroom(pipe, distinct, args.k, args.seed)
+        result = (tree_headroom(distinct, args.tree_k, args.window, args.start, args.noise, args.seed, args.lora)
+                  if tree else headroom(pipe, distinct, args.k, args.seed))
         payload["groups"][group] = {"prompts": len(distinct), **result}
-        rows = [[name, f"{v['mean']:.3f}", f"{v[f'best_of_{args.k}']:.3f}", f"{v['within_prompt_std']:.3f}"]
+        rows = [[name, f"{v['mean']:.3f}", f"{v[f'best_of_{k}']:.3f}", f"{v['within_prompt_std']:.3f}"]
                 for name, v in result.items()]
-        print(f"\n{group}: {len(distinct)} prompts x {args.k} samples")
-        print(markdown_table(["component", "mean", f"best of {args.k}", "within-prompt std"], rows))
+        print(f"\n{group}: {len(distinct)} prompts x {k} {'leaves' if tree else 'samples'}")
+        print(markdown_table(["component", "mean", f"best of {k}", "within-prompt std"], rows))
     if args.out is not None:
         args.out.write_text(json.dumps(payload, indent=1) + "\n")
     return payload

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from treegrpo import checkpoint as ckpt
-from treegrpo.config import ConfigError, TrainerConfig, config_values, to_yaml, with_absolute_paths
+from treegrpo.config import ConfigError, TrainerConfig, config_values, to_yaml
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
 from treegrpo.engine import EdgeAdvantages, UpdateConfig, compute_advantages, select_edges, update_policy
 from treegrpo.faults import fault_point
@@ -46,12 +46,9 @@ from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image
 from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
 from treegrpo.trainer.pictures import captions_for, save_captioned
 from treegrpo.trainer.progress import Progress, RunProgress, rollout_bar
-from treegrpo.trainer.run_dir import (
-    RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, write_atomic,
-)
+from treegrpo.trainer.run_dir import resume_command, write_atomic
 from treegrpo.trainer.setup import (
-    build_judges, build_rewards, check_processes, find_resume_checkpoint, make_generators, make_optimizer, preflight,
-    seed_everything,
+    build_judges, build_rewards, check_processes, make_generators, make_optimizer, seed_everything,
 )
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
 from treegrpo.video_io import save_video
@@ -579,41 +576,3 @@ class Trainer:
         finally:
             self.log.close()
         return records
-
-
-def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool = False) -> list[dict[str, Any]]:
-    """Train as ``cfg`` says; ``resume`` is a run folder or ``"auto"`` (newest complete checkpoint, else a new run).
-
-    Paths in the config are made absolute first (RUN/config.yaml then works from any folder). A
-    resumed run that already finished ``train.iterations`` logs one line and returns no records.
-    """
-    from accelerate import PartialState
-
-    cfg = with_absolute_paths(cfg)
-    run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume)).expanduser().resolve()
-    check_output_folder(run_dir)
-    checkpoint = find_resume_checkpoint(run_dir, explicit=resume not in (None, "auto")) if resume else None
-    if holds_run(run_dir) and checkpoint is None and not overwrite:
-        if resume == "auto":
-            raise RunDirError(f"{run_dir} holds a run but no complete checkpoint to resume; pass --overwrite to start it "
-                              "again, or choose another --output-dir")
-        prepare_run_dir(run_dir, resume=False, overwrite=False)  # raises the one-line RunDirError
-    if checkpoint is not None:
-        done = int(ckpt.read_state(checkpoint)["iteration"])
-        exported = (run_dir / "final").is_dir() and any((run_dir / "final").iterdir())
-        if done >= cfg.train.iterations and exported:
-            logger.info("%s already finished %d iterations; raise train.iterations to continue, e.g. `%s train.iterations=%d`",
-                        run_dir, done, resume_command(run_dir), 2 * done)
-            return []
-    state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
-    check_processes(cfg, state.num_processes)
-    rewards, judges = preflight(cfg, state.device)
-    if state.is_main_process:
-        if resume == "auto" and checkpoint is None:
-            logger.info("no checkpoint in %s: starting a new run there", run_dir)
-        prepare_run_dir(run_dir, resume=checkpoint is not None, overwrite=overwrite)
-    state.wait_for_everyone()
-    cfg = replace(cfg, output_dir=str(run_dir))
-    trainer = Trainer(cfg, run_dir=run_dir, resume_from=checkpoint, rewards=rewards, judges=judges)
-    return trainer.train()
-
