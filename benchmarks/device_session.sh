@@ -6,7 +6,10 @@
 # 1. with PRETRAIN_MINUTES > 0 (default 0: the shipped base is done), continues the demo base's
 #    pretraining on the GPU, two learning rates side by side (background);
 # 2. meanwhile, every family's tiny variant through gpu_iteration.py on CUDA (does the GPU path run?);
-# 3. then, alone on the GPU, gpu_iteration.py at the published sizes, most important first, each bounded
+# 3. with PROTOCOL_SECONDS > 0 (default 0), the shapes protocol of issue 15 on the GPU (efficiency.py --task
+#    shapes: every preset x lr grid x 3 seeds, 1024-sample evaluations, 8 runs at a time); the runs it
+#    finishes are in results.tar (protocol/efficiency_shapes.runs.jsonl) for a later --reuse;
+# 4. then, alone on the GPU, gpu_iteration.py at the published sizes, most important first, each bounded
 #    by what is left of SECONDS (default 530).
 # Everything lands in OUT_DIR as at most 8 files: base_<name>.tar per pretraining run, results.tar
 # (JSON + logs, rewritten after every step so a cut-off run still returns what it finished), session.log.
@@ -68,7 +71,21 @@ for name in "${!pretrain_pids[@]}"; do
 done
 pack
 
-# 3. published sizes, alone on the GPU, most important first
+# 3. the shapes protocol (rewards and NFE are exact under sharing; its seconds are measured 8 runs to a GPU)
+protocol_seconds=${PROTOCOL_SECONDS:-0}
+if [ "$protocol_seconds" != 0 ]; then
+  t=$(left); [ "$t" -gt "$protocol_seconds" ] && t=$protocol_seconds
+  log "shapes protocol (at most ${t}s)"
+  timeout "$t" python3 benchmarks/efficiency.py --task shapes --jobs 8 --threads 2 --lrs 1e-4 3e-4 1e-3 --seeds 0 1 2 \
+    --prompts 8 --eval-prompts 1024 --eval-points 4 --steps 8 \
+    --set model.device=cuda train.parents_per_batch=null train.edges_per_batch=32 \
+    --out "$work/results/protocol" >"$work/results/protocol.log" 2>&1
+  log "protocol exit $? ($(wc -l <"$work/results/protocol/efficiency_shapes.runs.jsonl" 2>/dev/null || echo 0) runs)"
+  tail -n 40 "$work/results/protocol.log"
+  pack
+fi
+
+# 4. published sizes, alone on the GPU, most important first
 run_size() {  # size, cap seconds, extra options...
   local size=$1 cap=$2; shift 2
   local t; t=$(left); [ "$t" -gt "$cap" ] && t=$cap

@@ -26,14 +26,20 @@ whole run.
 Every finished run is appended to ``OUT/<stem>.runs.jsonl`` at once, so an interrupted benchmark
 keeps what it finished; ``--reuse FILE ...`` (that file, or an earlier result JSON) takes runs
 with the same spec from there instead of training them again (runs are deterministic per seed).
+
+``--jobs N`` trains N runs at a time in separate processes (spawned: CUDA works in each), e.g. the
+shapes grid on one GPU (``--set model.device=cuda``). Runs are deterministic per seed either way, so
+rewards and NFE do not depend on it; seconds are then measured on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -43,9 +49,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, ToyProtocol, ToyRunner, fmt, group_stats,
-    markdown_table, pick_best, plot_curves, reach_rows, write_json,
+    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, fmt, group_stats, markdown_table, pick_best, plot_curves,
+    reach_rows, write_json,
 )
+from tasks import TASKS, train_one  # noqa: E402
 
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
     "toy": {"budget": 400_000, "eval_points": 60},
@@ -86,7 +93,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--reuse", nargs="*", type=Path, default=[],
                         help="earlier result .json or .runs.jsonl files whose runs with the same spec are reused")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.settings and args.task != "shapes":
         parser.error("--set applies to --task shapes only")
     for file in args.reuse:
@@ -96,26 +106,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.budget = args.budget if args.budget is not None else defaults["budget"]
     args.eval_points = args.eval_points if args.eval_points is not None else defaults["eval_points"]
     return args
-
-
-def make_toy_runner(args: argparse.Namespace) -> TaskRunner:
-    """The 2-D toy (``treegrpo.toy``) with the protocol's shared settings."""
-    protocol = ToyProtocol(prompts_per_iteration=args.prompts, eval_points=args.eval_points,
-                           eval_samples=args.eval_samples, pretrain_steps=args.pretrain_steps)
-    return ToyRunner(protocol)
-
-
-def make_shapes_runner(args: argparse.Namespace) -> TaskRunner:
-    """The built-in shapes task (shipped tiny SD3 base, real trainer) with the protocol's shared settings."""
-    from shapes_task import ShapesProtocol, ShapesRunner
-
-    protocol = ShapesProtocol(prompts_per_iteration=args.prompts, eval_prompts=args.eval_prompts,
-                              eval_points=args.eval_points, guidance_scale=args.guidance_scale, steps=args.steps)
-    return ShapesRunner(protocol)
-
-
-TASKS: dict[str, Callable[[argparse.Namespace], TaskRunner]] = {"toy": make_toy_runner, "shapes": make_shapes_runner}
-"""Pluggable tasks: name -> factory of a runner that trains one (method, lr, seed) and returns its history."""
 
 
 def main_variants(methods: Sequence[str], flat_trees: int) -> list[Variant]:
@@ -192,26 +182,41 @@ def load_runs(files: Sequence[Path]) -> dict[str, RunHistory]:
 
 def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float], seeds: Sequence[int],
             budget: int, log: Callable[[str], None], reuse: Optional[dict[str, RunHistory]] = None,
-            run_log: Optional[Path] = None) -> dict[tuple[str, float], list[RunHistory]]:
-    """Every (variant, lr, seed), one after the other (or from ``reuse``); histories grouped by (label, lr)."""
+            run_log: Optional[Path] = None, pool: Optional[ProcessPoolExecutor] = None,
+            args: Optional[argparse.Namespace] = None) -> dict[tuple[str, float], list[RunHistory]]:
+    """Every (variant, lr, seed), from ``reuse`` or trained (in ``pool`` when given, else one after the
+    other here); each new run is logged as it finishes; histories grouped by (label, lr) in grid order."""
+    specs = [RunSpec(label, method, lr, seed, budget, overrides)
+             for seed in seeds for label, method, overrides in variants for lr in lrs]
+    done: dict[str, RunHistory] = dict(reuse or {})
+    start = time.perf_counter()
+
+    def finished(spec: RunSpec, history: RunHistory, source: str) -> None:
+        done[spec_key(spec)] = history
+        if run_log is not None and source != "reused":
+            run_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(run_log, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(history.to_json()) + "\n")
+        log(f"{spec.label:>18} lr={spec.lr:<7g} seed={spec.seed}  it={history.final.iteration:5d}  "
+            f"reward {history.points[0].reward:.3f} -> {history.final.reward:.3f} "
+            f"(peak {history.peak_reward:.3f})  {source}")
+
+    todo = [spec for spec in specs if spec_key(spec) not in done]
+    for spec in specs:
+        if spec_key(spec) in done:
+            finished(spec, done[spec_key(spec)], "reused")
+    if pool is not None and args is not None:
+        futures = {pool.submit(train_one, args, spec): spec for spec in todo}
+        for future in as_completed(futures):
+            finished(futures[future], RunHistory.from_json(future.result()),
+                     f"{time.perf_counter() - start:6.1f}s since start")
+    else:
+        for spec in todo:
+            started = time.perf_counter()
+            finished(spec, runner(spec), f"{time.perf_counter() - started:5.1f}s")
     runs: dict[tuple[str, float], list[RunHistory]] = {}
-    reuse = reuse or {}
-    for seed in seeds:
-        for label, method, overrides in variants:
-            for lr in lrs:
-                spec = RunSpec(label, method, lr, seed, budget, overrides)
-                start = time.perf_counter()
-                reused = reuse.get(spec_key(spec))
-                history = reused if reused is not None else runner(spec)
-                runs.setdefault((label, lr), []).append(history)
-                if run_log is not None and reused is None:
-                    run_log.parent.mkdir(parents=True, exist_ok=True)
-                    with open(run_log, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(history.to_json()) + "\n")
-                source = "reused" if reused is not None else f"{time.perf_counter() - start:5.1f}s"
-                log(f"{label:>18} lr={lr:<7g} seed={seed}  it={history.final.iteration:5d}  "
-                    f"reward {history.points[0].reward:.3f} -> {history.final.reward:.3f} "
-                    f"(peak {history.peak_reward:.3f})  {source}")
+    for spec in specs:
+        runs.setdefault((spec.label, spec.lr), []).append(done[spec_key(spec)])
     return runs
 
 
@@ -267,8 +272,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     runner = TASKS[args.task](args)
     started = time.time()
     stem = output_stem(args)
-    runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
-                   run_log=args.out / f"{stem}.runs.jsonl")
+    pool = (ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+            if args.jobs > 1 else None)
+    try:
+        runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
+                       run_log=args.out / f"{stem}.runs.jsonl", pool=pool, args=args)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     best, every = choose_learning_rates(runs, variants, args.lrs, args.keep_ratio)
     rows = reach_rows(best, runs, reference, args.gain_fraction)
     tables = {"reach": reach_table(rows, best, reference), "grid": grid_table(every)}

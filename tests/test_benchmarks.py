@@ -85,6 +85,13 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
         assert again["target_reward"] == pytest.approx(payload["target_reward"], rel=1e-5)
         assert [r["label"] for r in again["reach"]] == [r["label"] for r in payload["reach"]]
 
+    # --jobs 2 trains the runs in worker processes: each history lands at its own spec, identical to the serial run
+    parallel = efficiency.main([*TINY_TOY, "--methods", "treegrpo", "flow_grpo", "branch_grpo", "--out",
+                                str(tmp_path / "jobs"), "--jobs", "2"])
+    rewards = {run["spec"]["label"]: run["points"]["reward"] for run in payload["runs"]}
+    assert {run["spec"]["label"]: run["points"]["reward"] for run in parallel["runs"]} == rewards
+    assert len((tmp_path / "jobs" / "efficiency_toy.runs.jsonl").read_text().splitlines()) == 3
+
 
 def test_reach_is_read_at_the_evaluations_not_on_the_budget_grid() -> None:
     """Hand-worked: evaluations land just past the 5k grid points (5088, 10176); the tree's seed mean
