@@ -283,3 +283,15 @@ def test_shapes_headroom_tree_groups_each_trees_leaves_by_prompt() -> None:
     assert still["total"]["best_of_4"] == pytest.approx(still["total"]["mean"], abs=1e-6)
     moving = headroom.tree_headroom(prompts, k=2, window=2, start=0, noise=1.0, seed=0, lora=None)
     assert moving["total"]["within_prompt_std"] > 0.0
+
+
+def test_shapes_components_split_the_runs_own_evaluation_by_group(tmp_path: Path) -> None:
+    components = load("shapes_components")
+    payload = components.main(["base", "--prompts", "12", "--out", str(tmp_path / "c.json")])
+    base = json.loads((tmp_path / "c.json").read_text())["models"]["base"]
+    assert base["all"] == pytest.approx(base["eval_score"], abs=1e-6)  # the run's eval/score, recomputed from components
+    groups = [g for g in ("one_object", "count", "relation") if g in base]
+    assert sum(base[g]["prompts"] for g in groups) == 12 == payload["prompts"]
+    weighted = sum(base[g]["prompts"] * base[g]["total"] for g in groups) / 12
+    assert weighted == pytest.approx(base["all"], abs=1e-6)
+    assert "position" not in base.get("count", {})  # counts have no position component
