@@ -295,3 +295,18 @@ def test_shapes_components_split_the_runs_own_evaluation_by_group(tmp_path: Path
     weighted = sum(base[g]["prompts"] * base[g]["total"] for g in groups) / 12
     assert weighted == pytest.approx(base["all"], abs=1e-6)
     assert "position" not in base.get("count", {})  # counts have no position component
+
+
+def test_gradient_by_depth_summary_hand_worked_and_a_tiny_run(tmp_path: Path) -> None:
+    grad = load("gradient_by_depth")
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    rows = grad.summarize([{1: (t(1.0, 0.0), 2), 2: (t(1.0, 1.0), 4)}, {1: (t(0.0, 3.0), 2), 2: (t(2.0, 2.0), 6)}])
+    one, two = rows
+    assert (one["depth"], one["edges_per_rollout"], two["edges_per_rollout"]) == (1, 2, 5)
+    assert one["grad_norm"] == pytest.approx(2.0) and one["cosine_between_rollouts"] == pytest.approx(0.0)
+    assert one["norm_of_mean_over_mean_norm"] == pytest.approx((0.25 + 2.25) ** 0.5 / 2.0)  # |(0.5, 1.5)| / 2
+    assert two["cosine_between_rollouts"] == pytest.approx(1.0) and two["norm_of_mean_over_mean_norm"] == pytest.approx(1.0)
+    payload = grad.main(["--rollouts", "2", "--prompts", "2", "--window", "2", "--out", str(tmp_path / "g.json")])
+    depths = [row["depth"] for row in json.loads((tmp_path / "g.json").read_text())["depths"]]
+    assert depths == [row["depth"] for row in payload["depths"]] and set(depths) <= {1, 2} and depths
+    assert all(row["grad_norm"] > 0 for row in payload["depths"])
