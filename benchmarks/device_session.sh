@@ -23,6 +23,7 @@ export PYTHONPATH="$PWD/src:$PWD/benchmarks:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 
 log() { echo "[$(date +%H:%M:%S) +${SECONDS}s] $*"; }
 pack() { tar -C "$work" -cf "$out/results.tar" results; }
 left() { echo $((deadline - SECONDS)); }
+positive() { awk -v v="$1" 'BEGIN { exit !(v + 0 > 0) }'; }  # "0", "0.0", "" and "no" all read as off
 
 log "environment"
 python3 - <<'EOF' 2>&1 | tee "$work/results/environment.txt"
@@ -37,7 +38,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$
 pretrain_minutes=${PRETRAIN_MINUTES:-0}
 declare -A pretrain_pids
 specs=("lr5e-4:5e-4:3" "lr3e-4:3e-4:4")
-[ "$pretrain_minutes" = 0 ] && specs=()
+positive "$pretrain_minutes" || specs=()
 for spec in "${specs[@]}"; do
   IFS=: read -r name lr seed <<<"$spec"
   python3 -m treegrpo.demo.pretrain --out "$work/base_$name" --init-from src/treegrpo/demo/base \
@@ -73,7 +74,7 @@ pack
 
 # 3. the shapes protocol (rewards and NFE are exact under sharing; its seconds are measured 8 runs to a GPU)
 protocol_seconds=${PROTOCOL_SECONDS:-0}
-if [ "$protocol_seconds" != 0 ]; then
+if positive "$protocol_seconds"; then
   t=$(left); [ "$t" -gt "$protocol_seconds" ] && t=$protocol_seconds
   log "shapes protocol (at most ${t}s)"
   timeout "$t" python3 benchmarks/efficiency.py --task shapes --jobs 8 --threads 2 --lrs 1e-4 3e-4 1e-3 --seeds 0 1 2 \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -310,3 +311,15 @@ def test_gradient_by_depth_summary_hand_worked_and_a_tiny_run(tmp_path: Path) ->
     depths = [row["depth"] for row in json.loads((tmp_path / "g.json").read_text())["depths"]]
     assert depths == [row["depth"] for row in payload["depths"]] and set(depths) <= {1, 2} and depths
     assert all(row["grad_norm"] > 0 for row in payload["depths"])
+
+
+def test_device_session_script_parses_and_its_protocol_options_are_valid() -> None:
+    """The GPU session script runs unattended on a short lease: a syntax error or a stale option would waste it."""
+    script = BENCHMARKS / "device_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    call = text[text.index("benchmarks/efficiency.py") + len("benchmarks/efficiency.py"):text.index('--out "$work/results/protocol"')]
+    words = call.replace("\\\n", " ").split()
+    efficiency = load("efficiency")
+    args = efficiency.parse_args([*words, "--out", "unused"])
+    assert args.task == "shapes" and args.jobs == 8 and "model.device=cuda" in args.settings
