@@ -52,6 +52,8 @@ def test_yaml_overrides_preset_and_cli_overrides_yaml(tmp_path: Path) -> None:
         (["tree.window=10"], "tree.window <= 9"),
         (["train.fsdp=true", "train.ema=0.9"], "train.ema is not supported with train.fsdp=true"),
         (["train.fsdp=true", "train.mixed_precision=fp16"], "use bf16"),
+        (["method=flow_grpo", "tree.antithetic=true"], "tree.schedule=flat never branches"),
+        (["tree.schedule=mix", "tree.antithetic=true"], "tree.schedule=mix never branches"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(overrides: list[str], expected: str) -> None:

@@ -24,13 +24,14 @@ class LinearVelocity(torch.nn.Module):
         return torch.tanh(x @ self.weight) + self.prompt[cond] * (1 + step[:, None].float() / 10)
 
 
-def _rollout(plan: S.Plan, trees: int = 2, prompts: int = 2, max_batch: int = 64, seed: int = 0):
+def _rollout(plan: S.Plan, trees: int = 2, prompts: int = 2, max_batch: int = 64, seed: int = 0, antithetic: bool = False):
     model = LinearVelocity(prompts=prompts)
     stepper = FlowMatchStepper(torch.linspace(1, 0, len(plan) + 1), noise_level=0.7)
     root_cond = torch.arange(prompts).repeat_interleave(trees)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(root_cond.shape[0], 6, generator=g)
-    return model, stepper, rollout_trees(model, stepper, plan, noise, root_cond, max_batch=max_batch, generator=g)
+    return model, stepper, rollout_trees(model, stepper, plan, noise, root_cond, max_batch=max_batch, generator=g,
+                                         antithetic=antithetic)
 
 
 @pytest.mark.parametrize("case", range(12))
@@ -130,3 +131,32 @@ def test_plan_length_must_match_the_sampler() -> None:
     stepper = FlowMatchStepper(torch.linspace(1, 0, 6))
     with pytest.raises(ValueError, match="plan has 4 steps"):
         rollout_trees(model, stepper, S.tree_plan(4, 2, 1, 0), torch.zeros(1, 6), torch.zeros(1))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_antithetic_siblings_mirror_through_the_step_mean_and_keep_exact_log_probs(k: int) -> None:
+    plan = S.tree_plan(6, k, 2, 1)
+    model, stepper, r = _rollout(plan, trees=2, prompts=2, antithetic=True)
+    edge_mask = torch.ones(r.structure.edge_child.shape[0], dtype=torch.bool)
+    (batch,) = make_minibatches(r, edge_mask, parents_per_batch=r.num_parents)
+    with torch.no_grad():
+        scored = rescore_edges(model, stepper, r, batch)
+    order = torch.argsort(batch.edge_ids)
+    mean, std = scored.mean[order], scored.std[order]  # edges in rollout order: parent-major, k per parent
+    children = r.child_latents
+    noise = ((children - mean) / std).reshape(-1, k, 6)
+    pairs = k // 2
+    torch.testing.assert_close(noise[:, 1 : 2 * pairs : 2], -noise[:, 0 : 2 * pairs : 2], atol=1e-5, rtol=0)
+    assert (noise[:, 0].abs() > 1e-3).all()  # a real draw, not the mean
+    if k % 2:  # the odd last child keeps a draw of its own
+        assert (noise[:, -1] + noise[:, -2]).abs().max() > 1e-2
+    # stored log-probs are the Gaussian density of each child (textbook formula, mean over dimensions)
+    textbook = (-0.5 * ((children - mean) / std) ** 2 - torch.log(std) - 0.5 * torch.log(torch.tensor(2 * torch.pi))).mean(1)
+    torch.testing.assert_close(r.structure.edge_log_prob, textbook, atol=1e-5, rtol=0)
+    # a mirrored pair is equally likely
+    log_prob = r.structure.edge_log_prob.reshape(-1, k)
+    torch.testing.assert_close(log_prob[:, 1 : 2 * pairs : 2], log_prob[:, 0 : 2 * pairs : 2], atol=1e-5, rtol=0)
+    # without the option siblings are independent draws
+    _, _, plain = _rollout(plan, trees=2, prompts=2)
+    plain_noise = (plain.child_latents - mean) / std
+    assert (plain_noise.reshape(-1, k, 6)[:, 1] + plain_noise.reshape(-1, k, 6)[:, 0]).abs().max() > 1e-2

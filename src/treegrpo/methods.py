@@ -57,11 +57,17 @@ class TreeConfig:
     """split: BRANCH steps (absolute indices); ``None`` = BranchGRPO's [0, 2, 4, 6] of 10 steps scaled to
     ``sampling.steps`` (see :func:`default_split_steps`)."""
     train_fraction: float = 1.0  # flat: fraction of steps trained, redrawn every iteration
+    antithetic: bool = False
+    """Mirror the noise of a node's children in pairs (``x`` and ``2 mean - x``): antithetic
+    variates for the siblings' policy gradient; tree and split schedules only (the others never branch)."""
 
     def check(self) -> None:
         """The choices; the shape itself is checked by building its plan for ``sampling.steps`` (whole config)."""
         self.schedule = TreeSchedule.parse(self.schedule, "tree.schedule")
         self.window_placement = WindowPlacement.parse(self.window_placement, "tree.window_placement")
+        if self.antithetic and self.schedule in (TreeSchedule.flat, TreeSchedule.mix):
+            raise ConfigError(f"tree.antithetic=true mirrors siblings, but tree.schedule={self.schedule.value} never "
+                              "branches; use tree.schedule=tree or split, or drop tree.antithetic")
 
 
 @dataclass

@@ -250,11 +250,13 @@ def rollout_trees(
     generator: torch.Generator | None = None,
     on_step: Callable[[int, int], None] | None = None,
     keep_means: bool = False,
+    antithetic: bool = False,
 ) -> TreeRollout:
     """Grow one tree per row of ``initial_noise`` (conditioned on ``root_cond``) through ``plan``.
 
     ``on_step(step, frontier_size)`` is called after each step (progress bars); ``keep_means``
-    stores each trained parent's step mean (``parent_mean``, for GRPO-Guard's ratio normalisation).
+    stores each trained parent's step mean (``parent_mean``, for GRPO-Guard's ratio normalisation);
+    ``antithetic`` mirrors the noise of a BRANCH step's children in pairs (:func:`mirror_siblings`).
     """
     if len(plan) != stepper.num_steps:
         raise ValueError(f"plan has {len(plan)} steps but the sampler has {stepper.num_steps}")
@@ -278,6 +280,9 @@ def rollout_trees(
             k = spec.children
             repeat = torch.arange(latents.shape[0], device=latents.device).repeat_interleave(k)
             drawn = stepper.step(output[repeat], latents[repeat], step_index[repeat], True, generator=generator)
+            if antithetic and k > 1:
+                mirrored = mirror_siblings(drawn.prev_sample, drawn.mean, k)
+                drawn = stepper.step(output[repeat], latents[repeat], step_index[repeat], True, prev_sample=mirrored)
             if spec.trained:
                 mean = drawn.mean[::k] if keep_means else None  # children are parent-major: row i * k is parent i's
                 node = builder.add_children(node, latents, cond, step, k, drawn.prev_sample, drawn.log_prob, mean)
@@ -288,6 +293,21 @@ def rollout_trees(
             on_step(step, int(latents.shape[0]))
 
     return builder.finish(node, latents, initial_noise.to(torch.float32), nfe, calls, keep_means)
+
+
+def mirror_siblings(children: torch.Tensor, mean: torch.Tensor, k: int) -> torch.Tensor:
+    """Antithetic siblings: of each parent's ``k`` children (parent-major rows), child ``2j + 1`` becomes
+    ``2 mean - child 2j``, the same Gaussian draw mirrored through the step mean (an odd last child keeps
+    its own draw).
+
+    Each child is still a draw of the step's Gaussian, but within a pair the noise that is not
+    correlated with the reward cancels in the policy gradient (antithetic variates).
+    """
+    grouped = children.reshape(-1, k, *children.shape[1:]).clone()
+    means = mean.reshape(-1, k, *mean.shape[1:])
+    pairs = k // 2
+    grouped[:, 1 : 2 * pairs : 2] = 2 * means[:, 0 : 2 * pairs : 2] - grouped[:, 0 : 2 * pairs : 2]
+    return grouped.reshape(children.shape)
 
 
 def concat_rollouts(parts: Sequence[TreeRollout]) -> TreeRollout:

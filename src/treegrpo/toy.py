@@ -213,7 +213,8 @@ class ToyRun:
         root_cond = torch.arange(self.prompts_per_iteration).repeat_interleave(self.method.tree.trees)
         model_fn = backbone.model_fn(prompts, 1.0, self.schedule)
         rollout = rollout_trees(model_fn, self.stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
-                                root_cond, max_batch=4096, generator=generator, keep_means=self.method.loss.ratio_norm)
+                                root_cond, max_batch=4096, generator=generator, keep_means=self.method.loss.ratio_norm,
+                                antithetic=self.method.tree.antithetic)
         scores = self.task.reward(backbone.decode(rollout.leaf_latents), prompts[rollout.leaf_cond])
         advantages = compute_advantages(rollout.structure, scores, self.method.advantage)
         mask = select_edges(rollout.structure, advantages.edge, self.method.advantage, self.kl_on)

@@ -228,6 +228,7 @@ class Trainer:
                     model_fn, self.stepper, plan, noise[trees], root_cond[trees],
                     max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
                     on_step=lambda step, width: bar.update(1), keep_means=cfg.loss.ratio_norm,
+                    antithetic=cfg.tree.antithetic,
                 )
                 parts.append(part)
                 if len(chunks) > 1:
