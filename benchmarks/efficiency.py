@@ -35,11 +35,12 @@ rewards and NFE do not depend on it; seconds are then measured on a shared machi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -182,10 +183,11 @@ def load_runs(files: Sequence[Path]) -> dict[str, RunHistory]:
 
 def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float], seeds: Sequence[int],
             budget: int, log: Callable[[str], None], reuse: Optional[dict[str, RunHistory]] = None,
-            run_log: Optional[Path] = None, pool: Optional[ProcessPoolExecutor] = None,
-            args: Optional[argparse.Namespace] = None) -> dict[tuple[str, float], list[RunHistory]]:
-    """Every (variant, lr, seed), from ``reuse`` or trained (in ``pool`` when given, else one after the
-    other here); each new run is logged as it finishes; histories grouped by (label, lr) in grid order."""
+            run_log: Optional[Path] = None,
+            submit: Optional[Callable[[RunSpec], Future[dict[str, Any]]]] = None) -> dict[tuple[str, float], list[RunHistory]]:
+    """Every (variant, lr, seed), from ``reuse`` or trained (by ``submit``, a worker pool's future of the
+    history's JSON, when given; else one after the other here); each new run is logged as it finishes;
+    histories grouped by (label, lr) in grid order."""
     specs = [RunSpec(label, method, lr, seed, budget, overrides)
              for seed in seeds for label, method, overrides in variants for lr in lrs]
     done: dict[str, RunHistory] = dict(reuse or {})
@@ -205,8 +207,8 @@ def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float
     for spec in specs:
         if spec_key(spec) in done:
             finished(spec, done[spec_key(spec)], "reused")
-    if pool is not None and args is not None:
-        futures = {pool.submit(train_one, args, spec): spec for spec in todo}
+    if submit is not None:
+        futures = {submit(spec): spec for spec in todo}
         for future in as_completed(futures):
             finished(futures[future], RunHistory.from_json(future.result()),
                      f"{time.perf_counter() - start:6.1f}s since start")
@@ -276,7 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if args.jobs > 1 else None)
     try:
         runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
-                       run_log=args.out / f"{stem}.runs.jsonl", pool=pool, args=args)
+                       run_log=args.out / f"{stem}.runs.jsonl",
+                       submit=None if pool is None else functools.partial(pool.submit, train_one, args))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

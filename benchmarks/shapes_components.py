@@ -20,23 +20,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
+from shapes_headroom import base_backbone  # noqa: E402
 
 from treegrpo.config import BuiltinPrompts, DataConfig  # noqa: E402
 from treegrpo.data import load_prompt_sets  # noqa: E402
-from treegrpo.demo import BASE_DIR, shapes  # noqa: E402
+from treegrpo.demo import shapes  # noqa: E402
 from treegrpo.demo.reward import ShapesReward  # noqa: E402
 
 
 def components_by_group(model: str, prompts: Sequence[str], eval_seed: int = 0) -> dict[str, Any]:
     """``model`` (``"base"`` or a LoRA folder) on ``prompts``: overall reward, and per group its mean components."""
-    from treegrpo.models.config import ModelConfig
-    from treegrpo.models.loading import load_backbone
     from treegrpo.trainer.evaluation import evaluate
 
-    backbone = load_backbone(ModelConfig(path=str(BASE_DIR), dtype="fp32", device="cpu", max_sequence_length=1),
-                             device="cpu", trainable=False)
-    if model != "base":
-        backbone.pipe.load_lora_weights(model)  # type: ignore[attr-defined]
+    backbone = base_backbone(None if model == "base" else Path(model))
     reward = ShapesReward()
     result, images, _ = evaluate(backbone, lambda im, texts: (reward(im, texts), {}), prompts, steps=8,
                                  guidance_scale=1.0, seed=eval_seed, max_batch=256)

@@ -33,28 +33,30 @@ from treegrpo.demo.reward import ShapesReward  # noqa: E402
 
 def headroom(pipe: Any, prompts: Sequence[str], k: int, seed: int) -> dict[str, dict[str, float]]:
     """Per component: mean, best of ``k`` (averaged over prompts) and within-prompt std of ``k`` samples each."""
-    reward = ShapesReward()
     repeated = [p for p in prompts for _ in range(k)]
     images = sample_images(pipe, repeated, seed=seed, num_inference_steps=8, guidance_scale=1.0)
-    components = reward.components(images, repeated)
-    scores = {**components, "total": reward.combine(components)}
-    grids = {name: values.float().view(len(prompts), k) for name, values in scores.items()}
-    return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}  # e.g. no position on counts
+    return summarize_components(images, repeated, len(prompts), k)
 
 
-def tree_headroom(prompts: Sequence[str], k: int, window: int, start: int, noise: float, seed: int,
-                  lora: Optional[Path]) -> dict[str, dict[str, float]]:
-    """As :func:`headroom`, with the leaves of one engine-grown tree per prompt as the samples."""
+def base_backbone(lora: Optional[Path]) -> Any:
+    """The shipped base as an engine backbone for sampling only, with ``lora`` loaded when given."""
     from treegrpo.models.config import ModelConfig
     from treegrpo.models.loading import load_backbone
+
+    model = ModelConfig(path=str(BASE_DIR), dtype="fp32", device="cpu", max_sequence_length=1)
+    backbone = load_backbone(model, device="cpu", trainable=False)
+    if lora is not None:
+        backbone.pipe.load_lora_weights(str(lora))
+    return backbone
+
+
+def tree_headroom(backbone: Any, prompts: Sequence[str], k: int, window: int, start: int, noise: float,
+                  seed: int) -> dict[str, dict[str, float]]:
+    """As :func:`headroom`, with the leaves of one engine-grown tree per prompt as the samples."""
     from treegrpo.rollout import rollout_trees
     from treegrpo.schedule import tree_plan
 
     steps = 8
-    model = ModelConfig(path=str(BASE_DIR), dtype="fp32", device="cpu", max_sequence_length=1)
-    backbone = load_backbone(model, device="cpu", trainable=False)
-    if lora is not None:
-        backbone.pipe.load_lora_weights(str(lora))  # type: ignore[attr-defined]
     schedule = backbone.schedule(steps)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -64,14 +66,18 @@ def tree_headroom(prompts: Sequence[str], k: int, window: int, start: int, noise
             backbone.initial_noise(len(prompts), generator), torch.arange(len(prompts)), max_batch=256, generator=generator,
         )
         images = backbone.decode(rollout.leaf_latents)
-    leaf_prompts = [prompts[int(i)] for i in rollout.leaf_cond]
-    reward = ShapesReward()
-    components = reward.components(images, leaf_prompts)
-    scores = {**components, "total": reward.combine(components)}
     order = torch.argsort(rollout.leaf_cond, stable=True)  # leaves grouped by prompt
-    leaves = k**window
-    grids = {name: values.float()[order].view(len(prompts), leaves) for name, values in scores.items()}
-    return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}
+    leaf_prompts = [prompts[int(i)] for i in rollout.leaf_cond[order]]
+    return summarize_components(images[order], leaf_prompts, len(prompts), k**window)
+
+
+def summarize_components(images: torch.Tensor, texts: Sequence[str], rows: int, k: int) -> dict[str, dict[str, float]]:
+    """Shapes reward components (and their total) of ``rows`` prompts x ``k`` samples (prompt-major), each summarized."""
+    reward = ShapesReward()
+    components = reward.components(images, texts)
+    scores = {**components, "total": reward.combine(components)}
+    grids = {name: values.float().view(rows, k) for name, values in scores.items()}
+    return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}  # e.g. no position on counts
 
 
 def summarize(grid: torch.Tensor) -> dict[str, float]:
@@ -102,11 +108,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--noise", type=float, default=0.7, help="tree: SDE noise level in the window")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = StableDiffusion3Pipeline.from_pretrained(BASE_DIR, text_encoder_3=None, tokenizer_3=None)
-    if args.lora is not None:
-        pipe.load_lora_weights(str(args.lora))
-    pipe.set_progress_bar_config(disable=True)
     tree = args.sampler == "tree"
+    backbone = base_backbone(args.lora) if tree else None
+    pipe = None if tree else StableDiffusion3Pipeline.from_pretrained(BASE_DIR, text_encoder_3=None, tokenizer_3=None)
+    if pipe is not None:
+        if args.lora is not None:
+            pipe.load_lora_weights(str(args.lora))
+        pipe.set_progress_bar_config(disable=True)
     k = args.tree_k**args.window if tree else args.k
     payload: dict[str, Any] = {"k": k, "lora": None if args.lora is None else str(args.lora), "groups": {},
                                "sampler": args.sampler}
@@ -114,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         payload.update(tree_k=args.tree_k, window=args.window, start=args.start, noise=args.noise)
     for group in args.groups:
         distinct = list(dict.fromkeys(shapes.heldout_prompts(8 * args.prompts, seed=21, groups=(group,))))[: args.prompts]
-        result = (tree_headroom(distinct, args.tree_k, args.window, args.start, args.noise, args.seed, args.lora)
+        result = (tree_headroom(backbone, distinct, args.tree_k, args.window, args.start, args.noise, args.seed)
                   if tree else headroom(pipe, distinct, args.k, args.seed))
         payload["groups"][group] = {"prompts": len(distinct), **result}
         rows = [[name, f"{v['mean']:.3f}", f"{v[f'best_of_{k}']:.3f}", f"{v['within_prompt_std']:.3f}"]

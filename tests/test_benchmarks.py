@@ -279,10 +279,11 @@ def test_shapes_headroom_tree_groups_each_trees_leaves_by_prompt() -> None:
     prompts = ["a red circle to the left of a blue square", "two green triangles", "one yellow square"]
     # without noise in the window a tree's leaves are one image: no spread within a prompt, best = mean;
     # leaves of different prompts mixed into one row would show a spread
-    still = headroom.tree_headroom(prompts, k=2, window=2, start=0, noise=0.0, seed=0, lora=None)
+    backbone = headroom.base_backbone(None)
+    still = headroom.tree_headroom(backbone, prompts, k=2, window=2, start=0, noise=0.0, seed=0)
     assert all(v["within_prompt_std"] == pytest.approx(0.0, abs=1e-6) for v in still.values())
     assert still["total"]["best_of_4"] == pytest.approx(still["total"]["mean"], abs=1e-6)
-    moving = headroom.tree_headroom(prompts, k=2, window=2, start=0, noise=1.0, seed=0, lora=None)
+    moving = headroom.tree_headroom(backbone, prompts, k=2, window=2, start=0, noise=1.0, seed=0)
     assert moving["total"]["within_prompt_std"] > 0.0
 
 
