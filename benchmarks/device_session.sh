@@ -5,12 +5,14 @@
 #
 # 1. with PRETRAIN_MINUTES > 0 (default 0: the shipped base is done), continues the demo base's
 #    pretraining on the GPU, two learning rates side by side (background);
-# 2. meanwhile, every family's tiny variant through gpu_iteration.py on CUDA (does the GPU path run?);
-# 3. with PROTOCOL_SECONDS > 0 (default 0), the shapes protocol of issue 15 on the GPU (efficiency.py --task
-#    shapes: every preset x lr grid x 3 seeds, 1024-sample evaluations, 8 runs at a time); the runs it
-#    finishes are in results.tar (protocol/efficiency_shapes.runs.jsonl) for a later --reuse;
-# 4. then, alone on the GPU, gpu_iteration.py at the published sizes, most important first, each bounded
-#    by what is left of SECONDS (default 530).
+# 2. with TINY=1, every family's tiny variant through gpu_iteration.py on CUDA (does the GPU path run?);
+# 3. with PROTOCOL_SECONDS > 0 (default 0), the shapes protocol (efficiency.py --task shapes: every
+#    preset x lr grid x 3 seeds, 1024-sample evaluations, 8 runs at a time); the runs it finishes are
+#    in results.tar (protocol/efficiency_shapes.runs.jsonl) for a later --reuse;
+# 4. then, alone on the GPU, most important first, each bounded by what is left of SECONDS (default 530):
+#    the paper's iteration (SD3.5-medium, TreeGRPO k3w3 against DanceGRPO, full fine-tuning, bf16
+#    autocast), the 24 GB recipes (SD3.5-medium LoRA; FLUX.1-dev LoRA with float8 weights), and the
+#    speed levers on SD3.5-medium (gpu_levers.py: micro-batches, attention kernels, AdamW, compile).
 # Everything lands in OUT_DIR as at most 8 files: base_<name>.tar per pretraining run, results.tar
 # (JSON + logs, rewritten after every step so a cut-off run still returns what it finished), session.log.
 set -u
@@ -49,11 +51,12 @@ for spec in "${specs[@]}"; do
 done
 
 # 2. tiny variants of every family on CUDA, in one process (timings meaningless: the GPU is shared)
+if [ "${TINY:-0}" = 1 ]; then
 log "tiny variants on cuda"
 timeout 150 python3 - <<'EOF' >"$work/results/tiny_cuda.log" 2>&1
 import traceback
 import gpu_iteration
-for size in ["tiny", "flux2_tiny", "zimage_tiny", "qwenimage_tiny", "wan_tiny", "flux_kontext_tiny", "qwenimage_edit_tiny"]:
+for size in ["tiny", "flux_dev_tiny", "flux2_tiny", "zimage_tiny", "qwenimage_tiny", "wan_tiny", "flux_kontext_tiny", "qwenimage_edit_tiny"]:
     try:
         gpu_iteration.main(["--size", size, "--device", "cuda", "--dtype", "bf16", "--prompts", "1", "--warmup", "0",
                             "--flop-repeats", "1"])
@@ -64,6 +67,7 @@ for size in ["tiny", "flux2_tiny", "zimage_tiny", "qwenimage_tiny", "wan_tiny", 
 EOF
 grep -E "^(OK|FAILED)" "$work/results/tiny_cuda.log"
 pack
+fi
 
 for name in "${!pretrain_pids[@]}"; do
   wait "${pretrain_pids[$name]}"; log "pretraining $name exit $?"
@@ -87,21 +91,26 @@ if positive "$protocol_seconds"; then
 fi
 
 # 4. published sizes, alone on the GPU, most important first
-run_size() {  # size, cap seconds, extra options...
-  local size=$1 cap=$2; shift 2
+run_bench() {  # script, json/log name, cap seconds, options...
+  local script=$1 name=$2 cap=$3; shift 3
   local t; t=$(left); [ "$t" -gt "$cap" ] && t=$cap
-  if [ "$t" -lt 30 ]; then log "skip $size: ${t}s left"; return; fi
-  log "gpu_iteration $size (at most ${t}s)"
-  timeout "$t" python3 benchmarks/gpu_iteration.py --size "$size" --device cuda --dtype bf16 --out "$work/results" \
-    "$@" >"$work/results/gpu_iteration_$size.log" 2>&1
-  log "$size exit $?"; tail -n 12 "$work/results/gpu_iteration_$size.log"
+  if [ "$t" -lt 30 ]; then log "skip $name: ${t}s left"; return; fi
+  log "$script $name (at most ${t}s)"
+  timeout "$t" python3 "benchmarks/$script" --device cuda --dtype bf16 "$@" >"$work/results/$name.log" 2>&1
+  log "$name exit $?"; tail -n 14 "$work/results/$name.log"
   pack
 }
-run_size sd35m 170 --prompts 1 --warmup 1 --iterations 1 --flop-repeats 2
-run_size flux2_klein4b 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2
-run_size zimage 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2
-run_size qwenimage 90 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2
-run_size wan21_1.3b 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train-batch 2 --gradient-checkpointing
-run_size flux_kontext 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2 --gradient-checkpointing
-run_size qwenimage_edit 150 --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 2 --train lora --train-batch 2 --gradient-checkpointing
+# the paper's iteration: SD3.5-medium, 512 px, 10 steps, CFG 4.5, full fine-tuning (fp32 masters, bf16 autocast)
+run_bench gpu_iteration.py sd35m_paper 200 --size sd35m --prompts 2 --warmup 1 --warmup-first-only --iterations 1 \
+  --flop-repeats 2 --out "$work/results/sd35m_paper"
+# 24 GB recipes: LoRA, gradient checkpointing, reward model offloaded; FLUX.1-dev with float8 weights
+run_bench gpu_iteration.py sd35m_24gb 60 --size sd35m --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 1 \
+  --train lora --gradient-checkpointing --reward-offload --train-batch 2 --max-batch 8 --decode-batch 2 \
+  --out "$work/results/sd35m_24gb"
+run_bench gpu_iteration.py flux_dev_24gb 120 --size flux_dev --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 1 \
+  --train lora --gradient-checkpointing --reward-offload --storage-dtype fp8_e4m3 --guidance 3.5 --train-batch 2 \
+  --max-batch 8 --decode-batch 2 \
+  --out "$work/results/flux_dev_24gb"
+# the speed levers on SD3.5-medium (full fine-tuning as the paper), compile last
+run_bench gpu_levers.py sd35m_levers 200 --size sd35m --prompts 1 --compile --out "$work/results/sd35m_levers"
 log "done"

@@ -156,6 +156,17 @@ def _zimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
                           text_encoder=None, tokenizer=None, transformer=model)
 
 
+def _flux(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's published scheduler config
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0,
+        use_dynamic_shifting=True,
+    )
+    return FluxPipeline(scheduler=scheduler, vae=AutoencoderKL(**vae), text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=FluxTransformer2DModel(**transformer))
+
+
 def _flux_kontext(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
 
@@ -192,6 +203,7 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "qwenimage": FamilyBuild("treegrpo.models.qwenimage:QwenImageBackbone", _qwenimage),
     "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
     "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),
+    "flux": FamilyBuild("treegrpo.models.flux:FluxBackbone", _flux),
     "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),
     "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
 }

@@ -1,6 +1,6 @@
 """One training iteration on the SD3.5-medium architecture: TreeGRPO k3w3 against a DanceGRPO schedule.
 
-Random weights of the published sizes (``/work/shared/MODEL-CONFIGS.md``): the SD3.5-medium
+Random weights of the published sizes (the shared ``MODEL-CONFIGS.md``): the SD3.5-medium
 transformer, the SD3 VAE (decode included) and a CLIP ViT-H/14-sized vision tower as the reward
 model, at 512 x 512 (latents 16 x 64 x 64), 10 steps, CFG 4.5 (uncond + cond in one batch), random
 prompt embeddings of the real shapes ((B, 333, 4096) and pooled (B, 2048)). The iteration runs the
@@ -125,6 +125,11 @@ SIZES: dict[str, SizeSpec] = {
 # prompt by the VAE) doubles the image tokens of every forward.
 SIZES["flux_kontext"] = SizeSpec(FLUX1_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=512,
                                  text_dim=4096, pooled_dim=768, family="flux_kontext")
+# FLUX.1-dev: the same transformer without source images (guidance-distilled: one row per forward, no CFG).
+SIZES["flux_dev"] = SizeSpec(FLUX1_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=512,
+                             text_dim=4096, pooled_dim=768, family="flux")
+SIZES["flux_dev_tiny"] = SizeSpec(TINY["flux_kontext"]["transformer"], TINY["flux_kontext"]["vae"], SIZES["tiny"].reward,
+                                  resolution=32, text_tokens=8, text_dim=32, pooled_dim=16, family="flux")
 SIZES["flux_kontext_tiny"] = SizeSpec(TINY["flux_kontext"]["transformer"], TINY["flux_kontext"]["vae"], SIZES["tiny"].reward,
                                       resolution=32, text_tokens=8, text_dim=32, pooled_dim=16, family="flux_kontext")
 # Qwen-Image-Edit: Qwen-Image's transformer; the source image is encoded once per prompt twice: by Qwen2.5-VL into the
@@ -175,7 +180,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--decode-batch", type=int, default=8)
     parser.add_argument("--reward-batch", type=int, default=32)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--mixed-precision", default="bf16", choices=["bf16", "no"],
+                        help="full fine-tuning: fp32 master weights computed under bf16 autocast (the trainer's "
+                             "train.mixed_precision), rollout and training alike; 'no' computes in fp32")
+    parser.add_argument("--storage-dtype", default=None, choices=["fp8_e4m3", "fp8_e5m2"],
+                        help="model.storage_dtype: frozen weights stored in float8 (LoRA only)")
+    parser.add_argument("--compile", action="store_true", help="model.compile: torch.compile of the repeated blocks")
+    parser.add_argument("--fused-adam", action="store_true", help="torch.optim.AdamW(fused=True)")
+    parser.add_argument("--sdpa-kernels", nargs="+", default=None, choices=["flash", "efficient", "cudnn", "math"],
+                        help="restrict attention to these SDPA kernels (default: torch's choice)")
+    parser.add_argument("--reward-offload", action="store_true", help="the reward model on the CPU between calls")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per method first")
+    parser.add_argument("--warmup-first-only", action="store_true",
+                        help="warm up only before the first method (the later ones reuse its kernels; saves GPU time)")
     parser.add_argument("--iterations", type=int, default=1, help="timed iterations per method (medians reported)")
     parser.add_argument("--flop-repeats", type=int, default=3, help="timed training forward+backward repeats")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense peak of the device (H100 SXM bf16: 989)")
@@ -228,7 +245,7 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
         path="random-weights", family=family, dtype=args.dtype, device=args.device, num_frames=spec.num_frames,
         full_finetune=args.train == "full", lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)),
         gradient_checkpointing=args.gradient_checkpointing, height=spec.resolution, width=spec.resolution,
-        decode_batch_size=args.decode_batch,
+        decode_batch_size=args.decode_batch, storage_dtype=args.storage_dtype, compile=args.compile,
     )
     adapter = SD3Backbone if spec.family == "sd3" else adapter_class(family)
     return adapter(pipe, config, torch.device(args.device))
@@ -263,11 +280,14 @@ def random_conditioning(spec: SizeSpec, prompts: int, dtype: torch.dtype, device
 class ClipReward:
     """A CLIP-vision-tower reward of realistic size: cosine of the image embedding with a per-prompt embedding."""
 
-    def __init__(self, spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device, batch: int) -> None:
+    def __init__(self, spec: SizeSpec, prompts: int, dtype: torch.dtype, device: torch.device, batch: int,
+                 offload: bool = False) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         config = CLIPVisionConfig(**spec.reward)
-        self.model = CLIPVisionModelWithProjection(config).to(device, dtype).eval().requires_grad_(False)
+        self.device = device
+        self.offload = offload
+        self.model = CLIPVisionModelWithProjection(config).to("cpu" if offload else device, dtype).eval().requires_grad_(False)
         self.size = config.image_size
         self.dtype = dtype
         self.batch = batch
@@ -278,7 +298,16 @@ class ClipReward:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
-        """Scores ``[B]`` of images ``[B, 3, H, W]`` in [0, 1] for their prompts."""
+        """Scores ``[B]`` of images ``[B, 3, H, W]`` in [0, 1] for their prompts (the model on the device meanwhile)."""
+        if self.offload:
+            self.model.to(self.device)
+        try:
+            return self._score(images, prompt_index)
+        finally:
+            if self.offload:
+                self.model.to("cpu")
+
+    def _score(self, images: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
         scores = []
         for start in range(0, images.shape[0], self.batch):
             chunk = images[start : start + self.batch]
@@ -311,6 +340,8 @@ class IterationResult:
     rollout_model_calls: int
     optimizer_steps: int
     peak_memory_gb: float | None
+    peak_reserved_gb: float | None = None
+    """The caching allocator's peak reservation (what the device must hold; an out-of-memory happens against it)."""
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -323,6 +354,24 @@ def method_config(name: str, args: argparse.Namespace) -> MethodConfig:
     if name == "treegrpo":
         return preset("treegrpo", tree={"window_placement": "fixed", "window_start": args.window_start})
     return preset("dance_grpo", tree={"trees": args.leaves, "train_fraction": args.dance_train_fraction})
+
+
+def compute_precision(args: argparse.Namespace, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for a full fine-tune's fp32 master weights (as the trainer's ``train.mixed_precision``), else none."""
+    if args.train == "full" and args.mixed_precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sdpa_kernels(names: Optional[Sequence[str]]) -> contextlib.AbstractContextManager[Any]:
+    """Restrict ``scaled_dot_product_attention`` to these kernels (``None``: torch's own choice)."""
+    if not names:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([backends[name] for name in names])
 
 
 def synchronize(device: torch.device) -> None:
@@ -364,10 +413,12 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
     rollout_generator = torch.Generator(device=device).manual_seed(args.seed + epoch)
     update_generator = torch.Generator().manual_seed(args.seed + epoch)
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # the reservation left by building the models is not the iteration's
         torch.cuda.reset_peak_memory_stats(device)
     noise = backbone.initial_noise(roots, rollout_generator)
-    rollout, rollout_s = timed(device, lambda: rollout_trees(model_fn, stepper, plan, noise, root_cond,
-                                                             max_batch=args.max_batch, generator=rollout_generator))
+    with compute_precision(args, device):
+        rollout, rollout_s = timed(device, lambda: rollout_trees(model_fn, stepper, plan, noise, root_cond,
+                                                                 max_batch=args.max_batch, generator=rollout_generator))
     scores, reward_s = timed(device, lambda: score_clips_or_images(bench, backbone.decode(rollout.leaf_latents), rollout.leaf_cond))
     # Random weights (CFG 4.5 drives their latents far out) decode to saturated, near-identical images, whose rewards
     # fall under the zero-spread guard (advantages 0, edges skipped); a seeded jitter keeps every edge trained, as in
@@ -382,12 +433,14 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
                               generator=update_generator)
         return stats, advantages.edge, mask
 
-    (stats, edge_advantages, mask), training_s = timed(device, train)
+    with compute_precision(args, device):
+        (stats, edge_advantages, mask), training_s = timed(device, train)
     training_nfe_closed_form = roots * S.training_nfe_per_tree(plan)
     if int(stats["training_nfe"]) != training_nfe_closed_form:
         raise RuntimeError(f"{name}: the update trained {int(stats['training_nfe'])} of {training_nfe_closed_form} edges "
                            "(rewards under the zero-spread guard give zero advantages); the timing would not be an iteration's")
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
     result = IterationResult(
         method=name, plan=S.describe(plan), leaves_per_prompt=method.tree.trees * S.leaves_per_tree(plan),
         rollout_s=rollout_s, decode_reward_s=reward_s, training_s=training_s,
@@ -395,6 +448,7 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
         rollout_nfe_closed_form=roots * S.rollout_nfe_per_tree(plan),
         training_nfe_closed_form=training_nfe_closed_form,
         rollout_model_calls=rollout.model_calls, optimizer_steps=int(stats["optimizer_steps"]), peak_memory_gb=peak,
+        peak_reserved_gb=reserved,
     )
     return result, rollout, edge_advantages, mask
 
@@ -412,7 +466,8 @@ def measure_training_flops(bench: Bench, name: str, rollout: TreeRollout, edge_a
     batch = make_minibatches(rollout, mask, args.train_batch, torch.Generator().manual_seed(0))[0]
 
     def forward_backward() -> None:
-        out = minibatch_loss(model_fn, stepper, rollout, batch, edge_advantages, method.loss)
+        with compute_precision(args, device):
+            out = minibatch_loss(model_fn, stepper, rollout, batch, edge_advantages, method.loss)
         out.loss.backward()
 
     with FlopCounterMode(display=False) as counter:
@@ -435,11 +490,11 @@ def median_result(results: Sequence[IterationResult]) -> IterationResult:
     return ordered[len(ordered) // 2]
 
 
-def benchmark_method(bench: Bench, name: str) -> IterationResult:
-    """Warm-up iterations, timed iterations, then the training FLOP measurement."""
-    for epoch in range(bench.args.warmup):
+def benchmark_method(bench: Bench, name: str, warmup: int) -> IterationResult:
+    """``warmup`` untimed iterations, timed iterations, then the training FLOP measurement."""
+    for epoch in range(warmup):
         run_iteration(bench, name, epoch)
-    timed_runs = [run_iteration(bench, name, bench.args.warmup + i) for i in range(max(1, bench.args.iterations))]
+    timed_runs = [run_iteration(bench, name, warmup + i) for i in range(max(1, bench.args.iterations))]
     result = median_result([run[0] for run in timed_runs])
     _, rollout, edge_advantages, mask = timed_runs[-1]
     flops = measure_training_flops(bench, name, rollout, edge_advantages, mask)
@@ -489,16 +544,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     print(f"{args.size}: models built in {time.perf_counter() - started:.1f} s", flush=True)
     dtype = torch_dtype(args.dtype)
     parameters = backbone.trainable_parameters()
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0, **({"fused": True} if args.fused_adam else {}))
     conditioning = random_conditioning(spec, args.prompts, dtype, device)
     if spec.family in ("flux_kontext", "qwenimage_edit"):  # editing: random source images, VAE-encoded by the adapter's own code
         conditioning = with_random_sources(backbone, conditioning, args.prompts, spec.resolution)
     bench = Bench(args, backbone, conditioning,
-                  ClipReward(spec, args.prompts, dtype, device, args.reward_batch),
+                  ClipReward(spec, args.prompts, dtype, device, args.reward_batch, offload=args.reward_offload),
                   TorchLearner(parameters, optimizer, max_grad_norm=1.0), device)
     results = []
-    for name in args.methods:  # a line per method, so that a run cut off by a time limit shows how far it got
-        results.append(benchmark_method(bench, name))
+    for position, name in enumerate(args.methods):  # a line per method: a run cut off by a time limit shows how far it got
+        warmup = 0 if args.warmup_first_only and position > 0 else args.warmup
+        with sdpa_kernels(args.sdpa_kernels):
+            results.append(benchmark_method(bench, name, warmup))
         print(f"{args.size}: {name} measured at {time.perf_counter() - started:.1f} s", flush=True)
     table = results_table(results)
     payload = {

@@ -260,6 +260,44 @@ def test_gpu_iteration_trains_every_edge_of_a_random_bf16_model(tmp_path: Path) 
     assert tree["training_nfe"] == tree["training_nfe_closed_form"] == 13
 
 
+def test_gpu_iteration_24gb_recipe_options_on_a_tiny_flux(tmp_path: Path) -> None:
+    """The FLUX.1-dev 24 GB recipe's options (float8 weights, checkpointing, reward offload, attention kernels) run."""
+    gpu = load("gpu_iteration")
+    payload = gpu.main(["--size", "flux_dev_tiny", "--device", "cpu", "--dtype", "bf16", "--prompts", "1", "--warmup", "0",
+                        "--methods", "treegrpo", "--flop-repeats", "1", "--train", "lora", "--gradient-checkpointing",
+                        "--reward-offload", "--storage-dtype", "fp8_e4m3", "--guidance", "3.5", "--train-batch", "2",
+                        "--sdpa-kernels", "flash", "efficient", "math"])
+    (tree,) = payload["results"]
+    assert tree["training_nfe"] == tree["training_nfe_closed_form"] == 13
+    assert payload["trainable_parameters"] < payload["transformer_parameters"]
+
+
+def test_gpu_levers_tiny_on_cpu(tmp_path: Path) -> None:
+    levers = load("gpu_levers")
+    rows = levers.main(["--size", "tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1", "--repeats", "1",
+                        "--train-batches", "2", "4", "--rollout-rows", "2", "--train", "lora", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_levers_tiny.json").read_text())
+    assert saved["args"]["train"] == "lora"  # a gpu_iteration option, not taken for --train-batches
+    assert [(r["lever"], r["setting"]) for r in saved["rows"]] == [(r["lever"], r["setting"]) for r in rows] == [
+        ("train", "2 parents"), ("train", "4 parents"), ("rollout", "2 latents"),
+        ("adamw", "for-loop"), ("adamw", "foreach"), ("adamw", "fused")]
+    train = [r for r in rows if r["lever"] == "train"]
+    assert train[1]["flops"] == pytest.approx(2 * train[0]["flops"], rel=0.05)  # twice the parents, twice the FLOPs
+
+
+def test_device_session_gpu_benchmark_options_parse() -> None:
+    """Every run_bench line of the GPU session script parses with its script's own options."""
+    text = (BENCHMARKS / "device_session.sh").read_text().replace("\\\n", " ")
+    calls = [line.split(None, 4) for line in text.splitlines() if line.startswith("run_bench ")]
+    assert {c[1] for c in calls} == {"gpu_iteration.py", "gpu_levers.py"} and len(calls) >= 4
+    for _, script, _, _, options in calls:
+        words = ["--device", "cuda", "--dtype", "bf16", *options.replace('"$work/results', "/tmp").replace('"', "").split()]
+        if script == "gpu_iteration.py":
+            load("gpu_iteration").parse_args(words)
+        else:
+            load("gpu_levers").parse_args(words)
+
+
 def test_shapes_headroom_best_of_k_skips_prompts_without_the_component(tmp_path: Path) -> None:
     headroom = load("shapes_headroom")
     nan = float("nan")

@@ -117,13 +117,17 @@ def test_model_config_is_an_omegaconf_structured_config() -> None:
         OmegaConf.merge(schema, {"lora": {"rank": "eight"}})
 
 
-@pytest.mark.parametrize("config_file", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("config_file", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")))
 def test_shipped_configs_model_sections_fit_the_schema(config_file: Path) -> None:
+    """Every shipped config (recipes/ included) resolves whole: keys, values and the checks that refuse contradictions."""
+    from treegrpo.config import load_config
+
     section = OmegaConf.load(config_file).get("model")
     if section is None:
         pytest.skip(f"{config_file.name} has no model section")
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), section))
     assert isinstance(config, ModelConfig) and config.path
+    assert load_config(config_file).model.path == config.path
 
 
 def test_family_override_must_not_contradict_the_pipeline() -> None:

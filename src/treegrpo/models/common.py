@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from treegrpo.errors import ConfigError
+from treegrpo.models.acceleration import STORAGE_DTYPES, compile_blocks, store_frozen_weights
 from treegrpo.models.base import ModelFn
 from treegrpo.models.config import ModelConfig, torch_dtype
 from treegrpo.sampling import Schedule, SdeType
@@ -218,12 +219,16 @@ class DiffusersBackbone:
 
         self._freeze_all()
         self._place_modules()
+        if cfg.storage_dtype is not None:  # before LoRA: see store_frozen_weights
+            store_frozen_weights(self.denoiser, STORAGE_DTYPES[cfg.storage_dtype], self.dtype)
         if trainable and cfg.full_finetune:
             self._setup_full_finetune(with_reference)
         elif trainable:
             self._setup_lora()
         if trainable and cfg.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
+        if cfg.compile:
+            compile_blocks(self.denoiser)
         self._trainable_names = {name for name, p in self.denoiser.named_parameters() if p.requires_grad}
         """Names, not Parameter objects: FSDP replaces the objects when it shards the denoiser."""
 
@@ -339,6 +344,8 @@ class DiffusersBackbone:
             ) from error
         if self.cfg.trainable_fp32:
             cast_training_params(self.denoiser, dtype=torch.float32)
+        elif self.cfg.storage_dtype is not None:  # peft moved the adapters to the float8 of the layers they wrap
+            cast_training_params(self.denoiser, dtype=self.dtype)
 
     def _setup_full_finetune(self, with_reference: bool) -> None:
         """Every denoiser weight trainable; a frozen copy is kept only when a reference is needed."""
@@ -372,7 +379,7 @@ class DiffusersBackbone:
         guidance = self._free_guidance_scale(guidance_scale)
         guided = self._uses_free_guidance(guidance)
         module = self.denoiser if denoiser is None else denoiser
-        dtype = weights_dtype(module)
+        dtype = self.dtype if self.cfg.storage_dtype is not None else weights_dtype(module)
         timesteps = schedule.timesteps.to(self.device)
 
         def model_fn(latents: torch.Tensor, step_index: torch.Tensor, cond_index: torch.Tensor) -> torch.Tensor:

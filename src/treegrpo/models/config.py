@@ -15,6 +15,7 @@ import torch
 from treegrpo.errors import ConfigError
 from treegrpo.placement import resolve_device, resolve_dtype
 
+from treegrpo.models.acceleration import STORAGE_DTYPES
 from treegrpo.models.registry import FAMILIES
 
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
@@ -63,6 +64,16 @@ class ModelConfig:
     but keeps small updates from rounding away. False trains in ``model.dtype``.
     """
     gradient_checkpointing: bool = False
+    storage_dtype: Optional[str] = None
+    """Store the denoiser's frozen weights in float8 (``"fp8_e4m3"`` or ``"fp8_e5m2"``), cast to
+    ``model.dtype`` layer by layer for compute (diffusers' layerwise casting): half the weight memory
+    of bf16. LoRA only (a full fine-tune trains every weight); ``None`` = weights in ``model.dtype``."""
+    cudnn_attention: bool = False
+    """Let torch pick cuDNN's attention kernel on CUDA. Off: its backward crashed (illegal memory access)
+    training FLUX.1-dev at 512 px on an H200 (torch 2.11, CUDA 13), where flash and memory-efficient
+    attention ran; on SD3.5-medium cuDNN was about 5 % faster than flash (benchmarks/RESULTS.md)."""
+    compile: bool = False
+    """``torch.compile`` the denoiser's repeated blocks (regional compilation) for rollout and training."""
     height: Optional[int] = None
     """Image height in pixels; ``None`` = the pipeline's default size."""
     width: Optional[int] = None
@@ -116,5 +127,16 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise ConfigError(f"model.{name} must be a positive number of pixels, got {value}")
     if cfg.expert not in WAN_EXPERTS:
         raise ConfigError(f"model.expert {cfg.expert!r} is not supported; use one of {', '.join(WAN_EXPERTS)}")
+    if cfg.storage_dtype is not None:
+        if cfg.storage_dtype not in STORAGE_DTYPES:
+            raise ConfigError(
+                f"model.storage_dtype {cfg.storage_dtype!r} is not supported; use one of {', '.join(STORAGE_DTYPES)} "
+                "or leave it unset"
+            )
+        if cfg.full_finetune:
+            raise ConfigError(
+                "model.storage_dtype stores the frozen weights in float8, but model.full_finetune=true trains every "
+                "weight; train a LoRA (model.full_finetune=false) or unset model.storage_dtype"
+            )
     if cfg.decode_batch_size < 1:
         raise ConfigError(f"model.decode_batch_size must be >= 1, got {cfg.decode_batch_size}")

@@ -151,6 +151,8 @@ def load_backbone(
     family = chosen_family(cfg, model_index)
     pipe = load_pipeline(cfg, family, model_index)
     target = torch.device(device) if device is not None else resolve_device(cfg.device)
+    if target.type == "cuda":  # process-wide: the kernel choice also holds in backward and checkpoint recomputes
+        torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     return adapter_class(family)(
         pipe, cfg, target, with_reference=with_reference, trainable=trainable, training_window=training_window
     )
