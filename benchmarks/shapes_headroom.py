@@ -5,7 +5,8 @@
 
 The shipped base (plus an optional trained LoRA) samples each held-out prompt ``k`` times with
 independent noise (8 steps, no CFG). For every reward component: the mean, the mean over prompts of
-the best of the k samples, and the spread within a prompt. A best-of-k far above the mean says the
+the best of the k samples, and the spread within a prompt; ``style`` is the preference reward
+``shapes_style`` (white background), scored beside the components. A best-of-k far above the mean says the
 reward separates good from bad samples, so a stalled run is the learner's limit, not the reward's.
 
 ``--sampler tree`` instead grows one tree per prompt through the engine, as TreeGRPO's rollout does
@@ -29,6 +30,7 @@ from common import markdown_table  # noqa: E402
 from treegrpo.demo import BASE_DIR, shapes  # noqa: E402
 from treegrpo.demo.evaluate import sample_images  # noqa: E402
 from treegrpo.demo.reward import ShapesReward  # noqa: E402
+from treegrpo.demo.style import ShapesStyleReward  # noqa: E402
 
 
 def headroom(pipe: Any, prompts: Sequence[str], k: int, seed: int) -> dict[str, dict[str, float]]:
@@ -75,7 +77,7 @@ def summarize_components(images: torch.Tensor, texts: Sequence[str], rows: int, 
     """Shapes reward components (and their total) of ``rows`` prompts x ``k`` samples (prompt-major), each summarized."""
     reward = ShapesReward()
     components = reward.components(images, texts)
-    scores = {**components, "total": reward.combine(components)}
+    scores = {**components, "total": reward.combine(components), "style": ShapesStyleReward()(images, texts)}
     grids = {name: values.float().view(rows, k) for name, values in scores.items()}
     return {name: summarize(grid) for name, grid in grids.items() if not torch.isnan(grid).all()}  # e.g. no position on counts
 

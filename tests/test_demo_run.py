@@ -31,9 +31,11 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     progress = [line for line in captured.err.splitlines() if line.strip()]
     assert len(progress) == 2 and all("held-out" in line for line in progress), progress
     line = lines[0]
-    match = re.search(r"base (\d\.\d+) \+- \d\.\d+ -> trained (\d\.\d+) \+- \d\.\d+", line)
-    assert re.search(r"sampled with 16 steps \(\d+ samples\) \d\.\d+ \+- \d\.\d+ -> \d\.\d+ \+- \d\.\d+", line), line
-    assert match, line
+    change = r"(\d\.\d+) \+- \d\.\d+ -> (\d\.\d+) \+- \d\.\d+ \([+-]\d\.\d+\)"
+    preference = re.search(r"held-out \(16 samples, 8 steps\): shapes_style " + change, line)
+    judge = re.search(r"\), judge shapes " + change + "; with 16 steps", line)
+    assert preference and judge, line
+    assert re.search(r"; with 16 steps \(16 samples\): shapes_style " + change + ", judge shapes " + change, line), line
     for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "tensorboard", "checkpoints", "final",
                  "before_after.png", "report.png", "demo.json", "README.md"):
         assert (out / name).exists(), name
@@ -50,18 +52,24 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     assert [e["step"] for e in evals] == [0, 2]
     summary = json.loads((out / "demo.json").read_text())
     assert summary["eval_prompts"] == 16 and summary["seed"] == 3
-    assert float(match.group(1)) == pytest.approx(evals[0]["eval/score"], abs=5e-4)
-    assert float(match.group(2)) == pytest.approx(evals[-1]["eval/score"], abs=5e-4)
+    for found, key in ((preference, "eval/shapes_style"), (judge, "eval/judge/shapes")):
+        assert float(found.group(1)) == pytest.approx(evals[0][key], abs=5e-4)
+        assert float(found.group(2)) == pytest.approx(evals[-1][key], abs=5e-4)
+    assert evals[0]["eval/judge/shapes"] == evals[0]["eval/shapes"]  # the judge is the compositional reward alone
+    assert evals[0]["eval/score"] == pytest.approx(evals[0]["eval/shapes"] + evals[0]["eval/shapes_style"], abs=1e-6)
+    assert {"eval/steps16/shapes_style_se", "eval/steps16/judge/shapes", "eval/shapes_style_se"} <= set(evals[-1])
 
     # before_after.png's crops are the evaluated images: re-scored from the PNG they give the eval's mean
     from treegrpo.config import load_config
     from treegrpo.data import load_prompt_sets
     from treegrpo.demo.reward import ShapesReward
+    from treegrpo.demo.style import ShapesStyleReward
 
     cfg = load_config(out / "config.yaml")
     prompts = load_prompt_sets(cfg.data, cfg.seed).eval
     cells = grid_cells(out / "samples/step-000000.png", len(prompts), len(prompts))
-    assert float(ShapesReward()(cells, prompts).mean()) == pytest.approx(evals[0]["eval/score"], abs=0.02)
+    assert float(ShapesReward()(cells, prompts).mean()) == pytest.approx(evals[0]["eval/judge/shapes"], abs=0.02)
+    assert float(ShapesStyleReward()(cells, prompts).mean()) == pytest.approx(evals[0]["eval/shapes_style"], abs=0.02)
 
     # the README's three lines load the trained LoRA onto the shipped base in plain diffusers
     readme = (out / "README.md").read_text()
@@ -71,6 +79,26 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     exec(demo.lora_snippet(out), namespace)  # noqa: S102 - the snippet we print
     pipe = namespace["pipe"]
     assert "default_0" in pipe.get_list_adapters().get("transformer", []) or pipe.get_list_adapters()
+
+
+def test_result_line_reports_the_preference_and_the_judge_or_the_hard_variants_reward() -> None:
+    from argparse import Namespace
+
+    cfg = demo.demo_config(Namespace(method="treegrpo", eval_prompts=64, iterations=3, minutes=None, eval_points=1,
+                                     output_dir="unused", seed=0, overrides=[]))
+    record = lambda style, shapes: {  # noqa: E731
+        "eval/shapes": shapes, "eval/shapes_se": 0.01, "eval/shapes_style": style, "eval/shapes_style_se": 0.02,
+        "eval/score": shapes + style, "eval/score_se": 0.03, "eval/judge/shapes": shapes, "eval/judge/shapes_se": 0.01,
+        "eval/judge_score": shapes, "eval/judge_score_se": 0.01,
+        "eval/steps16/shapes_style": style + 0.1, "eval/steps16/shapes_style_se": 0.02,
+        "eval/steps16/judge/shapes": shapes - 0.1, "eval/steps16/judge/shapes_se": 0.01}
+    line = demo.result_line(cfg, record(0.5, 0.8), record(0.75, 0.79), 3, 1.25)
+    assert line == ("held-out (64 samples, 8 steps): shapes_style 0.500 +- 0.020 -> 0.750 +- 0.020 (+0.250), "
+                    "judge shapes 0.800 +- 0.010 -> 0.790 +- 0.010 (-0.010); with 16 steps (64 samples): "
+                    "shapes_style 0.600 +- 0.020 -> 0.850 +- 0.020 (+0.250), judge shapes 0.700 +- 0.010 -> 0.690 +- 0.010 "
+                    "(-0.010); 3 treegrpo iterations in 1.2 min")
+    hard = {k: v for k, v in record(0.5, 0.8).items() if "style" not in k}
+    assert demo.reported_rewards(hard) == (["shapes"], ["shapes"])  # reward=shapes: the trained reward is the judge
 
 
 def test_grid_cells_invert_the_sample_grid(tmp_path: Path) -> None:

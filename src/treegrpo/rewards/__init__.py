@@ -33,6 +33,7 @@ _REGISTRY: dict[str, Union[str, RewardFactory]] = {
     "ocr": "treegrpo.rewards.ocr:OcrReward",
     "vlm_judge": "treegrpo.rewards.vlm_judge:VlmJudgeReward",
     "shapes": "treegrpo.demo.reward:ShapesReward",
+    "shapes_style": "treegrpo.demo.style:ShapesStyleReward",
 }
 
 

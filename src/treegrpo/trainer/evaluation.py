@@ -65,20 +65,28 @@ def evaluate(
 
     ``scores`` is each image's weighted training reward (the captions of the evaluation pictures).
 
-    Keys: ``eval/<reward>``, ``eval/score`` (the weighted training reward), ``eval/score_se`` (its
-    standard error over the samples) and, with judges, ``eval/judge/<name>``, ``eval/judge_score``
-    and ``eval/judge_score_se``.
+    Keys: ``eval/<reward>`` and ``eval/<reward>_se`` (each reward's mean and its standard error over
+    the samples), ``eval/score`` and ``eval/score_se`` (the weighted training reward) and, with judges,
+    ``eval/judge/<name>``, ``eval/judge/<name>_se``, ``eval/judge_score`` and ``eval/judge_score_se``.
     """
     images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed + 7919,
                            max_batch=max_batch)
     total, components = rewards(images, list(prompts))
-    result = {f"eval/{name}": float(values.mean()) for name, values in components.items()}
+    result = with_standard_errors("eval/", components)
     result["eval/score"], result["eval/score_se"] = mean_and_standard_error(total)
     if judges is not None:
         judged, judge_components = judges(images, list(prompts))
-        result.update({f"eval/judge/{name}": float(values.mean()) for name, values in judge_components.items()})
+        result.update(with_standard_errors("eval/judge/", judge_components))
         result["eval/judge_score"], result["eval/judge_score_se"] = mean_and_standard_error(judged)
     return result, images, total
+
+
+def with_standard_errors(prefix: str, components: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``{prefix}<name>`` (the mean) and ``{prefix}<name>_se`` (its standard error) of each component."""
+    result: dict[str, float] = {}
+    for name, values in components.items():
+        result[prefix + name], result[f"{prefix}{name}_se"] = mean_and_standard_error(values)
+    return result
 
 
 def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:

@@ -479,15 +479,16 @@ class Trainer:
         return result
 
     def _evaluate_more_steps(self) -> dict[str, float]:
-        """``eval/steps<N>/score`` and its standard error: the same prompts and noise sampled with ``eval.more_steps`` steps."""
+        """Every evaluation key again as ``eval/steps<N>/...``: the same prompts and noise sampled with ``eval.more_steps`` steps."""
         cfg = self.cfg
         samples = cfg.eval.more_steps_samples or len(self.prompts.eval)
         result, _, _ = evaluate(
             self.backbone, self.rewards, self.prompts.eval[:samples], steps=cfg.eval.more_steps,
             guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
+            judges=self.judges,
         )
         prefix = f"eval/steps{cfg.eval.more_steps}/"
-        return {prefix + "score": result["eval/score"], prefix + "score_se": result["eval/score_se"]}
+        return {prefix + key.removeprefix("eval/"): value for key, value in result.items()}
 
     def _draw_tree(self, step: int, last: IterationResult) -> None:
         """Picture of tree 0 of the latest rollout."""
