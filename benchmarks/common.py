@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -336,6 +337,38 @@ def reach_rows(best: dict[str, tuple[GroupStats, bool]], runs: dict[tuple[str, f
                              _ratio(seconds, ref[1]), float(reaching or 0.0), gain_target, nfe_gain, seconds_gain,
                              _ratio(nfe_gain, ref[2]), _ratio(seconds_gain, ref[3])))
     return rows
+
+
+def reach_cost(histories: Sequence[RunHistory], axis: str, target: float) -> float:
+    """Cost (``axis``: "nfe" or "seconds") at which the seeds' mean curve first reaches ``target``; inf if never."""
+    xs, columns = evaluation_curve(histories, axis)
+    cost = first_reach(xs, mean_curve(columns), target)
+    return math.inf if cost is None else cost
+
+
+def bootstrap_reach_ratio(runs: Sequence[RunHistory], reference: Sequence[RunHistory], axis: str,
+                          rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The cost ratio to reach the reference's final mean reward, and its 95 % bootstrap interval over seeds.
+
+    Each round resamples the seeds of both groups with replacement; the target is the resampled
+    reference's final mean, and the ratio is the runs' cost to it over the reference's own (inf when
+    the runs' mean curve never reaches it). Returns (ratio on the data, 2.5th, 97.5th percentile).
+    """
+    def ratio(mine: Sequence[RunHistory], theirs: Sequence[RunHistory]) -> float:
+        target = sum(h.final.reward for h in theirs) / len(theirs)
+        own, other = reach_cost(mine, axis, target), reach_cost(theirs, axis, target)
+        return (1.0 if own == 0 else math.inf) if other == 0 else own / other  # other == 0: no gain to reach
+
+    rng = random.Random(seed)
+    samples = sorted(ratio([rng.choice(runs) for _ in runs], [rng.choice(reference) for _ in reference])
+                     for _ in range(rounds))
+    low, high = samples[int(0.025 * (rounds - 1))], samples[int(math.ceil(0.975 * (rounds - 1)))]
+    return ratio(runs, reference), low, high
+
+
+def resolved(low: float, high: float) -> bool:
+    """Whether a ratio's interval excludes 1 (the methods differ at that confidence)."""
+    return high < 1.0 or low > 1.0
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:

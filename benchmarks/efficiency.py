@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import multiprocessing
 import sys
 import time
@@ -50,8 +51,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, fmt, group_stats, markdown_table, pick_best, plot_curves,
-    reach_rows, write_json,
+    GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, bootstrap_reach_ratio, fmt, group_stats, markdown_table,
+    pick_best, plot_curves, reach_rows, resolved, write_json,
 )
 from tasks import TASKS, train_one  # noqa: E402
 
@@ -95,6 +96,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="earlier result .json or .runs.jsonl files whose runs with the same spec are reused")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds of the ratios' intervals over seeds")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -253,6 +255,38 @@ def reach_table(rows: Sequence[ReachRow], best: dict[str, tuple[GroupStats, bool
     return markdown_table(header, body)
 
 
+INTERVAL_REFERENCES: tuple[tuple[str, str], ...] = (("flow_grpo", "nfe"), ("flow_grpo", "seconds"), ("dance_grpo", "seconds"))
+"""The ratios the issue's goals name: NFE and seconds to flat GRPO's final reward, seconds to DanceGRPO's."""
+
+
+def interval_rows(best: dict[str, tuple[GroupStats, bool]], runs: dict[tuple[str, float], list[RunHistory]],
+                  rounds: int) -> list[dict[str, Any]]:
+    """Each label's cost ratio to each reference's final mean reward (each at its chosen rate), with a
+    95 % bootstrap interval over seeds and whether the interval excludes 1."""
+    rows = []
+    for reference, axis in INTERVAL_REFERENCES:
+        if reference not in best:
+            continue
+        theirs = runs[(reference, best[reference][0].lr)]
+        for label, (stats, _) in best.items():
+            if label == reference:
+                continue
+            ratio, low, high = bootstrap_reach_ratio(runs[(label, stats.lr)], theirs, axis, rounds=rounds)
+            rows.append({"label": label, "reference": reference, "axis": axis, "ratio": ratio, "low": low,
+                         "high": high, "resolved": resolved(low, high)})
+    return rows
+
+
+def interval_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: ratios with their bootstrap intervals ("not resolved" where the interval holds 1)."""
+    def number(value: float) -> str:
+        return "never" if math.isinf(value) else f"{value:.2f}"
+
+    body = [[r["label"], f"{'NFE' if r['axis'] == 'nfe' else 'seconds'} to {r['reference']}'s final", number(r["ratio"]),
+             f"[{number(r['low'])}, {number(r['high'])}]", "resolved" if r["resolved"] else "not resolved"] for r in rows]
+    return markdown_table(["method", "cost ratio", "on the seeds", "95 % bootstrap interval", "interval vs 1"], body)
+
+
 def grid_table(groups: Sequence[GroupStats]) -> str:
     """Markdown: every (label, lr) group's final reward and stability."""
     header = ["method", "lr", "final mean", "final min", "peak mean", "keeps peak", "iterations", "guard fraction"]
@@ -285,7 +319,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             pool.shutdown(cancel_futures=True)
     best, every = choose_learning_rates(runs, variants, args.lrs, args.keep_ratio)
     rows = reach_rows(best, runs, reference, args.gain_fraction)
+    intervals = interval_rows(best, runs, args.bootstrap) if args.ablation == "none" else []
     tables = {"reach": reach_table(rows, best, reference), "grid": grid_table(every)}
+    if intervals:
+        tables["intervals"] = interval_table(intervals)
     plot = args.out / f"{stem}.png"
     chosen = {label: runs[(label, stats.lr)] for label, (stats, _) in best.items()}
     plot_curves(plot, chosen, rows[0].target,
@@ -298,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "args": json.loads(json.dumps(vars(args), default=str)),
         "torch_threads": torch.get_num_threads(), "wall_seconds_total": time.time() - started,
         "chosen": {label: {"lr": stats.lr, "stable": stable} for label, (stats, stable) in best.items()},
-        "reach": [asdict(row) for row in rows], "groups": [asdict(g) for g in every],
+        "reach": [asdict(row) for row in rows], "intervals": intervals, "groups": [asdict(g) for g in every],
         "tables": tables, "plot": str(plot),
         "runs": [h.to_json() for histories in runs.values() for h in histories],
     }
@@ -308,6 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
               f"(start + {args.gain_fraction} x gain); keep ratio {args.keep_ratio}\n")
         print(tables["reach"], "\n")
         print(tables["grid"])
+        if intervals:
+            print("\n" + tables["intervals"])
         print(f"\nwrote {args.out / (stem + '.json')} and {plot}")
     return payload
 

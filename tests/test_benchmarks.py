@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,28 @@ def test_reach_is_read_at_the_evaluations_not_on_the_budget_grid() -> None:
     assert (tree.nfe_to_target, tree.seconds_to_target, tree.nfe_to_gain) == (5088, 2.5, 5088)
     assert tree.nfe_ratio == pytest.approx(5088 / 10368) and tree.seconds_ratio == pytest.approx(2.5 / 21)
     assert tree.seeds_reaching == 0.5  # seed 0 peaks at 0.62, seed 1 at 0.60 < 0.61
+
+
+def test_bootstrap_reach_ratio_by_hand() -> None:
+    """One seed each: the interval collapses to the ratio. Two seeds: the resamples can only be the four
+    seed combinations, so the interval's ends are the hand-computed extremes; a method that never gets
+    there has an infinite ratio; an interval that holds 1 is not resolved."""
+    common = load("common")
+
+    def history(label: str, seed: int, nfe: list[int], rewards: list[float]):
+        points = [common.EvalPoint(i, n, 0, 0, float(n), r, 0.0) for i, (n, r) in enumerate(zip(nfe, rewards))]
+        return common.RunHistory(common.RunSpec(label, label, 1e-3, seed, 12_000), points, 8)
+
+    flat = [history("flat", 0, [0, 100, 200], [0.5, 0.55, 0.60])]
+    tree = [history("tree", 0, [0, 50, 100], [0.5, 0.62, 0.63])]
+    assert common.bootstrap_reach_ratio(tree, flat, "nfe", rounds=50) == (0.25, 0.25, 0.25)  # 50 NFE / 200 NFE
+    flat2 = flat + [history("flat", 1, [0, 100, 200], [0.5, 0.70, 0.70])]
+    # resamples of flat: {0,0}: target .60 reached at 200; {1,1}: .70 at 100; {0,1}: .65 (mean curve .625, .65) at 200
+    # tree reaches .60 and .65? .63 < .65: never; .70: never -> the ratios are 50/200 = 0.25 or inf
+    ratio, low, high = common.bootstrap_reach_ratio(tree, flat2, "nfe", rounds=400, seed=1)
+    assert ratio == math.inf and low == 0.25 and high == math.inf
+    assert not common.resolved(low, high) and common.resolved(0.2, 0.9) and common.resolved(1.1, 3.0)
+    assert common.bootstrap_reach_ratio(flat, flat, "seconds", rounds=10)[1:] == (1.0, 1.0)
 
 
 @pytest.mark.parametrize("ablation, labels", [

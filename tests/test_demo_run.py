@@ -29,7 +29,7 @@ def test_short_demo_writes_every_promised_file(tmp_path: Path, capsys: pytest.Ca
     assert len(lines) == 1, lines
     # quiet: no bar without a terminal, no per-iteration lines; one short line per evaluation (base and trained)
     progress = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(progress) == 2 and all("held-out" in line for line in progress), progress
+    assert len(progress) == 2 and all("held-out" in line and ", judge 0." in line for line in progress), progress
     line = lines[0]
     change = r"(\d\.\d+) \+- \d\.\d+ -> (\d\.\d+) \+- \d\.\d+ \([+-]\d\.\d+\)"
     preference = re.search(r"held-out \(16 samples, 8 steps\): shapes_style " + change, line)
@@ -98,7 +98,7 @@ def test_result_line_reports_the_preference_and_the_judge_or_the_hard_variants_r
                     "shapes_style 0.600 +- 0.020 -> 0.850 +- 0.020 (+0.250), judge shapes 0.700 +- 0.010 -> 0.690 +- 0.010 "
                     "(-0.010); 3 treegrpo iterations in 1.2 min")
     hard = {k: v for k, v in record(0.5, 0.8).items() if "style" not in k}
-    assert demo.reported_rewards(hard) == (["shapes"], ["shapes"])  # reward=shapes: the trained reward is the judge
+    assert demo.reported_rewards(hard) == (["shapes"], [])  # reward=shapes: the trained reward is the judge, once
 
 
 def test_grid_cells_invert_the_sample_grid(tmp_path: Path) -> None:
@@ -144,3 +144,19 @@ def test_verbose_reaches_the_demo_from_either_side_of_the_command(monkeypatch: p
         assert cli.main(words) == 0
     assert seen == [["--seed", "1", "--verbose"], ["--seed", "1", "-v"], ["--seed", "1"]]
     assert demo.build_parser().parse_args(["-v"]).verbose and not demo.build_parser().parse_args([]).verbose
+
+
+def test_report_draws_each_reward_and_judge_once_and_flags_the_more_steps_check() -> None:
+    from treegrpo.report import held_out_series
+
+    demo_record = {"eval/shapes": 0.8, "eval/shapes_se": 0.01, "eval/shapes_style": 0.5, "eval/score": 1.3,
+                   "eval/judge/shapes": 0.8, "eval/judge_score": 0.8, "eval/steps16/shapes_style": 0.6,
+                   "eval/steps16/judge/shapes": 0.81, "eval/steps16/shapes": 0.81, "eval/steps16/score": 1.4,
+                   "eval/steps16/judge_score": 0.81}
+    assert held_out_series([demo_record]) == [
+        ("eval/judge/shapes", "judge shapes", False), ("eval/shapes_style", "shapes_style", False),
+        ("eval/steps16/judge/shapes", "judge shapes (16 steps)", True),
+        ("eval/steps16/shapes_style", "shapes_style (16 steps)", True)]
+    # one reward, no judge: its own line (the total equals it and is left out); the total alone is kept
+    assert held_out_series([{"eval/hpsv2": 0.3, "eval/score": 0.3}]) == [("eval/hpsv2", "hpsv2", False)]
+    assert held_out_series([{"eval/score": 0.3, "eval/score_se": 0.01}]) == [("eval/score", "score", False)]

@@ -20,6 +20,19 @@ def test_clipped_surrogate_by_hand() -> None:
     torch.testing.assert_close(ratio, torch.tensor([1.5, 0.5, 1.05, 0.95]))
 
 
+def test_clipped_surrogate_lower_bound_active_and_gradients() -> None:
+    """Each side of the clip where it binds: A < 0 with r < 1 - eps is held at 1 - eps (no gradient), A < 0
+    with r > 1 + eps is not clipped (the pessimistic side), A > 0 with r < 1 - eps is not clipped either."""
+    log_ratio = torch.log(torch.tensor([0.5, 1.5, 0.5, 1.5])).requires_grad_(True)
+    adv = torch.tensor([-2.0, -2.0, 1.0, 1.0])
+    loss, _ = clipped_surrogate(log_ratio, adv, clip_eps=0.1)
+    # -A * 0.9 = 1.8 (a lower bound of 1 - 2 eps would give 1.6); -A * 1.5 = 3.0; -0.5; -1.1
+    torch.testing.assert_close(loss, torch.tensor([1.8, 3.0, -0.5, -1.1]))
+    loss.sum().backward()
+    # d(-A r)/d log r = -A r where unclipped; 0 where the clip binds
+    torch.testing.assert_close(log_ratio.grad, torch.tensor([0.0, 3.0, -0.5, 0.0]))
+
+
 def test_aggregation_per_parent() -> None:
     values = torch.tensor([1.0, 3.0, 5.0, 10.0])
     parent = torch.tensor([0, 0, 0, 1])

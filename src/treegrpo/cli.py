@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from treegrpo.config import ConfigError
+from treegrpo.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from treegrpo.config import ConfigError, DataConfig
+from treegrpo.config import DataConfig
+from treegrpo.errors import ConfigError
 
 
 class DataError(ConfigError):

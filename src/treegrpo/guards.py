@@ -22,11 +22,6 @@ class NonFiniteError(RuntimeError):
     """The run produced non-finite values too many iterations in a row (one line, names the fix)."""
 
 
-def nonfinite_count(values: torch.Tensor) -> int:
-    """How many entries of ``values`` are NaN or infinite."""
-    return int((~torch.isfinite(values.detach())).sum()) if values.numel() else 0
-
-
 def _first(items: Sequence[Any], limit: int = 3) -> str:
     """The first ``limit`` items as a short list (``...`` when there are more)."""
     shown = ", ".join(repr(item) if isinstance(item, str) else str(item) for item in items[:limit])

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from treegrpo.config import ConfigError
+from treegrpo.errors import ConfigError
 
 
 def read_jsonl(file: Path) -> list[dict[str, Any]]:
@@ -44,7 +44,7 @@ def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file
     import matplotlib.pyplot as plt
 
     reward_keys = sorted(k for k in metrics[0] if k.startswith("reward/") and k.endswith("_mean")) if metrics else []
-    eval_keys = sorted({k for r in evals for k in r if k.startswith("eval/") and not k.endswith("_se")})
+    eval_series = held_out_series(evals)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     ax = axes[0][0]
     for key in reward_keys or ["reward_mean"]:
@@ -52,14 +52,14 @@ def plot_curves(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], file
     ax.set(title="training reward (mean over leaves)", xlabel="RL iteration", ylabel="mean reward (the reward's own scale)")
     ax.legend(fontsize=7)
     ax = axes[0][1]
-    for key in eval_keys:
+    for key, label, more_steps in eval_series:
         steps, values = _series(evals, key)
         errors = [r.get(f"{key}_se") or 0.0 for r in evals if r.get(key) is not None]
         ax.errorbar(steps, values, yerr=errors if len(errors) == len(values) else None, marker="o", capsize=2,
-                    label=key.removeprefix("eval/"))
+                    label=label, linestyle="--" if more_steps else "-", mfc="none" if more_steps else None)
     ax.set(title="held-out reward (ODE samples, +- standard error)", xlabel="RL iteration",
            ylabel="mean reward (the reward's own scale)")
-    if eval_keys:
+    if eval_series:
         ax.legend(fontsize=7)
     ax = axes[1][0]
     for key in ("rollout_nfe", "training_nfe"):
@@ -106,6 +106,29 @@ def _newest(folder: Path) -> Path | None:
 def _oldest(folder: Path) -> Path | None:
     files = step_pictures(folder)
     return files[0] if files else None
+
+
+def held_out_series(evals: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """``(key, label, more_steps)`` of each held-out curve worth drawing: every reward and judge, the
+    weighted total only when it is the only one, a reward that is also a judge once (as the judge),
+    and the ``eval.more_steps`` check (``eval/steps<N>/...``, first and last evaluation) flagged."""
+    keys = sorted({k for r in evals for k in r if k.startswith("eval/") and not k.endswith("_se")})
+    series = []
+    for key in keys:
+        name, prefix, suffix = key.removeprefix("eval/"), "eval/", ""
+        if name.startswith("steps") and "/" in name:
+            steps, name = name.split("/", 1)
+            prefix, suffix = f"eval/{steps}/", f" ({steps.removeprefix('steps')} steps)"
+        siblings = [k.removeprefix(prefix) for k in keys if k.startswith(prefix)]
+        if name == "score" and any(s not in ("score", "judge_score") for s in siblings):
+            continue  # the weighted total of components drawn one by one
+        if name == "judge_score" and any(s.startswith("judge/") for s in siblings):
+            continue
+        if "/" not in name and f"judge/{name}" in siblings:
+            continue  # the same values as its judge line
+        label = f"judge {name.removeprefix('judge/')}" if name.startswith("judge/") else name
+        series.append((key, label + suffix, bool(suffix)))
+    return series
 
 
 def _cell(value: Any) -> str:

@@ -42,13 +42,6 @@ def shard_denoiser(module: torch.nn.Module, mixed_precision: str = "no") -> int:
     return units + 1
 
 
-def is_sharded(module: Any) -> bool:
-    """Whether ``module`` was sharded by :func:`shard_denoiser`."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
 def full_tensor(value: torch.Tensor) -> torch.Tensor:
     """The whole tensor behind a shard (a collective: every process calls it); plain tensors as they are."""
     return value.full_tensor() if isinstance(value, DTensor) else value

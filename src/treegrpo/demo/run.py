@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def demo_config(args: argparse.Namespace, minutes_used: float = 0.0) -> Any:
     """The resolved TrainerConfig of a demo run (``minutes_used``: spent before training, out of ``--minutes``)."""
-    from treegrpo.config import ConfigError, check_method, resolve_config
+    from treegrpo.config import check_method, resolve_config
+    from treegrpo.errors import ConfigError
 
     check_method(args.method, "--method")
     if args.eval_prompts < 1:
@@ -186,13 +187,15 @@ def reported_rewards(evaluation: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(trained rewards to report, judges) read from an evaluation record's keys.
 
     The trained rewards are those the run optimised that no judge re-scores (the preference of the
-    default demo); when every trained reward is also a judge (``reward=shapes``), all of them.
+    default demo); when every trained reward is also a judge (``reward=shapes``), all of them, and
+    those judges are not reported twice.
     """
     judges = sorted(k.removeprefix("eval/judge/") for k in evaluation
                     if k.startswith("eval/judge/") and not k.endswith("_se"))
     trained = [k.removeprefix("eval/") for k in evaluation if k.startswith("eval/") and not k.endswith("_se")
                and k.count("/") == 1 and k not in ("eval/score", "eval/judge_score")]
-    return [name for name in trained if name not in judges] or trained, judges
+    reported = [name for name in trained if name not in judges] or trained
+    return reported, [name for name in judges if name not in reported]
 
 
 def _change(base: dict[str, Any], trained: dict[str, Any], key: str) -> str:

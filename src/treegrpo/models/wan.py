@@ -22,7 +22,7 @@ A window reaching steps of an expert that is not trained is a ConfigError.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -292,8 +292,3 @@ class WanBackbone(DiffusersBackbone):
         module.save_config(target)  # type: ignore[operator]
         save_torch_state_dict(weights, target, filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
 
-
-def experts_of_steps(backbone: WanBackbone, num_steps: int, steps: Sequence[int]) -> list[str]:
-    """Which expert denoises each of ``steps`` (``"high"`` / ``"low"``), for pictures and tests."""
-    high = backbone._high_steps(num_steps)
-    return ["high" if s in high else "low" for s in steps]

@@ -38,7 +38,3 @@ class TimeBudget:
         iteration = max(self.iterations) if self.iterations else 0.0
         need = iterations * iteration + (evaluations + 1) * self.evaluation_seconds + self.export_seconds
         return time.time() + need <= self.deadline
-
-    def seconds_left(self) -> float:
-        """Seconds until the deadline (inf when unlimited)."""
-        return self.deadline - time.time()

@@ -25,7 +25,8 @@ from typing import Any, Iterator, Optional
 import torch
 
 from treegrpo import checkpoint as ckpt
-from treegrpo.config import ConfigError, TrainerConfig, config_values, to_yaml
+from treegrpo.config import TrainerConfig, config_values, to_yaml
+from treegrpo.errors import ConfigError
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
 from treegrpo.engine import EdgeAdvantages, UpdateConfig, compute_advantages, select_edges, update_policy
 from treegrpo.faults import fault_point

@@ -81,11 +81,13 @@ class RunProgress:
         self._postfix(step)
 
     def evaluation(self, step: int, result: dict[str, float]) -> None:
-        """After the held-out evaluation at ``step``: its score (and standard error) on the bar or as a line."""
+        """After the held-out evaluation at ``step``: its score (and standard error), and the judges' score, on the bar or as a line."""
         if "eval/score" not in result:
             return
         se = result.get("eval/score_se")
         self.score = f"{result['eval/score']:.3f}" + (f" +- {se:.3f}" if se is not None else "")
+        if "eval/judge_score" in result:  # the held-out judge beside the training objective
+            self.score += f", judge {result['eval/judge_score']:.3f}"
         if self.bar is not None:
             self._postfix(step)
         elif self.lines:

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from treegrpo.config import ConfigError
+from treegrpo.errors import ConfigError
 
 RUN_FILES: tuple[str, ...] = (
     "config.yaml", "metrics.jsonl", "eval.jsonl", "tensorboard", "samples", "trees", "checkpoints", "final", "debug",

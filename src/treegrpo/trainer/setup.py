@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from treegrpo import checkpoint as ckpt
-from treegrpo.config import ConfigError, TrainConfig, TrainerConfig, reward_weights
+from treegrpo.config import TrainConfig, TrainerConfig, reward_weights
+from treegrpo.errors import ConfigError
 from treegrpo.data import load_prompt_sets
 from treegrpo.models.loading import chosen_family, read_model_index, resolve_model_path
 from treegrpo.models.registry import adapter_class
