@@ -430,7 +430,7 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
         mask = select_edges(rollout.structure, advantages.edge, method.advantage, kl_on=False)
         stats = update_policy(model_fn, stepper, rollout, advantages.edge, mask, bench.learner, method.loss,
                               UpdateConfig(inner_epochs=1, parents_per_batch=args.train_batch, grad_accum=0),
-                              generator=update_generator)
+                              generator=update_generator).stats
         return stats, advantages.edge, mask
 
     with compute_precision(args, device):

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from treegrpo.config import DataConfig
-from treegrpo.data import DataError, EditPrompt, load_prompt_sets, load_prompts, source_image
+from treegrpo.data import load_prompt_sets, load_prompts
+from treegrpo.prompts import DataError, EditPrompt, source_image
 
 datasets = pytest.importorskip("datasets")
 

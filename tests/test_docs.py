@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from treegrpo.models.registry import FAMILIES
-from treegrpo.rewards import available_rewards
+from treegrpo.rewards import BUILTIN_REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -19,12 +19,12 @@ def test_every_family_is_in_the_readme_table_and_the_architecture() -> None:
     rows = set(re.findall(r"^\| `([a-z0-9_]+)` \| `(\w+Pipeline)`", table, flags=re.MULTILINE))
     for name, family in FAMILIES.items():
         assert (name, family.pipelines[0]) in rows, f"README family table lacks {name} ({family.pipelines[0]})"
-        module = family.adapter.partition(":")[0].removeprefix("treegrpo.")
+        module = family.adapter.__module__.removeprefix("treegrpo.")
         assert f"`{module.replace('.', '/')}.py`" in ARCHITECTURE, f"ARCHITECTURE.md lacks {module}"
 
 
 def test_every_registered_reward_and_recipe_is_named_in_the_readme() -> None:
-    for name in available_rewards():
+    for name in BUILTIN_REWARDS:
         assert f"`{name}`" in README, f"README does not name the reward {name}"
     for recipe in sorted((ROOT / "configs" / "recipes").glob("*.yaml")):
         assert f"configs/recipes/{recipe.name}" in README, recipe.name

@@ -20,7 +20,8 @@ import torch
 
 from tests import test_models_tree
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
-from treegrpo.data import DataError, EditPrompt, load_prompts, source_image
+from treegrpo.data import load_prompts
+from treegrpo.prompts import DataError, EditPrompt, source_image
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone

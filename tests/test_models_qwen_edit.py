@@ -28,7 +28,7 @@ from tests import test_models_tree
 from tests.test_models_editing import SourceBrightness, _write_jsonl
 from tests.tiny_edit_models import tiny_edit_pipeline
 from tests.tiny_models import load_pipeline_like_a_user, torch_threads
-from treegrpo.data import EditPrompt, source_image
+from treegrpo.prompts import EditPrompt, source_image
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone

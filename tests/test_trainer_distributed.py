@@ -75,9 +75,15 @@ def test_gathered_structure_of_unequal_shares_gives_the_advantages_of_one_rollou
         thread.start()
     for thread in threads:
         thread.join()
-    (gathered, offsets), (again, offsets_again) = results
-    assert offsets == offsets_again == [0, local[0].num_edges, local[0].num_edges + local[1].num_edges]
+    first, second = results
+    assert first.own_edges == slice(0, local[0].num_edges)
+    assert second.own_edges == slice(local[0].num_edges, local[0].num_edges + local[1].num_edges)
+    gathered, again = first.structure, second.structure
     assert torch.equal(gathered.edge_child, again.edge_child) and gathered.num_trees == 4
+    # each process's slice of the gathered edges is its own edges, in its own order
+    for rank in range(2):
+        own = results[rank].own_edges
+        assert torch.equal(gathered.edge_depth[own], local[rank].edge_depth)
 
     whole = _structure(4, groups)  # the same four trees grown by one process
     config = AdvantageConfig(min_group_std=0.0)

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from treegrpo.config import ConfigError, TrainConfig
-from treegrpo.trainer.progress import Progress, RunProgress
+from treegrpo.config import Progress
+from treegrpo.trainer.progress import RunProgress
 
 
 class Terminal(io.StringIO):

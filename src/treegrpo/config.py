@@ -35,6 +35,7 @@ from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.loss import LossConfig
 from treegrpo.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
 from treegrpo.models.config import ModelConfig, check_model_config
+from treegrpo.sampling import SdeType
 
 
 class BuiltinPrompts(Choice):
@@ -44,11 +45,41 @@ class BuiltinPrompts(Choice):
     shapes_composition = "shapes_composition"
 
 
-class SdeVariant(Choice):
-    """Flow-GRPO's SDE step, or its coefficients-preserving variant."""
+class Progress(Choice):
+    """``train.progress``: which bars a run shows on a terminal."""
 
-    sde = "sde"
-    cps = "cps"
+    steps = "steps"  # a bar over the run and one over each rollout's denoising steps
+    run = "run"  # only the bar over the run
+    none = "none"
+
+    @classmethod
+    def from_value(cls, value: object, key: str) -> "Progress":
+        """Also accepts the booleans of earlier versions (true = ``steps``, false = ``none``)."""
+        if isinstance(value, bool):
+            return cls.steps if value else cls.none
+        return cls.parse(value, key)
+
+
+TRACKER_NAMES: tuple[str, ...] = (
+    "tensorboard", "wandb", "trackio", "swanlab", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
+)
+"""accelerate's tracker names (``accelerate.tracking.LOGGER_TYPE_TO_CLASS``)."""
+
+def parse_log_with(value: Any) -> list[str]:
+    """``train.log_with`` (list, comma string, ``none``) as tracker names; a one-line error with a did-you-mean."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(item).strip().lower() for item in items if str(item).strip()]
+    if names in (["none"], []):
+        return []
+    for name in names:
+        if name not in TRACKER_NAMES:
+            raise ConfigError(
+                f"train.log_with: unknown tracker {name!r}{did_you_mean(name, TRACKER_NAMES)} "
+                f"(available: {', '.join(TRACKER_NAMES)}, or none)"
+            )
+    return list(dict.fromkeys(names))
 
 
 class LrSchedule(Choice):
@@ -141,7 +172,7 @@ class SamplingConfig:
     guidance_scale: float = 4.5
     max_batch: int = 64
     """Rows per model call during rollout (frontier chunk)."""
-    sde_type: SdeVariant = SdeVariant.sde
+    sde_type: SdeType = SdeType.sde
     """``"sde"`` (Flow-GRPO) or ``"cps"`` (coefficients-preserving)."""
     reward_chunks: int = 1
     """Grow each process's trees in this many chunks and score a chunk's images in a worker thread
@@ -150,7 +181,7 @@ class SamplingConfig:
 
     def check(self) -> None:
         """Ranges; one-line ConfigError naming the key."""
-        self.sde_type = SdeVariant.parse(self.sde_type, "sampling.sde_type")
+        self.sde_type = SdeType.parse(self.sde_type, "sampling.sde_type")
         _at_least("sampling.steps", self.steps, 1)
         if self.steps > MAX_STEPS:
             raise ConfigError(f"sampling.steps must be <= {MAX_STEPS}, got {self.steps}; lower it")
@@ -225,9 +256,6 @@ class TrainConfig:
 
     def check(self) -> None:
         """Choices, ranges and settings FSDP cannot honour; one-line ConfigError naming the key."""
-        from treegrpo.trainer.progress import Progress
-        from treegrpo.trainer.trackers import parse_log_with
-
         self.lr_schedule = LrSchedule.parse(self.lr_schedule, "train.lr_schedule")
         self.log_with = parse_log_with(self.log_with)
         self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "train.mixed_precision")

@@ -8,19 +8,14 @@ whole state is ``(epoch, position)``, and the permutation of a pass is a pure fu
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from treegrpo.config import DataConfig
-from treegrpo.errors import ConfigError
-
-
-class DataError(ConfigError):
-    """Prompts could not be loaded; the message names the file and the fix."""
+from treegrpo.prompts import DataError, EditPrompt
 
 
 def _read_text(file: Path) -> str:
@@ -36,47 +31,6 @@ def _read_text(file: Path) -> str:
 def load_txt(file: Path) -> list[str]:
     """Non-empty, stripped lines of a text file."""
     return [line.strip() for line in _read_text(file).splitlines() if line.strip()]
-
-
-class EditPrompt(str):
-    """An editing instruction (the string itself) with its source image, ``image``: a path, a PIL image or
-    the encoded file's bytes (a dataset's image column, decoded when used).
-
-    A ``str`` so everything that logs, captions, splits or samples prompts keeps working unchanged;
-    editing backbones and rewards with ``takes_source`` read ``image``.
-    """
-
-    image: Any
-
-    def __new__(cls, text: str, image: Any) -> "EditPrompt":
-        prompt = super().__new__(cls, text)
-        prompt.image = image
-        return prompt
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (EditPrompt, (str(self), self.image))
-
-
-def source_image(prompt: str) -> Optional[Any]:
-    """The RGB PIL source image of an :class:`EditPrompt` (read from its path), ``None`` for a plain prompt."""
-    image = getattr(prompt, "image", None)
-    if image is None:
-        return None
-    if isinstance(image, (str, Path, bytes)):
-        from PIL import Image
-
-        name = f"{len(image)} bytes of an image column" if isinstance(image, bytes) else str(image)
-        try:
-            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read source image {name} ({type(error).__name__}); use a PNG/JPEG file") from None
-    return image.convert("RGB")
-
-
-def source_images(prompts: Sequence[str]) -> list[Optional[Any]]:
-    """:func:`source_image` of each prompt (what rewards with ``takes_source`` receive)."""
-    return [source_image(prompt) for prompt in prompts]
 
 
 def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:

@@ -7,7 +7,8 @@ The trainer (and the 2-D toy) call these in order; everything method-specific co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -74,18 +75,36 @@ def select_edges(
     return mask
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer step: the gradient norm, whether the step was applied, and why not when it was skipped."""
+
+    grad_norm: float
+    applied: bool = True
+    findings: tuple[str, ...] = ()
+
+
 class Learner(Protocol):
     """Applies gradients: plain torch here, accelerate in the trainer."""
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
-    def step(self) -> float:
-        """Clip, step the optimizer (and scheduler), zero grads; returns the gradient norm."""
+    def step(self) -> StepReport:
+        """Clip, step the optimizer unless something is non-finite, zero grads; says what it did."""
         ...
 
 
+@dataclass
+class UpdateResult:
+    """What an update did: averaged diagnostics and counters, the skipped optimizer steps and why."""
+
+    stats: dict[str, float]
+    skipped_steps: int = 0
+    findings: list[str] = field(default_factory=list)
+
+
 class TorchLearner:
-    """A plain optimizer with gradient-norm clipping."""
+    """A plain optimizer with gradient-norm clipping; a non-finite gradient norm skips the step."""
 
     def __init__(self, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float = 1.0):
         self.parameters = parameters
@@ -96,12 +115,13 @@ class TorchLearner:
         """Plain autograd backward."""
         loss.backward()  # type: ignore[no-untyped-call]
 
-    def step(self) -> float:
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-        if torch.isfinite(norm):
+    def step(self) -> StepReport:
+        norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm))
+        applied = math.isfinite(norm)
+        if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return StepReport(norm, applied, () if applied else (f"grad_norm: {norm}",))
 
 
 @dataclass
@@ -127,10 +147,11 @@ def update_policy(
     reference_fn: ModelFn | None = None,
     generator: torch.Generator | None = None,
     on_minibatch: Callable[[], None] | None = None,
-) -> dict[str, float]:
-    """The clipped update over the selected edges; returns averaged diagnostics and training NFE."""
+) -> UpdateResult:
+    """The clipped update over the selected edges: averaged diagnostics, training NFE, skipped steps and why."""
     totals: dict[str, float] = {}
-    count = steps = nfe = 0
+    count = steps = nfe = skipped = 0
+    findings: list[str] = []
     for _ in range(update_cfg.inner_epochs):
         batches = make_minibatches(rollout, edge_mask, update_cfg.parents_per_batch, generator,
                                    edges_per_batch=update_cfg.edges_per_batch)
@@ -143,8 +164,11 @@ def update_policy(
                 totals[key] = totals.get(key, 0.0) + value
             count += 1
             if (i + 1) % accum == 0 or i + 1 == len(batches):
-                totals["grad_norm"] = totals.get("grad_norm", 0.0) + learner.step()
+                report = learner.step()
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + report.grad_norm
                 steps += 1
+                skipped += not report.applied
+                findings.extend(report.findings)
             if on_minibatch is not None:
                 on_minibatch()
     stats = {key: value / max(count, 1) for key, value in totals.items() if key != "grad_norm"}
@@ -152,4 +176,4 @@ def update_policy(
     stats["optimizer_steps"] = float(steps)
     stats["training_nfe"] = float(nfe)
     stats["trained_edges"] = float(int(edge_mask.sum()))
-    return stats
+    return UpdateResult(stats, skipped, findings)

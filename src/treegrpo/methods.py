@@ -14,6 +14,7 @@ from treegrpo import schedule as S
 from treegrpo.choices import Choice
 from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.loss import LossConfig
+from treegrpo.schedule import WindowPlacement
 
 
 class TreeSchedule(Choice):
@@ -23,14 +24,6 @@ class TreeSchedule(Choice):
     flat = "flat"
     mix = "mix"
     split_ = "split"  # "split" is a str method
-
-
-class WindowPlacement(Choice):
-    """Where the window sits each iteration: fixed, shifting, or drawn from a truncated geometric law."""
-
-    fixed = "fixed"
-    shifting = "shifting"
-    geometric = "geometric"
 
 
 class StdScope(Choice):
@@ -188,7 +181,7 @@ def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: in
         raise ValueError(f"tree.trees must be >= 1, got {cfg.trees}")
     if cfg.schedule in ("tree", "mix"):
         start = S.window_start(
-            iteration, num_steps, cfg.window, cfg.window_placement,  # type: ignore[arg-type]
+            iteration, num_steps, cfg.window, cfg.window_placement,
             start=cfg.window_start, shift=cfg.shift, shift_every=cfg.shift_every,
             geometric_ratio=cfg.geometric_ratio, seed=seed,
         )

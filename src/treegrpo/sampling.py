@@ -21,7 +21,16 @@ from typing import Literal, NamedTuple, Protocol
 
 import torch
 
-SdeType = Literal["sde", "cps"]
+from treegrpo.choices import Choice
+
+
+class SdeType(Choice):
+    """``sampling.sde_type``: Flow-GRPO's SDE step, or its coefficients-preserving variant."""
+
+    sde = "sde"
+    cps = "cps"
+
+
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
@@ -76,7 +85,7 @@ def flow_step(
     *,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    sde_type: SdeType = "sde",
+    sde_type: SdeType = SdeType.sde,
     sigma_max: torch.Tensor | float | None = None,
 ) -> StepOutput:
     """One flow-matching step ``sigma -> sigma_next`` (``sigma`` runs from 1 = noise to 0 = data).
@@ -200,7 +209,7 @@ class FlowMatchStepper:
 
     sigmas: torch.Tensor
     noise_level: float = 0.7
-    sde_type: SdeType = "sde"
+    sde_type: SdeType = SdeType.sde
 
     def __post_init__(self) -> None:
         self.sigmas = self.sigmas.detach().to(torch.float32)
@@ -302,7 +311,7 @@ class Schedule(Protocol):
     @property
     def timesteps(self) -> torch.Tensor: ...
 
-    def stepper(self, noise_level: float, sde_type: SdeType = "sde") -> Stepper: ...
+    def stepper(self, noise_level: float, sde_type: SdeType = SdeType.sde) -> Stepper: ...
 
 
 @dataclass(frozen=True)
@@ -323,7 +332,7 @@ class FlowSchedule:
     def num_steps(self) -> int:
         return int(self.timesteps.shape[0])
 
-    def stepper(self, noise_level: float, sde_type: SdeType = "sde") -> FlowMatchStepper:
+    def stepper(self, noise_level: float, sde_type: SdeType = SdeType.sde) -> FlowMatchStepper:
         """The flow step over these sigmas with SDE strength ``noise_level``."""
         return FlowMatchStepper(self.sigmas, noise_level=noise_level, sde_type=sde_type)
 
@@ -341,7 +350,7 @@ class DDIMSchedule:
     def num_steps(self) -> int:
         return int(self.timesteps.shape[0])
 
-    def stepper(self, noise_level: float, sde_type: SdeType = "sde") -> DDIMStepper:
+    def stepper(self, noise_level: float, sde_type: SdeType = SdeType.sde) -> DDIMStepper:
         """DDIM with ``eta = noise_level``; DDIM has one stochastic step, so ``sde_type`` must be "sde"."""
         if sde_type != "sde":
             raise ValueError(f"DDIM has no {sde_type!r} variant; use sde_type 'sde'")

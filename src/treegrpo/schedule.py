@@ -15,9 +15,17 @@ import math
 import random
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, Sequence
+from typing import Sequence
 
-WindowPlacement = Literal["fixed", "shifting", "geometric"]
+from treegrpo.choices import Choice
+
+class WindowPlacement(Choice):
+    """``tree.window_placement``: where the window sits each iteration: fixed, shifting, or drawn from a
+    truncated geometric law."""
+
+    fixed = "fixed"
+    shifting = "shifting"
+    geometric = "geometric"
 
 
 class StepKind(str, Enum):

@@ -221,9 +221,9 @@ class ToyRun:
         reference_fn = (
             backbone.model_fn(prompts, 1.0, self.schedule, denoiser=backbone.reference_denoiser()) if self.kl_on else None
         )
-        stats = update_policy(model_fn, self.stepper, rollout, advantages.edge, mask, self.learner, self.method.loss,
-                              self.update, reference_fn=reference_fn, generator=generator)
-        return ToyStep(rollout.nfe, int(stats["training_nfe"]), advantages.leaf.guard_fraction)
+        update = update_policy(model_fn, self.stepper, rollout, advantages.edge, mask, self.learner, self.method.loss,
+                               self.update, reference_fn=reference_fn, generator=generator)
+        return ToyStep(rollout.nfe, int(update.stats["training_nfe"]), advantages.leaf.guard_fraction)
 
     def evaluate(self, samples: int) -> float:
         return evaluate_toy(self.backbone, self.num_steps, samples, self.seed)

@@ -190,7 +190,7 @@ class DiffusersBackbone:
     denoiser_name: str = ""
     """Pipeline attribute of the trained module: ``"transformer"`` or ``"unet"``."""
     default_lora_targets: tuple[str, ...] = ()
-    sde_types: tuple[SdeType, ...] = ("sde", "cps")
+    sde_types: tuple[SdeType, ...] = (SdeType.sde, SdeType.cps)
     """``sampling.sde_type`` values the family's sampler has."""
     flow_matching: bool = True
     """A flow-matching model (sigmas, velocity); False for DDIM-sampled diffusion models."""

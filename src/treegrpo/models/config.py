@@ -16,9 +16,6 @@ from treegrpo.errors import ConfigError
 from treegrpo.placement import resolve_device, resolve_dtype
 
 from treegrpo.models.acceleration import STORAGE_DTYPES
-from treegrpo.models.registry import FAMILIES
-
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 
 LORA_INIT_WEIGHTS: tuple[str, ...] = ("gaussian", "default")
 WAN_EXPERTS: tuple[str, ...] = ("auto", "high", "low", "both")
@@ -109,9 +106,11 @@ def validate_model_config(cfg: ModelConfig) -> None:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Check string choices and ranges (the path is checked when loading); one-line ConfigError."""
-    if cfg.family is not None and cfg.family not in SUPPORTED_FAMILIES:
+    from treegrpo.models.registry import FAMILIES  # the registry imports the adapters, which import this module
+
+    if cfg.family is not None and cfg.family not in FAMILIES:
         raise ConfigError(
-            f"model.family {cfg.family!r} is not supported; use one of {', '.join(SUPPORTED_FAMILIES)} "
+            f"model.family {cfg.family!r} is not supported; use one of {', '.join(FAMILIES)} "
             "or leave it unset to read it from model_index.json"
         )
     torch_dtype(cfg.dtype)

@@ -19,20 +19,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from treegrpo.data import source_image
-from treegrpo.errors import ConfigError
+from treegrpo.prompts import source_images_or_error
 from treegrpo.models.common import DenoiserInputs, TextConditioning
 from treegrpo.models.flux import FluxBackbone
-
-
-def source_images_or_error(prompts: Sequence[str], family: str) -> list[Any]:
-    """The prompts' PIL source images; a plain-text prompt is a one-line ConfigError (editing needs images)."""
-    images = [source_image(prompt) for prompt in prompts]
-    if any(image is None for image in images):
-        raise ConfigError(
-            f"{family} edits images: every prompt needs a source image; use a .jsonl with 'prompt' and 'image' fields"
-        )
-    return images
 
 
 class FluxKontextBackbone(FluxBackbone):

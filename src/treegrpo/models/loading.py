@@ -19,22 +19,21 @@ from treegrpo.models.common import DiffusersBackbone, TrainingWindow
 from treegrpo.models.config import ModelConfig, resolve_device, torch_dtype, validate_model_config
 from treegrpo.models.registry import FAMILIES, adapter_class, family_of_pipeline, supported_pipelines
 
-BUILTIN_MODELS: dict[str, str] = {"builtin:shapes": "demo base"}
-"""``model.path`` aliases of pipelines shipped inside the package."""
+BUILTIN_MODELS: dict[str, Path] = {"builtin:shapes": Path(__file__).resolve().parents[1] / "demo" / "base"}
+"""``model.path`` aliases of pipelines shipped inside the package (folders, so no package above is imported)."""
 
 
 def resolve_model_path(path: str) -> str:
     """``builtin:shapes`` -> the demo base shipped in the package; anything else unchanged."""
     if path not in BUILTIN_MODELS:
         return path
-    from treegrpo.demo import BASE_DIR
-
-    if not (BASE_DIR / "model_index.json").is_file():
+    folder = BUILTIN_MODELS[path]
+    if not (folder / "model_index.json").is_file():
         raise ConfigError(
-            f"model.path {path} needs the shipped demo base at {BASE_DIR}, which is missing; "
+            f"model.path {path} needs the shipped demo base at {folder}, which is missing; "
             "reinstall treegrpo or set model.path to a pipeline folder"
         )
-    return str(BASE_DIR)
+    return str(folder)
 
 
 def read_model_index(cfg: ModelConfig) -> dict[str, Any]:

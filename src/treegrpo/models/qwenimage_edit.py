@@ -37,7 +37,7 @@ import torch
 
 from treegrpo.errors import ConfigError
 from treegrpo.models.common import DenoiserInputs, TextConditioning
-from treegrpo.models.flux_kontext import source_images_or_error
+from treegrpo.prompts import source_images_or_error
 from treegrpo.models.qwenimage import QwenImageBackbone
 
 

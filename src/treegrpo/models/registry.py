@@ -6,33 +6,43 @@ subclass) plus one entry here; loading, ``model.family`` validation and error me
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from treegrpo.models.common import DiffusersBackbone
+from treegrpo.models.common import DiffusersBackbone
+from treegrpo.models.flux import FluxBackbone
+from treegrpo.models.flux2 import Flux2Backbone
+from treegrpo.models.flux_kontext import FluxKontextBackbone
+from treegrpo.models.qwenimage import QwenImageBackbone
+from treegrpo.models.qwenimage_edit import QwenImageEditBackbone
+from treegrpo.models.sd import SDBackbone
+from treegrpo.models.sd3 import SD3Backbone
+from treegrpo.models.wan import WanBackbone
+from treegrpo.models.zimage import ZImageBackbone
 
 
 @dataclass(frozen=True)
 class Family:
-    """Where a family's adapter lives (``"module:Class"``) and the pipeline classes it loads (first = default)."""
+    """A family's adapter class and the pipeline classes it loads (first = default)."""
 
-    adapter: str
+    adapter: type[DiffusersBackbone]
     pipelines: tuple[str, ...]
 
 
 FAMILIES: dict[str, Family] = {
-    "sd3": Family("treegrpo.models.sd3:SD3Backbone", ("StableDiffusion3Pipeline",)),
-    "flux": Family("treegrpo.models.flux:FluxBackbone", ("FluxPipeline",)),
-    "flux_kontext": Family("treegrpo.models.flux_kontext:FluxKontextBackbone", ("FluxKontextPipeline",)),
-    "sd": Family("treegrpo.models.sd:SDBackbone", ("StableDiffusionPipeline",)),
-    "qwenimage": Family("treegrpo.models.qwenimage:QwenImageBackbone", ("QwenImagePipeline",)),
-    "qwenimage_edit": Family("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", ("QwenImageEditPipeline",)),
-    "flux2": Family("treegrpo.models.flux2:Flux2Backbone", ("Flux2KleinPipeline",)),
-    "zimage": Family("treegrpo.models.zimage:ZImageBackbone", ("ZImagePipeline",)),
-    "wan": Family("treegrpo.models.wan:WanBackbone", ("WanPipeline",)),
+    family.adapter.family: family
+    for family in (
+        Family(SD3Backbone, ("StableDiffusion3Pipeline",)),
+        Family(FluxBackbone, ("FluxPipeline",)),
+        Family(FluxKontextBackbone, ("FluxKontextPipeline",)),
+        Family(SDBackbone, ("StableDiffusionPipeline",)),
+        Family(QwenImageBackbone, ("QwenImagePipeline",)),
+        Family(QwenImageEditBackbone, ("QwenImageEditPipeline",)),
+        Family(Flux2Backbone, ("Flux2KleinPipeline",)),
+        Family(ZImageBackbone, ("ZImagePipeline",)),
+        Family(WanBackbone, ("WanPipeline",)),
+    )
 }
+"""``model.family`` -> its adapter (keyed by the adapter's own ``family``) and pipelines."""
 
 
 def family_of_pipeline(class_name: str) -> str | None:
@@ -49,7 +59,5 @@ def supported_pipelines() -> str:
 
 
 def adapter_class(family: str) -> type[DiffusersBackbone]:
-    """Import and return the adapter class of a registered family."""
-    module_name, _, attribute = FAMILIES[family].adapter.partition(":")
-    cls: type[DiffusersBackbone] = getattr(importlib.import_module(module_name), attribute)
-    return cls
+    """The adapter class of a registered family."""
+    return FAMILIES[family].adapter

@@ -15,7 +15,7 @@ import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
 from treegrpo.models.config import ModelConfig
-from treegrpo.sampling import DDIMSchedule
+from treegrpo.sampling import DDIMSchedule, SdeType
 
 SD_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 SUPPORTED_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
@@ -34,7 +34,7 @@ class SDBackbone(DiffusersBackbone):
     family = "sd"
     denoiser_name = "unet"
     default_lora_targets = SD_LORA_TARGETS
-    sde_types = ("sde",)
+    sde_types = (SdeType.sde,)
     flow_matching = False
     pipeline_load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 

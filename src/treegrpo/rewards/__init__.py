@@ -36,6 +36,9 @@ _REGISTRY: dict[str, Union[str, RewardFactory]] = {
     "shapes_style": "treegrpo.demo.style:ShapesStyleReward",
 }
 
+BUILTIN_REWARDS: tuple[str, ...] = tuple(_REGISTRY)
+"""The rewards that ship with treegrpo (``register_reward`` adds to the registry, not to this)."""
+
 
 def register_reward(name: str, factory: Union[str, RewardFactory]) -> None:
     """Register ``factory(**options) -> RewardFn`` (or a lazy ``"module:attribute"`` path) under ``name``."""

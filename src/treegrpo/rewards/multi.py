@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from treegrpo.data import source_images
+from treegrpo.prompts import source_images
 from treegrpo.rewards.base import RewardFn, check_inputs
 from treegrpo.rewards.video import FrameSampledReward, for_clips, is_video
 

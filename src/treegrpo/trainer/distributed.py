@@ -7,10 +7,12 @@ that each prompt group is normalised whole, and every process computes the same 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from treegrpo.engine import StepReport
 from treegrpo.faults import fault_point
 from treegrpo.rollout import TreeRollout, TreeStructure
 from treegrpo.sharding import clip_grad_norm
@@ -58,14 +60,21 @@ def _shift(ids: torch.Tensor, offset: int) -> torch.Tensor:
     return torch.where(ids >= 0, ids + offset, ids)
 
 
-def gather_structure(
-    local: TreeStructure, root_group: torch.Tensor, processes: Processes
-) -> tuple[TreeStructure, list[int]]:
-    """Every process's tree structure as one, and where each process's edges start in it.
+@dataclass(frozen=True)
+class GatheredStructure:
+    """Every process's trees as one structure (prompt groups global), and this process's edges in it."""
 
-    ``root_group`` is the global prompt-group id of each local tree; node, edge and tree ids are
-    offset by what the processes before this one hold (their counts may differ).
-    Returns ``(structure, edge_offsets)`` with ``world + 1`` offsets.
+    structure: TreeStructure
+    own_edges: slice
+    """Where this process's edges lie in the gathered edge order (its local edge order, offset)."""
+
+
+def gather_structure(local: TreeStructure, root_group: torch.Tensor, processes: Processes) -> GatheredStructure:
+    """Every process's tree structure as one, with global prompt groups; this process's edge slice named.
+
+    ``root_group`` is the global prompt-group id of each local tree (a local tree's ``node_group`` is
+    its conditioning row on this process); node, edge and tree ids are offset by what the processes
+    before this one hold (their counts may differ).
     """
     local = local.to("cpu")
     counts = processes.gather(torch.tensor([[local.num_nodes, local.num_edges, local.num_trees]]))
@@ -82,7 +91,8 @@ def gather_structure(
         leaf_node=gather(local.leaf_node + node_offset),
         num_trees=int(counts[:, 2].sum()),
     )
-    return structure, [int(v) for v in offsets[:, 1]]
+    edge_offsets = [int(v) for v in offsets[:, 1]]
+    return GatheredStructure(structure, slice(edge_offsets[processes.rank], edge_offsets[processes.rank + 1]))
 
 
 def balance_parents(
@@ -109,7 +119,7 @@ class AccelerateLearner:
     """The engine's Learner through accelerate: backward (scaled / synced), clip, AdamW step.
 
     A non-finite loss or gradient norm skips that optimizer step on every process (the decision
-    is shared, so DDP replicas stay equal) and is recorded in ``findings`` / ``skipped``.
+    is shared, so DDP replicas stay equal); the step's :class:`StepReport` says so and why.
     """
 
     def __init__(self, accelerator: Any, optimizer: Any, parameters: list[torch.nn.Parameter], max_grad_norm: float,
@@ -120,38 +130,28 @@ class AccelerateLearner:
         self.max_grad_norm = max_grad_norm
         self.processes = processes
         self.sharded = sharded
-        self.findings: list[str] = []
-        self.skipped = 0
-        self._minibatch = 0
-        self._bad_loss = False
-
-    def reset(self) -> None:
-        """Forget the previous iteration's findings."""
-        self.findings, self.skipped, self._minibatch, self._bad_loss = [], 0, 0, False
+        self._bad_losses: list[str] = []
+        """Non-finite losses since the last step (what the coming step must skip for)."""
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward through the (possibly DDP-wrapped) denoiser; DDP all-reduces here (even for a bad loss)."""
-        self._minibatch += 1
         if not bool(torch.isfinite(loss.detach()).all()):
-            self._bad_loss = True
-            self.findings.append(f"loss: {float(loss.detach().float().sum())} in minibatch {self._minibatch}")
+            self._bad_losses.append(f"loss: {float(loss.detach().float().sum())}")
         self.accelerator.backward(loss)
 
-    def step(self) -> float:
+    def step(self) -> StepReport:
         """Clip and step, unless a loss or the gradient norm is non-finite anywhere; zero grads."""
         norm = self._clip()
         scaled = self.accelerator.scaler is not None  # fp16: the grad scaler skips inf steps itself
         bad_norm = not math.isfinite(norm) and not scaled
-        if self.processes.any(self._bad_loss or bad_norm):
-            if bad_norm:
-                self.findings.append(f"grad_norm: {norm} at optimizer step after minibatch {self._minibatch}")
-            self.skipped += 1
-        else:
+        findings = tuple(self._bad_losses) + ((f"grad_norm: {norm}",) if bad_norm else ())
+        self._bad_losses = []
+        skip = self.processes.any(bool(findings))
+        if not skip:
             self.optimizer.step()
             fault_point("update")
-        self._bad_loss = False
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return StepReport(norm, applied=not skip, findings=findings)
 
     def _clip(self) -> float:
         """Gradient norm after clipping to ``max_grad_norm`` (0 = measure only)."""

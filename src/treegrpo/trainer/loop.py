@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -25,34 +25,32 @@ from typing import Any, Iterator, Optional
 import torch
 
 from treegrpo import checkpoint as ckpt
-from treegrpo.config import TrainerConfig, config_values, to_yaml
+from treegrpo.config import Progress, TrainerConfig, config_values, to_yaml
 from treegrpo.errors import ConfigError
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
-from treegrpo.engine import EdgeAdvantages, UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.engine import EdgeAdvantages, UpdateConfig, UpdateResult, compute_advantages, select_edges, update_policy
 from treegrpo.faults import fault_point
 from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, stats_findings
 from treegrpo.methods import plan_for_iteration, steps_ever_trained
 from treegrpo.models.base import Backbone
 from treegrpo.models.common import TrainingWindow
 from treegrpo.optim import Ema, lr_factor
-from treegrpo.rewards.overlap import default_executor
-from treegrpo.rewards.video import is_video, middle_frames
 from treegrpo.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
 from treegrpo.schedule import Plan, describe
 from treegrpo.sharing import write_model_card
-from treegrpo.sharding import full_optimizer_state, full_state_dict, full_tensor, shard_denoiser, shard_optimizer_state
+from treegrpo.sharding import full_state_dict, full_tensor, shard_denoiser
 from treegrpo.trainer.budget import TimeBudget
 from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
-from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image_grid, save_png, tree_figure
-from treegrpo.trainer.metrics import MetricsLog, mean_std, reduce_update_stats
-from treegrpo.trainer.pictures import captions_for, save_captioned
-from treegrpo.trainer.progress import Progress, RunProgress, rollout_bar
+from treegrpo.trainer.evaluation import RewardSet
+from treegrpo.trainer.held_out import HeldOutEvaluation, LatestRollout
+from treegrpo.trainer.metrics import MetricsLog, iteration_record
+from treegrpo.trainer.progress import RunProgress, rollout_bar
 from treegrpo.trainer.run_dir import resume_command, write_atomic
 from treegrpo.trainer.setup import (
     build_judges, build_rewards, check_processes, make_generators, make_optimizer, seed_everything,
 )
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
-from treegrpo.video_io import save_video
+from treegrpo.trainer.state import TrainingState, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,8 @@ class SharedScores:
     """What every process knows after gathering: the whole tree structure, all scores, and whether to skip."""
 
     structure: TreeStructure
-    edge_offsets: list[int]
+    own_edges: slice
+    """This process's edges in ``structure``'s edge order (what it trains; its advantages are ``edge[own_edges]``)."""
     scores: torch.Tensor
     skip: bool
     findings: list[str]
@@ -84,7 +83,8 @@ class IterationResult:
 Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]
 """(weighted score [L], each reward's scores [L]) of a rollout's leaves."""
 
-NO_UPDATE: dict[str, float] = {"training_nfe": 0.0, "trained_edges": 0.0, "optimizer_steps": 0.0}
+NO_UPDATE = UpdateResult({"training_nfe": 0.0, "trained_edges": 0.0, "optimizer_steps": 0.0}, skipped_steps=1)
+"""An iteration whose update was skipped as a whole (non-finite scores or log-probs): one skipped step."""
 
 
 class Trainer:
@@ -127,7 +127,7 @@ class Trainer:
         self.optimizer = self.accelerator.prepare(make_optimizer(self.parameters, cfg.train))
         t = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self._raw_optimizer(), functools.partial(lr_factor, t.lr_schedule, t.warmup, t.iterations)
+            getattr(self.optimizer, "optimizer", self.optimizer), functools.partial(lr_factor, t.lr_schedule, t.warmup, t.iterations)
         )
         self.learner = AccelerateLearner(self.accelerator, self.optimizer, self.parameters, t.max_grad_norm,
                                          self.processes, self.sharded)
@@ -142,16 +142,23 @@ class Trainer:
             unit, size = ("parents", parents) if parents is not None else ("trained edges", edges)
             logger.info("minibatch: %d %s over %d processes (%d per process); its size is global",
                         size, unit, world, (size or 0) // world)
-        self.start_iteration = 0
+        self.state = TrainingState(self.backbone.denoiser, self.optimizer, self.scheduler, self.ema, self.sampler,
+                                   self.generators, self.sharded)
         self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every,
                               log_with=t.log_with, config=config_values(cfg))
-        self.metrics_lines = 0
+        self.held_out = HeldOutEvaluation(cfg, self.backbone, self.rewards, self.judges, self.prompts.eval, self.run_dir,
+                                          self.log, self.processes, self.sharded)
+        self.reward_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treegrpo-reward")
+        """Scores a rollout's chunks while the next chunk samples (``sampling.reward_chunks``); one worker keeps order."""
         self.last: Optional[IterationResult] = None
         self.last_evaluation = time.time()
         self.guard = NonFiniteGuard(t.max_nonfinite_in_a_row)
         self.stop = StopSignals()
+        self.start_iteration = self.metrics_lines = 0
         if resume_from is not None:
-            self._resume(resume_from)
+            point = load_checkpoint(resume_from, self.state, self.processes)
+            self.start_iteration, self.metrics_lines = point.iteration, point.metrics_lines
+            self.guard.in_a_row = point.nonfinite_in_a_row
 
     # ------------------------------------------------------------------ one iteration
 
@@ -174,11 +181,11 @@ class Trainer:
         advantages = compute_advantages(shared.structure, safe_scores, cfg.advantage)
 
         update_start = time.time()
-        self.learner.reset()
         if cfg.train.debug_dump and not shared.skip:
             self._dump(iteration, scores, root_group[rollout.structure.leaf_tree.cpu()], advantages, shared)
-        stats = NO_UPDATE if shared.skip else self._update(rollout, shared, advantages, conditioning)
-        findings = shared.findings + ([] if shared.skip else self.learner.findings + stats_findings(stats))
+        update = NO_UPDATE if shared.skip else self._update(rollout, shared, advantages, conditioning)
+        stats = update.stats
+        findings = shared.findings + ([] if shared.skip else update.findings + stats_findings(stats))
         lr = float(self.scheduler.get_last_lr()[0])
         self.scheduler.step()
         if self.ema is not None and not shared.skip:
@@ -189,9 +196,8 @@ class Trainer:
             seconds=time.time() - start, rollout_seconds=rollout_seconds, reward_seconds=reward_seconds,
             update_seconds=time.time() - update_start,
         )
-        metrics.update(self.guard.end_iteration(iteration + 1, findings, 1 if shared.skip else self.learner.skipped))
-        mine = slice(shared.edge_offsets[self.processes.rank], shared.edge_offsets[self.processes.rank + 1])
-        return IterationResult(metrics, rollout, scores, prompts, advantages.edge[mine].detach().cpu())
+        metrics.update(self.guard.end_iteration(iteration + 1, findings, update.skipped_steps))
+        return IterationResult(metrics, rollout, scores, prompts, advantages.edge[shared.own_edges].detach().cpu())
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """This process's prompts, the local conditioning row of each local tree, the global group of each."""
@@ -236,7 +242,7 @@ class Trainer:
                 if len(chunks) > 1:
                     leaf_prompts = [prompts[int(i)] for i in part.leaf_cond]
                     images = self.backbone.decode(part.leaf_latents)
-                    pending.append(default_executor().submit(self.rewards, images, leaf_prompts))
+                    pending.append(self.reward_worker.submit(self.rewards, images, leaf_prompts))
         fault_point("rollout")
         return concat_rollouts(parts), pending
 
@@ -253,24 +259,24 @@ class Trainer:
         leaf_prompts: list[str], root_group: torch.Tensor,
     ) -> SharedScores:
         """Gather every process's tree structure and scores; skip the update on non-finite values anywhere."""
-        structure, edge_offsets = gather_structure(rollout.structure, root_group, self.processes)
+        gathered = gather_structure(rollout.structure, root_group, self.processes)
         all_scores = self.processes.gather(scores)
         findings = log_prob_findings(rollout.structure.edge_log_prob, rollout.edge_step)
         findings += reward_findings(components, leaf_prompts)
         skip = self.processes.any(bool(findings) or not bool(torch.isfinite(all_scores).all()))
         if skip and not findings:
             findings = ["reward: non-finite scores on another process"]
-        return SharedScores(structure, edge_offsets, all_scores, skip, findings)
+        return SharedScores(gathered.structure, gathered.own_edges, all_scores, skip, findings)
 
     def _update(
         self, rollout: TreeRollout, shared: SharedScores, advantages: EdgeAdvantages, conditioning: Any
-    ) -> dict[str, float]:
-        """Select and balance this process's edges, then run the clipped update; returns its stats."""
-        cfg, device, rank = self.cfg, self.processes.device, self.processes.rank
+    ) -> UpdateResult:
+        """Select and balance this process's edges, then run the clipped update; returns what it did."""
+        cfg, device = self.cfg, self.processes.device
         kl_on = cfg.loss.kl_beta > 0
-        mine = slice(shared.edge_offsets[rank], shared.edge_offsets[rank + 1])
-        edge_adv = advantages.edge[mine].to(device)
-        mask = select_edges(shared.structure, advantages.edge, cfg.advantage, kl_on)[mine].to(device)
+        edge_adv = advantages.edge[shared.own_edges].to(device)
+        # selection reads the whole structure (pruning ranks a depth's edges over every process), then keeps ours
+        mask = select_edges(shared.structure, advantages.edge, cfg.advantage, kl_on)[shared.own_edges].to(device)
         parents = torch.zeros(rollout.num_parents, dtype=torch.bool, device=device)
         parents[rollout.edge_parent_slot[mask]] = True
         target = int(self.processes.gather(parents.sum().reshape(1)).max())
@@ -283,35 +289,24 @@ class Trainer:
                                                denoiser=self.backbone.reference_denoiser())
             reference_fn = torch.no_grad()(reference)
         self.backbone.denoiser.train()
-        stats = update_policy(
+        update = update_policy(
             train_fn, self.stepper, rollout, edge_adv, mask, self.learner, cfg.loss, self.update_cfg,
             reference_fn=reference_fn, generator=self.generators["minibatch"],
         )
         self.backbone.denoiser.eval()
-        return stats
+        return update
 
     def _metrics(
         self, iteration: int, plan: Plan, shared: SharedScores, components: dict[str, torch.Tensor],
         advantages: EdgeAdvantages, stats: dict[str, float], rollout: TreeRollout, lr: float,
     ) -> dict[str, Any]:
         """One metrics.jsonl record (global over processes)."""
-        mean, std = mean_std(shared.scores)
-        record: dict[str, Any] = {"step": iteration + 1, "epoch": self.sampler.epoch, "plan": describe(plan),
-                                  "reward_mean": mean, "reward_std": std}
-        for name, values in components.items():
-            record[f"reward/{name}_mean"], record[f"reward/{name}_std"] = mean_std(self.processes.gather(values))
-        leaf = advantages.leaf
-        record["group_std_mean"] = float(leaf.group_std.mean()) if leaf.num_groups else 0.0
-        record["guard_fraction"] = leaf.guard_fraction
-        reduced = reduce_update_stats(stats, self.processes.gather)
-        record["loss"] = reduced.get("policy_loss", float("nan")) + self.cfg.loss.kl_beta * reduced.get("kl", 0.0)
-        record.update(reduced)
-        local = [float(rollout.nfe), stats["training_nfe"], float(rollout.model_calls), stats["trained_edges"]]
-        counts = self.processes.gather(torch.tensor([local])).sum(0)
-        record.update(rollout_nfe=int(counts[0]), training_nfe=int(counts[1]), model_calls=int(counts[2]),
-                      trained_edges=int(counts[3]))
-        record.update(lr=lr, num_processes=self.processes.world, prompts=self.cfg.data.prompts_per_iteration)
-        return record
+        return iteration_record(
+            step=iteration + 1, epoch=self.sampler.epoch, plan=describe(plan), scores=shared.scores,
+            components=components, leaf=advantages.leaf, stats=stats, rollout_nfe=rollout.nfe,
+            model_calls=rollout.model_calls, kl_beta=self.cfg.loss.kl_beta, lr=lr,
+            prompts=self.cfg.data.prompts_per_iteration, processes=self.processes,
+        )
 
     def _dump(self, iteration: int, scores: torch.Tensor, groups: torch.Tensor, advantages: EdgeAdvantages,
               shared: SharedScores) -> None:
@@ -366,72 +361,13 @@ class Trainer:
         window = TrainingWindow(steps, steps_ever_trained(self.cfg.tree, steps))
         return load_backbone(model, device=self.processes.device, with_reference=with_reference, training_window=window)
 
-    def _raw_optimizer(self) -> torch.optim.Optimizer:
-        """The torch optimizer inside accelerate's wrapper."""
-        optimizer: torch.optim.Optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        return optimizer
-
-    # ------------------------------------------------------------------ resume / checkpoints
-
-    def _resume(self, folder: Path) -> None:
-        """Restore weights, optimizer, scheduler, EMA, sampler, iteration and RNG from a checkpoint."""
-        state = ckpt.read_state(folder)
-        if state["world_size"] != self.processes.world:
-            raise ckpt.CheckpointError(
-                f"{folder} was saved by {state['world_size']} processes but this run has {self.processes.world}; "
-                "resume with the same number of processes"
-            )
-        weights = ckpt.load_weights(folder, "trained")
-        if weights is None:
-            raise ckpt.CheckpointError(f"{folder} has no trained.safetensors; resume from a complete checkpoint")
-        ckpt.load_trained_state(self.backbone.denoiser, weights)
-        self.optimizer.load_state_dict(ckpt.safe_torch_load(folder / "optimizer.pt"))
-        if self.sharded:
-            shard_optimizer_state(self._raw_optimizer())
-        self.scheduler.load_state_dict(ckpt.safe_torch_load(folder / "scheduler.pt"))
-        ema = ckpt.load_weights(folder, "ema")
-        if self.ema is not None and ema is not None:
-            self.ema.load_state_dict(ema)
-        self.sampler.load_state_dict(state["sampler"])
-        self.start_iteration = int(state["iteration"])
-        self.metrics_lines = int(state["metrics_lines"])
-        self.guard.in_a_row = int(state.get("nonfinite_in_a_row", 0))
-        ckpt.load_rng(folder, self.processes.rank, self.generators)
+    # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, iteration: int) -> None:
-        """Write the checkpoint of ``iteration`` completed iterations (all processes take part).
-
-        Weights and optimizer state are saved whole; with FSDP every process helps gather them.
-        """
-        main = self.processes.is_main
-        weights = optimizer = None
-        if self.sharded or main:  # gathering shards is a collective: then every process takes part
-            weights = ckpt.trained_state(self.backbone.denoiser)
-            optimizer = full_optimizer_state(self._raw_optimizer()) if self.sharded else self.optimizer.state_dict()
-        if main:
-            ckpt.begin(self.run_dir, iteration)
-        self.processes.barrier()
-        ckpt.save_rng(ckpt.temp_folder(self.run_dir, iteration), self.processes.rank, self.generators)
-        self.processes.barrier()
-        if main:
-            state = {
-                "iteration": iteration,
-                "sampler": self.sampler.state_dict(),
-                "metrics_lines": self.log.lines,
-                "world_size": self.processes.world,
-                "method": self.cfg.method,
-                "nonfinite_in_a_row": self.guard.in_a_row,
-            }
-            ckpt.save_main(
-                ckpt.temp_folder(self.run_dir, iteration),
-                weights=weights,
-                ema=self.ema.state_dict() if self.ema is not None else None,
-                optimizer=optimizer,
-                scheduler=self.scheduler.state_dict(),
-                state=state,
-            )
-            ckpt.finish(self.run_dir, iteration, self.cfg.train.keep_checkpoints)
-        self.processes.barrier()
+        """Write the checkpoint of ``iteration`` completed iterations (every process takes part)."""
+        save_checkpoint(self.run_dir, self.state, self.processes, iteration, metrics_lines=self.log.lines,
+                        method=self.cfg.method, nonfinite_in_a_row=self.guard.in_a_row,
+                        keep=self.cfg.train.keep_checkpoints)
 
     # ------------------------------------------------------------------ evaluation, export
 
@@ -442,68 +378,20 @@ class Trainer:
             yield
 
     def evaluate_and_draw(self, step: int, *, first_or_last: bool = False) -> Optional[dict[str, float]]:
-        """Held-out evaluation, sample grid and tree picture (main process); returns eval metrics.
+        """Held-out evaluation, sample grid and tree picture (:mod:`~treegrpo.trainer.held_out`); returns eval metrics.
 
         ``first_or_last``: the base's or the final evaluation, which also runs ``eval.more_steps``.
-        With FSDP every process runs the evaluation's forwards (they are collectives); only the
-        main process writes.
         """
         self.processes.barrier()
         started = time.time()
-        result = None
-        if (self.processes.is_main or self.sharded) and self.prompts.eval:
-            cfg = self.cfg
-            with self.eval_weights():
-                result, images, scores = evaluate(
-                    self.backbone, self.rewards, self.prompts.eval, steps=cfg.sampling.steps,
-                    guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
-                    judges=self.judges,
-                )
-                if first_or_last and cfg.eval.more_steps:
-                    result.update(self._evaluate_more_steps())
-        if self.processes.is_main and result is not None:
-            columns = grid_columns(images.shape[0])
-            frames = middle_frames(images)  # clips: their middle frames (and the grid animated below)
-            grid = image_grid(frames, columns)
-            save_png(grid, self.run_dir / "samples" / f"step-{step:06d}.png")
-            if is_video(images):
-                clip = torch.stack([image_grid(images[:, f], columns) for f in range(images.shape[1])])
-                save_video(clip, self.run_dir / "samples" / f"step-{step:06d}")
-            captions = captions_for(self.prompts.eval, scores.tolist())
-            save_captioned(frames, captions, self.run_dir / "samples" / f"step-{step:06d}-captioned.png", columns)
-            self.log.evaluation(step, result, grid, frames, captions)
-            if self.last is not None:
-                self._draw_tree(step, self.last)
+        last = self.last
+        latest = None if last is None else LatestRollout(last.rollout, last.scores, last.prompts, last.edge_advantages)
+        with self.eval_weights():
+            result = self.held_out.run(step, first_or_last=first_or_last, latest=latest)
         self.processes.barrier()
         self.budget.record_evaluation(time.time() - started)
         self.last_evaluation = time.time()
         return result
-
-    def _evaluate_more_steps(self) -> dict[str, float]:
-        """Every evaluation key again as ``eval/steps<N>/...``: the same prompts and noise sampled with ``eval.more_steps`` steps."""
-        cfg = self.cfg
-        samples = cfg.eval.more_steps_samples or len(self.prompts.eval)
-        result, _, _ = evaluate(
-            self.backbone, self.rewards, self.prompts.eval[:samples], steps=cfg.eval.more_steps,
-            guidance_scale=cfg.sampling.guidance_scale, seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch,
-            judges=self.judges,
-        )
-        prefix = f"eval/steps{cfg.eval.more_steps}/"
-        return {prefix + key.removeprefix("eval/"): value for key, value in result.items()}
-
-    def _draw_tree(self, step: int, last: IterationResult) -> None:
-        """Picture of tree 0 of the latest rollout."""
-        import matplotlib.pyplot as plt
-
-        rollout = last.rollout.cpu()
-        prompt = last.prompts[int(rollout.node_cond[0])] if last.prompts else ""  # node 0 = root of tree 0
-        figure = tree_figure(rollout, self.backbone.decode, last.scores.cpu(), prompt=prompt,
-                             edge_advantages=last.edge_advantages)
-        file = self.run_dir / "trees" / f"step-{step:06d}.png"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(file, dpi=100)
-        self.log.figure("tree", figure, step, caption=prompt)
-        plt.close(figure)
 
     def export(self) -> Path:
         """Write RUN/final via ``backbone.save_trained`` (EMA weights when on; gathered whole under FSDP)."""
@@ -579,4 +467,5 @@ class Trainer:
                 self.export()
         finally:
             self.log.close()
+            self.reward_worker.shutdown(wait=False, cancel_futures=True)
         return records

@@ -20,7 +20,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from treegrpo.advantages import LeafAdvantages
 from treegrpo.faults import fault_point
+from treegrpo.trainer.distributed import Processes
 from treegrpo.trainer.run_dir import write_atomic
 from treegrpo.trainer.trackers import Trackers, tracker_scalars
 
@@ -159,6 +161,30 @@ def reduce_update_stats(stats: dict[str, float], gather: Any) -> dict[str, float
         if finite.numel():
             result[key] = float(finite.mean())
     return result
+
+
+def iteration_record(
+    *, step: int, epoch: int, plan: str, scores: torch.Tensor, components: dict[str, torch.Tensor],
+    leaf: LeafAdvantages, stats: dict[str, float], rollout_nfe: int, model_calls: int, kl_beta: float, lr: float,
+    prompts: int, processes: Processes,
+) -> dict[str, Any]:
+    """One metrics.jsonl record, global over processes: ``scores`` are every process's leaf scores (gathered),
+    ``components`` and the counters this process's (gathered here), ``stats`` its update's (reduced here)."""
+    mean, std = mean_std(scores)
+    record: dict[str, Any] = {"step": step, "epoch": epoch, "plan": plan, "reward_mean": mean, "reward_std": std}
+    for name, values in components.items():
+        record[f"reward/{name}_mean"], record[f"reward/{name}_std"] = mean_std(processes.gather(values))
+    record["group_std_mean"] = float(leaf.group_std.mean()) if leaf.num_groups else 0.0
+    record["guard_fraction"] = leaf.guard_fraction
+    reduced = reduce_update_stats(stats, processes.gather)
+    record["loss"] = reduced.get("policy_loss", float("nan")) + kl_beta * reduced.get("kl", 0.0)
+    record.update(reduced)
+    local = [float(rollout_nfe), stats["training_nfe"], float(model_calls), stats["trained_edges"]]
+    counts = processes.gather(torch.tensor([local])).sum(0)
+    record.update(rollout_nfe=int(counts[0]), training_nfe=int(counts[1]), model_calls=int(counts[2]),
+                  trained_edges=int(counts[3]))
+    record.update(lr=lr, num_processes=processes.world, prompts=prompts)
+    return record
 
 
 def mean_std(values: torch.Tensor) -> tuple[float, float]:

@@ -15,22 +15,6 @@ import sys
 import time
 from typing import Any, Iterator, Optional, TextIO
 
-from treegrpo.choices import Choice
-
-
-class Progress(Choice):
-    """``train.progress``: which bars a run shows on a terminal."""
-
-    steps = "steps"  # a bar over the run and one over each rollout's denoising steps
-    run = "run"  # only the bar over the run
-    none = "none"
-
-    @classmethod
-    def from_value(cls, value: object, key: str) -> "Progress":
-        """Also accepts the booleans of earlier versions (true = ``steps``, false = ``none``)."""
-        if isinstance(value, bool):
-            return cls.steps if value else cls.none
-        return cls.parse(value, key)
 
 
 class RunProgress:

@@ -17,14 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from treegrpo.errors import ConfigError, did_you_mean
+from treegrpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-TRACKER_NAMES: tuple[str, ...] = (
-    "tensorboard", "wandb", "trackio", "swanlab", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
-)
-"""accelerate's tracker names (``accelerate.tracking.LOGGER_TYPE_TO_CLASS``)."""
 
 PACKAGES: dict[str, str] = {"comet_ml": "comet-ml"}
 """pip names that differ from the tracker name."""
@@ -34,23 +29,6 @@ NFE_KEYS: tuple[str, ...] = ("rollout_nfe", "training_nfe", "model_calls")
 
 DEFAULT_PROJECT = "treegrpo"
 """Project name for W&B / trackio / SwanLab unless ``WANDB_PROJECT`` (W&B) says otherwise."""
-
-
-def parse_log_with(value: Any) -> list[str]:
-    """``train.log_with`` (list, comma string, ``none``) as tracker names; a one-line error with a did-you-mean."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(item).strip().lower() for item in items if str(item).strip()]
-    if names in (["none"], []):
-        return []
-    for name in names:
-        if name not in TRACKER_NAMES:
-            raise ConfigError(
-                f"train.log_with: unknown tracker {name!r}{did_you_mean(name, TRACKER_NAMES)} "
-                f"(available: {', '.join(TRACKER_NAMES)}, or none)"
-            )
-    return list(dict.fromkeys(names))
 
 
 def check_trackers_installed(names: Sequence[str]) -> None:

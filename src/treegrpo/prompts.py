@@ -1,0 +1,68 @@
+"""A prompt that carries a source image (image editing), and how to read that image.
+
+Low in the layers so that models, rewards and data can all use it: an :class:`EditPrompt` is a
+``str`` (everything that logs, captions or samples prompts keeps working) with an ``image``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from treegrpo.errors import ConfigError
+
+
+class DataError(ConfigError):
+    """Prompts or their source images could not be loaded; the message names the file and the fix."""
+
+
+class EditPrompt(str):
+    """An editing instruction (the string itself) with its source image, ``image``: a path, a PIL image or
+    the encoded file's bytes (a dataset's image column, decoded when used).
+
+    A ``str`` so everything that logs, captions, splits or samples prompts keeps working unchanged;
+    editing backbones and rewards with ``takes_source`` read ``image``.
+    """
+
+    image: Any
+
+    def __new__(cls, text: str, image: Any) -> "EditPrompt":
+        prompt = super().__new__(cls, text)
+        prompt.image = image
+        return prompt
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EditPrompt, (str(self), self.image))
+
+
+def source_image(prompt: str) -> Optional[Any]:
+    """The RGB PIL source image of an :class:`EditPrompt` (read from its path), ``None`` for a plain prompt."""
+    image = getattr(prompt, "image", None)
+    if image is None:
+        return None
+    if isinstance(image, (str, Path, bytes)):
+        from PIL import Image
+
+        name = f"{len(image)} bytes of an image column" if isinstance(image, bytes) else str(image)
+        try:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+                return opened.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read source image {name} ({type(error).__name__}); use a PNG/JPEG file") from None
+    return image.convert("RGB")
+
+
+def source_images(prompts: Sequence[str]) -> list[Optional[Any]]:
+    """:func:`source_image` of each prompt (what rewards with ``takes_source`` receive)."""
+    return [source_image(prompt) for prompt in prompts]
+
+
+def source_images_or_error(prompts: Sequence[str], family: str) -> list[Any]:
+    """The prompts' PIL source images; a plain-text prompt is a one-line ConfigError (editing needs images)."""
+    images = [source_image(prompt) for prompt in prompts]
+    if any(image is None for image in images):
+        raise ConfigError(
+            f"{family} edits images: every prompt needs a source image; use a .jsonl with 'prompt' and 'image' fields"
+        )
+    return images

@@ -1,0 +1,110 @@
+"""What a checkpoint holds of a training run, and how the trainer saves and restores it (exact resume).
+
+:class:`TrainingState` names every mutable piece an exact resume needs: trained weights, optimizer
+and scheduler, EMA, the prompt sampler and the random generators. :func:`save_checkpoint` and
+:func:`load_checkpoint` write and read them through :mod:`treegrpo.checkpoint` (the folder format);
+with FSDP every process takes part in gathering the shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from treegrpo import checkpoint as ckpt
+from treegrpo.data import PromptSampler
+from treegrpo.optim import Ema
+from treegrpo.sharding import full_optimizer_state, shard_optimizer_state
+from treegrpo.trainer.distributed import Processes
+
+
+@dataclass
+class TrainingState:
+    """The run's mutable pieces a checkpoint captures."""
+
+    denoiser: torch.nn.Module
+    optimizer: Any
+    """accelerate's wrapper of the torch optimizer (or the optimizer itself)."""
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: Optional[Ema]
+    sampler: PromptSampler
+    generators: dict[str, torch.Generator]
+    sharded: bool
+
+    def raw_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer inside accelerate's wrapper."""
+        optimizer: torch.optim.Optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        return optimizer
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a restored run continues: completed iterations, metrics.jsonl lines to keep, the non-finite streak."""
+
+    iteration: int
+    metrics_lines: int
+    nonfinite_in_a_row: int
+
+
+def save_checkpoint(run_dir: Path, state: TrainingState, processes: Processes, iteration: int, *,
+                    metrics_lines: int, method: str, nonfinite_in_a_row: int, keep: int) -> None:
+    """Write the checkpoint of ``iteration`` completed iterations (every process takes part).
+
+    Weights and optimizer state are saved whole; with FSDP every process helps gather them.
+    """
+    main = processes.is_main
+    weights = optimizer = None
+    if state.sharded or main:  # gathering shards is a collective: then every process takes part
+        weights = ckpt.trained_state(state.denoiser)
+        optimizer = full_optimizer_state(state.raw_optimizer()) if state.sharded else state.optimizer.state_dict()
+    if main:
+        ckpt.begin(run_dir, iteration)
+    processes.barrier()
+    ckpt.save_rng(ckpt.temp_folder(run_dir, iteration), processes.rank, state.generators)
+    processes.barrier()
+    if main:
+        record = {
+            "iteration": iteration,
+            "sampler": state.sampler.state_dict(),
+            "metrics_lines": metrics_lines,
+            "world_size": processes.world,
+            "method": method,
+            "nonfinite_in_a_row": nonfinite_in_a_row,
+        }
+        ckpt.save_main(
+            ckpt.temp_folder(run_dir, iteration),
+            weights=weights,
+            ema=state.ema.state_dict() if state.ema is not None else None,
+            optimizer=optimizer,
+            scheduler=state.scheduler.state_dict(),
+            state=record,
+        )
+        ckpt.finish(run_dir, iteration, keep)
+    processes.barrier()
+
+
+def load_checkpoint(folder: Path, state: TrainingState, processes: Processes) -> ResumePoint:
+    """Restore weights, optimizer, scheduler, EMA, sampler and RNG from ``folder``; where to continue."""
+    record = ckpt.read_state(folder)
+    if record["world_size"] != processes.world:
+        raise ckpt.CheckpointError(
+            f"{folder} was saved by {record['world_size']} processes but this run has {processes.world}; "
+            "resume with the same number of processes"
+        )
+    weights = ckpt.load_weights(folder, "trained")
+    if weights is None:
+        raise ckpt.CheckpointError(f"{folder} has no trained.safetensors; resume from a complete checkpoint")
+    ckpt.load_trained_state(state.denoiser, weights)
+    state.optimizer.load_state_dict(ckpt.safe_torch_load(folder / "optimizer.pt"))
+    if state.sharded:
+        shard_optimizer_state(state.raw_optimizer())
+    state.scheduler.load_state_dict(ckpt.safe_torch_load(folder / "scheduler.pt"))
+    ema = ckpt.load_weights(folder, "ema")
+    if state.ema is not None and ema is not None:
+        state.ema.load_state_dict(ema)
+    state.sampler.load_state_dict(record["sampler"])
+    ckpt.load_rng(folder, processes.rank, state.generators)
+    return ResumePoint(int(record["iteration"]), int(record["metrics_lines"]), int(record.get("nonfinite_in_a_row", 0)))
