@@ -43,7 +43,7 @@ specs=("lr5e-4:5e-4:3" "lr3e-4:3e-4:4")
 positive "$pretrain_minutes" || specs=()
 for spec in "${specs[@]}"; do
   IFS=: read -r name lr seed <<<"$spec"
-  python3 -m treegrpo.demo.pretrain --out "$work/base_$name" --init-from src/treegrpo/demo/base \
+  python3 -m tools.shapes_base.pretrain --out "$work/base_$name" --init-from src/treegrpo/demo/base \
     --minutes "$pretrain_minutes" --seed "$seed" --lr "$lr" --threads 1 --guidance 1.0 --eval-every 60 \
     --checkpoint-every 0 --device cuda >"$work/results/pretrain_$name.log" 2>&1 &
   pretrain_pids[$name]=$!

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import treegrpo.demo.pretrain as pretrain_module
-from treegrpo.demo.pretrain import PretrainConfig, main, pretrain
+import tools.shapes_base.pretrain as pretrain_module
+from tools.shapes_base.pretrain import PretrainConfig, main, pretrain
 
 
 def _tiny(**overrides: object) -> PretrainConfig:

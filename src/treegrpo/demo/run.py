@@ -17,8 +17,8 @@ tensorboard/, checkpoints/, final/), evaluates again on the same prompts and noi
     RUN/report.png         reward curves (training reward per component, held-out reward, NFE, s/iter)
     RUN/trees/step-N.png   the decoded image at every node of one tree of the last rollout
 
-The default settings were chosen from measurements on a 2-core CPU (see TUNING.md next to this
-file, whose figures also say what each seed gained).
+The default settings were chosen from measurements on a 2-core CPU (the repository's
+docs/DEMO-TUNING.md, whose figures also say what each seed gained).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ DEMO_CONFIG: dict[str, Any] = {
     },
     "data": {"builtin": "shapes", "prompts_per_iteration": 16, "num_eval_prompts": 1024},
     # the background is decided at the first step, by the initial noise and that step's SDE noise: all
-    # branching there (8 children of each root), ODE after (TUNING.md, session 9)
+    # branching there (8 children of each root), ODE after (docs/DEMO-TUNING.md, session 9)
     "tree": {"k": 8, "window": 1, "window_placement": "fixed", "window_start": 0},
     "loss": {"clip_eps": 1.0e-2},  # 1e-4 clipped ~half the edges after the first of several steps per iteration
-    # the base's own sampler: 8 steps (a 3-step window leaves an ODE tail), no CFG (TUNING.md: CFG lowers its reward)
+    # the base's own sampler: 8 steps (a 3-step window leaves an ODE tail), no CFG (docs/DEMO-TUNING.md: CFG lowers its reward)
     "sampling": {"steps": 8, "noise_level": 0.7, "guidance_scale": 1.0, "max_batch": 256},
     # what the demo teaches: a white background (a preference the base meets half the time), with the
     # compositional reward kept in the objective and scored alone as the held-out judge of faithfulness
@@ -60,7 +60,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "eval": {"rewards": "shapes", "more_steps": 16, "more_steps_samples": 256},
     "train": {
         "iterations": 100,
-        "lr": 3.0e-4,  # 1e-3 peaked after ~20 iterations, then fell below the base (TUNING.md)
+        "lr": 3.0e-4,  # 1e-3 peaked after ~20 iterations, then fell below the base (docs/DEMO-TUNING.md)
         "parents_per_batch": 32,  # several optimizer steps per iteration instead of one
         "checkpoint_every": 0,
         "keep_checkpoints": 1,

@@ -1,7 +1,7 @@
 """Pretrain the demo's tiny text-to-image StableDiffusion3Pipeline from scratch on the shapes task.
 
-    python -m treegrpo.demo.pretrain --out DIR [--steps N | --minutes M] [--threads 1] [--seed 0] [--resume]
-    python -m treegrpo.demo.pretrain --out DIR2 --init-from DIR --steps N --seed 1 --lr 5e-4
+    python -m tools.shapes_base.pretrain --out DIR [--steps N | --minutes M] [--threads 1] [--seed 0] [--resume]
+    python -m tools.shapes_base.pretrain --out DIR2 --init-from DIR --steps N --seed 1 --lr 5e-4
 
 Phase 1 trains a two-level AutoencoderKL (32x32 RGB <-> 4x16x16 latents: its decoder draws the
 edges) on shapes images and sets its shift/scaling factors from latent statistics. Phase 2 trains
@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
 from treegrpo.demo import shapes
-from treegrpo.demo.base_card import format_groups, format_result, write_model_card
+from tools.shapes_base.base_card import format_groups, format_result, write_model_card
 from treegrpo.demo.evaluate import component_means_by_group, sample_images
 from treegrpo.demo.reward import ShapesReward
 from treegrpo.optim import Ema, lr_factor
@@ -485,7 +485,7 @@ def device_name(device: torch.device) -> str:
 def describe_base(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict[str, Any]:
     """Evaluate a saved base (held-out components by prompt group at 1x and 2x steps, a CFG sweep) and write its card.
 
-    Reads and extends ``out/pretrain.json``; also ``python -m treegrpo.demo.pretrain --out DIR --describe``.
+    Reads and extends ``out/pretrain.json``; also ``python -m tools.shapes_base.pretrain --out DIR --describe``.
     """
     info: dict[str, Any] = json.loads((out / "pretrain.json").read_text())
     info["size_mb"] = _folder_mb(out)
@@ -583,13 +583,13 @@ def parse_args(argv: list[str] | None = None) -> Invocation:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m treegrpo.demo.pretrain``."""
+    """Entry point of ``python -m tools.shapes_base.pretrain``."""
     run = parse_args(argv)
     torch.set_num_threads(run.threads)
     if run.mode == "describe":
         describe_base(run.out, run.cfg, run.device)
         return
-    command = "python -m treegrpo.demo.pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m tools.shapes_base.pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
     pretrain(run.out, run.cfg, run.threads, command, resume=run.mode == "resume", init_from=run.init_from,
              device=run.device)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from treegrpo.demo.pretrain import PretrainConfig
+    from tools.shapes_base.pretrain import PretrainConfig
 
 
 def format_result(result: dict[str, float]) -> str:
@@ -46,7 +46,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, info: dict[str, Any]) -> No
         "# treegrpo demo base: a tiny StableDiffusion3Pipeline for the shapes task",
         "",
         "Trained from scratch on procedurally drawn 32x32 shapes (treegrpo.demo.shapes, training",
-        "captions only) by `treegrpo.demo.pretrain`. Not a general-purpose model.",
+        "captions only) by `tools/shapes_base/pretrain.py`. Not a general-purpose model.",
         "",
         f"- command: `{info['command']}`",
         f"- seed {cfg.seed}, threads {info['threads']}, on {' and '.join(info.get('devices', ['cpu']))}, wall {info['wall_minutes']:.1f} min (all sessions of the run)",
