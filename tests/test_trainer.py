@@ -160,3 +160,22 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path: Path) -> None:
     assert [e["step"] for e in evals] == [2, 4]
     kl = json.loads((out / "fsdp_kl/metrics.jsonl").read_text().splitlines()[0])
     assert kl["kl"] >= 0 and (out / "fsdp_kl/final/pytorch_lora_weights.safetensors").is_file()
+
+
+def test_mixed_precision_rollout_and_update_compute_in_one_precision(tmp_path: Path) -> None:
+    """With fp32 master weights under train.mixed_precision=bf16 the rollout's old log-probs and the update's
+    recomputation come from the same bf16 forward (accelerate patches the denoiser's own forward): ratio exactly 1."""
+    import torch
+
+    from treegrpo.trainer import Trainer
+
+    values = tiny_values(tmp_path, iterations=1, eval_every=0, eval_at_start=False, ema=0.0, mixed_precision="bf16",
+                         parents_per_batch=64)
+    values["model"]["full_finetune"] = True
+    trainer = Trainer(resolve_config(values, [f"output_dir={tmp_path / 'run'}"]), run_dir=tmp_path / "run")
+    seen: list[tuple[bool, torch.dtype]] = []
+    projection = trainer.backbone.denoiser.transformer_blocks[0].attn.to_q
+    projection.register_forward_hook(lambda module, inputs, output: seen.append((torch.is_autocast_enabled("cpu"), output.dtype)))
+    metrics = trainer.run_iteration(0).metrics
+    assert seen and all(dtype == torch.bfloat16 for _, dtype in seen)  # rollout and update alike
+    assert metrics["ratio_min"] == metrics["ratio_max"] == 1.0 and metrics["optimizer_steps"] == 1

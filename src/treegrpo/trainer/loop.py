@@ -231,13 +231,14 @@ class Trainer:
         with rollout_bar(self.cfg.train.progress == Progress.steps and self.processes.is_main, iteration,
                          self.cfg.sampling.steps * len(chunks)) as bar:
             for trees in chunks:
-                with self.accelerator.autocast():  # the precision the update recomputes the log-probs in
-                    part = rollout_trees(
-                        model_fn, self.stepper, plan, noise[trees], root_cond[trees],
-                        max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
-                        on_step=lambda step, width: bar.update(1), keep_means=cfg.loss.ratio_norm,
-                        antithetic=cfg.tree.antithetic,
-                    )
+                # mixed precision: accelerate.prepare patched the denoiser's own forward with autocast, so the
+                # rollout computes the old log-probs in the precision the update recomputes them in
+                part = rollout_trees(
+                    model_fn, self.stepper, plan, noise[trees], root_cond[trees],
+                    max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
+                    on_step=lambda step, width: bar.update(1), keep_means=cfg.loss.ratio_norm,
+                    antithetic=cfg.tree.antithetic,
+                )
                 parts.append(part)
                 if len(chunks) > 1:
                     leaf_prompts = [prompts[int(i)] for i in part.leaf_cond]
