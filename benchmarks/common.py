@@ -15,11 +15,13 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 
 from treegrpo import schedule as S
 from treegrpo.engine import UpdateConfig
+from treegrpo.likelihood_free import draws_per_sample
+from treegrpo.loss import LossConfig
 from treegrpo.methods import TreeConfig, plan_for_iteration, preset
 from treegrpo.toy import ToyRun, ToyTask, ToyVelocity, pretrain_toy
 
@@ -111,9 +113,13 @@ class ToyProtocol:
     update: UpdateConfig = field(default_factory=lambda: UpdateConfig(inner_epochs=1, parents_per_batch=256, grad_accum=0))
 
 
-def iteration_cost(tree: TreeConfig, plan: S.Plan, prompts: int) -> int:
-    """Closed-form rollout + training NFE of one iteration (training: every trained parent; an upper bound)."""
+def iteration_cost(tree: TreeConfig, plan: S.Plan, prompts: int, loss: Optional[LossConfig] = None) -> int:
+    """Closed-form rollout + training NFE of one iteration (training: every trained parent, an upper bound; for a
+    likelihood-free objective every leaf's training points)."""
     roots = prompts * tree.trees
+    if loss is not None and loss.objective.likelihood_free:
+        draws = draws_per_sample(len(plan), loss.timesteps, loss.timestep_fraction, loss.timestep_draws)
+        return roots * (S.rollout_nfe_per_tree(plan) + S.leaves_per_tree(plan) * draws)
     return roots * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
 
 
@@ -202,7 +208,7 @@ def run_toy(spec: RunSpec, protocol: ToyProtocol, task: ToyTask, base: ToyVeloci
         return IterationSpend(spent.rollout_nfe, spent.training_nfe, time.perf_counter() - start, spent.guard_fraction)
 
     return train_under_budget(
-        spec, cost=lambda i: iteration_cost(method.tree, run.plan(i), p.prompts_per_iteration), step=step,
+        spec, cost=lambda i: iteration_cost(method.tree, run.plan(i), p.prompts_per_iteration, method.loss), step=step,
         evaluate=lambda: run.evaluate(p.eval_samples), eval_points=p.eval_points, max_iterations=p.max_iterations,
         kl_on=run.kl_on, leaves=leaves_per_prompt(method.tree, p.num_steps),
     )

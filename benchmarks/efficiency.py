@@ -61,7 +61,10 @@ TASK_DEFAULTS: dict[str, dict[str, int]] = {
     "shapes": {"budget": 40_000, "eval_points": 8},
 }
 METHODS = ("treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo")
-FLAT_SCHEDULES = ("flow_grpo", "dance_grpo", "mix_grpo", "ddpo")  # independent trajectories per prompt
+"""The GRPO-family presets the main protocol runs by default."""
+LIKELIHOOD_FREE = ("diffusion_nft", "awm")
+"""Presets trained on clean samples (``--methods`` adds them; ``--tree-fed`` also feeds them a tree's leaves)."""
+FLAT_SCHEDULES = ("flow_grpo", "dance_grpo", "mix_grpo", "ddpo", *LIKELIHOOD_FREE)  # independent trajectories per prompt
 Variant = tuple[str, str, dict[str, dict[str, Any]]]  # (label, preset, overrides)
 
 
@@ -70,7 +73,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="toy", choices=sorted(TASKS), help="where the runs train")
     parser.add_argument("--ablation", default="none", choices=["none", "shape", "window"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *LIKELIHOOD_FREE])
+    parser.add_argument("--tree-fed", action="store_true",
+                        help="also train each likelihood-free method on the leaves of treegrpo's trees (its tree section, "
+                             "--set included): labels '<method> tree-fed'")
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2], help="shared learning-rate grid")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, help="rollout + training NFE per run (default: toy 400000, shapes 40000)")
@@ -141,7 +147,7 @@ def with_settings(variants: list[Variant], settings: Sequence[str]) -> list[Vari
         key, sep, value = item.partition("=")
         scope, colon, key = key.rpartition(":")
         section, dot, name = key.partition(".")
-        if not (sep and dot and name) or (colon and scope not in METHODS):
+        if not (sep and dot and name) or (colon and scope not in (*METHODS, *LIKELIHOOD_FREE)):
             raise SystemExit(f"--set {item!r} must look like [method:]section.key=value with method one of "
                              f"{', '.join(METHODS)}, e.g. train.lr_schedule=cosine or treegrpo:train.warmup=5")
         extra.append((scope, section, name, value))
@@ -163,7 +169,27 @@ def variants_for(args: argparse.Namespace) -> tuple[list[Variant], str]:
         return with_settings(window_variants(), args.settings), "geometric r=0.5"
     if "flow_grpo" not in args.methods:
         raise SystemExit("the main protocol measures against flow_grpo: keep it in --methods")
-    return with_settings(main_variants(args.methods, args.flat_trees), args.settings), "flow_grpo"
+    variants = with_settings(main_variants(args.methods, args.flat_trees), args.settings)
+    if args.tree_fed:
+        variants += tree_fed_variants(variants)
+    return variants, "flow_grpo"
+
+
+def tree_fed_variants(variants: Sequence[Variant]) -> list[Variant]:
+    """Each likelihood-free variant again with treegrpo's tree section (its preset's shape, then ``--set``)."""
+    from treegrpo.methods import preset_sections
+
+    tree_variant = next((v for v in variants if v[1] == "treegrpo"), None)
+    if tree_variant is None:
+        raise SystemExit("--tree-fed feeds the likelihood-free methods treegrpo's trees: keep treegrpo in --methods")
+    tree = {**preset_sections("treegrpo")["tree"], **tree_variant[2].get("tree", {})}
+    fed = []
+    for label, method, overrides in variants:
+        if method in LIKELIHOOD_FREE:
+            sections = {section: dict(values) for section, values in overrides.items()}
+            sections["tree"] = dict(tree)
+            fed.append((f"{label} tree-fed", method, sections))
+    return fed
 
 
 def spec_key(spec: RunSpec) -> str:

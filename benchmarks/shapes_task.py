@@ -19,10 +19,11 @@ import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from common import IterationSpend, RunHistory, RunSpec, iteration_cost, leaves_per_prompt, train_under_budget
 
+from treegrpo.loss import LossConfig
 from treegrpo.methods import TreeConfig, plan_for_iteration
 
 
@@ -57,11 +58,12 @@ def dotted(sections: dict[str, dict[str, Any]]) -> list[str]:
     return items
 
 
-def iterations_in_budget(tree: TreeConfig, steps: int, prompts: int, budget: int, seed: int, cap: int) -> int:
+def iterations_in_budget(tree: TreeConfig, steps: int, prompts: int, budget: int, seed: int, cap: int,
+                         loss: Optional[LossConfig] = None) -> int:
     """Iterations whose closed-form rollout + training NFE fit ``budget`` (the horizon of lr schedules)."""
     spent = iteration = 0
     while iteration < cap:
-        cost = iteration_cost(tree, plan_for_iteration(tree, steps, iteration, seed), prompts)
+        cost = iteration_cost(tree, plan_for_iteration(tree, steps, iteration, seed), prompts, loss)
         if spent + cost > budget:
             break
         spent += cost
@@ -87,7 +89,7 @@ def shapes_config(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> Any
     ]
     cfg = resolve_config(values, overrides, source="shapes benchmark", method=spec.method)
     cfg.train.iterations = iterations_in_budget(cfg.tree, steps, protocol.prompts_per_iteration, spec.budget_nfe,
-                                                spec.seed, protocol.max_iterations)
+                                                spec.seed, protocol.max_iterations, cfg.loss)
     return cfg
 
 
@@ -124,7 +126,7 @@ def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHis
 
     def cost(iteration: int) -> int:
         plan = plan_for_iteration(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
-        return iteration_cost(cfg.tree, plan, protocol.prompts_per_iteration)
+        return iteration_cost(cfg.tree, plan, protocol.prompts_per_iteration, cfg.loss)
 
     return train_under_budget(
         spec, cost=cost, step=step, evaluate=held_out_reward, eval_points=protocol.eval_points,

@@ -108,7 +108,10 @@ def test_presets_are_the_schedules_of_alg_md() -> None:
     assert S.describe(plan_for_iteration(preset("mix_grpo").tree, t, 50)) == "o o S S S S o o o o"
     assert S.describe(plan_for_iteration(preset("branch_grpo").tree, t, 0)) == "B2 S B2 S B2 S B2 S S S"
     assert S.describe(plan_for_iteration(preset("ddpo").tree, t, 0)) == " ".join(["S"] * 10)
-    assert set(METHODS) == {"treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo"}
+    for name in ("diffusion_nft", "awm"):
+        assert S.describe(plan_for_iteration(preset(name).tree, t, 0)) == " ".join(["o"] * 10)
+        assert preset(name).loss.objective == name.removeprefix("diffusion_")
+    assert set(METHODS) == {"treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo", "diffusion_nft", "awm"}
 
 
 def test_tree_nfe_against_flat_grpo_with_the_same_leaves() -> None:

@@ -235,7 +235,8 @@ class SourceBrightness:
         return images.flatten(1).mean(dim=1) - sources
 
 
-def test_trainer_iteration_edits_jsonl_prompts_and_passes_sources(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["treegrpo", "diffusion_nft"])
+def test_trainer_iteration_edits_jsonl_prompts_and_passes_sources(tmp_path: Path, method: str) -> None:
     """One trainer iteration on the tiny Kontext: .jsonl edit prompts in, source images out to the reward."""
     from treegrpo.config import resolve_config
     from treegrpo.trainer import train
@@ -254,7 +255,9 @@ def test_trainer_iteration_edits_jsonl_prompts_and_passes_sources(tmp_path: Path
     }
     SourceBrightness.seen = []
     folder = tmp_path / "run"
-    train(resolve_config(values, [f"output_dir={folder}"]))  # type: ignore[arg-type]
+    if method != "treegrpo":  # DiffusionNFT on the edited images (the source images condition every forward)
+        values.pop("tree")
+    train(resolve_config(values, [f"output_dir={folder}", f"method={method}"]))  # type: ignore[arg-type]
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and "reward_mean" in record
     assert SourceBrightness.seen and all(text.startswith("edit ") and size == (8, 8) for text, size in SourceBrightness.seen)

@@ -194,7 +194,8 @@ def test_lora_round_trip_through_load_lora_weights(tmp_path: Path) -> None:
     assert (without_lora - base).abs().max().item() < 1e-5
 
 
-def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["treegrpo", "diffusion_nft"])
+def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path, method: str) -> None:
     """One trainer iteration (full fine-tuning, true CFG) on .jsonl records with ``prompt`` and ``image`` fields."""
     from treegrpo.config import resolve_config
     from treegrpo.trainer import train
@@ -214,7 +215,9 @@ def test_trainer_iteration_full_finetune_on_jsonl_edit_prompts(tmp_path: Path) -
     }
     SourceBrightness.seen = []
     folder = tmp_path / "run"
-    train(resolve_config(values, [f"output_dir={folder}"]))  # type: ignore[arg-type]
+    if method != "treegrpo":  # DiffusionNFT on the edited images (the source images condition every forward)
+        values.pop("tree")
+    train(resolve_config(values, [f"output_dir={folder}", f"method={method}"]))  # type: ignore[arg-type]
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and "reward_mean" in record
     assert (folder / "eval.jsonl").read_text().strip(), "the held-out edit prompt was not evaluated"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -166,13 +167,24 @@ def test_mixed_precision_rollout_and_update_compute_in_one_precision(tmp_path: P
     """With fp32 master weights under train.mixed_precision=bf16 the rollout's old log-probs and the update's
     recomputation come from the same bf16 forward (accelerate patches the denoiser's own forward): ratio exactly 1."""
     import torch
+    from accelerate.state import AcceleratorState
 
     from treegrpo.trainer import Trainer
 
     values = tiny_values(tmp_path, iterations=1, eval_every=0, eval_at_start=False, ema=0.0, mixed_precision="bf16",
                          parents_per_batch=64)
     values["model"]["full_finetune"] = True
-    trainer = Trainer(resolve_config(values, [f"output_dir={tmp_path / 'run'}"]), run_dir=tmp_path / "run")
+    AcceleratorState._reset_state(reset_partial_state=True)  # the process-wide state fixes its precision once
+    try:
+        trainer = Trainer(resolve_config(values, [f"output_dir={tmp_path / 'run'}"]), run_dir=tmp_path / "run")
+        _check_one_precision(trainer)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _check_one_precision(trainer: Any) -> None:
+    import torch
+
     seen: list[tuple[bool, torch.dtype]] = []
     projection = trainer.backbone.denoiser.transformer_blocks[0].attn.to_q
     projection.register_forward_hook(lambda module, inputs, output: seen.append((torch.is_autocast_enabled("cpu"), output.dtype)))

@@ -193,13 +193,15 @@ def save_main(
     optimizer: dict[str, Any],
     scheduler: dict[str, Any],
     state: dict[str, Any],
+    anchor: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """The main process's share: weights, EMA, optimizer, scheduler, run state."""
+    """The main process's share: weights, EMA, the slow copy of a likelihood-free objective, optimizer, scheduler, run state."""
     fault_point("checkpoint_write")
     save_file(weights, str(folder / "trained.safetensors"))
-    if ema is not None:
-        fault_point("checkpoint_write")
-        save_file(ema, str(folder / "ema.safetensors"))
+    for name, averaged in (("ema", ema), ("anchor", anchor)):
+        if averaged is not None:
+            fault_point("checkpoint_write")
+            save_file(averaged, str(folder / f"{name}.safetensors"))
     fault_point("checkpoint_write")
     torch.save(optimizer, folder / "optimizer.pt")
     fault_point("checkpoint_write")
@@ -325,6 +327,6 @@ def load_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) ->
 
 
 def load_weights(folder: Path, name: str) -> dict[str, torch.Tensor] | None:
-    """``trained`` or ``ema`` weights of a checkpoint, or None when absent."""
+    """``trained``, ``ema`` or ``anchor`` weights of a checkpoint, or None when absent."""
     file = folder / f"{name}.safetensors"
     return load_file(str(file)) if file.is_file() else None

@@ -337,6 +337,26 @@ class TrainerConfig:
             plan_for_iteration(self.tree, self.sampling.steps, 0, self.seed)
         except ValueError as error:
             raise ConfigError(f"{error}; fix the tree section for sampling.steps={self.sampling.steps}") from None
+        self._check_objective_and_rollout()
+
+    def _check_objective_and_rollout(self) -> None:
+        """Edge-level options mean nothing to an objective that trains on clean samples, and an ODE rollout
+        gives the clipped objective no edge to train."""
+        from treegrpo.methods import AdvantageConfig, TreeSchedule
+
+        if self.loss.objective.likelihood_free:
+            defaults = AdvantageConfig()
+            for key in ("backup_beta", "per_depth_norm", "depth_scale", "prune_depths", "prune_keep_fraction"):
+                if getattr(self.advantage, key) != getattr(defaults, key):
+                    raise ConfigError(f"advantage.{key} shapes edge advantages, but loss.objective="
+                                      f"{self.loss.objective.value} trains on the leaves' clean samples; drop it")
+            if self.loss.keeps_anchor and self.train.fsdp:
+                raise ConfigError(f"loss.objective={self.loss.objective.value} keeps a slow copy of the weights "
+                                  "(loss.old_policy_decay / loss.ema_kl_beta), which needs whole weights; with "
+                                  "train.fsdp=true set loss.old_policy_decay=none and loss.ema_kl_beta=0")
+        elif self.tree.schedule == TreeSchedule.ode:
+            raise ConfigError("tree.schedule=ode samples deterministic trajectories with no edge to train; use it "
+                              "with loss.objective=nft or awm (method=diffusion_nft or awm), or choose another schedule")
 
 
 # ----------------------------------------------------------------------------- key checks

@@ -20,6 +20,9 @@ from treegrpo.advantages import (
     normalize_leaf_scores,
     normalize_per_depth,
 )
+from treegrpo.likelihood_free import (
+    awm_loss, nft_loss, noised, optimality_probability, per_sample_steps, stratified_steps, velocity_kl,
+)
 from treegrpo.loss import LossConfig
 from treegrpo.methods import AdvantageConfig
 from treegrpo.models.base import ModelFn
@@ -176,4 +179,124 @@ def update_policy(
     stats["optimizer_steps"] = float(steps)
     stats["training_nfe"] = float(nfe)
     stats["trained_edges"] = float(int(edge_mask.sum()))
+    return UpdateResult(stats, skipped, findings)
+
+
+# ----------------------------------------------------------------------------- likelihood-free objectives
+
+
+@dataclass
+class TrainingPoints:
+    """Where each clean sample is re-noised: sampler step indices ``[N, D]`` and fresh noise ``[N, D, ...]``."""
+
+    steps: torch.Tensor
+    noise: torch.Tensor
+
+    @property
+    def draws(self) -> int:
+        return int(self.steps.shape[1])
+
+
+def draw_training_points(samples: torch.Tensor, num_steps: int, cfg: LossConfig,
+                         generator: torch.Generator | None) -> TrainingPoints:
+    """The (step, noise) pairs each of ``samples`` ``[N, ...]`` is trained at, as ``loss.timesteps`` says."""
+    n = int(samples.shape[0])
+    if cfg.timesteps == "stratified":
+        steps = stratified_steps(n, num_steps, cfg.timestep_draws, 1, cfg.timestep_fraction, generator)
+    else:
+        steps = per_sample_steps(n, num_steps, cfg.timestep_fraction, generator)
+    noise = torch.randn((n, int(steps.shape[1]), *samples.shape[1:]), generator=generator, dtype=torch.float32)
+    return TrainingPoints(steps.to(samples.device), noise.to(samples.device, samples.dtype))
+
+
+@torch.no_grad()
+def velocities_at(model_fn: ModelFn, sigmas: torch.Tensor, samples: torch.Tensor, cond_index: torch.Tensor,
+                  points: TrainingPoints, batch: int) -> torch.Tensor:
+    """A fixed policy's velocity at every training point (old policy, EMA, reference): ``[N, D, ...]``."""
+    out = torch.empty_like(points.noise)
+    for j in range(points.draws):
+        for start in range(0, samples.shape[0], batch):
+            rows = slice(start, start + batch)
+            step = points.steps[rows, j]
+            x_s = noised(samples[rows], points.noise[rows, j], sigmas.to(samples.device)[step])
+            out[rows, j] = model_fn(x_s, step, cond_index[rows]).to(out.dtype)
+    return out
+
+
+def update_on_samples(
+    model_fn: ModelFn,
+    sigmas: torch.Tensor,
+    samples: torch.Tensor,
+    cond_index: torch.Tensor,
+    advantages: torch.Tensor,
+    points: TrainingPoints,
+    learner: Learner,
+    loss_cfg: LossConfig,
+    advantage_clip: float,
+    update_cfg: UpdateConfig,
+    *,
+    anchor_velocity: torch.Tensor | None = None,
+    reference_velocity: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> UpdateResult:
+    """DiffusionNFT or AWM on clean ``samples`` ``[N, ...]`` (leaf latents) with their leaf ``advantages`` ``[N]``.
+
+    Minibatches of ``update_cfg.parents_per_batch`` samples (or ``edges_per_batch`` training points);
+    each minibatch's ``D`` training points are one forward each (gradients accumulated over them).
+    ``anchor_velocity``: DiffusionNFT's ``v_old`` (required for nft) or AWM's EMA-KL target;
+    ``reference_velocity``: the KL reference's (``loss.kl_beta``). Training NFE = samples x draws.
+    """
+    objective = loss_cfg.objective
+    if objective == "nft" and anchor_velocity is None:
+        raise ValueError("loss.objective=nft needs the old policy's velocity at every training point")
+    n, draws = int(samples.shape[0]), points.draws
+    per_batch = update_cfg.parents_per_batch or max(1, (update_cfg.edges_per_batch or draws) // draws)
+    sigmas = sigmas.to(samples.device)
+    totals: dict[str, float] = {}
+    count = steps = nfe = skipped = 0
+    findings: list[str] = []
+    for _ in range(update_cfg.inner_epochs):
+        order = torch.randperm(n, generator=generator).to(samples.device)
+        batches = [order[i : i + per_batch] for i in range(0, n, per_batch)]
+        accum = update_cfg.grad_accum if update_cfg.grad_accum > 0 else max(1, len(batches))
+        for i, rows in enumerate(batches):
+            for j in range(draws):
+                step = points.steps[rows, j]
+                sigma = sigmas[step]
+                x0 = samples[rows]
+                x_s = noised(x0, points.noise[rows, j], sigma)
+                velocity = model_fn(x_s, step, cond_index[rows])
+                if objective == "nft":
+                    assert anchor_velocity is not None
+                    r = optimality_probability(advantages[rows], advantage_clip)
+                    per_sample = nft_loss(velocity, anchor_velocity[rows, j], x_s, x0, sigma, r, loss_cfg.nft_beta,
+                                          advantage_clip)
+                else:
+                    scaled = advantages[rows].clamp(-advantage_clip, advantage_clip) / advantage_clip
+                    per_sample = awm_loss(velocity, points.noise[rows, j] - x0, sigma, scaled, loss_cfg.awm_power)
+                stats = {"policy_loss": float(per_sample.detach().mean())}
+                if reference_velocity is not None and loss_cfg.kl_beta > 0:
+                    kl = velocity_kl(velocity, reference_velocity[rows, j])
+                    per_sample = per_sample + loss_cfg.kl_beta * kl
+                    stats["kl"] = float(kl.detach().mean())
+                if objective == "awm" and anchor_velocity is not None and loss_cfg.ema_kl_beta > 0:
+                    per_sample = per_sample + loss_cfg.ema_kl_beta * velocity_kl(velocity, anchor_velocity[rows, j])
+                learner.backward(per_sample.mean() / (draws * accum))
+                nfe += int(rows.numel())
+                stats["advantage_mean"] = float(advantages[rows].mean())
+                stats["advantage_abs_mean"] = float(advantages[rows].abs().mean())
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                count += 1
+            if (i + 1) % accum == 0 or i + 1 == len(batches):
+                report = learner.step()
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + report.grad_norm
+                steps += 1
+                skipped += not report.applied
+                findings.extend(report.findings)
+    stats = {key: value / max(count, 1) for key, value in totals.items() if key != "grad_norm"}
+    stats["grad_norm"] = totals.get("grad_norm", 0.0) / max(steps, 1)
+    stats["optimizer_steps"] = float(steps)
+    stats["training_nfe"] = float(nfe)
+    stats["trained_edges"] = float(n * draws)
     return UpdateResult(stats, skipped, findings)

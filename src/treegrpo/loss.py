@@ -25,10 +25,35 @@ class NodeAggregation(Choice):
     sum = "sum"
 
 
+class Objective(Choice):
+    """``loss.objective``: the clipped policy gradient over tree edges, or a likelihood-free objective on the
+    clean samples (:mod:`treegrpo.likelihood_free`)."""
+
+    clipped = "clipped"
+    nft = "nft"
+    awm = "awm"
+
+    @property
+    def likelihood_free(self) -> bool:
+        """Trains on re-noised clean samples, not on the rollout's edges."""
+        return self is not Objective.clipped
+
+
+class TimestepSampling(Choice):
+    """``loss.timesteps``: DiffusionNFT's per-sample random steps, or AWM's strata shared by the batch."""
+
+    per_sample = "per_sample"
+    stratified = "stratified"
+
+
+DECAY_SCHEDULES: tuple[str, ...] = ("none", "linear_to_0_5", "delayed_linear_to_0_999", "linear_to_0_3")
+
+
 @dataclass
 class LossConfig:
-    """Options of the clipped objective (the ``loss`` config section)."""
+    """Options of the objective (the ``loss`` config section)."""
 
+    objective: Objective = Objective.clipped
     clip_eps: float = 1e-4
     node_aggregation: NodeAggregation = NodeAggregation.mean
     """Per parent node: the mean or the sum of its child edges' losses."""
@@ -41,14 +66,73 @@ class LossConfig:
     step_reweight: bool = False
     """GRPO-Guard's step reweighting: weight each edge's loss by ``1 / (sigma_t - sigma_{t+1})`` of its
     step, normalised to mean 1 over the schedule, so every step's gradient has one scale (flow models)."""
+    nft_beta: float = 1.0
+    """DiffusionNFT's beta: how far the implicit positive / negative policies sit from the old one (1 or 0.1)."""
+    old_policy_decay: str = "none"
+    """DiffusionNFT's sampling policy ``theta_old <- eta theta_old + (1 - eta) theta`` after each iteration, ``eta``
+    by optimizer steps: ``none`` (on-policy), ``linear_to_0_5`` (min(0.001 i, 0.5), the paper's),
+    ``delayed_linear_to_0_999``; rollouts sample from it and ``v_old`` is its velocity."""
+    awm_power: float = 0.25
+    """AWM's generalised-Huber power ``p`` (``ghuber``; 1 = the sigma-weighted flow-matching loss)."""
+    ema_kl_beta: float = 0.0
+    """AWM's second KL term, to an EMA of the policy updated with ``min(0.001 i, 0.3)`` (its code: 1.0)."""
+    timesteps: TimestepSampling = TimestepSampling.per_sample
+    """Likelihood-free objectives: which sampler steps each clean sample is re-noised at."""
+    timestep_fraction: float = 0.99
+    """``per_sample``: the kept share of the steps (``int(T * f)``); ``stratified``: the range of steps used."""
+    timestep_draws: int = 6
+    """``stratified``: steps drawn per sample (one per stratum of steps 1 .. ``int(T * timestep_fraction)``)."""
+
+    @property
+    def keeps_anchor(self) -> bool:
+        """Whether the objective keeps a slow copy of the trained weights: DiffusionNFT's sampling policy (with a
+        decay schedule) or the EMA of AWM's second KL term."""
+        return (self.objective == "nft" and self.old_policy_decay != "none") or (
+            self.objective == "awm" and self.ema_kl_beta > 0)
+
+    @property
+    def anchor_decay(self) -> str:
+        """The slow copy's decay schedule: ``loss.old_policy_decay`` (nft), AWM's ``min(0.001 i, 0.3)`` (awm)."""
+        return self.old_policy_decay if self.objective == "nft" else "linear_to_0_3"
 
     def check(self) -> None:
-        """Ranges the types cannot express; one-line ConfigError naming the key."""
+        """Ranges the types cannot express and settings of one objective given to another; one-line ConfigError."""
+        self.objective = Objective.parse(self.objective, "loss.objective")
         self.node_aggregation = NodeAggregation.parse(self.node_aggregation, "loss.node_aggregation")
+        self.timesteps = TimestepSampling.parse(self.timesteps, "loss.timesteps")
         if not self.clip_eps > 0:
             raise ConfigError(f"loss.clip_eps must be > 0, got {self.clip_eps}")
-        if self.kl_beta < 0:
-            raise ConfigError(f"loss.kl_beta must be >= 0 (0 = no KL term), got {self.kl_beta}")
+        for key in ("kl_beta", "ema_kl_beta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loss.{key} must be >= 0 (0 = no KL term), got {getattr(self, key)}")
+        if self.old_policy_decay not in DECAY_SCHEDULES:
+            raise ConfigError(f"loss.old_policy_decay {self.old_policy_decay!r} is not a schedule; use one of "
+                              f"{', '.join(DECAY_SCHEDULES)}")
+        for key in ("nft_beta", "awm_power"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"loss.{key} must be > 0, got {getattr(self, key)}")
+        if not 0 < self.timestep_fraction <= 1 or self.timestep_draws < 1:
+            raise ConfigError("loss.timestep_fraction must be in (0, 1] and loss.timestep_draws >= 1, got "
+                              f"{self.timestep_fraction} and {self.timestep_draws}")
+        self._refuse_settings_of_other_objectives()
+
+    def _refuse_settings_of_other_objectives(self) -> None:
+        """A setting only another objective reads is a contradiction, not something to ignore."""
+        defaults = LossConfig()
+        owners = {"nft": ("nft_beta", "old_policy_decay"), "awm": ("awm_power", "ema_kl_beta"),
+                  "clipped": ("ratio_norm", "step_reweight")}
+        for objective, keys in owners.items():
+            if self.objective == objective:
+                continue
+            for key in keys:
+                if getattr(self, key) != getattr(defaults, key):
+                    raise ConfigError(f"loss.{key}={getattr(self, key)} belongs to loss.objective={objective}, but the "
+                                      f"objective is {self.objective.value}; drop it or set loss.objective={objective}")
+        if not self.objective.likelihood_free:
+            for key in ("timesteps", "timestep_fraction", "timestep_draws"):
+                if getattr(self, key) != getattr(defaults, key):
+                    raise ConfigError(f"loss.{key} sets where clean samples are re-noised, which only loss.objective="
+                                      "nft or awm does; drop it or choose one of them")
 
 
 def guarded_log_ratio(

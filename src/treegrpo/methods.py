@@ -24,6 +24,7 @@ class TreeSchedule(Choice):
     flat = "flat"
     mix = "mix"
     split_ = "split"  # "split" is a str method
+    ode = "ode"  # deterministic trajectories (the likelihood-free objectives' rollouts)
 
 
 class StdScope(Choice):
@@ -58,7 +59,7 @@ class TreeConfig:
         """The choices; the shape itself is checked by building its plan for ``sampling.steps`` (whole config)."""
         self.schedule = TreeSchedule.parse(self.schedule, "tree.schedule")
         self.window_placement = WindowPlacement.parse(self.window_placement, "tree.window_placement")
-        if self.antithetic and self.schedule in (TreeSchedule.flat, TreeSchedule.mix):
+        if self.antithetic and self.schedule in (TreeSchedule.flat, TreeSchedule.mix, TreeSchedule.ode):
             raise ConfigError(f"tree.antithetic=true mirrors siblings, but tree.schedule={self.schedule.value} never "
                               "branches; use tree.schedule=tree or split, or drop tree.antithetic")
 
@@ -123,6 +124,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "tree": dict(schedule="flat", trees=12, train_fraction=1.0),
         "advantage": dict(),
         "loss": dict(clip_eps=1e-4, kl_beta=0.0),
+    },
+    # likelihood-free (treegrpo.likelihood_free): deterministic rollouts, advantages over the global reward std,
+    # the published settings of each paper's code; tree.schedule=tree feeds them a tree's leaves instead
+    "diffusion_nft": {
+        "tree": dict(schedule="ode", trees=12),
+        "advantage": dict(std_scope="global", clip=5.0, min_group_std=0.0),
+        "loss": dict(objective="nft", nft_beta=1.0, old_policy_decay="linear_to_0_5", kl_beta=1e-4,
+                     timesteps="per_sample", timestep_fraction=0.99),
+    },
+    "awm": {
+        "tree": dict(schedule="ode", trees=12),
+        "advantage": dict(std_scope="global", clip=5.0, min_group_std=0.0),
+        "loss": dict(objective="awm", awm_power=0.25, kl_beta=1e-4, ema_kl_beta=1.0, timesteps="stratified",
+                     timestep_fraction=0.9, timestep_draws=6),
     },
 }
 """Overrides per preset. ``ddpo`` differs from ``flow_grpo`` by no KL; on SD1.x/2.x models every
@@ -191,6 +206,8 @@ def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: in
     if cfg.schedule == "flat":
         trained = None if cfg.train_fraction >= 1 else S.sample_trained_steps(num_steps, cfg.train_fraction, iteration, seed)
         return S.flat_plan(num_steps, trained)
+    if cfg.schedule == "ode":
+        return S.ode_plan(num_steps)
     if cfg.schedule == "split":
         if cfg.k < 2:
             raise ValueError(f"tree.k must be >= 2 for the split schedule, got {cfg.k}")
@@ -202,7 +219,7 @@ def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: in
                 f"tree.split_steps={list(steps)}: {error}; set tree.split_steps=null to scale BranchGRPO's splits "
                 "to sampling.steps, or list steps below sampling.steps"
             ) from None
-    raise ValueError(f"unknown tree.schedule {cfg.schedule!r}; use tree, flat, mix or split")
+    raise ValueError(f"unknown tree.schedule {cfg.schedule!r}; use tree, flat, mix, split or ode")
 
 
 def steps_ever_trained(cfg: TreeConfig, num_steps: int) -> tuple[int, ...]:

@@ -42,10 +42,12 @@ class Ema:
         self.shadow = {name: p.detach().to(torch.float32).clone() for name, p in parameters.items()}
 
     @torch.no_grad()
-    def update(self) -> None:
-        """``shadow = d * shadow + (1 - d) * weight`` with the (warmed-up) decay ``d``."""
+    def update(self, decay: float | None = None) -> None:
+        """``shadow = d * shadow + (1 - d) * weight`` with the (warmed-up) decay ``d``, or this call's ``decay``
+        (a schedule the caller keeps, e.g. DiffusionNFT's ``min(0.001 i, 0.5)``)."""
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        if decay is None:
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         for name, parameter in self.parameters.items():
             self.shadow[name].lerp_(parameter.detach().to(torch.float32), 1.0 - decay)
 

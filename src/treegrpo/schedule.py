@@ -194,6 +194,12 @@ def flat_plan(num_steps: int, trained_steps: Sequence[int] | None = None) -> Pla
     return tuple(SDE_TRAINED if t in trained else SDE_UNTRAINED for t in range(num_steps))
 
 
+def ode_plan(num_steps: int) -> Plan:
+    """Every step ODE: deterministic trajectories, nothing trained by the clipped objective (evaluation,
+    and the likelihood-free objectives' rollouts)."""
+    return tuple(ODE for _ in range(num_steps))
+
+
 def mix_plan(num_steps: int, window: int, start: int) -> Plan:
     """MixGRPO: SDE (trained) inside a sliding window, ODE elsewhere."""
     return tuple(SDE_TRAINED if start <= t < start + window else ODE for t in range(num_steps))

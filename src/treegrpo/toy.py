@@ -8,6 +8,7 @@ an MLP velocity field is pretrained on it by rectified flow (seconds on a CPU). 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -17,11 +18,16 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.engine import (
+    TorchLearner, UpdateConfig, compute_advantages, draw_training_points, select_edges, update_on_samples, update_policy,
+    velocities_at,
+)
+from treegrpo.likelihood_free import decay
 from treegrpo.methods import MethodConfig, plan_for_iteration, preset
-from treegrpo.schedule import Plan
 from treegrpo.models.base import ModelFn
-from treegrpo.rollout import rollout_trees
+from treegrpo.optim import Ema
+from treegrpo.rollout import TreeRollout, rollout_trees
+from treegrpo.schedule import Plan
 from treegrpo.sampling import FlowSchedule, Schedule
 
 
@@ -202,6 +208,10 @@ class ToyRun:
         optimizer = torch.optim.AdamW(self.backbone.trainable_parameters(), lr=lr, weight_decay=0.0)
         self.learner = TorchLearner(self.backbone.trainable_parameters(), optimizer, max_grad_norm=1.0)
         self.generator = torch.Generator().manual_seed(seed)
+        named = dict(self.backbone.denoiser.named_parameters())
+        self.anchor = Ema(named, 0.0) if method.loss.keeps_anchor else None
+        """A likelihood-free objective's slow copy (DiffusionNFT's sampling policy, AWM's KL EMA)."""
+        self.optimizer_steps = 0
 
     def plan(self, iteration: int) -> Plan:
         return plan_for_iteration(self.method.tree, self.num_steps, iteration, self.seed)
@@ -212,11 +222,17 @@ class ToyRun:
         prompts = torch.randint(self.task.num_classes, (self.prompts_per_iteration,), generator=generator)
         root_cond = torch.arange(self.prompts_per_iteration).repeat_interleave(self.method.tree.trees)
         model_fn = backbone.model_fn(prompts, 1.0, self.schedule)
-        rollout = rollout_trees(model_fn, self.stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
-                                root_cond, max_batch=4096, generator=generator, keep_means=self.method.loss.ratio_norm,
-                                antithetic=self.method.tree.antithetic)
+        loss = self.method.loss
+        sampling = self.anchor.applied() if self.anchor is not None and loss.objective == "nft" else contextlib.nullcontext()
+        with sampling:
+            rollout = rollout_trees(model_fn, self.stepper, plan, backbone.initial_noise(root_cond.shape[0], generator),
+                                    root_cond, max_batch=4096, generator=generator, keep_means=loss.ratio_norm,
+                                    antithetic=self.method.tree.antithetic)
         scores = self.task.reward(backbone.decode(rollout.leaf_latents), prompts[rollout.leaf_cond])
         advantages = compute_advantages(rollout.structure, scores, self.method.advantage)
+        if loss.objective.likelihood_free:
+            stats = self._update_on_samples(model_fn, prompts, rollout, advantages.leaf.advantages)
+            return ToyStep(rollout.nfe, int(stats["training_nfe"]), advantages.leaf.guard_fraction)
         mask = select_edges(rollout.structure, advantages.edge, self.method.advantage, self.kl_on)
         reference_fn = (
             backbone.model_fn(prompts, 1.0, self.schedule, denoiser=backbone.reference_denoiser()) if self.kl_on else None
@@ -224,6 +240,28 @@ class ToyRun:
         update = update_policy(model_fn, self.stepper, rollout, advantages.edge, mask, self.learner, self.method.loss,
                                self.update, reference_fn=reference_fn, generator=generator)
         return ToyStep(rollout.nfe, int(update.stats["training_nfe"]), advantages.leaf.guard_fraction)
+
+    def _update_on_samples(self, model_fn: ModelFn, prompts: torch.Tensor, rollout: TreeRollout,
+                           leaf_advantages: torch.Tensor) -> dict[str, float]:
+        """DiffusionNFT / AWM on the rollout's leaves (as the trainer's ``_update_on_samples``)."""
+        loss, generator = self.method.loss, self.generator
+        samples, cond = rollout.leaf_latents, rollout.leaf_cond
+        points = draw_training_points(samples, self.num_steps, loss, generator)
+        sigmas = self.schedule.sigmas
+        anchor = reference = None
+        if loss.objective == "nft" or loss.ema_kl_beta > 0:
+            with self.anchor.applied() if self.anchor is not None else contextlib.nullcontext():
+                anchor = velocities_at(model_fn, sigmas, samples, cond, points, 4096)
+        if self.kl_on:
+            reference_fn = self.backbone.model_fn(prompts, 1.0, self.schedule, denoiser=self.backbone.reference_denoiser())
+            reference = velocities_at(reference_fn, sigmas, samples, cond, points, 4096)
+        update = update_on_samples(model_fn, sigmas, samples, cond, leaf_advantages, points, self.learner, loss,
+                                   self.method.advantage.clip, self.update, anchor_velocity=anchor,
+                                   reference_velocity=reference, generator=generator)
+        self.optimizer_steps += int(update.stats["optimizer_steps"])
+        if self.anchor is not None:
+            self.anchor.update(decay(loss.anchor_decay, self.optimizer_steps))
+        return update.stats
 
     def evaluate(self, samples: int) -> float:
         return evaluate_toy(self.backbone, self.num_steps, samples, self.seed)

@@ -67,6 +67,8 @@ class GatheredStructure:
     structure: TreeStructure
     own_edges: slice
     """Where this process's edges lie in the gathered edge order (its local edge order, offset)."""
+    own_leaves: slice
+    """Where this process's leaves lie in the gathered leaf order (its local leaf order, offset)."""
 
 
 def gather_structure(local: TreeStructure, root_group: torch.Tensor, processes: Processes) -> GatheredStructure:
@@ -77,9 +79,10 @@ def gather_structure(local: TreeStructure, root_group: torch.Tensor, processes: 
     before this one hold (their counts may differ).
     """
     local = local.to("cpu")
-    counts = processes.gather(torch.tensor([[local.num_nodes, local.num_edges, local.num_trees]]))
-    offsets = torch.cat([torch.zeros(1, 3, dtype=counts.dtype), counts.cumsum(0)])
-    node_offset, _, tree_offset = (int(v) for v in offsets[processes.rank])
+    counts = processes.gather(torch.tensor([[local.num_nodes, local.num_edges, local.num_trees,
+                                             int(local.leaf_node.numel())]]))
+    offsets = torch.cat([torch.zeros(1, 4, dtype=counts.dtype), counts.cumsum(0)])
+    node_offset, _, tree_offset, _ = (int(v) for v in offsets[processes.rank])
     gather = processes.gather
     structure = TreeStructure(
         node_parent=gather(_shift(local.node_parent, node_offset)),
@@ -91,8 +94,9 @@ def gather_structure(local: TreeStructure, root_group: torch.Tensor, processes: 
         leaf_node=gather(local.leaf_node + node_offset),
         num_trees=int(counts[:, 2].sum()),
     )
-    edge_offsets = [int(v) for v in offsets[:, 1]]
-    return GatheredStructure(structure, slice(edge_offsets[processes.rank], edge_offsets[processes.rank + 1]))
+    rank = processes.rank
+    own = {column: slice(int(offsets[rank, column]), int(offsets[rank + 1, column])) for column in (1, 3)}
+    return GatheredStructure(structure, own_edges=own[1], own_leaves=own[3])
 
 
 def balance_parents(

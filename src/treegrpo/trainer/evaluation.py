@@ -19,7 +19,7 @@ from treegrpo.models.base import Backbone
 from treegrpo.rewards.multi import MultiReward
 from treegrpo.rewards.video import middle_frames
 from treegrpo.rollout import TreeRollout, rollout_trees
-from treegrpo.schedule import ODE, Plan, flat_plan
+from treegrpo.schedule import flat_plan, ode_plan
 
 
 @dataclass
@@ -32,11 +32,6 @@ class RewardSet:
         """(weighted score [B], each component [B]) as float32 CPU tensors."""
         components = self.multi.components(images, list(prompts))
         return self.multi.combine(components), components
-
-
-def ode_plan(steps: int) -> Plan:
-    """All steps deterministic: one final image per root."""
-    return tuple(ODE for _ in range(steps))
 
 
 @torch.no_grad()

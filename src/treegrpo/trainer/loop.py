@@ -28,8 +28,12 @@ from treegrpo import checkpoint as ckpt
 from treegrpo.config import Progress, TrainerConfig, config_values, to_yaml
 from treegrpo.errors import ConfigError
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
-from treegrpo.engine import EdgeAdvantages, UpdateConfig, UpdateResult, compute_advantages, select_edges, update_policy
+from treegrpo.engine import (
+    EdgeAdvantages, UpdateConfig, UpdateResult, compute_advantages, draw_training_points, select_edges, update_on_samples,
+    update_policy, velocities_at,
+)
 from treegrpo.faults import fault_point
+from treegrpo.likelihood_free import decay
 from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, stats_findings
 from treegrpo.methods import plan_for_iteration, steps_ever_trained
 from treegrpo.models.base import Backbone
@@ -62,6 +66,8 @@ class SharedScores:
     structure: TreeStructure
     own_edges: slice
     """This process's edges in ``structure``'s edge order (what it trains; its advantages are ``edge[own_edges]``)."""
+    own_leaves: slice
+    """This process's leaves in ``structure``'s leaf order (what a likelihood-free objective trains on)."""
     scores: torch.Tensor
     skip: bool
     findings: list[str]
@@ -133,6 +139,8 @@ class Trainer:
                                          self.processes, self.sharded)
         named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.ema = Ema(named, t.ema) if t.ema > 0 else None
+        self.anchor = Ema(named, 0.0) if cfg.loss.keeps_anchor else None
+        """DiffusionNFT's sampling policy or AWM's KL EMA: a slow copy of the trained weights (loss.old_policy_decay)."""
         self.generators = make_generators(cfg.seed, self.processes.rank, self.processes.device)
         world = self.processes.world
         parents, edges = t.minibatch_sizes()
@@ -143,7 +151,7 @@ class Trainer:
             logger.info("minibatch: %d %s over %d processes (%d per process); its size is global",
                         size, unit, world, (size or 0) // world)
         self.state = TrainingState(self.backbone.denoiser, self.optimizer, self.scheduler, self.ema, self.sampler,
-                                   self.generators, self.sharded)
+                                   self.generators, self.sharded, anchor=self.anchor)
         self.log = MetricsLog(self.run_dir, is_main=self.processes.is_main, iterations=t.iterations, log_every=t.log_every,
                               log_with=t.log_with, config=config_values(cfg))
         self.held_out = HeldOutEvaluation(cfg, self.backbone, self.rewards, self.judges, self.prompts.eval, self.run_dir,
@@ -183,13 +191,21 @@ class Trainer:
         update_start = time.time()
         if cfg.train.debug_dump and not shared.skip:
             self._dump(iteration, scores, root_group[rollout.structure.leaf_tree.cpu()], advantages, shared)
-        update = NO_UPDATE if shared.skip else self._update(rollout, shared, advantages, conditioning)
+        if shared.skip:
+            update = NO_UPDATE
+        elif cfg.loss.objective.likelihood_free:
+            update = self._update_on_samples(rollout, shared, advantages, conditioning)
+        else:
+            update = self._update(rollout, shared, advantages, conditioning)
         stats = update.stats
+        self.state.optimizer_steps += int(stats["optimizer_steps"])
         findings = shared.findings + ([] if shared.skip else update.findings + stats_findings(stats))
         lr = float(self.scheduler.get_last_lr()[0])
         self.scheduler.step()
         if self.ema is not None and not shared.skip:
             self.ema.update()
+        if self.anchor is not None and not shared.skip:
+            self.anchor.update(decay(cfg.loss.anchor_decay, self.state.optimizer_steps))
 
         metrics = self._metrics(iteration, plan, shared, components, advantages, stats, rollout, lr)
         metrics.update(
@@ -233,12 +249,13 @@ class Trainer:
             for trees in chunks:
                 # mixed precision: accelerate.prepare patched the denoiser's own forward with autocast, so the
                 # rollout computes the old log-probs in the precision the update recomputes them in
-                part = rollout_trees(
-                    model_fn, self.stepper, plan, noise[trees], root_cond[trees],
-                    max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
-                    on_step=lambda step, width: bar.update(1), keep_means=cfg.loss.ratio_norm,
-                    antithetic=cfg.tree.antithetic,
-                )
+                with self._sampling_policy():
+                    part = rollout_trees(
+                        model_fn, self.stepper, plan, noise[trees], root_cond[trees],
+                        max_batch=cfg.sampling.max_batch, generator=self.generators["rollout"],
+                        on_step=lambda step, width: bar.update(1), keep_means=cfg.loss.ratio_norm,
+                        antithetic=cfg.tree.antithetic,
+                    )
                 parts.append(part)
                 if len(chunks) > 1:
                     leaf_prompts = [prompts[int(i)] for i in part.leaf_cond]
@@ -267,7 +284,7 @@ class Trainer:
         skip = self.processes.any(bool(findings) or not bool(torch.isfinite(all_scores).all()))
         if skip and not findings:
             findings = ["reward: non-finite scores on another process"]
-        return SharedScores(gathered.structure, gathered.own_edges, all_scores, skip, findings)
+        return SharedScores(gathered.structure, gathered.own_edges, gathered.own_leaves, all_scores, skip, findings)
 
     def _update(
         self, rollout: TreeRollout, shared: SharedScores, advantages: EdgeAdvantages, conditioning: Any
@@ -293,6 +310,39 @@ class Trainer:
         update = update_policy(
             train_fn, self.stepper, rollout, edge_adv, mask, self.learner, cfg.loss, self.update_cfg,
             reference_fn=reference_fn, generator=self.generators["minibatch"],
+        )
+        self.backbone.denoiser.eval()
+        return update
+
+    def _sampling_policy(self) -> contextlib.AbstractContextManager[None]:
+        """The weights rollouts sample with: DiffusionNFT's slow copy when it keeps one, else the trained ones."""
+        if self.anchor is not None and self.cfg.loss.objective == "nft":
+            return self.anchor.applied()
+        return contextlib.nullcontext()
+
+    def _update_on_samples(
+        self, rollout: TreeRollout, shared: SharedScores, advantages: EdgeAdvantages, conditioning: Any
+    ) -> UpdateResult:
+        """DiffusionNFT / AWM on this process's leaves: their clean samples re-noised at sampler steps."""
+        cfg, device = self.cfg, self.processes.device
+        samples, cond = rollout.leaf_latents.to(device), rollout.leaf_cond.to(device)
+        leaf_advantages = advantages.leaf.advantages[shared.own_leaves].to(device)
+        points = draw_training_points(samples, cfg.sampling.steps, cfg.loss, self.generators["minibatch"])
+        guidance, sigmas = cfg.sampling.guidance_scale, self.schedule.sigmas
+        policy = self.backbone.model_fn(conditioning, guidance, self.schedule)
+        anchor = reference = None
+        if cfg.loss.objective == "nft" or cfg.loss.ema_kl_beta > 0:  # v_old, or AWM's EMA target
+            with self.anchor.applied() if self.anchor is not None else contextlib.nullcontext():
+                anchor = velocities_at(policy, sigmas, samples, cond, points, cfg.sampling.max_batch)
+        if cfg.loss.kl_beta > 0:
+            reference_fn = self.backbone.model_fn(conditioning, guidance, self.schedule,
+                                                  denoiser=self.backbone.reference_denoiser())
+            reference = velocities_at(reference_fn, sigmas, samples, cond, points, cfg.sampling.max_batch)
+        train_fn = self.backbone.model_fn(conditioning, guidance, self.schedule, denoiser=self.wrapped)
+        self.backbone.denoiser.train()
+        update = update_on_samples(
+            train_fn, sigmas, samples, cond, leaf_advantages, points, self.learner, cfg.loss, cfg.advantage.clip,
+            self.update_cfg, anchor_velocity=anchor, reference_velocity=reference, generator=self.generators["minibatch"],
         )
         self.backbone.denoiser.eval()
         return update

@@ -43,6 +43,9 @@ def check_model_folder(cfg: TrainerConfig) -> None:
         )
     if cfg.loss.step_reweight and not adapter.flow_matching:
         raise ConfigError(f"loss.step_reweight weights flow-matching steps by their sigma; {family} models use DDIM: set it false")
+    if cfg.loss.objective.likelihood_free and not adapter.flow_matching:
+        raise ConfigError(f"loss.objective={cfg.loss.objective.value} re-noises samples along a flow-matching path; "
+                          f"{family} models are DDIM-sampled diffusion models: use a GRPO preset (ddpo) for them")
 
 
 def build_judges(cfg: TrainerConfig, device: torch.device | str) -> Optional[RewardSet]:

@@ -33,6 +33,10 @@ class TrainingState:
     sampler: PromptSampler
     generators: dict[str, torch.Generator]
     sharded: bool
+    anchor: Optional[Ema] = None
+    """A likelihood-free objective's slow copy of the weights (DiffusionNFT's sampling policy, AWM's KL EMA)."""
+    optimizer_steps: int = 0
+    """Optimizer steps so far (the clock of the slow copy's decay schedule)."""
 
     def raw_optimizer(self) -> torch.optim.Optimizer:
         """The torch optimizer inside accelerate's wrapper."""
@@ -73,11 +77,13 @@ def save_checkpoint(run_dir: Path, state: TrainingState, processes: Processes, i
             "world_size": processes.world,
             "method": method,
             "nonfinite_in_a_row": nonfinite_in_a_row,
+            "optimizer_steps": state.optimizer_steps,
         }
         ckpt.save_main(
             ckpt.temp_folder(run_dir, iteration),
             weights=weights,
             ema=state.ema.state_dict() if state.ema is not None else None,
+            anchor=state.anchor.state_dict() if state.anchor is not None else None,
             optimizer=optimizer,
             scheduler=state.scheduler.state_dict(),
             state=record,
@@ -105,6 +111,13 @@ def load_checkpoint(folder: Path, state: TrainingState, processes: Processes) ->
     ema = ckpt.load_weights(folder, "ema")
     if state.ema is not None and ema is not None:
         state.ema.load_state_dict(ema)
+    anchor = ckpt.load_weights(folder, "anchor")
+    if state.anchor is not None:
+        if anchor is None:
+            raise ckpt.CheckpointError(f"{folder} has no anchor.safetensors (the slow copy of the weights this "
+                                       "objective keeps); resume with the settings the run was saved with")
+        state.anchor.load_state_dict(anchor)
+    state.optimizer_steps = int(record.get("optimizer_steps", 0))
     state.sampler.load_state_dict(record["sampler"])
     ckpt.load_rng(folder, processes.rank, state.generators)
     return ResumePoint(int(record["iteration"]), int(record["metrics_lines"]), int(record.get("nonfinite_in_a_row", 0)))
