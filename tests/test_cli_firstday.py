@@ -273,3 +273,33 @@ def test_library_noise_is_silenced_and_no_bars_without_a_tty(tmp_path: Path) -> 
 def test_demo_takes_overrides_after_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     error = _one_line_error(capsys, ["demo", "--iterations", "1", "tree.kk=3", "--seed", "1"])
     assert "unknown config key 'tree.kk'" in error and "did you mean 'tree.k'" in error
+
+
+def test_a_lora_on_another_family_is_a_one_line_error(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shapes run's SD3 LoRA on a FLUX model: its layer names exist there with other shapes (a state-dict
+    traceback before); on a model whose layers it does not name diffusers loaded nothing and sampled the base."""
+    from tests.tiny_models import tiny_pipeline
+
+    code = main(["sample", "--model", str(tiny_pipeline("flux")), "--trained", str(finished_run / "final"),
+                 "--prompt", "a red circle", "--steps", "2", "--height", "16", "--width", "16", "--dtype", "fp32",
+                 "--out", str(finished_run.parent / "wrong.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "this flux model (FluxPipeline)" in err[0] and "trained on builtin:shapes" in err[0]
+    assert not (finished_run.parent / "wrong.png").exists()
+
+
+def test_a_lora_matching_no_layer_is_a_one_line_error(finished_run: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The silent case: diffusers finds no key of the LoRA in the model, logs it and loads nothing."""
+    from treegrpo import cli
+
+    class Backbone:
+        family, pipe, denoiser = "sd", type("StableDiffusionPipeline", (), {"load_lora_weights": lambda self, f: None})(), \
+            __import__("torch").nn.Linear(2, 2)
+
+    with pytest.raises(cli.CliError) as error:
+        cli.apply_trained(Backbone(), finished_run / "final")
+    assert "matches no layer of this sd model (StableDiffusionPipeline)" in str(error.value)
+    assert "trained on builtin:shapes" in str(error.value) and "\n" not in str(error.value)
+

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from treegrpo.errors import ConfigError
 from treegrpo.rewards import get_reward, is_import_path
 from treegrpo.rewards.multi import MultiReward
 
@@ -74,11 +75,49 @@ def test_bad_import_paths_and_unknown_names_are_one_line_errors(user_module: str
     with pytest.raises(ValueError, match="did you mean 'hpsv2'") as info:
         get_reward("hpsv3")
     assert "import path" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ImportError, match="no_such_module"):
+    with pytest.raises(ConfigError, match="no module 'no_such_module.sub' is installed or in the working folder") as info:
         get_reward("no_such_module.sub:fn")
-    with pytest.raises(ImportError, match="has no attribute 'missing'"):
+    assert "'/path/to/sub.py:fn'" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="has no attribute 'missing'"):
         get_reward(f"{user_module}:missing")
     with pytest.raises(ValueError, match="not a function or class"):
         get_reward(f"{user_module}:NOT_CALLABLE")
     assert is_import_path("a.b:c") and is_import_path("pkg:Cls.method") and not is_import_path("hpsv2")
     assert not is_import_path("a b:c") and not is_import_path(":c") and not is_import_path("a:")
+
+
+SCORE_FILE = "import torch\n\ndef score(images, prompts):\n    return images.mean(dim=(1, 2, 3))\n"
+
+
+def test_a_reward_module_beside_the_config_is_found_and_recorded_by_its_file(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mymod.py`` next to the YAML, the command run from elsewhere (a 44-line ``No module named`` before): the
+    config records the file's absolute path, so the run's config.yaml resumes from any folder."""
+    from treegrpo.config import load_config, to_yaml, with_absolute_paths
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    (project / "besidemod.py").write_text(SCORE_FILE)
+    (project / "run.yaml").write_text('reward: {"besidemod:score": 1.0}\neval: {rewards: "besidemod:score"}\ndata: {builtin: shapes}\n')
+    monkeypatch.chdir(elsewhere)
+    cfg = with_absolute_paths(load_config(project / "run.yaml"))
+    recorded = f"{project / 'besidemod.py'}:score"
+    assert cfg.reward == {recorded: 1.0} and cfg.eval.rewards == recorded
+    assert recorded in to_yaml(cfg)
+    images = torch.rand(3, 3, 8, 12)
+    torch.testing.assert_close(get_reward(recorded)(images, ["a", "b", "c"]), images.mean(dim=(1, 2, 3)))
+    assert is_import_path(recorded) and is_import_path("rel/dir/file.py:fn")
+
+
+def test_a_reward_module_in_the_working_folder_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from treegrpo.config import resolve_config, with_absolute_paths
+
+    (tmp_path / "cwdmod.py").write_text(SCORE_FILE)
+    monkeypatch.chdir(tmp_path)
+    images = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(get_reward("cwdmod:score")(images, ["a", "b"]), images.mean(dim=(1, 2, 3)))
+    cfg = with_absolute_paths(resolve_config({"reward": "cwdmod:score", "data": {"builtin": "shapes"}}))
+    assert cfg.reward == f"{tmp_path / 'cwdmod.py'}:score"
+    with pytest.raises(ConfigError, match="does not exist"):
+        get_reward(f"{tmp_path / 'gone.py'}:score")
+

@@ -151,12 +151,40 @@ def load_for_inference(model: Any, trained: Optional[str]) -> Any:
     return backbone
 
 
+def _lora_layers(module: Any) -> int:
+    """Layers of ``module`` that carry a LoRA adapter (peft's ``lora_A`` holds one entry per adapter)."""
+    return sum(len(getattr(layer, "lora_A", {})) for layer in module.modules())
+
+
+def _trained_on(folder: Path) -> str:
+    """The base model a trained folder (``RUN/final``) came from, read from its run's config.yaml."""
+    config = folder.parent / "config.yaml"
+    if config.is_file():
+        for line in config.read_text(encoding="utf-8").splitlines():
+            if line.strip().startswith("path:"):
+                return line.split(":", 1)[1].strip()
+    return "another model (its run's config.yaml is not beside it)"
+
+
 def apply_trained(backbone: Any, folder: Path) -> None:
-    """Load a LoRA folder (diffusers format) or a full-weights export into the backbone."""
+    """Load a LoRA folder (diffusers format) or a full-weights export into the backbone.
+
+    A LoRA that matches no layer of the loaded model (trained on another family) is a one-line error:
+    diffusers would otherwise load nothing and sample the untrained base.
+    """
     from safetensors.torch import load_file
 
     if (folder / "pytorch_lora_weights.safetensors").is_file():
-        backbone.pipe.load_lora_weights(str(folder))
+        before = _lora_layers(backbone.denoiser)
+        model = f"this {backbone.family} model ({type(backbone.pipe).__name__})"
+        fix = f"it was trained on {_trained_on(folder)}: sample it with that model (--model or model.path)"
+        try:
+            backbone.pipe.load_lora_weights(str(folder))
+        except (RuntimeError, ValueError) as error:  # same layer names, other shapes: another model's LoRA
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CliError(f"the LoRA in {folder} does not fit {model} ({first}); {fix}") from None
+        if _lora_layers(backbone.denoiser) == before:
+            raise CliError(f"the LoRA in {folder} matches no layer of {model}; {fix}")
         return
     weights = sorted((folder / getattr(backbone, "denoiser_name", "transformer")).glob("*.safetensors"))
     if not weights:

@@ -500,9 +500,31 @@ def resolve_config(
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainerConfig:
-    """Resolve the YAML file at ``path`` (or only defaults) plus ``overrides``."""
+    """Resolve the YAML file at ``path`` (or only defaults) plus ``overrides``; a reward module beside the file
+    (``mymod:score`` with ``mymod.py`` next to it) is recorded by its absolute file path."""
     values = load_yaml(path) if path is not None else {}
-    return resolve_config(values, overrides, source=str(path) if path is not None else "defaults")
+    cfg = resolve_config(values, overrides, source=str(path) if path is not None else "defaults")
+    return cfg if path is None else with_reward_files(cfg, [Path(path).expanduser().resolve().parent])
+
+
+def _renamed_rewards(spec: Any, rename: Any) -> Any:
+    """A reward spec (a name, or a map of names) with every name passed through ``rename``."""
+    if isinstance(spec, str):
+        return rename(spec)
+    if isinstance(spec, dict):
+        return {rename(str(name)): value for name, value in spec.items()}
+    return spec
+
+
+def with_reward_files(cfg: TrainerConfig, folders: Sequence[Path]) -> TrainerConfig:
+    """``cfg`` with import-path rewards (training and judges) that are files in ``folders`` named by absolute path."""
+    from treegrpo.rewards import locate_import_path
+
+    def rename(name: str) -> str:
+        return locate_import_path(name, folders)
+
+    evaluation = dataclasses.replace(cfg.eval, rewards=_renamed_rewards(cfg.eval.rewards, rename))
+    return dataclasses.replace(cfg, reward=_renamed_rewards(cfg.reward, rename), eval=evaluation)
 
 
 def _local_path(value: Optional[str]) -> Optional[str]:
@@ -517,10 +539,12 @@ def with_absolute_paths(cfg: TrainerConfig) -> TrainerConfig:
     """A copy of ``cfg`` whose path-valued keys are absolute, so RUN/config.yaml works from any folder.
 
     Local data files and a local model folder become absolute; hub ids (and ``builtin:shapes``) stay
-    as typed; ``output_dir`` is always made absolute.
+    as typed; ``output_dir`` is always made absolute; an import-path reward found as a file in the
+    working folder is named by that file.
     """
     data = dataclasses.replace(cfg.data, prompts=_local_path(cfg.data.prompts), eval_prompts=_local_path(cfg.data.eval_prompts))
     model = dataclasses.replace(cfg.model, path=_local_path(cfg.model.path) or cfg.model.path)
+    cfg = with_reward_files(cfg, [Path.cwd()])  # a reward module in the working folder, by its file
     return dataclasses.replace(cfg, data=data, model=model, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
 
 
