@@ -191,3 +191,39 @@ def _check_one_precision(trainer: Any) -> None:
     metrics = trainer.run_iteration(0).metrics
     assert seen and all(dtype == torch.bfloat16 for _, dtype in seen)  # rollout and update alike
     assert metrics["ratio_min"] == metrics["ratio_max"] == 1.0 and metrics["optimizer_steps"] == 1
+
+
+class FailsOnce:
+    """A reward that breaks on its first call (a set-up or first-evaluation failure), then scores."""
+
+    calls = 0
+
+    def __call__(self, images: Any, prompts: Any) -> Any:
+        import torch
+
+        FailsOnce.calls += 1
+        if FailsOnce.calls == 1:
+            raise RuntimeError("reward server not up yet")
+        return torch.zeros(images.shape[0])
+
+
+def test_a_run_that_trained_nothing_does_not_block_its_retry(tmp_path: Path) -> None:
+    """A first evaluation that fails leaves config.yaml and tensorboard/; the same command used to refuse the folder
+    ("already holds a run") and --resume to fail for lack of a checkpoint. Now the same command starts it again."""
+    from treegrpo.trainer.launch import train as launch_train
+    from treegrpo.trainer.setup import find_resume_checkpoint
+
+    values = tiny_values(tmp_path, iterations=1, eval_every=0, eval_at_start=True, ema=0.0)
+    values["reward"] = "tests.test_trainer:FailsOnce"
+    folder = tmp_path / "run"
+    cfg = resolve_config(values, [f"output_dir={folder}"])
+    FailsOnce.calls = 0
+    with pytest.raises(RuntimeError, match="not up yet"):
+        launch_train(cfg)
+    assert (folder / "config.yaml").is_file() and not (folder / "metrics.jsonl").exists()
+    with pytest.raises(Exception, match="no iteration finished there; nothing is lost by starting again"):
+        find_resume_checkpoint(folder, explicit=True)
+    records = launch_train(cfg)  # the same command
+    assert len(records) == 1 and (folder / "final").is_dir()
+    with pytest.raises(Exception, match="already holds a run"):  # a run that trained is still protected
+        launch_train(resolve_config(values, [f"output_dir={folder}", "train.iterations=2", "seed=1"]))

@@ -17,7 +17,9 @@ import torch
 from treegrpo import checkpoint as ckpt
 from treegrpo.config import TrainerConfig, with_absolute_paths
 from treegrpo.trainer.loop import Trainer
-from treegrpo.trainer.run_dir import RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command
+from treegrpo.trainer.run_dir import (
+    RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, trained_nothing,
+)
 from treegrpo.trainer.setup import check_processes, find_resume_checkpoint, preflight
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool =
     run_dir = Path(cfg.output_dir if resume in (None, "auto") else str(resume)).expanduser().resolve()
     check_output_folder(run_dir)
     checkpoint = find_resume_checkpoint(run_dir, explicit=resume not in (None, "auto")) if resume else None
+    if holds_run(run_dir) and checkpoint is None and not overwrite and trained_nothing(run_dir):
+        logger.warning("%s holds a run that finished no iteration (its set-up or first evaluation failed): "
+                       "starting it again", run_dir)
+        overwrite = True
     if holds_run(run_dir) and checkpoint is None and not overwrite:
         if resume == "auto":
             raise RunDirError(f"{run_dir} holds a run but no complete checkpoint to resume; pass --overwrite to start it "

@@ -37,6 +37,18 @@ def holds_run(folder: Path) -> bool:
     return folder.is_dir() and any((folder / name).exists() for name in RUN_FILES)
 
 
+def trained_nothing(folder: Path) -> bool:
+    """A run folder where no iteration finished (set-up or the first evaluation failed): no metrics line, no
+    checkpoint, no export. Starting it again loses nothing."""
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file() and metrics.read_text(encoding="utf-8").strip():
+        return False
+    for name in ("checkpoints", "final"):
+        if (folder / name).is_dir() and any((folder / name).iterdir()):
+            return False
+    return True
+
+
 def check_output_folder(folder: Path) -> None:
     """Refuse a file, or a non-empty folder that holds no run (a model folder, a home directory): never write there."""
     if folder.exists() and not folder.is_dir():

@@ -19,6 +19,7 @@ from treegrpo.models.loading import chosen_family, read_model_index, resolve_mod
 from treegrpo.models.registry import adapter_class
 from treegrpo.trainer.evaluation import RewardSet
 from treegrpo.trainer.trackers import check_trackers_installed
+from treegrpo.trainer.run_dir import holds_run, trained_nothing
 
 
 def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
@@ -86,6 +87,11 @@ def find_resume_checkpoint(run_dir: Path, explicit: bool) -> Optional[Path]:
     """The newest complete checkpoint of ``run_dir``; with an explicit RUN, its absence is an error."""
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None and explicit:
+        if holds_run(run_dir) and trained_nothing(run_dir):
+            raise ckpt.CheckpointError(
+                f"{run_dir} has no checkpoint because no iteration finished there; nothing is lost by starting again: "
+                "run the command that started it (it restarts such a folder), or add --overwrite"
+            )
         raise ckpt.CheckpointError(
             f"{run_dir} has no complete checkpoint to resume; start it anew with --overwrite or check the path"
         )
