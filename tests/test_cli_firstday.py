@@ -231,12 +231,18 @@ def test_interrupt_prints_the_command_that_resumes_this_run_from_anywhere(
 
 
 def test_resume_auto_without_a_checkpoint_refuses_a_started_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that trained (a metrics line) but kept no checkpoint is refused; one that finished no iteration (only
+    its first evaluation) is not a run and starts again (RUN/eval.jsonl rewritten)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "eval.jsonl").write_text('{"step": 0, "eval/score": 0.5}\n')
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
     error = _one_line_error(capsys, ["train", CONFIG, "--output-dir", str(run), "--resume", "auto", *TINY])
     assert "no complete checkpoint" in error and "--overwrite" in error
-    assert sorted(p.name for p in run.iterdir()) == ["eval.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["eval.jsonl", "metrics.jsonl"]
+    (run / "metrics.jsonl").unlink()
+    assert main(["train", CONFIG, "--output-dir", str(run), "--resume", "auto", *TINY]) == 0
+    assert (run / "final").is_dir() and '"step": 0, "eval/score": 0.5' not in (run / "eval.jsonl").read_text()
 
 
 def test_output_dir_that_is_not_a_run_is_never_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -303,3 +309,20 @@ def test_a_lora_matching_no_layer_is_a_one_line_error(finished_run: Path, capsys
     assert "matches no layer of this sd model (StableDiffusionPipeline)" in str(error.value)
     assert "trained on builtin:shapes" in str(error.value) and "\n" not in str(error.value)
 
+
+
+def test_wandb_without_a_login_is_refused_before_anything_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's no-YAML example with wandb and no login used to load the model and die in wandb.init."""
+    from treegrpo.trainer.trackers import wandb_logged_in
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    code = main(["train", *NO_YAML, "--output-dir", str(tmp_path / "run"), *TINY, "train.log_with=tensorboard,wandb"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "W&B is not logged in" in err[0] and "WANDB_MODE=offline" in err[0], err
+    assert not (tmp_path / "run").exists()
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert wandb_logged_in({"HOME": str(tmp_path)}) and wandb_logged_in({"WANDB_MODE": "offline", "HOME": "/nonexistent"})
+    assert not wandb_logged_in({"HOME": str(tmp_path), "WANDB_BASE_URL": "https://wandb.example.com"})

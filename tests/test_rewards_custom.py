@@ -56,7 +56,7 @@ def test_function_by_import_path_is_used_as_is(user_module: str) -> None:
     assert reward.name == f"{user_module}:score"
     with pytest.raises(ValueError, match="takes no options"):
         get_reward(f"{user_module}:score", scale=2.0)
-    with pytest.raises(ValueError, match="returned 4 scores for 3 images"):
+    with pytest.raises(ValueError, match=r"returned scores of shape \(4,\) for 3 images"):
         get_reward(f"{user_module}:wrong_count")(images, ["a", "b", "c"])
 
 
@@ -121,3 +121,28 @@ def test_a_reward_module_in_the_working_folder_is_found(tmp_path: Path, monkeypa
     with pytest.raises(ConfigError, match="does not exist"):
         get_reward(f"{tmp_path / 'gone.py'}:score")
 
+
+
+def per_pixel(images, prompts):  # type: ignore[no-untyped-def]
+    """A typical mistake: a per-pixel map instead of one score per image."""
+    return images.mean(dim=1)
+
+
+def test_a_reward_of_the_wrong_shape_is_a_one_line_error_at_the_command(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to end a run in a traceback (``returned 4096 scores for 4 images``); now exit 2 and one line."""
+    from treegrpo.cli import main
+
+    code = main(["train", "--output-dir", str(tmp_path / "run"), "model.path=builtin:shapes", "data.builtin=shapes",
+                 "reward=tests.test_rewards_custom:per_pixel", "model.dtype=fp32", "model.max_sequence_length=1",
+                 "train.iterations=1", "data.prompts_per_iteration=2", "sampling.steps=4", "tree.k=2", "tree.window=2",
+                 "train.log_with=none",
+                 "train.eval_at_start=false", "train.progress=none"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert "returned scores of shape (" in err[0] and "32, 32) for" in err[0] and "one score per image" in err[0]
+    from treegrpo.rewards.base import checked_scores
+
+    with pytest.raises(ConfigError, match="returned dict, not numbers"):
+        checked_scores({"a": 1}, "mine", 2)
+    assert checked_scores([[0.5], [0.25]], "mine", 2).tolist() == [0.5, 0.25]  # [B, 1] is one score per image

@@ -41,7 +41,7 @@ def test_default_weights_and_errors() -> None:
     torch.testing.assert_close(multi(torch.zeros(2, 3, 2, 2), ["x", "y"]), torch.tensor([4.0, 6.0]))
     with pytest.raises(ValueError, match="must name exactly"):
         MultiReward({"a": _Fixed("a", [1.0])}, {"b": 1.0})
-    with pytest.raises(ValueError, match="returned 1 scores for 2"):
+    with pytest.raises(ValueError, match=r"returned scores of shape \(1,\) for 2 images"):
         MultiReward({"a": _Fixed("a", [1.0])})(torch.zeros(2, 3, 2, 2), ["x", "y"])
     with pytest.raises(KeyError, match="no scores"):
         weighted_sum({"a": torch.ones(2)}, {"a": 1.0, "c": 1.0})

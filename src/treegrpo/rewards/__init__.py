@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.rewards.base import BatchedReward, RewardFn, check_inputs
+from treegrpo.rewards.base import BatchedReward, RewardFn, check_inputs, checked_scores
 
 RewardFactory = Callable[..., RewardFn]
 
@@ -156,10 +156,7 @@ class FunctionReward:
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         check_inputs(images, prompts)
-        scores = torch.as_tensor(self.fn(images, list(prompts))).detach().to("cpu", torch.float32).reshape(-1)
-        if scores.shape[0] != images.shape[0]:
-            raise ValueError(f"reward {self.name!r} returned {scores.shape[0]} scores for {images.shape[0]} images")
-        return scores
+        return checked_scores(self.fn(images, list(prompts)), self.name, int(images.shape[0]))
 
 
 def _accepts(factory: Callable[..., Any], option: str) -> bool:

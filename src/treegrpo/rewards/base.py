@@ -36,6 +36,7 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from treegrpo.errors import ConfigError
 from treegrpo.placement import resolve_device, resolve_dtype
 
 from treegrpo.rewards.pil_resample import pil_resize
@@ -46,6 +47,24 @@ OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.4082107
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 CropRounding = Literal["torchvision", "floor"]
+
+class RewardOutputError(ConfigError):
+    """A reward returned something the trainer cannot use (wrong count, shape or type): the user's reward code is
+    at fault, so it is a one-line error (exit 2) that says what came back and what is expected."""
+
+
+def checked_scores(raw: object, name: str, images: int) -> torch.Tensor:
+    """A reward's output as float32 CPU scores ``[images]``, or a :class:`RewardOutputError` saying what is wrong."""
+    try:
+        scores = torch.as_tensor(raw).detach().to("cpu", torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise RewardOutputError(f"reward {name!r} returned {type(raw).__name__}, not numbers; return one score "
+                                f"per image ({images} here) as a tensor, array or list") from None
+    if scores.numel() != images or (scores.ndim > 1 and scores.squeeze().ndim > 1):
+        raise RewardOutputError(f"reward {name!r} returned scores of shape {tuple(scores.shape)} for {images} images; "
+                                f"return one score per image, shape [{images}] (reduce per-pixel or per-token values first)")
+    return scores.reshape(-1)
+
 
 @runtime_checkable
 class RewardFn(Protocol):

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from treegrpo.prompts import source_images
-from treegrpo.rewards.base import RewardFn, check_inputs
+from treegrpo.rewards.base import RewardFn, check_inputs, checked_scores
 from treegrpo.rewards.video import FrameSampledReward, for_clips, is_video
 
 
@@ -70,10 +70,7 @@ class MultiReward:
                 raw = reward(images, prompts, source_images=sources)  # type: ignore[call-arg]
             else:
                 raw = (for_clips(reward) if video else reward)(images, prompts)
-            scores = raw.detach().to("cpu", torch.float32).reshape(-1)
-            if scores.shape[0] != images.shape[0]:
-                raise ValueError(f"reward {key!r} returned {scores.shape[0]} scores for {images.shape[0]} images")
-            out[key] = scores
+            out[key] = checked_scores(raw, key, int(images.shape[0]))
         return out
 
     def combine(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:

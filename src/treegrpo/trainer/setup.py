@@ -18,7 +18,7 @@ from treegrpo.data import load_prompt_sets
 from treegrpo.models.loading import chosen_family, read_model_index, resolve_model_path
 from treegrpo.models.registry import adapter_class
 from treegrpo.trainer.evaluation import RewardSet
-from treegrpo.trainer.trackers import check_trackers_installed
+from treegrpo.trainer.trackers import check_tracker_logins, check_trackers_installed
 from treegrpo.trainer.run_dir import holds_run, trained_nothing
 
 
@@ -63,6 +63,7 @@ def preflight(cfg: TrainerConfig, device: torch.device | str) -> tuple[RewardSet
     load_prompt_sets(cfg.data, cfg.seed)
     check_model_folder(cfg)
     check_trackers_installed(cfg.train.log_with)
+    check_tracker_logins(cfg.train.log_with)
     return build_rewards(cfg.reward, device), build_judges(cfg, device)
 
 

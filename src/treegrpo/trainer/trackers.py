@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +29,29 @@ NFE_KEYS: tuple[str, ...] = ("rollout_nfe", "training_nfe", "model_calls")
 
 DEFAULT_PROJECT = "treegrpo"
 """Project name for W&B / trackio / SwanLab unless ``WANDB_PROJECT`` (W&B) says otherwise."""
+
+
+def wandb_logged_in(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether W&B can log: a key in ``WANDB_API_KEY`` or the netrc ``wandb login`` writes, or an offline mode."""
+    import netrc
+
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_API_KEY") or env.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    file = env.get("NETRC") or str(Path(env.get("HOME", str(Path.home()))) / ".netrc")
+    try:
+        hosts = netrc.netrc(file).hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    base = env.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    return base in hosts
+
+
+def check_tracker_logins(names: Sequence[str]) -> None:
+    """A tracker that would fail at its first log line is refused before anything loads (W&B without a login)."""
+    if "wandb" in names and not wandb_logged_in():
+        raise ConfigError("train.log_with names wandb but W&B is not logged in; run `wandb login`, set WANDB_API_KEY, "
+                          "or WANDB_MODE=offline to log locally (or drop wandb from train.log_with)")
 
 
 def check_trackers_installed(names: Sequence[str]) -> None:
