@@ -143,11 +143,22 @@ def test_push_uploads_final_with_its_card(finished_run: Path, monkeypatch: pytes
     def upload_folder(self: Any, **kwargs: Any) -> None:
         calls.append(("upload_folder", {**kwargs, "files": sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())}))
 
+    def upload_file(self: Any, **kwargs: Any) -> None:
+        calls.append(("upload_file", kwargs))
+
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", upload_file)
+    local_card = (finished_run / "final" / "README.md").read_text()
     assert main(["push", str(finished_run), "--repo", "me/shapes-lora", "--private"]) == 0
     assert calls[0] == ("create_repo", {"repo_id": "me/shapes-lora", "private": True, "exist_ok": True, "repo_type": "model"})
     assert calls[1][1]["files"] == ["README.md", "pytorch_lora_weights.safetensors"]
+    assert calls[1][1]["ignore_patterns"] == ["README.md"]  # the card goes up with the repo's own address
+    uploaded = calls[2][1]["path_or_fileobj"].decode()
+    assert calls[2][1]["path_in_repo"] == "README.md" and 'pipe.load_lora_weights("me/shapes-lora")' in uploaded
+    assert (finished_run / "final" / "README.md").read_text() == local_card  # the local card keeps the local path
+    assert str((finished_run / "final").resolve()) in local_card and "THIS_FOLDER_OR_REPO" not in local_card
+    assert 'pipe("a prompt", num_inference_steps=4, guidance_scale=4.5, max_sequence_length=1).images[0]' in local_card
     assert "me/shapes-lora" in capsys.readouterr().out
     assert "holds no exported weights" in _one_line_error(capsys, ["push", str(finished_run / "checkpoints"), "--repo", "me/x"])
 

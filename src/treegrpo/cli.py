@@ -247,8 +247,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Images from a base model (plus trained weights, or a run's) as a PNG grid and a captioned copy."""
     import math
 
+    import torch
+
+    from treegrpo.rewards.video import is_video, middle_frames
     from treegrpo.trainer.evaluation import image_grid, sample_images, save_png
     from treegrpo.trainer.pictures import captioned_name, save_captioned
+    from treegrpo.video_io import save_video
 
     prompts = _prompt_list(args)
     model, trained, steps, guidance = _sample_settings(args)
@@ -257,9 +261,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
                            noise_level=args.noise_level, seed=args.seed, max_batch=64)
     columns = args.columns or math.ceil(math.sqrt(len(prompts)))
     out = Path(args.out)
-    save_png(image_grid(images, columns), out)
-    captioned = save_captioned(images, prompts, captioned_name(out), columns)
-    print(f"wrote {out} and {captioned} ({len(prompts)} images)")
+    frames = middle_frames(images)  # clips: the PNGs show each clip's middle frame, the video all of them
+    save_png(image_grid(frames, columns), out)
+    captioned = save_captioned(frames, prompts, captioned_name(out), columns)
+    written = [str(out), str(captioned)]
+    if is_video(images):
+        clip = torch.stack([image_grid(images[:, f], columns) for f in range(images.shape[1])])
+        written.append(str(save_video(clip, out.with_suffix(""))))
+    print(f"wrote {', '.join(written)} ({len(prompts)} {'clips' if is_video(images) else 'images'})")
     return 0
 
 

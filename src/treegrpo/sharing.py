@@ -45,9 +45,30 @@ def _yaml_block(values: dict[str, Any]) -> str:
     return OmegaConf.to_yaml(values).rstrip()
 
 
-def model_card(run: Path, pipeline_class: Optional[str] = None) -> str:
-    """The README.md of ``RUN/final``: hub metadata, base model, method and settings, rewards, final eval, how to load."""
+VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline",)
+"""Pipelines whose output is ``.frames`` (clips), not ``.images``."""
+
+
+def _call_arguments(cfg: dict[str, Any]) -> str:
+    """The pipeline-call arguments the run sampled with: size, steps, guidance (what the card's snippet passes)."""
+    model, sampling = cfg.get("model", {}), cfg.get("sampling", {})
+    arguments = [f"{key}={model[key]}" for key in ("height", "width", "num_frames") if model.get(key)]
+    if sampling.get("steps"):
+        arguments.append(f"num_inference_steps={sampling['steps']}")
+    if sampling.get("guidance_scale") is not None:
+        arguments.append(f"guidance_scale={sampling['guidance_scale']}")
+    return ", ".join(['"a prompt"', *arguments])
+
+
+def model_card(run: Path, pipeline_class: Optional[str] = None, location: Optional[str] = None) -> str:
+    """The README.md of ``RUN/final``: hub metadata, base model, method and settings, rewards, final eval, how to load.
+
+    ``location``: where the snippet loads the trained weights from (a Hub repo id once pushed; default the
+    absolute path of ``RUN/final``)."""
     cfg = _read_config(run)
+    where = location or str((run / "final").resolve())
+    video = (pipeline_class or "") in VIDEO_PIPELINES
+    call = _call_arguments(cfg)
     base = str(cfg.get("model", {}).get("path", ""))
     full = bool(cfg.get("model", {}).get("full_finetune", False)) or not (run / "final" / LORA_FILE).is_file()
     pipeline = pipeline_class or "DiffusionPipeline"
@@ -60,8 +81,11 @@ def model_card(run: Path, pipeline_class: Optional[str] = None) -> str:
     meta += ["tags:", *[f"- {tag}" for tag in tags], "---"]
     base_text = base if _is_hub_id(base) else f"{base} (a local pipeline, not on the Hub)"
     load_path = '"' + base + '"'
-    if base.startswith(BUILTIN_PREFIX):
-        load_path = "str(BASE_DIR)"  # the shipped demo base: from treegrpo.demo import BASE_DIR
+    if base.startswith(BUILTIN_PREFIX):  # the shipped demo base: from treegrpo.demo import BASE_DIR, no T5
+        load_path = "str(BASE_DIR), text_encoder_3=None, tokenizer_3=None"
+        call += f", max_sequence_length={cfg.get('model', {}).get('max_sequence_length', 1)}"
+    output = ([f"frames = pipe({call}).frames[0]", 'export_to_video(frames, "sample.mp4", fps=16)'] if video
+              else [f"image = pipe({call}).images[0]"])
     lines = [
         *meta, "", f"# {run.name}", "",
         f"{'Full fine-tune' if full else 'LoRA'} of **{base_text}** trained with **{method}** "
@@ -80,31 +104,43 @@ def model_card(run: Path, pipeline_class: Optional[str] = None) -> str:
     else:
         lines.append("No evaluation was recorded.")
     lines += ["", "## Use", "", "```python", f"from diffusers import {pipeline}"]
+    if video:
+        lines.append("from diffusers.utils import export_to_video")
     lines += ["from treegrpo.demo import BASE_DIR", ""] if base.startswith(BUILTIN_PREFIX) else [""]
     if full:
         folders = [p.name for p in (run / "final").iterdir() if p.is_dir()] if (run / "final").is_dir() else []
         sub = folders[0] if folders else "transformer"
         lines[lines.index(f"from diffusers import {pipeline}")] = f"from diffusers import AutoModel, {pipeline}"
         lines += [
-            f'{sub} = AutoModel.from_pretrained("THIS_FOLDER_OR_REPO", subfolder="{sub}")  # the trained weights',
+            f'{sub} = AutoModel.from_pretrained("{where}", subfolder="{sub}")  # the trained weights',
             f'pipe = {pipeline}.from_pretrained({load_path}, {sub}={sub})',
-            'image = pipe("a prompt").images[0]',
+            *output,
         ]
     else:
         lines += [
             f'pipe = {pipeline}.from_pretrained({load_path})',
-            'pipe.load_lora_weights("THIS_FOLDER_OR_REPO")',
-            'image = pipe("a prompt").images[0]',
+            f'pipe.load_lora_weights("{where}")',
+            *output,
         ]
     lines += ["```", ""]
     return "\n".join(lines)
 
 
-def write_model_card(run: Path, pipeline_class: Optional[str] = None) -> Path:
-    """Write ``RUN/final/README.md``; returns its path."""
+def write_model_card(run: Path, pipeline_class: Optional[str] = None, location: Optional[str] = None) -> Path:
+    """Write ``RUN/final/README.md`` (the pipeline class is kept from an earlier card when not given); returns its path."""
     file = run / "final" / "README.md"
-    file.write_text(model_card(run, pipeline_class), encoding="utf-8")
+    if pipeline_class is None and file.is_file():
+        pipeline_class = _card_pipeline(file.read_text(encoding="utf-8"))
+    file.write_text(model_card(run, pipeline_class, location), encoding="utf-8")
     return file
+
+
+def _card_pipeline(card: str) -> Optional[str]:
+    """The pipeline class an earlier card's snippet imports."""
+    for line in card.splitlines():
+        if line.startswith("from diffusers import "):
+            return line.removeprefix("from diffusers import ").split(",")[-1].strip()
+    return None
 
 
 def push(run: Path, repo: str, *, private: bool = False, token: Optional[str] = None) -> str:
@@ -116,8 +152,11 @@ def push(run: Path, repo: str, *, private: bool = False, token: Optional[str] = 
         raise ConfigError(f"{final} holds no exported weights; push the folder of a run that finished training")
     if not (final / "README.md").is_file():
         write_model_card(run)
+    card = model_card(run, _card_pipeline((final / "README.md").read_text(encoding="utf-8")), location=repo)
     api = HfApi(token=token)
     url = api.create_repo(repo_id=repo, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(folder_path=str(final), repo_id=repo, repo_type="model",
+    api.upload_folder(folder_path=str(final), repo_id=repo, repo_type="model", ignore_patterns=["README.md"],
                       commit_message=f"treegrpo: upload {run.name}")
+    api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md", repo_id=repo, repo_type="model",
+                    commit_message="treegrpo: model card")  # its snippet loads from the repo
     return str(url)
