@@ -48,8 +48,9 @@ def test_sample_of_an_editing_family_without_a_source_image_is_one_line(family: 
 
     path = tiny_pipeline("flux_kontext") if family == "flux_kontext" else build_tiny_qwenimage_edit(tmp_path / "p")
     capsys.readouterr()  # building the tiny pipeline prints bars
+    height, width = ("16", "24") if family == "flux_kontext" else ("32", "64")
     code = main(["sample", "--model", str(path), "--prompt", "make it red", "--steps", "2", "--dtype", "fp32",
-                 "--height", "16", "--width", "24", "--out", str(tmp_path / "g.png")])
+                 "--height", height, "--width", width, "--out", str(tmp_path / "g.png")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "needs a source image" in err[0], err
 
