@@ -337,3 +337,21 @@ def test_wandb_without_a_login_is_refused_before_anything_loads(tmp_path: Path, 
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
     assert wandb_logged_in({"HOME": str(tmp_path)}) and wandb_logged_in({"WANDB_MODE": "offline", "HOME": "/nonexistent"})
     assert not wandb_logged_in({"HOME": str(tmp_path), "WANDB_BASE_URL": "https://wandb.example.com"})
+
+
+def test_the_resume_line_of_a_multi_process_run_launches_every_process(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """It omitted --multi_gpu, so it started one process and was refused; and every rank printed the stop line."""
+    import signal as signals
+
+    from treegrpo import cli
+    from treegrpo.trainer import TrainingInterrupted
+    from treegrpo.trainer.run_dir import resume_command
+
+    assert resume_command(tmp_path, 2) == f"accelerate launch --multi_gpu --num_processes 2 -m treegrpo train --resume {tmp_path}"
+    assert resume_command(tmp_path) == f"treegrpo train --resume {tmp_path}"
+    stop = TrainingInterrupted(signals.SIGINT, 3, tmp_path / "checkpoints" / "step-000003", resume_command(tmp_path, 2))
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        assert cli._stopped("train", stop) == 130
+        assert len([line for line in capsys.readouterr().err.splitlines() if line.strip()]) == lines

@@ -443,7 +443,8 @@ def _stopped(command: str, error: RuntimeError) -> int:
     from treegrpo.trainer import TrainingInterrupted
 
     if isinstance(error, TrainingInterrupted):
-        sys.stderr.write(f"treegrpo {command}: {error}\n")
+        if int(os.environ.get("RANK", "0")) == 0:  # one line for a multi-process run, not one per process
+            sys.stderr.write(f"treegrpo {command}: {error}\n")
         return 128 + error.signum
     if isinstance(error, NonFiniteError):
         sys.stderr.write(f"treegrpo {command}: error: {error}\n")

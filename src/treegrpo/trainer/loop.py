@@ -161,7 +161,7 @@ class Trainer:
         self.last: Optional[IterationResult] = None
         self.last_evaluation = time.time()
         self.guard = NonFiniteGuard(t.max_nonfinite_in_a_row)
-        self.stop = StopSignals()
+        self.stop = StopSignals(announce=self.processes.is_main)
         self.start_iteration = self.metrics_lines = 0
         if resume_from is not None:
             point = load_checkpoint(resume_from, self.state, self.processes)

@@ -64,7 +64,7 @@ def check_output_folder(folder: Path) -> None:
 
 def resume_command(run_dir: Path, processes: int = 1) -> str:
     """The command that continues the run in ``run_dir`` (its config.yaml holds every setting)."""
-    launcher = "treegrpo" if processes == 1 else f"accelerate launch --num_processes {processes} -m treegrpo"
+    launcher = "treegrpo" if processes == 1 else f"accelerate launch --multi_gpu --num_processes {processes} -m treegrpo"
     return f"{launcher} train --resume {run_dir.resolve()}"
 
 

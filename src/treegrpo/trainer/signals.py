@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -28,20 +29,25 @@ class StopSignals:
 
     SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.received: Optional[int] = None
+        self.announce = announce
+        """Print what happens (the main process does; the others of a multi-process run stay quiet)."""
 
     def _handle(self, signum: int, frame: Any) -> None:
         """Remember the first signal; re-deliver a second one with the default action."""
+        name = signal.Signals(signum).name
         if self.received is not None:
+            if self.announce:
+                sys.stderr.write(f"received {name} again: quitting now without saving\n")
+                sys.stderr.flush()
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
         self.received = signum
-        logger.warning(
-            "received %s: finishing this iteration, then saving a checkpoint (send it again to quit without saving)",
-            signal.Signals(signum).name,
-        )
+        if self.announce:
+            logger.warning("received %s: finishing this iteration, then saving a checkpoint (send it again to quit "
+                           "without saving)", name)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
