@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
+from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.base import Backbone
 from treegrpo.models.loading import family_of, read_model_index
@@ -136,3 +137,22 @@ def test_family_override_must_not_contradict_the_pipeline() -> None:
     config = ModelConfig(path=str(tiny_pipeline("sd3")), family="flux", device="cpu")
     with pytest.raises(ValueError, match="model.family is 'flux' but .* StableDiffusion3Pipeline"):
         load_backbone(config)
+
+
+def test_a_mistyped_local_model_path_is_not_sent_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing absolute or relative folder used to be tried as a hub id (retry lines for ~30 s, then an
+    HFValidationError hint about downloading); now one line says the folder does not exist."""
+    from treegrpo.models.loading import read_model_index
+
+    def no_hub(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for path in (str(tmp_path / "missing_sd3"), "models/sd3_typo", "./sd3", "~/no/such/model"):
+        with pytest.raises(ConfigError) as error:
+            read_model_index(ModelConfig(path=path))
+        assert "is not a folder" in str(error.value) and "does not exist" in str(error.value), path
+    with pytest.raises(ConfigError, match="cannot read model_index.json"):  # a hub id still goes to the hub
+        read_model_index(ModelConfig(path="someone/some-model", local_files_only=True))

@@ -6,6 +6,7 @@ that stays NaN stops the run after ``train.max_nonfinite_in_a_row`` iterations w
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -139,3 +140,16 @@ def test_a_reward_that_stays_nan_stops_the_run(tmp_path: Path, monkeypatch: pyte
     records = _records(tmp_path / "run")
     assert [(r["step"], r["nonfinite"], r["nonfinite_in_a_row"]) for r in records] == [(1, "reward", 1), (2, "reward", 2)]
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_skipped_first_update_does_not_print_the_scheduler_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch warned "lr_scheduler.step() before optimizer.step()" whenever the first update was skipped."""
+    import warnings
+
+    _count_rollouts(monkeypatch)
+    monkeypatch.setattr(sys.modules[__name__], "BAD_ITERATION", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = _run(tmp_path, reward={"nan_reward": {"always": False}})
+    assert _records(run)[0]["nonfinite_skips"] >= 1  # the first update was skipped
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]

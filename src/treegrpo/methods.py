@@ -59,6 +59,9 @@ class TreeConfig:
         """The choices; the shape itself is checked by building its plan for ``sampling.steps`` (whole config)."""
         self.schedule = TreeSchedule.parse(self.schedule, "tree.schedule")
         self.window_placement = WindowPlacement.parse(self.window_placement, "tree.window_placement")
+        for key in ("k", "window", "trees", "shift_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"tree.{key} must be >= 1, got {getattr(self, key)}")
         if self.antithetic and self.schedule in (TreeSchedule.flat, TreeSchedule.mix, TreeSchedule.ode):
             raise ConfigError(f"tree.antithetic=true mirrors siblings, but tree.schedule={self.schedule.value} never "
                               "branches; use tree.schedule=tree or split, or drop tree.antithetic")

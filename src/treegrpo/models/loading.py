@@ -49,7 +49,20 @@ def read_model_index(cfg: ModelConfig) -> dict[str, Any]:
         return json.loads(index_file.read_text())
     if folder.exists():
         raise ConfigError(f"{cfg.path} is a file, not a pipeline folder; point model.path at the pipeline's folder")
+    if looks_local(cfg.path):
+        raise ConfigError(f"model.path {cfg.path} is not a folder ({folder.resolve()} does not exist); fix the path "
+                          "(relative paths start from the working folder), or give a hub id such as org/name")
     return _read_hub_model_index(cfg)
+
+
+def looks_local(path: str) -> bool:
+    """A path that cannot be a hub id (``org/name``): absolute, ``~``, ``./`` or ``../``, more than one ``/``, or one
+    whose first part is a folder here (``models/sd3`` with ``models/`` present): a missing one is a typo, not a
+    download to attempt."""
+    if path.startswith(("/", "~", "./", "../", ".\\")) or path.count("/") > 1 or "\\" in path:
+        return True
+    first = path.split("/", 1)[0]
+    return "/" in path and Path(first).is_dir()
 
 
 def _read_hub_model_index(cfg: ModelConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,7 +202,9 @@ class Trainer:
         self.state.optimizer_steps += int(stats["optimizer_steps"])
         findings = shared.findings + ([] if shared.skip else update.findings + stats_findings(stats))
         lr = float(self.scheduler.get_last_lr()[0])
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped update has no optimizer.step: the schedule still counts the iteration
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         if self.ema is not None and not shared.skip:
             self.ema.update()
         if self.anchor is not None and not shared.skip:
