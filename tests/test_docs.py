@@ -28,3 +28,26 @@ def test_every_registered_reward_and_recipe_is_named_in_the_readme() -> None:
         assert f"`{name}`" in README, f"README does not name the reward {name}"
     for recipe in sorted((ROOT / "configs" / "recipes").glob("*.yaml")):
         assert f"configs/recipes/{recipe.name}" in README, recipe.name
+
+
+def test_every_config_key_is_in_the_readme_table() -> None:
+    """The config reference covers the schema (``.x`` continues the previous key's section)."""
+    import dataclasses
+
+    from treegrpo.config import valid_keys
+
+    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    mentioned: set[str] = set()
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        previous = None
+        for token in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            if token.startswith(".") and previous:
+                mentioned.add(previous.rsplit(".", 1)[0] + token)
+            else:
+                mentioned.add(token)
+                previous = token
+    leaves = [key for key, hint in valid_keys().items() if not dataclasses.is_dataclass(hint)]
+    missing = [key for key in leaves if key not in mentioned]
+    assert not missing, f"README's config table lacks {missing}"

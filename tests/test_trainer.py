@@ -227,3 +227,16 @@ def test_a_run_that_trained_nothing_does_not_block_its_retry(tmp_path: Path) -> 
     assert len(records) == 1 and (folder / "final").is_dir()
     with pytest.raises(Exception, match="already holds a run"):  # a run that trained is still protected
         launch_train(resolve_config(values, [f"output_dir={folder}", "train.iterations=2", "seed=1"]))
+
+
+def test_epoch_is_the_pass_the_iterations_prompts_came_from(tmp_path: Path) -> None:
+    """A pool of 5 prompts (none held out), 2 per iteration: iterations draw 0-1, 2-3, 4|0, 1-2, 3-4 and
+    then the third pass; epoch used to flip one iteration early (when a draw ended a pass exactly)."""
+    values = tiny_values(tmp_path, iterations=6, eval_every=0, eval_at_start=False, ema=0.0, checkpoint_every=0)
+    values["data"]["num_eval_prompts"] = 0
+    folder = tmp_path / "run"
+    from treegrpo.trainer.launch import train as launch_train
+
+    launch_train(resolve_config(values, [f"output_dir={folder}", "data.heldout=0"]))
+    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 0, 0, 1, 1, 2]

@@ -175,6 +175,7 @@ class Trainer:
         """One RL iteration: plan -> rollout -> rewards -> advantages -> update; returns its metrics."""
         cfg, start = self.cfg, time.time()
         plan = plan_for_iteration(cfg.tree, cfg.sampling.steps, iteration, cfg.seed)
+        epoch = self.sampler.epoch  # the pass this iteration's first prompt comes from (a draw may end it)
         prompts, root_cond, root_group = self._draw_prompts()
         conditioning = self.backbone.encode_prompts(prompts)
         rollout, scored_while_sampling = self._rollout(plan, conditioning, root_cond, prompts, iteration)
@@ -210,7 +211,7 @@ class Trainer:
         if self.anchor is not None and not shared.skip:
             self.anchor.update(decay(cfg.loss.anchor_decay, self.state.optimizer_steps))
 
-        metrics = self._metrics(iteration, plan, shared, components, advantages, stats, rollout, lr)
+        metrics = self._metrics(iteration, epoch, plan, shared, components, advantages, stats, rollout, lr)
         metrics.update(
             seconds=time.time() - start, rollout_seconds=rollout_seconds, reward_seconds=reward_seconds,
             update_seconds=time.time() - update_start,
@@ -351,12 +352,12 @@ class Trainer:
         return update
 
     def _metrics(
-        self, iteration: int, plan: Plan, shared: SharedScores, components: dict[str, torch.Tensor],
+        self, iteration: int, epoch: int, plan: Plan, shared: SharedScores, components: dict[str, torch.Tensor],
         advantages: EdgeAdvantages, stats: dict[str, float], rollout: TreeRollout, lr: float,
     ) -> dict[str, Any]:
         """One metrics.jsonl record (global over processes)."""
         return iteration_record(
-            step=iteration + 1, epoch=self.sampler.epoch, plan=describe(plan), scores=shared.scores,
+            step=iteration + 1, epoch=epoch, plan=describe(plan), scores=shared.scores,
             components=components, leaf=advantages.leaf, stats=stats, rollout_nfe=rollout.nfe,
             model_calls=rollout.model_calls, kl_beta=self.cfg.loss.kl_beta, lr=lr,
             prompts=self.cfg.data.prompts_per_iteration, processes=self.processes,

@@ -1,6 +1,7 @@
 """Where a run's numbers go: ``metrics.jsonl``, ``eval.jsonl``, TensorBoard and the log line.
 
-One ``metrics.jsonl`` record per iteration: step, epoch, plan, reward_mean/std,
+One ``metrics.jsonl`` record per iteration: step, epoch (the pass over the training prompts that the
+iteration's first prompt came from, counted from 0), plan, reward_mean/std,
 reward/<name>_mean/std, group_std_mean, guard_fraction, loss, policy_loss, clip_fraction,
 approx_kl, ratio_mean/min/max, grad_norm, trained_edges, rollout_nfe, training_nfe, model_calls,
 seconds (and rollout/reward/update seconds), lr, num_processes, the non-finite counters.
