@@ -355,3 +355,16 @@ def test_the_resume_line_of_a_multi_process_run_launches_every_process(tmp_path:
         monkeypatch.setenv("RANK", rank)
         assert cli._stopped("train", stop) == 130
         assert len([line for line in capsys.readouterr().err.splitlines() if line.strip()]) == lines
+
+
+def test_tensorboard_gets_the_captioned_grid(finished_run: Path) -> None:
+    """The README says evaluation images are captioned; TensorBoard had only the bare grid."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in (finished_run / "tensorboard").rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()["images"]
+    assert "eval/samples" in tags and "eval/samples_captioned" in tags
+    bare, captioned = accumulator.Images("eval/samples")[0], accumulator.Images("eval/samples_captioned")[0]
+    assert captioned.height > bare.height  # the captions add rows of text

@@ -109,11 +109,17 @@ class MetricsLog:
 
     def evaluation(self, step: int, result: dict[str, float], grid: torch.Tensor,
                    images: Optional[torch.Tensor] = None, captions: Sequence[str] = ()) -> None:
-        """Append one evaluation to eval.jsonl and the trackers (TensorBoard: the grid; others: captioned images)."""
+        """Append one evaluation to eval.jsonl and the trackers (TensorBoard: the grid and the captioned grid;
+        others: captioned images)."""
         if not self.is_main:
             return
         if self.writer is not None:
             self.writer.add_image("eval/samples", grid, step)
+            if images is not None and captions:
+                from treegrpo.trainer.pictures import captioned_grid
+
+                captioned = np.asarray(captioned_grid(images, list(captions)).convert("RGB"))
+                self.writer.add_image("eval/samples_captioned", captioned, step, dataformats="HWC")
             for key, value in result.items():
                 self.writer.add_scalar(key, value, step)
         if self.trackers is not None:
