@@ -88,8 +88,8 @@ def test_two_processes_gather_whole_groups(tmp_path: Path) -> None:
     config.write_text(json.dumps(values))
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+    command = [sys.executable, "-m", "accelerate.commands.launch",  # the shipped CPU config: 2 processes, gloo
+               "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", free_port(),
                "-m", "treegrpo", "train", str(config), "--output-dir", str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

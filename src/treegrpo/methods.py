@@ -59,7 +59,10 @@ class TreeConfig:
         """The choices; the shape itself is checked by building its plan for ``sampling.steps`` (whole config)."""
         self.schedule = TreeSchedule.parse(self.schedule, "tree.schedule")
         self.window_placement = WindowPlacement.parse(self.window_placement, "tree.window_placement")
-        for key in ("k", "window", "trees", "shift_every"):
+        windowed = self.schedule in (TreeSchedule.tree, TreeSchedule.mix)
+        used = {"trees": True, "k": self.schedule in (TreeSchedule.tree, TreeSchedule.split), "window": windowed,
+                "shift_every": windowed and self.window_placement == WindowPlacement.shifting}
+        for key in (key for key, applies in used.items() if applies):  # the others never reach a plan
             if getattr(self, key) < 1:
                 raise ConfigError(f"tree.{key} must be >= 1, got {getattr(self, key)}")
         if self.antithetic and self.schedule in (TreeSchedule.flat, TreeSchedule.mix, TreeSchedule.ode):
