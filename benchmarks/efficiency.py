@@ -7,8 +7,10 @@ peak (final >= ``--keep-ratio`` x peak); the table then gives the NFE and second
 seed-mean curve needs to reach flat GRPO's (flow_grpo's) final mean reward, and the ratios.
 Flat methods get ``--flat-trees`` trajectories per prompt (27 = the leaves of one k3w3 tree).
 
-Ablations (``--ablation shape|window``) run TreeGRPO variants the same way; the target is the
-first variant's final mean reward (shape: k3w3, the preset; window: the paper's geometric r=0.5).
+Ablations (``--ablation shape|window|stabilisers``) run TreeGRPO variants the same way; the target is
+the first variant's final mean reward (shape: k3w3, the preset; window: the paper's geometric r=0.5;
+stabilisers: treegrpo as ``--set`` makes it, one stabiliser or variance reduction added per variant).
+A variant's own settings win over ``--set`` (an ablation's shape stays its shape).
 
 Tasks (``--task``): ``toy``, the 2-D task of ``treegrpo.toy``; ``shapes``, the built-in task (the
 shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
@@ -72,7 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="toy", choices=sorted(TASKS), help="where the runs train")
-    parser.add_argument("--ablation", default="none", choices=["none", "shape", "window"])
+    parser.add_argument("--ablation", default="none", choices=["none", "shape", "window", "stabilisers"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *LIKELIHOOD_FREE])
     parser.add_argument("--tree-fed", action="store_true",
                         help="also train each likelihood-free method on the leaves of treegrpo's trees (its tree section, "
@@ -139,6 +141,23 @@ def window_variants() -> list[Variant]:
     ]
 
 
+def stabiliser_variants() -> list[Variant]:
+    """TreeGRPO as set (label ``treegrpo``: the main grid's runs are reused), then each stabiliser and
+    variance reduction alone; the tree variants keep the NFE per prompt (8 leaves: one k8 tree, 2 x k4)."""
+    two_trees = {"tree": {"k": 4, "trees": 2}}
+    return [
+        ("treegrpo", "treegrpo", {}),
+        ("ratio_norm", "treegrpo", {"loss": {"ratio_norm": True}}),
+        ("step_reweight", "treegrpo", {"loss": {"step_reweight": True}}),
+        ("depth_scale", "treegrpo", {"advantage": {"depth_scale": True}}),
+        ("kl 0.04", "treegrpo", {"loss": {"kl_beta": 0.04}}),
+        ("antithetic", "treegrpo", {"tree": {"antithetic": True}}),
+        ("component_norm", "treegrpo", {"advantage": {"component_norm": True}}),
+        ("2 trees x k4", "treegrpo", two_trees),
+        ("2 trees x k4, sibling baseline", "treegrpo", {**two_trees, "advantage": {"baseline": "siblings"}}),
+    ]
+
+
 def with_settings(variants: list[Variant], settings: Sequence[str]) -> list[Variant]:
     """Every variant with ``[method:]section.key=value`` settings added to its overrides (part of each
     run's spec); a ``method:`` prefix limits a setting to the variants of that preset."""
@@ -155,7 +174,7 @@ def with_settings(variants: list[Variant], settings: Sequence[str]) -> list[Vari
     for label, method, overrides in variants:
         sections = {section: dict(values) for section, values in overrides.items()}
         for scope, section, name, value in extra:
-            if scope in ("", method):
+            if scope in ("", method) and name not in overrides.get(section, {}):  # a variant's own setting wins
                 sections.setdefault(section, {})[name] = value
         merged.append((label, method, sections))
     return merged
@@ -167,6 +186,8 @@ def variants_for(args: argparse.Namespace) -> tuple[list[Variant], str]:
         return with_settings(shape_variants(), args.settings), "k3w3"
     if args.ablation == "window":
         return with_settings(window_variants(), args.settings), "geometric r=0.5"
+    if args.ablation == "stabilisers":
+        return with_settings(stabiliser_variants(), args.settings), "treegrpo"
     if "flow_grpo" not in args.methods:
         raise SystemExit("the main protocol measures against flow_grpo: keep it in --methods")
     variants = with_settings(main_variants(args.methods, args.flat_trees), args.settings)

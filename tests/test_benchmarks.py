@@ -208,6 +208,37 @@ def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
         assert len(starts) > 1 or cfg.tree.window_placement == "fixed", label  # the window has room to move
 
 
+def test_stabiliser_ablation_adds_one_setting_each_and_reuses_the_main_treegrpo_runs(tmp_path: Path) -> None:
+    efficiency = load("efficiency")
+    import shapes_task
+    from common import RunSpec
+
+    protocol = ["--task", "shapes", "--set", "train.parents_per_batch=null", "train.edges_per_batch=32", "treegrpo:tree.k=8", "treegrpo:tree.window=1"]
+    ablation, reference = efficiency.variants_for(efficiency.parse_args([*protocol, "--ablation", "stabilisers"]))
+    main, _ = efficiency.variants_for(efficiency.parse_args(protocol))
+    assert reference == "treegrpo" and ablation[0] == next(v for v in main if v[0] == "treegrpo")  # same spec: reused
+
+    def config(variant: tuple) -> object:
+        return shapes_task.shapes_config(RunSpec(variant[0], variant[1], 3e-4, 0, 40_000, variant[2]),
+                                         shapes_task.ShapesProtocol(steps=8), tmp_path)
+
+    def flat(cfg: object) -> dict[str, object]:
+        from treegrpo.config import config_values
+
+        values = config_values(cfg)
+        return {f"{s}.{k}": v for s in ("tree", "advantage", "loss") for k, v in values[s].items()}
+
+    base = flat(config(ablation[0]))
+    assert base["tree.k"] == 8 and base["tree.window"] == 1
+    changed = {label: {k for k, v in flat(config((label, m, o))).items() if v != base[k]} for label, m, o in ablation[1:]}
+    assert changed == {
+        "ratio_norm": {"loss.ratio_norm"}, "step_reweight": {"loss.step_reweight"},
+        "depth_scale": {"advantage.depth_scale"}, "kl 0.04": {"loss.kl_beta"}, "antithetic": {"tree.antithetic"},
+        "component_norm": {"advantage.component_norm"}, "2 trees x k4": {"tree.k", "tree.trees"},
+        "2 trees x k4, sibling baseline": {"tree.k", "tree.trees", "advantage.baseline"},
+    }  # a variant's own tree.k wins over --set's
+
+
 def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--set reaches every run's spec and config; lr schedules decay over the iterations that fit the budget."""
     efficiency = load("efficiency")

@@ -8,12 +8,14 @@
 2. Backup, deepest level first: the edge into node u carries a weighted mean of u's child-edge
    advantages; weights are uniform (``beta = 0``, the official code) or ``softmax(beta * log pi_old)``
    over siblings (``beta = 1`` is the paper's probability-weighted rule). One child passes through.
-3. Optional BranchGRPO-style normalisation of edge advantages per (prompt group, depth).
+3. Optional: a leave-one-out baseline per node (``baseline="siblings"``), BranchGRPO-style
+   normalisation per (prompt group, depth), one scale per depth.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
@@ -78,6 +80,23 @@ def normalize_leaf_scores(
     return LeafAdvantages(advantages, mean, std, guarded, dense, num_groups)
 
 
+def component_normalized_scores(
+    components: Mapping[str, torch.Tensor], weights: Mapping[str, float], groups: torch.Tensor, *,
+    min_group_std: float = 1e-3,
+) -> torch.Tensor:
+    """``sum_j w_j z_j`` with ``z_j`` reward component ``j`` normalised within each prompt group.
+
+    A component whose spread in a group is below ``min_group_std`` contributes 0 there (the
+    zero-spread guard per component: a reward every leaf of the group agrees on says nothing).
+    """
+    total = torch.zeros(groups.shape[0], dtype=torch.float32, device=groups.device)
+    for name, weight in weights.items():
+        normalised = normalize_leaf_scores(components[name].to(torch.float32), groups, clip=float("inf"),
+                                           min_group_std=min_group_std)
+        total += float(weight) * normalised.advantages
+    return total
+
+
 def _sibling_softmax(logits: torch.Tensor, parent: torch.Tensor, num_parents: int) -> torch.Tensor:
     """Softmax of ``logits`` among edges that share a parent."""
     peak = torch.full((num_parents,), float("-inf"), device=logits.device).scatter_reduce(
@@ -121,6 +140,24 @@ def backup_edge_advantages(
     if torch.isnan(result).any():
         raise RuntimeError("some edges have no leaf below them; the rollout's tree is inconsistent")
     return result
+
+
+def sibling_baseline(edge_advantages: torch.Tensor, edge_parent: torch.Tensor) -> torch.Tensor:
+    """Each edge's advantage minus the mean of its siblings' (the other edges from its parent node).
+
+    The leave-one-out baseline per node: what every sibling shares (the noise and branches above the
+    node) cancels. An edge without siblings has nothing to be compared with and gets 0.
+    """
+    if not edge_advantages.numel():
+        return edge_advantages
+    _, local = torch.unique(edge_parent, return_inverse=True)
+    parents = int(local.max()) + 1
+    total = torch.zeros(parents, dtype=edge_advantages.dtype, device=edge_advantages.device)
+    total.index_add_(0, local, edge_advantages)
+    count = torch.zeros_like(total).index_add_(0, local, torch.ones_like(edge_advantages))
+    others = count[local] - 1
+    others_mean = (total[local] - edge_advantages) / others.clamp_min(1)
+    return torch.where(others > 0, edge_advantages - others_mean, torch.zeros_like(edge_advantages))
 
 
 def normalize_per_depth(

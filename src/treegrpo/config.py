@@ -338,6 +338,20 @@ class TrainerConfig:
         except ValueError as error:
             raise ConfigError(f"{error}; fix the tree section for sampling.steps={self.sampling.steps}") from None
         self._check_objective_and_rollout()
+        self._check_advantage_inputs()
+
+    def _check_advantage_inputs(self) -> None:
+        """A sibling baseline needs branching nodes; per-component normalisation needs components."""
+        from treegrpo.methods import Baseline, TreeSchedule
+
+        if self.advantage.baseline == Baseline.siblings and self.tree.schedule not in (TreeSchedule.tree,
+                                                                                      TreeSchedule.split):
+            raise ConfigError(f"advantage.baseline=siblings compares the children of a node, but tree.schedule="
+                              f"{self.tree.schedule.value} never branches (every edge would get 0); use "
+                              "tree.schedule=tree or split, or advantage.baseline=group")
+        if self.advantage.component_norm and len(reward_weights(self.reward)) < 2:
+            raise ConfigError("advantage.component_norm normalises each reward before the weighted sum, but reward "
+                              "names one; name two or more rewards (reward: {a: 1, b: 1}) or drop it")
 
     def _check_objective_and_rollout(self) -> None:
         """Edge-level options mean nothing to an objective that trains on clean samples, and an ODE rollout
@@ -346,7 +360,8 @@ class TrainerConfig:
 
         if self.loss.objective.likelihood_free:
             defaults = AdvantageConfig()
-            for key in ("backup_beta", "per_depth_norm", "depth_scale", "prune_depths", "prune_keep_fraction"):
+            for key in ("backup_beta", "per_depth_norm", "depth_scale", "prune_depths", "prune_keep_fraction",
+                        "baseline"):
                 if getattr(self.advantage, key) != getattr(defaults, key):
                     raise ConfigError(f"advantage.{key} shapes edge advantages, but loss.objective="
                                       f"{self.loss.objective.value} trains on the leaves' clean samples; drop it")

@@ -19,12 +19,13 @@ from treegrpo.advantages import (
     equalize_depth_scale,
     normalize_leaf_scores,
     normalize_per_depth,
+    sibling_baseline,
 )
 from treegrpo.likelihood_free import (
     awm_loss, nft_loss, noised, optimality_probability, per_sample_steps, stratified_steps, velocity_kl,
 )
 from treegrpo.loss import LossConfig
-from treegrpo.methods import AdvantageConfig
+from treegrpo.methods import AdvantageConfig, Baseline
 from treegrpo.models.base import ModelFn
 from treegrpo.rollout import TreeRollout, TreeStructure
 from treegrpo.sampling import Stepper
@@ -49,6 +50,8 @@ def compute_advantages(structure: TreeStructure, leaf_scores: torch.Tensor, cfg:
         structure.node_parent, structure.node_depth, structure.edge_child, structure.edge_log_prob,
         structure.leaf_node, leaf.advantages, beta=cfg.backup_beta,
     )
+    if cfg.baseline == Baseline.siblings:
+        edge = sibling_baseline(edge, structure.edge_parent)
     if cfg.per_depth_norm and edge.numel():
         edge = normalize_per_depth(edge, structure.edge_depth, structure.edge_group)
         tree_guarded = torch.zeros(structure.num_trees, dtype=torch.bool, device=edge.device)

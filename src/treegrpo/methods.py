@@ -34,6 +34,14 @@ class StdScope(Choice):
     global_ = "global"
 
 
+class Baseline(Choice):
+    """What an edge's backed-up advantage is compared with: its prompt group's mean (the leaf
+    normalisation alone), or also the other children of its parent node (leave-one-out per node)."""
+
+    group = "group"
+    siblings = "siblings"
+
+
 @dataclass
 class TreeConfig:
     """How each prompt's rollout is shaped (the ``tree`` config section)."""
@@ -83,10 +91,18 @@ class AdvantageConfig:
     depth_scale: bool = False  # rescale each depth's edge advantages to RMS 1 (root edges average many leaves)
     prune_depths: list[int] = field(default_factory=list)  # BranchGRPO depth pruning
     prune_keep_fraction: float = 1.0  # BranchGRPO width pruning at the deepest level
+    baseline: Baseline = Baseline.group
+    """``siblings``: each edge's advantage minus the mean of its siblings' (leave-one-out per parent node),
+    so what was decided above the node (the initial noise, earlier branches) drops out; edges without
+    siblings get zero."""
+    component_norm: bool = False
+    """Normalise each reward component within its prompt group before the weighted sum (so a component
+    with a wide spread does not drown the others); needs two or more rewards."""
 
     def check(self) -> None:
         """Choices and ranges; one-line ConfigError naming the key."""
         self.std_scope = StdScope.parse(self.std_scope, "advantage.std_scope")
+        self.baseline = Baseline.parse(self.baseline, "advantage.baseline")
         if not self.clip > 0:
             raise ConfigError(f"advantage.clip must be > 0, got {self.clip}")
         for key in ("min_group_std", "std_floor", "backup_beta"):

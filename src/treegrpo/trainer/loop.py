@@ -26,6 +26,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from treegrpo import checkpoint as ckpt
+from treegrpo.advantages import component_normalized_scores
 from treegrpo.config import Progress, TrainerConfig, config_values, to_yaml
 from treegrpo.errors import ConfigError
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
@@ -70,6 +71,8 @@ class SharedScores:
     own_leaves: slice
     """This process's leaves in ``structure``'s leaf order (what a likelihood-free objective trains on)."""
     scores: torch.Tensor
+    components: dict[str, torch.Tensor]
+    """Each reward's scores of every leaf (gathered only with ``advantage.component_norm``; else empty)."""
     skip: bool
     findings: list[str]
 
@@ -187,7 +190,7 @@ class Trainer:
         reward_seconds = time.time() - start - rollout_seconds
 
         shared = self._share_scores(rollout, scores, components, leaf_prompts, root_group)
-        safe_scores = torch.nan_to_num(shared.scores, nan=0.0, posinf=0.0, neginf=0.0)
+        safe_scores = torch.nan_to_num(self._ranked_scores(shared), nan=0.0, posinf=0.0, neginf=0.0)
         advantages = compute_advantages(shared.structure, safe_scores, cfg.advantage)
 
         update_start = time.time()
@@ -288,7 +291,22 @@ class Trainer:
         skip = self.processes.any(bool(findings) or not bool(torch.isfinite(all_scores).all()))
         if skip and not findings:
             findings = ["reward: non-finite scores on another process"]
-        return SharedScores(gathered.structure, gathered.own_edges, gathered.own_leaves, all_scores, skip, findings)
+        all_components: dict[str, torch.Tensor] = {}
+        if self.cfg.advantage.component_norm:
+            names = sorted(components)
+            stacked = self.processes.gather(torch.stack([components[name] for name in names], dim=1))
+            all_components = {name: stacked[:, column] for column, name in enumerate(names)}
+        return SharedScores(gathered.structure, gathered.own_edges, gathered.own_leaves, all_scores, all_components,
+                            skip, findings)
+
+    def _ranked_scores(self, shared: SharedScores) -> torch.Tensor:
+        """The leaf scores advantages rank: the weighted reward, or with ``advantage.component_norm`` the
+        weighted sum of each reward normalised within its prompt group."""
+        if not self.cfg.advantage.component_norm:
+            return shared.scores
+        components = {name: torch.nan_to_num(values) for name, values in shared.components.items()}
+        return component_normalized_scores(components, self.rewards.multi.weights, shared.structure.leaf_group,
+                                           min_group_std=self.cfg.advantage.min_group_std)
 
     def _update(
         self, rollout: TreeRollout, shared: SharedScores, advantages: EdgeAdvantages, conditioning: Any
