@@ -40,12 +40,46 @@ CASES: dict[str, tuple[list[str], str]] = {
     "window-past-last-step": (["tree.window=4"], "tree.window <= 3"),
     "split-outside-schedule": (["tree.schedule=split", "tree.split_steps=[0,7]"], "outside 0..3"),
     "another-run": ([], "already holds a run"),
+    "nul-prompts": (["data.prompts={tmp}/nul.txt"], "nul.txt:2 holds a NUL byte"),
+    "long-line-prompts": (["data.prompts={tmp}/long.txt"], "long.txt:1 is 100000 characters long"),
+    "truncated-image": (["data.prompts={tmp}/truncated.jsonl"], "truncated.jsonl:1 names source image"),
+    "zero-byte-image": (["data.prompts={tmp}/empty_image.jsonl"], "cannot be read (UnidentifiedImageError"),
+    "text-as-image": (["data.prompts={tmp}/text_image.jsonl"], "cannot be read (UnidentifiedImageError"),
+    "bomb-image": (["data.prompts={tmp}/bomb.jsonl"], "decompression-bomb limit"),
 }
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims ``width x height`` pixels, with no pixel data (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def write_image_files(folder: Path) -> None:
+    """Editing prompt files whose one source image is truncated, empty, text, or a bomb."""
+    from PIL import Image
+
+    buffer = folder / "good.png"
+    Image.new("RGB", (40, 24), (200, 30, 30)).save(buffer)
+    images = {"truncated": buffer.read_bytes()[:60], "empty_image": b"", "text_image": b"a prompt, not a picture\n",
+              "bomb": png_claiming(20_000, 20_000)}
+    for name, data in images.items():
+        (folder / f"{name}.png").write_bytes(data)
+        (folder / f"{name}.jsonl").write_text(json.dumps({"prompt": "make it blue", "image": f"{name}.png"}) + "\n")
 
 
 def _prepare(tmp_path: Path) -> Path:
     (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "latin.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "nul.txt").write_bytes(b"a red square\nan \x00odd one\n")
+    (tmp_path / "long.txt").write_text("x" * 100_000 + "\n")
+    write_image_files(tmp_path)
     (tmp_path / "notapipeline").mkdir()
     (tmp_path / "notapipeline" / "weights.bin").write_bytes(b"\0" * 16)
     config = tmp_path / "tiny.yaml"

@@ -15,22 +15,42 @@ from pathlib import Path
 from typing import Any, Optional
 
 from treegrpo.config import DataConfig
-from treegrpo.prompts import DataError, EditPrompt
+from treegrpo.prompts import DataError, EditPrompt, unreadable_image_reason
 
 
-def _read_text(file: Path) -> str:
-    """A file's text as UTF-8 (one-line error otherwise)."""
+MAX_PROMPT_CHARACTERS = 20_000
+"""A longer line is not a prompt (a minified file, a binary read as text): refused, naming the line."""
+
+
+def _read_lines(file: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every line of a UTF-8 text file; a byte-order mark and CRLF endings are
+    accepted; invalid UTF-8, NUL bytes and over-long lines are one-line errors naming the line.
+
+    Lines end at ``\n`` only: a prompt may contain Unicode line separators (U+2028) or form feeds.
+    """
+    raw = file.read_bytes()
     try:
-        return file.read_text(encoding="utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DataError(
-            f"{file} is not UTF-8 text (byte {error.start}); re-save it as UTF-8, one prompt per line"
-        ) from None
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{file}:{line} is not UTF-8 text (byte {error.start}); re-save the file as UTF-8, "
+                        "one prompt per line") from None
+    lines = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if "\x00" in line:
+            raise DataError(f"{file}:{number} holds a NUL byte: a binary file, not prompts; point data.prompts at a "
+                            "UTF-8 text file")
+        if len(line) > MAX_PROMPT_CHARACTERS:
+            raise DataError(f"{file}:{number} is {len(line)} characters long (at most {MAX_PROMPT_CHARACTERS}): not a "
+                            "prompt; check the file (one prompt per line)")
+        lines.append((number, line))
+    return lines
 
 
 def load_txt(file: Path) -> list[str]:
     """Non-empty, stripped lines of a text file."""
-    return [line.strip() for line in _read_text(file).splitlines() if line.strip()]
+    return [line.strip() for _, line in _read_lines(file) if line.strip()]
 
 
 def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:
@@ -41,6 +61,10 @@ def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:
     if not path.is_file():
         raise DataError(f"{file}:{number} names source image {path}, which does not exist; fix the 'image' path "
                         "(relative to the .jsonl file)")
+    reason = unreadable_image_reason(path)  # read once now: a damaged image must not stop a run halfway
+    if reason is not None:
+        raise DataError(f"{file}:{number} names source image {path}, which cannot be read ({reason}); replace it "
+                        "with a PNG or JPEG file")
     return EditPrompt(text, path)
 
 
@@ -51,7 +75,7 @@ def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_
     A record with an ``image_field`` field (a path relative to the file) becomes an :class:`EditPrompt`.
     """
     prompts: list[str] = []
-    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+    for number, line in _read_lines(file):
         if not line.strip():
             continue
         try:

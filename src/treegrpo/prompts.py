@@ -36,21 +36,60 @@ class EditPrompt(str):
         return (EditPrompt, (str(self), self.image))
 
 
+class ImageBombError(ValueError):
+    """An image with more pixels than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)."""
+
+
+UNREADABLE = (OSError, ValueError, SyntaxError)
+"""What opening a damaged, empty, foreign or oversized image file raises (Pillow uses all three)."""
+
+
+def open_image_rgb(source: Any) -> Any:
+    """A path, file object or PIL image as a decoded RGB PIL image; more pixels than Pillow's
+    decompression-bomb limit is an :class:`ImageBombError` (Pillow itself only warns below twice the limit)."""
+    import warnings
+
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(source) as opened:
+                return opened.convert("RGB")
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise ImageBombError(f"more pixels than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS}") from None
+
+
+def unreadable_image_reason(source: Any) -> Optional[str]:
+    """Why ``source`` (a path or file object) is not a readable image, in a few words; ``None`` when it is."""
+    try:
+        open_image_rgb(source)
+    except UNREADABLE as error:
+        return _reason(error)
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ImageBombError):
+        return str(error)
+    text = str(error).splitlines()[0] if str(error) else "cannot be decoded"
+    return f"{type(error).__name__}: {text}"
+
+
 def source_image(prompt: str) -> Optional[Any]:
     """The RGB PIL source image of an :class:`EditPrompt` (read from its path), ``None`` for a plain prompt."""
     image = getattr(prompt, "image", None)
     if image is None:
         return None
     if isinstance(image, (str, Path, bytes)):
-        from PIL import Image
-
         name = f"{len(image)} bytes of an image column" if isinstance(image, bytes) else str(image)
         try:
-            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read source image {name} ({type(error).__name__}); use a PNG/JPEG file") from None
-    return image.convert("RGB")
+            return open_image_rgb(io.BytesIO(image) if isinstance(image, bytes) else image)
+        except UNREADABLE as error:
+            raise DataError(f"cannot read source image {name} ({_reason(error)}); use a PNG/JPEG file") from None
+    return open_image_rgb(image)
 
 
 def source_images(prompts: Sequence[str]) -> list[Optional[Any]]:
