@@ -10,12 +10,13 @@ Two ways to combine components into a training signal:
 
 from __future__ import annotations
 
+import traceback
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from treegrpo.prompts import source_images
-from treegrpo.rewards.base import RewardFn, check_inputs, checked_scores
+from treegrpo.rewards.base import RewardFn, RewardOutputError, check_inputs, checked_scores
 from treegrpo.rewards.video import FrameSampledReward, for_clips, is_video
 
 
@@ -65,11 +66,19 @@ class MultiReward:
         out = {}
         sources = None
         for key, reward in self.rewards.items():
-            if getattr(reward, "takes_source", False) and not video:  # editing: the prompts' source images too
-                sources = source_images(prompts) if sources is None else sources
-                raw = reward(images, prompts, source_images=sources)  # type: ignore[call-arg]
-            else:
-                raw = (for_clips(reward) if video else reward)(images, prompts)
+            try:
+                if getattr(reward, "takes_source", False) and not video:  # editing: the prompts' source images too
+                    sources = source_images(prompts) if sources is None else sources
+                    raw = reward(images, prompts, source_images=sources)  # type: ignore[call-arg]
+                else:
+                    raw = (for_clips(reward) if video else reward)(images, prompts)
+            except Exception as error:
+                from treegrpo.rewards import is_import_path
+
+                if not is_import_path(key):
+                    raise  # a built-in reward's failure is a bug: its traceback shows where
+                raise RewardOutputError(f"reward {key!r} raised {type(error).__name__}: {first_line(error)} "
+                                        f"({where_raised(error)}); fix the reward") from error
             out[key] = checked_scores(raw, key, int(images.shape[0]))
         return out
 
@@ -81,6 +90,20 @@ class MultiReward:
         """Weighted sum; the components of this call stay in ``last_components`` for logging."""
         self.last_components = self.components(images, prompts)
         return self.combine(self.last_components)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def where_raised(error: BaseException) -> str:
+    """``file:line`` of the deepest frame of ``error``'s traceback outside installed packages (the user's code)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if "site-packages" not in f.filename and "/treegrpo/" not in f.filename.replace("\\", "/")]
+    frame = (own or frames)[-1] if frames else None
+    return f"{frame.filename}:{frame.lineno}" if frame is not None else "no traceback"
 
 
 def weighted_sum(components: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
