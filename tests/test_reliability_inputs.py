@@ -202,3 +202,38 @@ def test_no_pickle_loading_in_the_source_tree() -> None:
         if re.search(r"\byaml\.load\(|\bnp\.load\([^)]*allow_pickle=True|\bpd\.read_pickle\(", text):
             offenders.append(f"{file}: pickle-capable loader")
     assert not offenders, offenders
+
+
+YAML_TRAPS = ["[1, 2", "{a: [}", "!!python/object/apply:os.system ['echo pwned']", "&a [*a, *a]", "1e999", "-.inf",
+              "0x10", "~", "null", "'quoted", "\x00", "\u202e3", "ｔｒｕｅ", "{}", "[]", "a: b: c", "- x", "%YAML 1.1",
+              "\ud7ff", "=", "==", "3=4", "\t", " ", "", "１", "nan", "1_000", "0o17", ".5", "yes", "on", "2026-12-04"]
+SECTIONS = sorted({key.split(".")[0] for key in valid_keys()})
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.one_of(st.sampled_from(sorted(valid_keys())), st.sampled_from(SECTIONS), st.text(max_size=30),
+                     st.builds(lambda s, t: f"{s}.{t}", st.sampled_from(SECTIONS), st.text(max_size=12))),
+       value=st.one_of(st.sampled_from(YAML_TRAPS), st.text(max_size=40)))
+def test_any_override_through_the_cli_is_exit_0_or_2_never_a_traceback(key: str, value: str) -> None:
+    """Random keys (known, sections, unicode) and values (YAML traps, unicode, control characters) at the
+    command line: the config layer accepts (0) or gives one line (2); nothing else escapes, no tag runs code."""
+    import contextlib
+    import io
+
+    import treegrpo.trainer
+    from treegrpo.cli import main
+
+    seen: list[Any] = []
+    original = treegrpo.trainer.train
+    treegrpo.trainer.train = lambda cfg, **kwargs: seen.append(cfg)  # type: ignore[assignment]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["train", "model.path=builtin:shapes", "data.builtin=shapes", "reward=shapes",
+                         f"{key}={value}", "--output-dir", "/nonexistent-treegrpo-fuzz/run"])
+    finally:
+        treegrpo.trainer.train = original
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert (code == 0 and len(seen) == 1) or (code == 2 and len(lines) == 1 and not seen), (code, lines)
+    assert code == 0 or "cannot parse overrides" not in lines[0]  # the one bad override is named, not the list
+    assert not Path("/nonexistent-treegrpo-fuzz").exists()

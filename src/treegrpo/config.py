@@ -465,6 +465,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return typing.cast(dict[str, Any], values)
 
 
+def _parses(item: str) -> bool:
+    """Whether one ``key=value`` override parses on its own."""
+    try:
+        OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=True)
+    except Exception:  # noqa: BLE001 - grammar errors
+        return False
+    return True
+
+
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """``["tree.k=4", "train.lr=1e-5"]`` -> nested dict (values parsed as YAML scalars)."""
     for item in overrides:
@@ -473,7 +482,10 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     try:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)
     except Exception as error:  # noqa: BLE001 - grammar errors
-        raise ConfigError(f"cannot parse overrides {list(overrides)} ({type(error).__name__}); use key=value") from None
+        culprit = next((item for item in overrides if not _parses(item)), None)
+        named = f"override {culprit!r}" if culprit is not None else f"overrides {list(overrides)}"
+        raise ConfigError(f"cannot parse {named} ({type(error).__name__}); use key=value with a YAML scalar, list "
+                          "or mapping as the value (quote text with special characters)") from None
     return typing.cast(dict[str, Any], parsed)
 
 
