@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
 from treegrpo.advantages import normalize_leaf_scores
 from treegrpo.config import ConfigError, resolve_config
+from treegrpo.rewards.base import RewardOutputError
 from treegrpo.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +219,7 @@ def test_a_run_that_trained_nothing_does_not_block_its_retry(tmp_path: Path) -> 
     folder = tmp_path / "run"
     cfg = resolve_config(values, [f"output_dir={folder}"])
     FailsOnce.calls = 0
-    with pytest.raises(RuntimeError, match="not up yet"):
+    with pytest.raises(RewardOutputError, match="not up yet"):  # a user's reward failing is one line
         launch_train(cfg)
     assert (folder / "config.yaml").is_file() and not (folder / "metrics.jsonl").exists()
     with pytest.raises(Exception, match="no iteration finished there; nothing is lost by starting again"):
