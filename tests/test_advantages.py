@@ -123,3 +123,55 @@ def test_std_floor_keeps_tiny_spreads_small() -> None:
     groups = torch.tensor([0, 0, 1, 1])
     leaf = normalize_leaf_scores(scores, groups, std_floor=0.1, min_group_std=0.0)
     torch.testing.assert_close(leaf.advantages, torch.tensor([-0.01, 0.01, -1.0, 1.0]), atol=1e-6, rtol=1e-4)
+
+
+def test_unscored_leaves_are_left_out_of_their_groups_statistics() -> None:
+    """A NaN score (a remote judge that failed) is "not scored": the group's mean and std come from the
+    scored leaves alone (checked against torch's own mean/std of them), the leaf's advantage is 0, and a
+    group left with one scored leaf has no spread and is guarded."""
+    scores = torch.tensor([0.1, float("nan"), 0.7, 0.4, float("inf"), 2.0, float("nan"), 5.0])
+    groups = torch.tensor([3, 3, 3, 3, 9, 9, 9, 7])  # group 9 keeps one scored leaf; 7 has one leaf
+    out = normalize_leaf_scores(scores, groups, clip=100.0)
+    assert out.scored.tolist() == [True, False, True, True, False, True, False, True] and out.unscored == 3
+    kept = torch.tensor([0.1, 0.7, 0.4])
+    expected = (kept - kept.mean()) / (kept.std(unbiased=False) + 1e-8)
+    torch.testing.assert_close(out.advantages[[0, 2, 3]], expected)
+    assert out.advantages[[1, 4, 5, 6, 7]].tolist() == [0.0] * 5 and torch.isfinite(out.advantages).all()
+    assert out.guarded.tolist() == [False, True, True]  # dense ids: 3 -> 0, 7 -> 1, 9 -> 2
+    everything_failed = normalize_leaf_scores(torch.full((4,), float("nan")), torch.zeros(4), std_scope="global")
+    assert everything_failed.advantages.tolist() == [0.0] * 4 and everything_failed.unscored == 4
+
+
+def _backup_by_recursion(r, leaf_adv: torch.Tensor, scored: torch.Tensor) -> dict[int, float]:
+    """Node values by the definition: a scored leaf's advantage; an inner node, the mean of its
+    children that have a value; no value where no scored leaf lies below."""
+    parent = r.structure.node_parent.tolist()
+    children: dict[int, list[int]] = {}
+    for node, up in enumerate(parent):
+        children.setdefault(up, []).append(node)
+    leaf_of = {node: i for i, node in enumerate(r.structure.leaf_node.tolist())}
+
+    def value(node: int) -> float | None:
+        if node in leaf_of:
+            i = leaf_of[node]
+            return float(leaf_adv[i]) if bool(scored[i]) else None
+        found = [v for v in (value(c) for c in children.get(node, [])) if v is not None]
+        return sum(found) / len(found) if found else None
+
+    return {node: v for node in range(len(parent)) if (v := value(node)) is not None}
+
+
+@pytest.mark.parametrize("drop", [[0], [0, 1, 2], list(range(9)), list(range(27))])
+def test_backup_skips_unscored_leaves_and_gives_their_subtree_zero(drop: list[int]) -> None:
+    plan = S.tree_plan(6, 3, 3, 1)
+    _, _, r = _rollout(plan, trees=1, prompts=2)
+    leaves = r.structure.leaf_node.shape[0]
+    leaf_adv = torch.randn(leaves, generator=torch.Generator().manual_seed(1))
+    scored = torch.ones(leaves, dtype=torch.bool)
+    scored[drop] = False  # a leaf; a sibling set; a depth-1 subtree; a prompt's whole tree (k3, window 3: 27 leaves)
+    edge = backup_edge_advantages(r.structure.node_parent, r.structure.node_depth, r.structure.edge_child,
+                                  r.structure.edge_log_prob, r.structure.leaf_node, leaf_adv, leaf_scored=scored)
+    expected = _backup_by_recursion(r, leaf_adv, scored)
+    for e, child in enumerate(r.structure.edge_child.tolist()):
+        torch.testing.assert_close(float(edge[e]), expected.get(child, 0.0))
+    assert any(child not in expected for child in r.structure.edge_child.tolist())

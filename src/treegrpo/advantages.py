@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
@@ -28,6 +28,7 @@ class LeafAdvantages:
     guarded: torch.Tensor  # [G] bool: group zeroed by the spread guard
     group_index: torch.Tensor  # [L] dense group id of each leaf
     num_groups: int
+    scored: torch.Tensor  # [L] bool: the leaf has a finite score (a failed remote judge gives NaN: not scored)
 
     @property
     def leaf_guarded(self) -> torch.Tensor:
@@ -35,19 +36,29 @@ class LeafAdvantages:
         return self.guarded[self.group_index]
 
     @property
+    def unscored(self) -> int:
+        """Leaves without a finite score: left out of their group's statistics and of training."""
+        return int((~self.scored).sum())
+
+    @property
     def guard_fraction(self) -> float:
         """Fraction of prompt groups whose advantages the zero-spread guard set to zero."""
         return float(self.guarded.float().mean()) if self.num_groups else 0.0
 
 
-def group_stats(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group mean and population std of ``values`` (``groups``: dense ids ``0 .. num_groups - 1``)."""
-    count = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(
-        0, groups, torch.ones_like(values)
-    )
-    total = torch.zeros_like(count).index_add_(0, groups, values)
+def group_stats(
+    values: torch.Tensor, groups: torch.Tensor, num_groups: int, valid: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and population std of ``values`` (``groups``: dense ids ``0 .. num_groups - 1``),
+    over the entries where ``valid`` is true (all when ``None``); a group without any is mean 0, std 0."""
+    if valid is None:
+        valid = torch.ones_like(values, dtype=torch.bool)
+    weight = valid.to(values.dtype)
+    filled = torch.where(valid, values, torch.zeros_like(values))
+    count = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, groups, weight)
+    total = torch.zeros_like(count).index_add_(0, groups, filled)
     mean = total / count.clamp_min(1)
-    sq = torch.zeros_like(count).index_add_(0, groups, (values - mean[groups]) ** 2)
+    sq = torch.zeros_like(count).index_add_(0, groups, weight * (filled - mean[groups]) ** 2)
     return mean, (sq / count.clamp_min(1)).sqrt()
 
 
@@ -64,20 +75,26 @@ def normalize_leaf_scores(
     """Group-normalised, clamped leaf advantages with the zero-spread guard.
 
     ``groups`` are integer prompt-group ids (need not be contiguous); all leaves sharing an id are
-    normalised together.
+    normalised together. A non-finite score means "not scored" (a remote judge that failed): the leaf
+    is left out of its group's mean and std and gets advantage 0; a group with fewer than two scored
+    leaves has no spread and is guarded.
     """
     if std_scope not in ("group", "global"):
         raise ValueError(f"advantage.std_scope must be 'group' or 'global', got {std_scope!r}")
     scores = scores.to(torch.float32)
+    scored = torch.isfinite(scores)
     _, dense = torch.unique(groups, return_inverse=True)
     num_groups = int(dense.max()) + 1 if dense.numel() else 0
-    mean, std = group_stats(scores, dense, num_groups)
-    scale = std[dense] if std_scope == "group" else scores.std(unbiased=False).expand_as(scores)
+    mean, std = group_stats(scores, dense, num_groups, scored)
+    if std_scope == "group":
+        scale = std[dense]
+    else:
+        scale = scores[scored].std(unbiased=False).expand_as(scores) if bool(scored.any()) else torch.zeros_like(scores)
     scale = scale.clamp_min(std_floor)
     advantages = ((scores - mean[dense]) / (scale + eps)).clamp(-clip, clip)
     guarded = std < min_group_std
-    advantages = torch.where(guarded[dense], torch.zeros_like(advantages), advantages)
-    return LeafAdvantages(advantages, mean, std, guarded, dense, num_groups)
+    advantages = torch.where(guarded[dense] | ~scored, torch.zeros_like(advantages), advantages)
+    return LeafAdvantages(advantages, mean, std, guarded, dense, num_groups, scored)
 
 
 def component_normalized_scores(
@@ -116,14 +133,20 @@ def backup_edge_advantages(
     leaf_advantages: torch.Tensor,
     *,
     beta: float = 0.0,
+    leaf_scored: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Advantage of every edge (indexed like ``edge_child``), backed up from the leaves.
 
     Processes depths from deepest to shallowest, so each node's value is final before it is used.
+    Leaves where ``leaf_scored`` is false are left out of their ancestors' means (the weights of the
+    scored siblings are renormalised); an edge with no scored leaf below it gets 0.
     """
     num_nodes = node_parent.shape[0]
     value = torch.full((num_nodes,), float("nan"), device=leaf_advantages.device)
-    value[leaf_node] = leaf_advantages.to(torch.float32)
+    scored = torch.ones_like(leaf_advantages, dtype=torch.bool) if leaf_scored is None else leaf_scored
+    value[leaf_node] = torch.where(scored, leaf_advantages.to(torch.float32), torch.full_like(value[leaf_node], float("nan")))
+    reached = torch.zeros(num_nodes, dtype=torch.bool, device=value.device)
+    reached[leaf_node] = True
     edge_parent = node_parent[edge_child]
     child_depth = node_depth[edge_child]
     for depth in range(int(child_depth.max()) if edge_child.numel() else 0, 0, -1):
@@ -132,14 +155,19 @@ def backup_edge_advantages(
         _, local_parent = torch.unique(parent, return_inverse=True)
         num_local = int(local_parent.max()) + 1
         logits = beta * edge_log_prob[level].to(torch.float32)
-        weights = _sibling_softmax(logits, local_parent, num_local)
-        weighted = torch.zeros(num_local, device=value.device).index_add_(0, local_parent, weights * value[child])
+        child_value = value[child]
+        valid = ~torch.isnan(child_value)
+        weights = torch.where(valid, _sibling_softmax(logits, local_parent, num_local), torch.zeros_like(child_value))
+        total = torch.zeros(num_local, device=value.device).index_add_(0, local_parent, weights)
+        weighted = torch.zeros(num_local, device=value.device).index_add_(
+            0, local_parent, weights * torch.nan_to_num(child_value))
         first = torch.zeros(num_local, dtype=torch.long, device=value.device).scatter_(0, local_parent, parent)
-        value[first] = weighted
-    result = value[edge_child]
-    if torch.isnan(result).any():
+        value[first] = torch.where(total > 0, weighted / total.clamp_min(1e-30), torch.full_like(total, float("nan")))
+        below = torch.zeros(num_local, device=value.device).index_add_(0, local_parent, reached[child].float())
+        reached[first] = below > 0
+    if not bool(reached[edge_child].all()):
         raise RuntimeError("some edges have no leaf below them; the rollout's tree is inconsistent")
-    return result
+    return torch.nan_to_num(value[edge_child], nan=0.0)
 
 
 def sibling_baseline(edge_advantages: torch.Tensor, edge_parent: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ def compute_advantages(structure: TreeStructure, leaf_scores: torch.Tensor, cfg:
     )
     edge = backup_edge_advantages(
         structure.node_parent, structure.node_depth, structure.edge_child, structure.edge_log_prob,
-        structure.leaf_node, leaf.advantages, beta=cfg.backup_beta,
+        structure.leaf_node, leaf.advantages, beta=cfg.backup_beta, leaf_scored=leaf.scored,
     )
     if cfg.baseline == Baseline.siblings:
         edge = sibling_baseline(edge, structure.edge_parent)
