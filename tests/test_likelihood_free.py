@@ -248,3 +248,33 @@ def test_ddim_families_are_refused(tmp_path: Path) -> None:
     values.pop("tree")
     with pytest.raises(ConfigError, match="re-noises samples along a flow-matching path"):
         train(resolve_config(values, [f"output_dir={tmp_path / 'run'}", "method=diffusion_nft"]))
+
+
+@pytest.mark.parametrize("objective", ["nft", "awm"])
+def test_an_unscored_sample_gets_no_gradient(objective: str) -> None:
+    """A leaf no reward scored (weight 0) must not train: at advantage 0 NFT's loss still pulls toward v_old.
+    Each sample has its own parameter, so the gradient says exactly which samples were trained on."""
+    scale = torch.nn.Parameter(torch.ones(10))
+    sigmas = torch.linspace(1, 0, 9)
+
+    def model_fn(x: torch.Tensor, step: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return scale[cond].view(-1, 1) * x * sigmas[step].view(-1, 1)
+
+    class Accumulator(_Recorder):
+        def step(self) -> StepReport:
+            self.steps += 1
+            return StepReport(1.0)  # keep the gradient for the test to read
+
+    cfg = LossConfig(objective=objective)
+    cfg.check()
+    samples = torch.randn(10, 2)
+    points = draw_training_points(samples, 8, cfg, torch.Generator().manual_seed(0))
+    weight = torch.ones(10)
+    weight[[3, 7]] = 0.0
+    advantages = torch.zeros(10) if objective == "nft" else torch.linspace(-1, 1, 10) + 0.05  # AWM: 0 trains nothing
+    update_on_samples(model_fn, sigmas, samples, torch.arange(10), advantages, points, Accumulator(scale), cfg,
+                      5.0, UpdateConfig(parents_per_batch=4, grad_accum=1),
+                      anchor_velocity=torch.randn(10, points.draws, 2), sample_weight=weight)
+    assert scale.grad is not None
+    trained = scale.grad != 0
+    assert trained.tolist() == (weight > 0).tolist(), scale.grad

@@ -117,9 +117,9 @@ def test_dropped_connection_is_retried() -> None:
         judge = get_reward("vlm_judge", base_url=server.base_url, **{**FAST, "max_concurrency": 1})
         assert judge(IMAGES[:1], PROMPTS[:1]).tolist() == [1.0]
     assert judge.last_stats.retries == 1
-    with FakeJudgeServer(lambda req, n: DROP) as server:  # always dropped: fallback, counted as an error
+    with FakeJudgeServer(lambda req, n: DROP) as server:  # always dropped: not scored (NaN), counted as an error
         judge = get_reward("vlm_judge", base_url=server.base_url, **{**FAST, "retries": 1})
-        assert judge(IMAGES[:2], PROMPTS[:2]).tolist() == [0.0, 0.0]
+        assert torch.isnan(judge(IMAGES[:2], PROMPTS[:2])).all()
     assert judge.last_stats.errors == 2 and "attempt(s) failed" in judge.last_stats.failures[0]
 
 

@@ -247,6 +247,9 @@ class TrainConfig:
     """Write per-process leaf scores, group ids and advantages to RUN/debug/ (tests, debugging)."""
     max_nonfinite_in_a_row: int = 3
     """Stop the run after this many iterations in a row whose update was skipped for NaN / inf values."""
+    max_unscored_in_a_row: int = 3
+    """Stop the run (checkpoint saved, resume command printed) after this many iterations in a row in which
+    a remote reward (VLM judge, reward server) scored none of the images."""
 
     def minibatch_sizes(self) -> tuple[Optional[int], Optional[int]]:
         """(parents, edges) per minibatch as the engine takes them: exactly one is set."""
@@ -260,7 +263,8 @@ class TrainConfig:
         self.log_with = parse_log_with(self.log_with)
         self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "train.mixed_precision")
         self.progress = Progress.from_value(self.progress, "train.progress")
-        for key in ("iterations", "inner_epochs", "keep_checkpoints", "log_every", "max_nonfinite_in_a_row"):
+        for key in ("iterations", "inner_epochs", "keep_checkpoints", "log_every", "max_nonfinite_in_a_row",
+                    "max_unscored_in_a_row"):
             _at_least(f"train.{key}", getattr(self, key), 1)
         if self.parents_per_batch is not None and self.edges_per_batch is not None:
             raise ConfigError(

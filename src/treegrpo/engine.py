@@ -241,6 +241,7 @@ def update_on_samples(
     anchor_velocity: torch.Tensor | None = None,
     reference_velocity: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    sample_weight: torch.Tensor | None = None,
 ) -> UpdateResult:
     """DiffusionNFT or AWM on clean ``samples`` ``[N, ...]`` (leaf latents) with their leaf ``advantages`` ``[N]``.
 
@@ -248,6 +249,8 @@ def update_on_samples(
     each minibatch's ``D`` training points are one forward each (gradients accumulated over them).
     ``anchor_velocity``: DiffusionNFT's ``v_old`` (required for nft) or AWM's EMA-KL target;
     ``reference_velocity``: the KL reference's (``loss.kl_beta``). Training NFE = samples x draws.
+    ``sample_weight`` ``[N]`` scales each sample's loss (0 for a leaf no reward scored: its advantage says
+    nothing, and NFT's loss at advantage 0 is not zero); minibatches keep their size on every process.
     """
     objective = loss_cfg.objective
     if objective == "nft" and anchor_velocity is None:
@@ -284,6 +287,8 @@ def update_on_samples(
                     stats["kl"] = float(kl.detach().mean())
                 if objective == "awm" and anchor_velocity is not None and loss_cfg.ema_kl_beta > 0:
                     per_sample = per_sample + loss_cfg.ema_kl_beta * velocity_kl(velocity, anchor_velocity[rows, j])
+                if sample_weight is not None:
+                    per_sample = per_sample * sample_weight[rows]
                 learner.backward(per_sample.mean() / (draws * accum))
                 nfe += int(rows.numel())
                 stats["advantage_mean"] = float(advantages[rows].mean())

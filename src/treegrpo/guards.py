@@ -5,13 +5,19 @@ The trainer asks these functions *where* a quantity went non-finite (which rewar
 prompts, which steps, which minibatch); :class:`NonFiniteGuard` turns one iteration's findings
 into metrics (``nonfinite_skips``, ``nonfinite``, ``nonfinite_in_a_row``) and raises
 :class:`NonFiniteError` after ``train.max_nonfinite_in_a_row`` bad iterations in a row.
+
+A remote reward's NaN is not a fault but "not scored" (:mod:`treegrpo.rewards.base`):
+:class:`UnscoredGuard` counts those images (``reward_unscored``) and the iterations in a row in which
+nothing was scored; the trainer stops with :class:`RewardUnavailable` after
+``train.max_unscored_in_a_row`` of them.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Collection, Sequence
 
 import torch
 
@@ -28,11 +34,14 @@ def _first(items: Sequence[Any], limit: int = 3) -> str:
     return f"[{shown}{', ...' if len(items) > limit else ''}]"
 
 
-def reward_findings(components: dict[str, torch.Tensor], prompts: Sequence[str]) -> list[str]:
-    """One finding per reward whose scores hold NaN / inf, naming the prompts of those images."""
+def reward_findings(components: dict[str, torch.Tensor], prompts: Sequence[str],
+                    abstaining: Collection[str] = ()) -> list[str]:
+    """One finding per reward whose scores hold NaN / inf, naming the prompts of those images; the NaN of an
+    ``abstaining`` reward (a remote judge) means "not scored" and is no finding (its inf still is)."""
     findings = []
     for name, scores in components.items():
-        bad = torch.nonzero(~torch.isfinite(scores.detach().cpu())).squeeze(1).tolist()
+        values = scores.detach().cpu()
+        bad = torch.nonzero(torch.isinf(values) if name in abstaining else ~torch.isfinite(values)).squeeze(1).tolist()
         if bad:
             texts = [prompts[i] for i in bad if i < len(prompts)]
             findings.append(f"reward {name}: {len(bad)} of {scores.numel()} scores non-finite (prompts {_first(texts)})")
@@ -82,3 +91,38 @@ class NonFiniteGuard:
                 f"(last: {self.findings[0]}); fix the reward or model, lower train.lr, or raise "
                 "train.max_nonfinite_in_a_row; the last good checkpoint is kept"
             )
+
+
+class RewardUnavailable(RuntimeError):
+    """A remote reward scored no image for ``train.max_unscored_in_a_row`` iterations; a checkpoint was saved first."""
+
+    def __init__(self, step: int, in_a_row: int, checkpoint: Path, resume: str) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(
+            f"stopped after step {step}: the remote reward scored no image in {in_a_row} iterations in a row (the "
+            f"warnings above say why); checkpoint {checkpoint} saved; once the judge or reward server answers again, "
+            f"continue with `{resume}` (or raise train.max_unscored_in_a_row)"
+        )
+
+
+@dataclass
+class UnscoredGuard:
+    """Counts the images remote rewards did not score and the iterations in a row in which they scored none."""
+
+    limit: int
+    in_a_row: int = 0
+
+    def end_iteration(self, scores: torch.Tensor) -> dict[str, Any]:
+        """Metrics of one iteration from every leaf's weighted score (NaN: not scored)."""
+        unscored = int((~torch.isfinite(scores)).sum())
+        nothing = unscored == scores.numel() > 0
+        self.in_a_row = self.in_a_row + 1 if nothing else 0
+        if nothing:
+            logger.warning("no image of this iteration was scored: update skipped (%d in a row, the run stops at %d)",
+                           self.in_a_row, self.limit)
+        return {"reward_unscored": unscored, "reward_unscored_in_a_row": self.in_a_row}
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the run must stop: nothing scored ``limit`` iterations in a row."""
+        return self.in_a_row >= self.limit

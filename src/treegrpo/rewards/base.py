@@ -1,7 +1,10 @@
 """The reward interface, plus the CLIP-style image preparation shared by the neural scorers.
 
 A reward is a callable ``(images [B, 3, H, W] float in [0, 1], prompts) -> scores [B]`` (float32,
-CPU). Editing: a reward that declares ``takes_source = True`` is also called with
+CPU). A remote reward that declares ``abstains = True`` (the VLM judge, the reward-server client)
+may return NaN for an image it could not score: the trainer leaves that image out of its group's
+statistics and of training and counts it (``reward_unscored``); from any other reward a NaN is a
+fault (:mod:`treegrpo.guards`). Editing: a reward that declares ``takes_source = True`` is also called with
 ``source_images=`` (each prompt's PIL source image, ``None`` for a plain prompt; see
 :class:`treegrpo.data.EditPrompt`); the others never see them. :class:`BatchedReward` supplies the common part (input checks, ``torch.no_grad()``, batching,
 device/dtype options); a scorer only writes :meth:`BatchedReward.score_batch`.

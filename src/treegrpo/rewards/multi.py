@@ -82,6 +82,11 @@ class MultiReward:
             out[key] = checked_scores(raw, key, int(images.shape[0]))
         return out
 
+    @property
+    def abstaining(self) -> frozenset[str]:
+        """Rewards whose NaN means "not scored" (remote judges; see :mod:`treegrpo.rewards.base`), not a fault."""
+        return frozenset(key for key, reward in self.rewards.items() if getattr(reward, "abstains", False))
+
     def combine(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``sum_j w_j R_j`` of already computed components."""
         return weighted_sum(components, self.weights)

@@ -13,8 +13,12 @@ Protocol (JSON, never pickle):
 
 The server binds 127.0.0.1 unless told otherwise, caps the request size, the number of images and
 the pixels per image (checked from the PNG header before decoding), and scores one request at a
-time. The client retries timeouts, refused connections, 5xx and garbage answers with exponential
-backoff, then raises a one-line :class:`RemoteRewardError`; 4xx answers fail at once.
+time. The client retries timeouts, refused connections, 5xx and garbage answers (wrong count,
+non-finite scores) with exponential backoff; when the attempts are spent, a batch is *not scored*
+(NaN scores and one warning line: the trainer leaves it out and stops a run whose reward stays
+unavailable, see ``train.max_unscored_in_a_row``), and ``health()`` raises a one-line
+:class:`RemoteRewardUnavailable`. 4xx answers are a configuration error and raise
+:class:`RemoteRewardError` at once.
 """
 
 from __future__ import annotations
@@ -57,7 +61,11 @@ class RequestError(Exception):
 
 
 class RemoteRewardError(RuntimeError):
-    """The reward server could not be reached or gave no usable answer."""
+    """The reward server rejected a request (4xx) or, as :class:`RemoteRewardUnavailable`, gave no usable answer."""
+
+
+class RemoteRewardUnavailable(RemoteRewardError):
+    """Every attempt failed (timeouts, refused connections, 5xx, unusable answers): the server is down or stalls."""
 
 
 # ----------------------------------------------------------------------------- image codec
@@ -308,6 +316,7 @@ class RemoteReward(BatchedReward):
     """
 
     name = "remote"
+    abstains = True  # a batch the server could not score comes back NaN (see the module docstring)
 
     def __init__(
         self,
@@ -354,7 +363,7 @@ class RemoteReward(BatchedReward):
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
                 last = _describe(error)
                 logger.warning("reward server %s, attempt %d/%d failed: %s", self.url, attempt + 1, attempts, last)
-        raise RemoteRewardError(
+        raise RemoteRewardUnavailable(
             f"reward server {self.url} failed {attempts} attempt(s), last: {last}; "
             "is `python -m treegrpo.rewards.server` running there?"
         )
@@ -385,7 +394,12 @@ class RemoteReward(BatchedReward):
                 raise ValueError("answer contains non-finite scores")
             return torch.tensor(scores, dtype=torch.float32)
 
-        return self._with_retries("/score", body, check)
+        try:
+            scores: torch.Tensor = self._with_retries("/score", body, check)
+        except RemoteRewardUnavailable as error:
+            logger.warning("%d image(s) not scored: %s", expected, error)
+            return torch.full((expected,), float("nan"))
+        return scores
 
 
 # ----------------------------------------------------------------------------- HTTP helper

@@ -56,6 +56,7 @@ class FrameSampledReward:
         self.reward = reward
         self.frames = check_frames(frames)
         self.name = getattr(reward, "name", "reward")
+        self.abstains = bool(getattr(reward, "abstains", False))  # NaN = not scored, frame by frame
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Scores ``[B]``: the mean over the chosen frames of each clip (one reward call for all of them)."""

@@ -10,8 +10,9 @@ Each image goes as a base64 PNG data URL with a prompt template per judging mode
 
 Requests run in a thread pool (``max_concurrency``), are retried with exponential backoff on 429,
 5xx, timeouts and dropped connections, and every batch is bounded by ``batch_timeout_s``: an item
-that has no usable answer by then (or whose answer cannot be parsed) gets ``fallback_score`` and is
-counted in :attr:`VlmJudgeReward.last_stats`. A 4xx other than 408/429 (wrong model name, bad key)
+that has no usable answer by then (or whose answer cannot be parsed) is *not scored*: its score is
+NaN (``fallback_score``, NaN unless set to a number), which the trainer leaves out of its group's
+statistics and of training, and it is counted in :attr:`VlmJudgeReward.last_stats`. A 4xx other than 408/429 (wrong model name, bad key)
 is a configuration error and raises at once. Temperature is 0 (deterministic judging).
 """
 
@@ -146,7 +147,7 @@ class JudgeStats:
 
     @property
     def fallbacks(self) -> int:
-        """Items that got the fallback score."""
+        """Items that got the fallback score (not scored, by default)."""
         return self.unparsed + self.errors + self.timeouts
 
     def add(self, other: "JudgeStats") -> None:
@@ -167,6 +168,7 @@ class VlmJudgeReward(BatchedReward):
     """Score images with a VLM behind an OpenAI-compatible chat API; see the module docstring."""
 
     name = "vlm_judge"
+    abstains = True  # NaN = this image could not be judged (see treegrpo.rewards.base)
 
     def __init__(
         self,
@@ -184,7 +186,7 @@ class VlmJudgeReward(BatchedReward):
         retries: int = 3,
         backoff: float = 1.0,
         batch_timeout_s: float = 300.0,
-        fallback_score: float = 0.0,
+        fallback_score: float = float("nan"),
         rating_range: Sequence[float] = (1.0, 10.0),
         batch_size: int = 64,
         max_response_bytes: int = 1 << 20,
@@ -333,7 +335,7 @@ class VlmJudgeReward(BatchedReward):
         self.total_stats.add(stats)
         if stats.fallbacks:
             logger.warning(
-                "vlm_judge: %d of %d item(s) got the fallback score %.3g (%d unparsed, %d failed, %d timed out); first: %s",
+                "vlm_judge: %d of %d item(s) not judged, scored %.3g (%d unparsed, %d failed, %d timed out); first: %s",
                 stats.fallbacks, stats.items, self.fallback_score, stats.unparsed, stats.errors, stats.timeouts,
                 stats.failures[0] if stats.failures else "-",
             )

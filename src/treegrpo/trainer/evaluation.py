@@ -69,6 +69,8 @@ def evaluate(
     total, components = rewards(images, list(prompts))
     result = with_standard_errors("eval/", components)
     result["eval/score"], result["eval/score_se"] = mean_and_standard_error(total)
+    if not bool(torch.isfinite(total).all()):
+        result["eval/unscored"] = float((~torch.isfinite(total)).sum())
     if judges is not None:
         judged, judge_components = judges(images, list(prompts))
         result.update(with_standard_errors("eval/judge/", judge_components))
@@ -85,7 +87,9 @@ def with_standard_errors(prefix: str, components: dict[str, torch.Tensor]) -> di
 
 
 def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error ``std / sqrt(n)`` (sample std; 0 for one value)."""
+    """Mean and its standard error ``std / sqrt(n)`` (sample std; 0 for one value) over the finite values (a
+    remote judge's NaN is "not scored": counted as ``eval/unscored``, not averaged)."""
+    values = values[torch.isfinite(values)]
     n = values.numel()
     spread = float(values.double().std(unbiased=True)) if n > 1 else 0.0
     return float(values.double().mean()), spread / math.sqrt(n) if n > 1 else 0.0

@@ -8,7 +8,10 @@ evaluation, checkpoints (exact resume) and a clean stop on SIGTERM / SIGINT.
 
 Reliability: a non-finite reward, rollout log-prob, ratio, loss or gradient skips the update it
 would poison (``nonfinite_skips`` / ``nonfinite`` in metrics.jsonl); ``train.max_nonfinite_in_a_row``
-bad iterations in a row stop the run with :class:`~treegrpo.guards.NonFiniteError`.
+bad iterations in a row stop the run with :class:`~treegrpo.guards.NonFiniteError`. A remote reward's
+NaN means "not scored": the image is left out of its group and of training (``reward_unscored``);
+``train.max_unscored_in_a_row`` iterations with nothing scored stop the run with a checkpoint and the
+resume command (:class:`~treegrpo.guards.RewardUnavailable`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from treegrpo.engine import (
 )
 from treegrpo.faults import fault_point
 from treegrpo.likelihood_free import decay
-from treegrpo.guards import NonFiniteGuard, log_prob_findings, reward_findings, stats_findings
+from treegrpo.guards import (
+    NonFiniteGuard, RewardUnavailable, UnscoredGuard, log_prob_findings, reward_findings, stats_findings,
+)
 from treegrpo.methods import plan_for_iteration, steps_ever_trained
 from treegrpo.models.base import Backbone
 from treegrpo.models.common import TrainingWindow
@@ -165,6 +170,7 @@ class Trainer:
         self.last: Optional[IterationResult] = None
         self.last_evaluation = time.time()
         self.guard = NonFiniteGuard(t.max_nonfinite_in_a_row)
+        self.unscored = UnscoredGuard(t.max_unscored_in_a_row)
         self.stop = StopSignals(announce=self.processes.is_main)
         self.start_iteration = self.metrics_lines = 0
         if resume_from is not None:
@@ -190,8 +196,9 @@ class Trainer:
         reward_seconds = time.time() - start - rollout_seconds
 
         shared = self._share_scores(rollout, scores, components, leaf_prompts, root_group)
-        safe_scores = torch.nan_to_num(self._ranked_scores(shared), nan=0.0, posinf=0.0, neginf=0.0)
-        advantages = compute_advantages(shared.structure, safe_scores, cfg.advantage)
+        ranked = self._ranked_scores(shared)  # NaN / inf: not scored, left out of the statistics (advantage 0)
+        advantages = compute_advantages(shared.structure, torch.where(torch.isfinite(ranked), ranked, torch.nan),
+                                        cfg.advantage)
 
         update_start = time.time()
         if cfg.train.debug_dump and not shared.skip:
@@ -220,6 +227,7 @@ class Trainer:
             update_seconds=time.time() - update_start,
         )
         metrics.update(self.guard.end_iteration(iteration + 1, findings, update.skipped_steps))
+        metrics.update(self.unscored.end_iteration(shared.scores))
         return IterationResult(metrics, rollout, scores, prompts, advantages.edge[shared.own_edges].detach().cpu())
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -287,10 +295,11 @@ class Trainer:
         gathered = gather_structure(rollout.structure, root_group, self.processes)
         all_scores = self.processes.gather(scores)
         findings = log_prob_findings(rollout.structure.edge_log_prob, rollout.edge_step)
-        findings += reward_findings(components, leaf_prompts)
-        skip = self.processes.any(bool(findings) or not bool(torch.isfinite(all_scores).all()))
-        if skip and not findings:
+        findings += reward_findings(components, leaf_prompts, self.rewards.multi.abstaining)
+        faulty = self.processes.any(bool(findings))
+        if faulty and not findings:
             findings = ["reward: non-finite scores on another process"]
+        skip = faulty or not bool(torch.isfinite(all_scores).any())  # or nothing scored at all
         all_components: dict[str, torch.Tensor] = {}
         if self.cfg.advantage.component_norm:
             names = sorted(components)
@@ -305,8 +314,9 @@ class Trainer:
         if not self.cfg.advantage.component_norm:
             return shared.scores
         components = {name: torch.nan_to_num(values) for name, values in shared.components.items()}
-        return component_normalized_scores(components, self.rewards.multi.weights, shared.structure.leaf_group,
-                                           min_group_std=self.cfg.advantage.min_group_std)
+        ranked = component_normalized_scores(components, self.rewards.multi.weights, shared.structure.leaf_group,
+                                             min_group_std=self.cfg.advantage.min_group_std)
+        return torch.where(torch.isfinite(shared.scores), ranked, torch.nan)  # a leaf any reward left unscored
 
     def _update(
         self, rollout: TreeRollout, shared: SharedScores, advantages: EdgeAdvantages, conditioning: Any
@@ -349,6 +359,7 @@ class Trainer:
         cfg, device = self.cfg, self.processes.device
         samples, cond = rollout.leaf_latents.to(device), rollout.leaf_cond.to(device)
         leaf_advantages = advantages.leaf.advantages[shared.own_leaves].to(device)
+        scored = advantages.leaf.scored[shared.own_leaves].to(device, torch.float32)  # unscored leaves: weight 0
         points = draw_training_points(samples, cfg.sampling.steps, cfg.loss, self.generators["minibatch"])
         guidance, sigmas = cfg.sampling.guidance_scale, self.schedule.sigmas
         policy = self.backbone.model_fn(conditioning, guidance, self.schedule)
@@ -365,6 +376,7 @@ class Trainer:
         update = update_on_samples(
             train_fn, sigmas, samples, cond, leaf_advantages, points, self.learner, cfg.loss, cfg.advantage.clip,
             self.update_cfg, anchor_velocity=anchor, reference_velocity=reference, generator=self.generators["minibatch"],
+            sample_weight=scored,
         )
         self.backbone.denoiser.eval()
         return update
@@ -527,6 +539,11 @@ class Trainer:
                     step = iteration + 1
                     progress.iteration(step, self.last.metrics["reward_mean"])
                     self.guard.check(step)
+                    if self.unscored.exhausted:
+                        self.save_checkpoint(step)
+                        raise RewardUnavailable(step, self.unscored.in_a_row,
+                                                self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step),
+                                                resume_command(self.run_dir, self.processes.world))
                     if self._evaluation_due(step):
                         progress.evaluation(step, self.evaluate_and_draw(step) or {})
                     saved = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.iterations

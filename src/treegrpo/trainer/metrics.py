@@ -195,7 +195,8 @@ def iteration_record(
 
 
 def mean_std(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and population std (0 for a single value)."""
+    """Mean and population std of the finite values (a remote reward's NaN is "not scored"); std 0 for one value."""
+    values = values[torch.isfinite(values)]
     return float(values.mean()), float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
 
 
