@@ -441,11 +441,15 @@ def _stopped(command: str, error: RuntimeError) -> int:
     """A training run that stopped on purpose: one line on stderr and its exit code; re-raises anything else."""
     from treegrpo.guards import NonFiniteError, RewardUnavailable
     from treegrpo.trainer import TrainingInterrupted
+    from treegrpo.trainer.distributed import PeerLost
 
     if isinstance(error, TrainingInterrupted):
         if int(os.environ.get("RANK", "0")) == 0:  # one line for a multi-process run, not one per process
             sys.stderr.write(f"treegrpo {command}: {error}\n")
         return 128 + error.signum
+    if isinstance(error, PeerLost):  # every survivor says which process it lost
+        sys.stderr.write(f"treegrpo {command}: error: {error}\n")
+        return EXIT_FAILED
     if isinstance(error, RewardUnavailable):
         if int(os.environ.get("RANK", "0")) == 0:
             sys.stderr.write(f"treegrpo {command}: error: {error}\n")

@@ -248,6 +248,9 @@ class TrainConfig:
     max_nonfinite_in_a_row: int = 3
     """Stop the run after this many iterations in a row whose update was skipped for NaN / inf values."""
     max_unscored_in_a_row: int = 3
+    dist_timeout: float = 10.0
+    """Minutes a process waits in a collective for the others (a dead or stalled rank) before it gives up;
+    NCCL's own default is 30."""
     """Stop the run (checkpoint saved, resume command printed) after this many iterations in a row in which
     a remote reward (VLM judge, reward server) scored none of the images."""
 
@@ -276,6 +279,8 @@ class TrainConfig:
                 _at_least(f"train.{key}", getattr(self, key), 1)
         for key in ("grad_accum", "checkpoint_every", "eval_every", "warmup", "lr", "eval_every_minutes", "max_minutes"):
             _at_least(f"train.{key}", getattr(self, key), 0)
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"train.dist_timeout={self.dist_timeout} must be > 0 minutes (e.g. 10)")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema is an EMA decay in [0, 1) (0 = off), got {self.ema}")
         if self.fsdp and self.ema > 0:

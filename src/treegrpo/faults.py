@@ -1,7 +1,8 @@
 """Test-only fault injection: named points in the trainer where a process can be made to die.
 
 Set ``TREEGRPO_FAULTS`` to a comma-separated list of ``POINT:N:ACTION`` entries; when this process
-reaches ``POINT`` for the ``N``-th time (counting from 1), it performs ``ACTION``:
+reaches ``POINT`` for the ``N``-th time (counting from 1), it performs ``ACTION``. ``POINT:N:ACTION@R``
+acts only in the process of rank ``R`` (``RANK`` of a multi-process launch; 0 otherwise):
 
 * ``kill``  SIGKILL itself (a crash: power loss, OOM killer, preempted VM)
 * ``term``  SIGTERM itself (a polite shutdown request)
@@ -24,10 +25,13 @@ ACTIONS: dict[str, int] = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int"
 _counts: dict[str, int] = {}
 
 
-def parse(spec: str) -> dict[str, tuple[int, int]]:
-    """``"rollout:2:kill,update:1:term"`` -> ``{point: (occurrence, signal)}``."""
+def parse(spec: str, rank: int = 0) -> dict[str, tuple[int, int]]:
+    """``"rollout:2:kill,update:1:term@1"`` -> ``{point: (occurrence, signal)}`` for the process of ``rank``."""
     plan: dict[str, tuple[int, int]] = {}
     for entry in filter(None, (part.strip() for part in spec.split(","))):
+        entry, at, only = entry.partition("@")
+        if at and int(only) != rank:
+            continue
         point, count, action = entry.split(":")
         if action not in ACTIONS:
             raise ValueError(f"{ENV}: unknown action {action!r} in {entry!r}; use kill, term or int")
@@ -41,7 +45,7 @@ def fault_point(point: str) -> None:
     if not spec:
         return
     _counts[point] = _counts.get(point, 0) + 1
-    wanted = parse(spec).get(point)
+    wanted = parse(spec, int(os.environ.get("RANK", "0"))).get(point)
     if wanted is not None and wanted[0] == _counts[point]:
         os.kill(os.getpid(), wanted[1])
 

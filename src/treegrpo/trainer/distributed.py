@@ -6,9 +6,13 @@ that each prompt group is normalised whole, and every process computes the same 
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -16,6 +20,49 @@ from treegrpo.engine import StepReport
 from treegrpo.faults import fault_point
 from treegrpo.rollout import TreeRollout, TreeStructure
 from treegrpo.sharding import clip_grad_norm
+
+
+logger = logging.getLogger(__name__)
+
+
+def process_group_kwargs(dist_timeout_minutes: float) -> Any:
+    """accelerate's handler that sets the process group's collective timeout (``train.dist_timeout``)."""
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(timeout=timedelta(minutes=dist_timeout_minutes))
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another process died or stalled; this one stops with one line."""
+
+    def __init__(self, rank: int, world: int, missing: Optional[list[int]], step: int, checkpoint: Optional[Path],
+                 resume: str) -> None:
+        self.missing = missing
+        who = (f"process{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {world} stopped answering"
+               if missing else f"another of the {world} processes stopped answering")
+        kept = (f"the last complete checkpoint is {checkpoint}; continue with `{resume}`" if checkpoint is not None
+                else "no checkpoint was saved yet; start the run again")
+        super().__init__(f"process {rank}: {who} during step {step + 1} (killed, out of memory? its own log says "
+                         f"why); {kept}")
+
+
+def roll_call(rank: int, world: int, wait_seconds: float = 3.0) -> Optional[list[int]]:
+    """After a failed collective: the ranks that do not answer in the run's store within ``wait_seconds``
+    (every live process answers), or ``None`` when the store cannot be reached."""
+    import torch.distributed as dist
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"treegrpo/alive/{rank}", "1")
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            missing = [other for other in range(world) if not store.check([f"treegrpo/alive/{other}"])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.2)
+    except Exception as error:  # the store lived in the dead process, or the group is gone
+        logger.debug("roll call failed: %s", error)
+        return None
 
 
 class Processes:

@@ -24,7 +24,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -40,7 +40,7 @@ from treegrpo.engine import (
 from treegrpo.faults import fault_point
 from treegrpo.likelihood_free import decay
 from treegrpo.guards import (
-    NonFiniteGuard, RewardUnavailable, UnscoredGuard, log_prob_findings, reward_findings, stats_findings,
+    NonFiniteError, NonFiniteGuard, RewardUnavailable, UnscoredGuard, log_prob_findings, reward_findings, stats_findings,
 )
 from treegrpo.methods import plan_for_iteration, steps_ever_trained
 from treegrpo.models.base import Backbone
@@ -51,7 +51,9 @@ from treegrpo.schedule import Plan, describe
 from treegrpo.sharing import write_model_card
 from treegrpo.sharding import full_state_dict, full_tensor, shard_denoiser
 from treegrpo.trainer.budget import TimeBudget
-from treegrpo.trainer.distributed import AccelerateLearner, Processes, balance_parents, gather_structure
+from treegrpo.trainer.distributed import (
+    AccelerateLearner, PeerLost, Processes, balance_parents, gather_structure, process_group_kwargs, roll_call,
+)
 from treegrpo.trainer.evaluation import RewardSet
 from treegrpo.trainer.held_out import HeldOutEvaluation, LatestRollout
 from treegrpo.trainer.metrics import MetricsLog, iteration_record
@@ -124,7 +126,7 @@ class Trainer:
         self.run_dir = Path(run_dir or cfg.output_dir)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=cfg.train.find_unused_parameters)
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available()
+            mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp, process_group_kwargs(cfg.train.dist_timeout)], cpu=not torch.cuda.is_available()
         )
         self.processes = Processes(self.accelerator)
         self._check_processes()
@@ -506,6 +508,30 @@ class Trainer:
         raise TrainingInterrupted(signum, step, self.run_dir / ckpt.CHECKPOINTS / ckpt.step_name(step),
                                   resume=resume_command(self.run_dir, self.processes.world))
 
+    @contextlib.contextmanager
+    def _peers_watched(self, step: Callable[[], int]) -> Iterator[None]:
+        """Turn a collective that failed for a lost process into :class:`PeerLost` (inside the signal handlers:
+        a launcher's SIGTERM to the survivors then waits for the line)."""
+        try:
+            yield
+        except RuntimeError as error:
+            lost = self._peer_lost(error, step())
+            if lost is None:
+                raise
+            raise lost from error
+
+    def _peer_lost(self, error: RuntimeError, step: int) -> Optional[PeerLost]:
+        """A collective that failed because another process died or stalled (``train.dist_timeout``), as one
+        line naming it; ``None`` for any other error (every process answers the roll call)."""
+        if self.processes.world == 1 or isinstance(error, (TrainingInterrupted, NonFiniteError, RewardUnavailable)):
+            return None
+        missing = roll_call(self.processes.rank, self.processes.world)
+        distributed = isinstance(error, torch.distributed.DistError) or "closed by peer" in str(error)
+        if missing == [] or (missing is None and not distributed):
+            return None
+        return PeerLost(self.processes.rank, self.processes.world, missing, step, ckpt.latest_checkpoint(self.run_dir),
+                        resume_command(self.run_dir, self.processes.world))
+
     def _evaluation_due(self, step: int) -> bool:
         """An intermediate evaluation after ``step``: every ``eval_every`` steps or ``eval_every_minutes``, if it fits."""
         cfg = self.cfg.train
@@ -525,7 +551,7 @@ class Trainer:
                                iterations=cfg.iterations, budget_minutes=cfg.max_minutes,
                                start_iteration=self.start_iteration)
         try:
-            with self.stop.installed(), progress.shown():
+            with self.stop.installed(), progress.shown(), self._peers_watched(lambda: step):
                 if self.start_iteration == 0 and cfg.eval_at_start:
                     progress.evaluation(0, self.evaluate_and_draw(0, first_or_last=True) or {})
                 for iteration in range(self.start_iteration, cfg.iterations):
