@@ -167,7 +167,7 @@ def test_failures_retry_then_leave_the_batch_unscored(behaviour: Callable[[BaseH
     try:
         client = RemoteReward(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.4, retries=1, backoff=0.05)
         start = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="treegrpo.rewards.server"):
+        with caplog.at_level(logging.WARNING, logger="treegrpo.rewards.remote"):
             scores = client(torch.rand(1, 3, 8, 8), ["x"])
         elapsed = time.monotonic() - start
     finally:

@@ -13,12 +13,8 @@ Protocol (JSON, never pickle):
 
 The server binds 127.0.0.1 unless told otherwise, caps the request size, the number of images and
 the pixels per image (checked from the PNG header before decoding), and scores one request at a
-time. The client retries timeouts, refused connections, 5xx and garbage answers (wrong count,
-non-finite scores) with exponential backoff; when the attempts are spent, a batch is *not scored*
-(NaN scores and one warning line: the trainer leaves it out and stops a run whose reward stays
-unavailable, see ``train.max_unscored_in_a_row``), and ``health()`` raises a one-line
-:class:`RemoteRewardUnavailable`. 4xx answers are a configuration error and raise
-:class:`RemoteRewardError` at once.
+time. The client, :class:`RemoteReward`, lives in :mod:`treegrpo.rewards.remote` and is re-exported
+here.
 """
 
 from __future__ import annotations
@@ -26,15 +22,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import http.client
 import io
 import json
 import logging
-import math
 import threading
-import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
@@ -42,7 +33,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from treegrpo.rewards.base import BatchedReward, RewardFn
+from treegrpo.rewards.base import RewardFn
+from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward` works
+    RemoteReward,
+    RemoteRewardError,
+    RemoteRewardUnavailable,
+    RequestError,
+    encode_image,
+)
+
+__all__ = [
+    "RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer",
+    "decode_image", "encode_image", "main", "make_server", "parse_score_request", "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,31 +55,7 @@ DEFAULT_MAX_IMAGES = 512
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class RequestError(Exception):
-    """A client error with its HTTP status (4xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteRewardError(RuntimeError):
-    """The reward server rejected a request (4xx) or, as :class:`RemoteRewardUnavailable`, gave no usable answer."""
-
-
-class RemoteRewardUnavailable(RemoteRewardError):
-    """Every attempt failed (timeouts, refused connections, 5xx, unusable answers): the server is down or stalls."""
-
-
 # ----------------------------------------------------------------------------- image codec
-
-
-def encode_image(image: torch.Tensor) -> str:
-    """[3, H, W] float in [0, 1] -> base64 PNG (8-bit RGB)."""
-    array = (image.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array.numpy())).save(buffer, format="PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def decode_image(data: Any, max_pixels: int) -> torch.Tensor:
@@ -302,178 +281,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.reward, args.host, args.port,
         max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels, **dict(args.option),
     )
-
-
-# ----------------------------------------------------------------------------- client
-
-
-class RemoteReward(BatchedReward):
-    """Score through a reward server; bounded in time, retried, one-line errors.
-
-    Images travel as 8-bit PNG, the same rounding the local scorers apply first. Each attempt is
-    bounded by ``timeout`` per socket operation; attempts are ``retries + 1``, spaced by
-    ``backoff * 2**k`` seconds; a response body must arrive within ``timeout`` in all.
-    """
-
-    name = "remote"
-    abstains = True  # a batch the server could not score comes back NaN (see the module docstring)
-
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff: float = 1.0,
-        batch_size: int = 32,
-        max_response_bytes: int = 16 * 1024 * 1024,
-        name: str | None = None,
-        **options: Any,
-    ) -> None:
-        for shared in ("device", "dtype", "reward_device", "offload"):  # no local model to place
-            options.pop(shared, None)
-        if options:
-            raise TypeError(f"unknown option(s) for RemoteReward: {sorted(options)}")
-        if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("RemoteReward needs timeout > 0, retries >= 0 and backoff >= 0")
-        super().__init__(device="cpu", batch_size=batch_size)
-        self.url = url.rstrip("/")
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.max_response_bytes = int(max_response_bytes)
-        if name:
-            self.name = name
-
-    def _request(self, path: str, body: bytes | None) -> Any:
-        """One HTTP exchange -> parsed JSON; ``RequestError`` for 4xx, other exceptions to retry."""
-        return http_json(self.url + path, body, timeout=self.timeout, max_response_bytes=self.max_response_bytes)
-
-    def _with_retries(self, path: str, body: bytes | None, check: Any) -> Any:
-        """Call ``_request`` up to ``retries + 1`` times with exponential backoff."""
-        last = "no attempt made"
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                return check(self._request(path, body))
-            except RequestError as error:
-                raise RemoteRewardError(f"reward server {self.url} rejected the request ({error.status}): {error}") from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
-                last = _describe(error)
-                logger.warning("reward server %s, attempt %d/%d failed: %s", self.url, attempt + 1, attempts, last)
-        raise RemoteRewardUnavailable(
-            f"reward server {self.url} failed {attempts} attempt(s), last: {last}; "
-            "is `python -m treegrpo.rewards.server` running there?"
-        )
-
-    def health(self) -> dict[str, Any]:
-        """``GET /health`` (with retries)."""
-
-        def check(payload: Any) -> dict[str, Any]:
-            if not isinstance(payload, dict) or payload.get("status") != "ok":
-                raise ValueError(f"unexpected health answer {str(payload)[:60]}")
-            return payload
-
-        return self._with_retries("/health", None, check)
-
-    def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        body = json.dumps({"prompts": list(prompts), "images": [encode_image(im) for im in images]}).encode()
-        expected = len(prompts)
-
-        def check(payload: Any) -> torch.Tensor:
-            scores = payload.get("scores") if isinstance(payload, dict) else None
-            if (
-                not isinstance(scores, list)
-                or len(scores) != expected
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)
-            ):
-                raise ValueError(f"answer has no list of {expected} numeric scores: {str(payload)[:60]}")
-            if not all(math.isfinite(s) for s in scores):
-                raise ValueError("answer contains non-finite scores")
-            return torch.tensor(scores, dtype=torch.float32)
-
-        try:
-            scores: torch.Tensor = self._with_retries("/score", body, check)
-        except RemoteRewardUnavailable as error:
-            logger.warning("%d image(s) not scored: %s", expected, error)
-            return torch.full((expected,), float("nan"))
-        return scores
-
-
-# ----------------------------------------------------------------------------- HTTP helper
-
-
-def http_json(
-    url: str,
-    body: bytes | None,
-    *,
-    timeout: float,
-    max_response_bytes: int,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    """One JSON exchange (POST when ``body`` is given, else GET), bounded by ``timeout`` in all.
-
-    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429),
-    ``ConnectionError`` for 5xx, ``ValueError`` for a non-JSON or oversized body, and the socket's
-    own errors (timeouts, refused or dropped connections) as they come.
-    """
-    request = urllib.request.Request(
-        url, data=body, method="POST" if body is not None else "GET",
-        headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = _read_before(response, deadline, max_response_bytes)
-    except urllib.error.HTTPError as error:
-        detail = _error_detail(error)
-        if 400 <= error.code < 500:
-            raise RequestError(error.code, detail) from None
-        raise ConnectionError(f"HTTP {error.code}: {detail}") from None
-    if len(raw) > max_response_bytes:
-        raise ValueError(f"response larger than {max_response_bytes} bytes")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
-
-
-def _read_before(response: http.client.HTTPResponse, deadline: float, max_bytes: int) -> bytes:
-    """The body, read chunk by chunk, so a server trickling bytes cannot outlast the deadline."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = response.read1(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            return b"".join(chunks)  # the caller reports the size
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out")
-
-
-def _error_detail(error: urllib.error.HTTPError) -> str:
-    """The server's one-line ``{"error": ...}`` if it sent one, else the HTTP reason."""
-    try:
-        payload = json.loads(error.read(4096))
-        return str(payload.get("error", error.reason))
-    except Exception:
-        return str(error.reason)
-
-
-def _describe(error: BaseException) -> str:
-    """A short one-line cause: timeout, refused, garbage."""
-    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
-        error = error.reason if isinstance(error.reason, BaseException) else error
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    return f"{type(error).__name__}: {error}".splitlines()[0][:200]
 
 
 if __name__ == "__main__":
