@@ -1,5 +1,5 @@
-"""Reward server and RemoteReward client on 127.0.0.1: round trip, 4xx, and bounded failures
-(slow server, closed port, garbage answers)."""
+"""Reward server and RemoteReward client on 127.0.0.1: round trip, 4xx, bounded failures (slow server,
+closed port, garbage answers), slow clients, and the command line's one-line errors."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any, Callable, Iterator, Sequence
 import pytest
 import torch
 
-from treegrpo.rewards import get_reward
+from treegrpo.rewards import get_reward, register_reward
 from treegrpo.rewards.server import RemoteReward, RemoteRewardError, RemoteRewardUnavailable, encode_image, make_server
+from treegrpo.rewards.server import main as server_main
 
 
 class _Brightness:
@@ -191,3 +192,131 @@ def test_server_down_gives_refused_error_quickly() -> None:
     assert time.monotonic() - start < 2.0
     with pytest.raises(RemoteRewardUnavailable, match=r"3 attempt\(s\), last: connection refused"):
         client.health()
+
+
+# ----------------------------------------------------------------------------- slow clients
+
+
+def _raw_request(port: int, head: bytes, timeout: float = 5.0) -> socket.socket:
+    """A connection that has sent ``head`` (request line and headers) and nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(head)
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (b"" if it closed without a word)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+@pytest.fixture()
+def impatient_server() -> Iterator[Any]:
+    """A server that waits 0.5 s per read and 1.5 s for a whole request."""
+    server = make_server(_Brightness(), "127.0.0.1", 0, max_image_pixels=64 * 64, read_timeout=0.5, read_deadline=1.5)
+    _start(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("part", ["body", "headers"])
+def test_a_trickling_client_is_cut_at_the_deadline_and_blocks_no_one(impatient_server: Any, part: str) -> None:
+    """One byte every 0.2 s never trips the 0.5 s read timeout; the 1.5 s deadline for the whole request
+    drops it (408 when the headers were complete), and a normal request is answered meanwhile."""
+    port = impatient_server.server_address[1]
+    body = json.dumps({"prompts": ["a"], "images": [encode_image(torch.rand(3, 8, 8))]}).encode()
+    head = f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+    first, rest = (head + b"\r\n", body) if part == "body" else (head[:20], head[20:] + b"\r\n" + body)
+    outcome: dict[str, Any] = {}
+
+    def trickle() -> None:
+        start = time.monotonic()
+        with _raw_request(port, first) as sock:
+            try:
+                for byte in rest:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.2)
+                    if time.monotonic() - start > 8:
+                        break
+            except OSError:
+                pass  # the server closed it
+            outcome["answer"] = _answer(sock)
+        outcome["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    time.sleep(0.3)  # the trickler is connected and sending
+    client = RemoteReward(impatient_server.url, timeout=5, retries=0)
+    start = time.monotonic()
+    assert bool(torch.isfinite(client(torch.rand(2, 3, 8, 8), ["x", "y"])).all())
+    assert time.monotonic() - start < 5.0  # not blocked by the trickler
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert outcome["seconds"] < 4.0, outcome  # 1.5 s deadline (the trickle alone would take over 100 s)
+    if part == "body":
+        assert outcome["answer"].startswith(b"HTTP/1.1 408") or outcome["answer"] == b"", outcome["answer"][:80]
+    else:
+        assert outcome["answer"] == b"" or outcome["answer"].startswith(b"HTTP/1.1 4"), outcome["answer"][:80]
+
+
+def test_a_silent_connection_is_closed_after_the_read_timeout(impatient_server: Any) -> None:
+    """A client that connects and sends nothing holds its connection only for the read timeout."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", impatient_server.server_address[1]), timeout=10) as sock:
+        assert RemoteReward(impatient_server.url, timeout=5, retries=0).health()["status"] == "ok"
+        assert _answer(sock) == b""
+    assert time.monotonic() - start < 3.0  # 0.5 s read timeout
+
+
+def test_a_body_that_never_comes_gets_408(impatient_server: Any) -> None:
+    head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10
+    with _raw_request(impatient_server.server_address[1], head) as sock:
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    payload = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert "not received in time" in payload["error"] and "\n" not in payload["error"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.fixture()
+def probe_reward() -> Iterator[list[str]]:
+    """A registered reward that records being built: bad settings must fail before any model loads."""
+    built: list[str] = []
+
+    def factory(**options: Any) -> _Brightness:
+        built.append("built")
+        return _Brightness()
+
+    register_reward("server_test_probe", factory)
+    yield built
+
+
+def _main_fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command line, expect exit code 2, return its one stderr line."""
+    with pytest.raises(SystemExit) as info:
+        server_main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--read-timeout", "0"], "read_timeout must be a positive"), (["--read-deadline", "nan"], "read_deadline"),
+     (["--max-images", "0"], "max_images must be at least 1")],
+)
+def test_bad_limits_stop_the_command_before_the_reward_is_built(
+    flags: list[str], message: str, probe_reward: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _main_fails(["server_test_probe", *flags], capsys)
+    assert err.startswith("python -m treegrpo.rewards.server: error: ") and message in err, err
+    assert probe_reward == []

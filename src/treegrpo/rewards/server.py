@@ -8,13 +8,19 @@ Protocol (JSON, never pickle):
 
 * ``POST /score`` ``{"prompts": [str, ...], "images": [base64 PNG, ...]}`` -> ``{"scores": [float, ...]}``
 * ``GET /health`` -> ``{"status": "ok", "reward": name}``
-* Errors: ``{"error": "one line"}`` with 400 (malformed), 404, 411 (no length), 413 (request or
-  image too large), 500 (the reward failed).
+* Errors: ``{"error": "one line"}`` with 400 (malformed), 404, 408 (request not received in time),
+  411 (no length), 413 (request or image too large), 500 (the reward failed).
 
 The server binds 127.0.0.1 unless told otherwise, caps the request size, the number of images and
 the pixels per image (checked from the PNG header before decoding), and scores one request at a
-time. The client, :class:`RemoteReward`, lives in :mod:`treegrpo.rewards.remote` and is re-exported
-here.
+time. Slow clients cannot hold it: each read waits at most ``--read-timeout`` seconds (30; an idle
+connection is closed after it) and a whole request (line, headers, body) must arrive within
+``--read-deadline`` seconds (120) of the server starting to wait for it, or it gets 408 (the
+connection is just closed while headers are missing); every connection has its own thread, so a
+slow one delays no other. An answer given from the headers alone (404, 413) is followed by
+discarding the unread body, so that a client still sending sees the answer rather than a reset.
+
+The client, :class:`RemoteReward`, lives in :mod:`treegrpo.rewards.remote` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -25,14 +31,20 @@ import binascii
 import io
 import json
 import logging
+import math
+import socket
+import sys
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from treegrpo.errors import ConfigError
 from treegrpo.rewards.base import RewardFn
 from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward` works
     RemoteReward,
@@ -43,7 +55,7 @@ from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo
 )
 
 __all__ = [
-    "RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer",
+    "RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer", "ServerLimits",
     "decode_image", "encode_image", "main", "make_server", "parse_score_request", "serve",
 ]
 
@@ -52,6 +64,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_MAX_IMAGES = 512
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_READ_DEADLINE = 120.0
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -107,34 +121,74 @@ def parse_score_request(body: bytes, *, max_images: int, max_pixels: int) -> tup
 # ----------------------------------------------------------------------------- server
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may cost the server: request size, images, pixels, and time to send a request."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_images: int = DEFAULT_MAX_IMAGES
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # one read from the socket (an idle connection is closed after it)
+    read_deadline: float = DEFAULT_READ_DEADLINE  # one whole request: line, headers and body
+
+    def check(self) -> None:
+        """Refuse limits that would break the server (ConfigError, one line)."""
+        for name in ("max_request_bytes", "max_image_pixels", "max_images"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("read_timeout", "read_deadline"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
+
+
 class RewardHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server holding one reward; scoring is serialised by a lock."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of clients waits to be accepted instead of being dropped
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        reward: RewardFn,
-        *,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-        max_images: int = DEFAULT_MAX_IMAGES,
-        request_timeout: float = 60.0,
-    ) -> None:
+    def __init__(self, address: tuple[str, int], reward: RewardFn, *, limits: ServerLimits | None = None) -> None:
+        self.limits = limits or ServerLimits()
+        self.limits.check()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, RewardRequestHandler)
         self.reward = reward
-        self.max_request_bytes = int(max_request_bytes)
-        self.max_image_pixels = int(max_image_pixels)
-        self.max_images = int(max_images)
-        self.request_timeout = float(request_timeout)
         self.lock = threading.Lock()
 
     @property
     def url(self) -> str:
         """``http://host:port`` actually bound (useful with port 0)."""
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads: each waits at most ``read_timeout``, and none starts after ``deadline``.
+
+    The per-read timeout alone would let a client keep a request alive forever by sending one byte
+    just before each timeout; the deadline bounds the whole request.
+    """
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.read_timeout = read_timeout
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not received before its deadline")
+        self.sock.settimeout(min(self.read_timeout, remaining))
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.read_timeout)  # writes keep the plain timeout
 
 
 class RewardRequestHandler(BaseHTTPRequestHandler):
@@ -142,19 +196,32 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
 
     server: RewardHTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: do not hold the second back
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # bounds reads from slow or stalled clients
         super().setup()
+        self.connection.settimeout(self.server.limits.read_timeout)
+        self.rfile.close()  # the plain socket file: reads go through the deadline instead
+        self._reader = _DeadlineReader(self.connection, self.server.limits.read_timeout)
+        self.rfile = io.BufferedReader(self._reader, 1 << 16)
+
+    def handle_one_request(self) -> None:
+        """One request, read within ``read_deadline`` from when the server starts waiting for it."""
+        self._reader.deadline = time.monotonic() + self.server.limits.read_deadline
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -165,11 +232,19 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"unknown path {self.path}: use GET /health or POST /score"})
 
     def do_POST(self) -> None:
+        if self.path.rstrip("/") != "/score":
+            self._refuse(404, f"unknown path {self.path}: use POST /score")
+            return
+        self._score()
+
+    def _score(self) -> None:
+        """Read, decode and score one request; every failure is a one-line JSON answer."""
         try:
-            if self.path.rstrip("/") != "/score":
-                raise RequestError(404, f"unknown path {self.path}: use POST /score")
+            body = self._read_body()
+            if body is None:
+                return
             images, prompts = parse_score_request(
-                self._read_body(), max_images=self.server.max_images, max_pixels=self.server.max_image_pixels
+                body, max_images=self.server.limits.max_images, max_pixels=self.server.limits.max_image_pixels
             )
         except RequestError as error:
             self.close_connection = True
@@ -185,8 +260,8 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             return
         self._send(200, {"scores": values})
 
-    def _read_body(self) -> bytes:
-        """The request body, refusing missing or oversized Content-Length before reading."""
+    def _content_length(self) -> int:
+        """The declared body size; 411 without one, 400 for nonsense."""
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             raise RequestError(411, "Content-Length is required")
@@ -196,34 +271,57 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             raise RequestError(400, "Content-Length is not an integer") from None
         if length < 0:
             raise RequestError(400, "Content-Length is negative")
-        if length > self.server.max_request_bytes:
-            self._discard(length)
-            raise RequestError(413, f"request of {length} bytes exceeds the limit of {self.server.max_request_bytes}")
-        body = self.rfile.read(length)
+        return length
+
+    def _read_body(self) -> bytes | None:
+        """The request body; None once an oversized one is refused (413); one not received in time is a 408."""
+        length = self._content_length()
+        limit = self.server.limits.max_request_bytes
+        if length > limit:
+            self._refuse(413, f"request of {length} bytes exceeds the limit of {limit}")
+            return None
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            limits = self.server.limits
+            raise RequestError(
+                408, f"request body not received in time ({limits.read_timeout:g} s per read, "
+                f"{limits.read_deadline:g} s for the whole request)",
+            ) from None
         if len(body) != length:
             raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
         return body
 
-    def _discard(self, length: int) -> None:
-        """Read and drop a moderately oversized body so the client sees the 413, not a reset."""
-        if length > 4 * self.server.max_request_bytes:
-            return  # far too big: just close (the client may see a reset)
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 16))
-            if not chunk:
-                break
-            remaining -= len(chunk)
+    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer from the headers alone, then discard the unread body (never stored nor decoded).
+
+        Closing with unread bytes makes the kernel reset the connection, and a client still sending
+        would see that reset instead of this answer; the discarding stops at the read deadline.
+        """
+        self.close_connection = True
+        self._send(status, {"error": message}, headers)
+        try:
+            length = self._content_length()
+        except RequestError:
+            return
+        if length > 4 * self.server.limits.max_request_bytes:
+            return  # far too big to wait for: just close (the client may see a reset)
+        try:
+            while length > 0:
+                chunk = self.rfile.read1(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
+        except OSError:  # timeouts and resets: the answer is out, nothing more to do
+            pass
 
 
-def make_server(
-    reward: RewardFn,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    **limits: Any,
-) -> RewardHTTPServer:
-    """Bind (port 0 = any free port) without serving yet; call ``serve_forever()`` on the result."""
-    return RewardHTTPServer((host, port), reward, **limits)
+def make_server(reward: RewardFn, host: str = "127.0.0.1", port: int = 0, **limits: Any) -> RewardHTTPServer:
+    """Bind (port 0 = any free port) without serving yet; call ``serve_forever()`` on the result.
+
+    ``limits`` are :class:`ServerLimits` fields.
+    """
+    return RewardHTTPServer((host, port), reward, limits=ServerLimits(**limits))
 
 
 def serve(
@@ -231,19 +329,16 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    max_images: int = DEFAULT_MAX_IMAGES,
+    limits: ServerLimits | None = None,
     **options: Any,
 ) -> None:
-    """Build ``get_reward(reward_name, **options)`` and serve it until interrupted."""
+    """Build ``get_reward(reward_name, **options)`` and serve it until interrupted; bad settings fail before it."""
     from treegrpo.rewards import get_reward
 
+    limits = limits or ServerLimits()
+    limits.check()
     reward = get_reward(reward_name, **options)
-    server = make_server(
-        reward, host, port,
-        max_request_bytes=max_request_bytes, max_image_pixels=max_image_pixels, max_images=max_images,
-    )
+    server = RewardHTTPServer((host, port), reward, limits=limits)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("reward server listens on %s: anyone who can reach it can use it (no authentication)", host)
     logger.info("serving reward %r at %s", reward_name, server.url)
@@ -267,20 +362,37 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m treegrpo.rewards.server NAME [--host H] [--port P] [--option key=value ...]``."""
-    parser = argparse.ArgumentParser(description="Serve a treegrpo reward over HTTP.")
+    """``python -m treegrpo.rewards.server NAME [--host H] [--port P] [limits] [--option key=value ...]``."""
+    parser = _Parser(prog="python -m treegrpo.rewards.server", description="Serve a treegrpo reward over HTTP.")
     parser.add_argument("reward")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="images per request")
+    parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT,
+                        help="seconds one read from a client may wait; an idle connection is closed after it")
+    parser.add_argument("--read-deadline", type=float, default=DEFAULT_READ_DEADLINE,
+                        help="seconds to receive one whole request (line, headers, body); slower ones get 408")
     parser.add_argument("--option", type=_parse_option, action="append", default=[])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(
-        args.reward, args.host, args.port,
-        max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels, **dict(args.option),
+    limits = ServerLimits(
+        max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels, max_images=args.max_images,
+        read_timeout=args.read_timeout, read_deadline=args.read_deadline,
     )
+    try:
+        serve(args.reward, args.host, args.port, limits=limits, **dict(args.option))
+    except ConfigError as error:
+        parser.error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":
