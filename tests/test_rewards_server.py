@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 import torch
 
+from treegrpo.errors import ConfigError
 from treegrpo.rewards import get_reward, register_reward
 from treegrpo.rewards.server import RemoteReward, RemoteRewardError, RemoteRewardUnavailable, encode_image, make_server
+from treegrpo.rewards.server import is_loopback, read_token
 from treegrpo.rewards.server import main as server_main
 
 
@@ -204,6 +210,19 @@ def _raw_request(port: int, head: bytes, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
+def _one_answer(sock: socket.socket) -> tuple[bytes, dict[str, Any]]:
+    """The status line and JSON body of the first answer on ``sock``, read as soon as it is complete."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+        data.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]
+    ):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return head.split(b"\r\n", 1)[0], json.loads(body)
+
+
 def _answer(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes (b"" if it closed without a word)."""
     chunks = []
@@ -283,6 +302,134 @@ def test_a_body_that_never_comes_gets_408(impatient_server: Any) -> None:
     assert "not received in time" in payload["error"] and "\n" not in payload["error"]
 
 
+# ----------------------------------------------------------------------------- who may score
+
+TOKEN = "s3cret-Token_42"
+
+
+@pytest.fixture()
+def guarded_server() -> Iterator[Any]:
+    server = make_server(_Brightness(), "127.0.0.1", 0, token=TOKEN, max_image_pixels=64 * 64, read_timeout=1.0)
+    _start(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _post_with(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any], Any]:
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def test_score_needs_the_bearer_token_health_does_not(guarded_server: Any) -> None:
+    body = json.dumps({"prompts": ["a"], "images": [encode_image(torch.rand(3, 8, 8))]}).encode()
+    url = guarded_server.url + "/score"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer \u00e9t\u00e9"}):
+        status, payload, answer_headers = _post_with(url, body, headers)
+        assert status == 401, headers
+        assert "\n" not in payload["error"] and "TREEGRPO_REWARD_TOKEN" in payload["error"]
+        assert TOKEN not in payload["error"] and answer_headers["WWW-Authenticate"] == "Bearer"
+    for scheme in ("Bearer", "bearer"):
+        status, payload, _ = _post_with(url, body, {"Authorization": f"{scheme} {TOKEN}"})
+        assert status == 200 and len(payload["scores"]) == 1
+    with urllib.request.urlopen(guarded_server.url + "/health", timeout=5) as response:  # open: it scores nothing
+        assert json.loads(response.read())["status"] == "ok"
+
+
+def test_a_request_without_the_token_is_refused_before_its_body_is_read(guarded_server: Any) -> None:
+    """The 401 comes from the headers alone: a body that never arrives, or is garbage, does not matter."""
+    port = guarded_server.server_address[1]
+    for head in (b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",  # body never sent
+                 b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nnot json!"):
+        with _raw_request(port, head) as sock:
+            sock.settimeout(0.8)  # under the server's 1 s read timeout: the answer cannot wait for the body
+            status, payload = _one_answer(sock)
+        assert status.startswith(b"HTTP/1.1 401") and "missing or wrong token" in payload["error"], status
+
+
+def test_remote_reward_sends_the_token_from_the_environment(guarded_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.rand(3, 3, 8, 8)
+    monkeypatch.setenv("TREEGRPO_REWARD_TOKEN", f"  {TOKEN}\n")
+    assert bool(torch.isfinite(RemoteReward(guarded_server.url, timeout=5, retries=0)(images, ["a", "b", "c"])).all())
+    monkeypatch.delenv("TREEGRPO_REWARD_TOKEN")
+    monkeypatch.setenv("MY_TOKEN", TOKEN)
+    client = get_reward("remote", url=guarded_server.url, timeout=5, retries=0, token_env="MY_TOKEN")
+    assert bool(torch.isfinite(client(images, ["a", "b", "c"])).all())
+    monkeypatch.setenv("MY_TOKEN", "two words")
+    with pytest.raises(ConfigError, match=r"\$MY_TOKEN must hold one token") as info:
+        RemoteReward(guarded_server.url, token_env="MY_TOKEN")
+    assert "two words" not in str(info.value)
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-123"])
+def test_a_401_is_a_configuration_error_at_once_naming_the_variable(
+    guarded_server: Any, token: str | None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if token is None:
+        monkeypatch.delenv("TREEGRPO_REWARD_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("TREEGRPO_REWARD_TOKEN", token)
+    client = RemoteReward(guarded_server.url, timeout=5, retries=3, backoff=1.0)
+    start = time.monotonic()
+    with caplog.at_level(logging.DEBUG), pytest.raises(RemoteRewardError) as info:
+        client(torch.rand(1, 3, 8, 8), ["x"])
+    assert time.monotonic() - start < 1.0  # no retry (the first would wait 1 s)
+    message = str(info.value)
+    assert "(401)" in message and "TREEGRPO_REWARD_TOKEN" in message and "--token-file" in message
+    assert not isinstance(info.value, RemoteRewardUnavailable) and "\n" not in message
+    secrets = [TOKEN] + ([token] if token else [])
+    assert not any(secret in text for secret in secrets for text in [message, caplog.text])
+
+
+def test_a_redirect_is_not_followed_with_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server answering with a redirect is a configuration error; the Authorization header goes nowhere else."""
+
+    def redirect(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", "http://127.0.0.1:9/elsewhere")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server = _scripted_server(redirect)
+    monkeypatch.setenv("TREEGRPO_REWARD_TOKEN", TOKEN)
+    try:
+        client = RemoteReward(f"http://127.0.0.1:{server.server_address[1]}", timeout=2, retries=2, backoff=0.05)
+        with pytest.raises(RemoteRewardError, match=r"\(302\): redirected to http://127.0.0.1:9/elsewhere"):
+            client.health()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.calls == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "::1", "[::1]", "localhost", "LOCALHOST"])
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "::", "192.168.1.10", "example.org", "localhost.example.org"])
+def test_other_hosts_need_a_token(host: str) -> None:
+    assert not is_loopback(host)
+    with pytest.raises(ConfigError, match="refusing to listen on .* without a token"):
+        make_server(_Brightness(), host, 0)
+
+
+def test_read_token_strips_and_refuses_missing_or_empty_files(tmp_path: Path) -> None:
+    good = tmp_path / "token"
+    good.write_text(f"\n  {TOKEN} \n")
+    assert read_token(good) == TOKEN
+    (tmp_path / "empty").write_text(" \n\t")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_token(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="cannot read token file .*missing: No such file"):
+        read_token(tmp_path / "missing")
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -320,3 +467,29 @@ def test_bad_limits_stop_the_command_before_the_reward_is_built(
     err = _main_fails(["server_test_probe", *flags], capsys)
     assert err.startswith("python -m treegrpo.rewards.server: error: ") and message in err, err
     assert probe_reward == []
+
+
+def test_the_command_line_refuses_to_expose_a_reward_without_a_token(
+    probe_reward: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _main_fails(["server_test_probe", "--host", "0.0.0.0"], capsys)
+    assert "refusing to listen on '0.0.0.0' without a token" in err and "--token-file" in err
+    err = _main_fails(["server_test_probe", "--token-file", str(tmp_path / "nope")], capsys)
+    assert "cannot read token file" in err
+    (tmp_path / "empty").write_text("\n")
+    err = _main_fails(["server_test_probe", "--host", "0.0.0.0", "--token-file", str(tmp_path / "empty")], capsys)
+    assert "is empty" in err
+    (tmp_path / "secret").write_text("two words\n")
+    err = _main_fails(["server_test_probe", "--token-file", str(tmp_path / "secret")], capsys)
+    assert "printable ASCII" in err and "two words" not in err
+    assert probe_reward == []  # nothing was built, nothing listened
+
+
+def test_the_module_exits_2_with_one_line(tmp_path: Path) -> None:
+    """The real entry point: one line on stderr, exit code 2, no traceback, before any reward loads."""
+    result = subprocess.run(
+        [sys.executable, "-m", "treegrpo.rewards.server", "jpeg_compressibility", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "without a token" in result.stderr, result.stderr

@@ -7,7 +7,9 @@ non-finite scores) with exponential backoff; when the attempts are spent, a batc
 (NaN scores and one warning line: the trainer leaves it out and stops a run whose reward stays
 unavailable, see ``train.max_unscored_in_a_row``), and ``health()`` raises a one-line
 :class:`RemoteRewardUnavailable`. 4xx answers are a configuration error and raise
-:class:`RemoteRewardError` at once.
+:class:`RemoteRewardError` at once; a 401 names the environment variable to set
+(``TREEGRPO_REWARD_TOKEN``, or the reward's ``token_env``), whose value is sent as
+``Authorization: Bearer`` and never logged. Redirects are not followed (the header would go along).
 """
 
 from __future__ import annotations
@@ -18,18 +20,24 @@ import io
 import json
 import logging
 import math
+import os
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from treegrpo.errors import ConfigError
 from treegrpo.rewards.base import BatchedReward
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+TOKEN_ENV = "TREEGRPO_REWARD_TOKEN"
+"""The environment variable :class:`RemoteReward` reads its bearer token from (option ``token_env``)."""
 
 
 class RequestError(Exception):
@@ -48,6 +56,17 @@ class RemoteRewardUnavailable(RemoteRewardError):
     """Every attempt failed (timeouts, refused connections, 5xx, unusable answers): the server is down or stalls."""
 
 
+def check_token(token: str, source: str) -> str:
+    """``token`` stripped, if it is one word of printable ASCII (it travels in a header); else a ConfigError
+    naming ``source`` (never the token)."""
+    token = token.strip()
+    if not token:
+        raise ConfigError(f"{source} is empty: it must hold the token")
+    if not all(0x21 <= ord(char) <= 0x7E for char in token):
+        raise ConfigError(f"{source} must hold one token of printable ASCII characters without spaces")
+    return token
+
+
 def encode_image(image: torch.Tensor) -> str:
     """[3, H, W] float in [0, 1] -> base64 PNG (8-bit RGB)."""
     array = (image.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
@@ -64,7 +83,9 @@ class RemoteReward(BatchedReward):
 
     Images travel as 8-bit PNG, the same rounding the local scorers apply first. Each attempt is
     bounded by ``timeout`` per socket operation; attempts are ``retries + 1``, spaced by
-    ``backoff * 2**k`` seconds; a response body must arrive within ``timeout`` in all.
+    ``backoff * 2**k`` seconds; a response body must arrive within ``timeout`` in all. When the
+    environment variable named by ``token_env`` is set, every request carries
+    ``Authorization: Bearer <its value>`` (a server started with ``--token-file`` asks for it).
     """
 
     name = "remote"
@@ -79,6 +100,7 @@ class RemoteReward(BatchedReward):
         backoff: float = 1.0,
         batch_size: int = 32,
         max_response_bytes: int = 16 * 1024 * 1024,
+        token_env: str = TOKEN_ENV,
         name: str | None = None,
         **options: Any,
     ) -> None:
@@ -94,14 +116,28 @@ class RemoteReward(BatchedReward):
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_response_bytes = int(max_response_bytes)
+        self.token_env = token_env
+        token = os.environ.get(token_env, "")
+        self._headers = {"Authorization": f"Bearer {check_token(token, f'${token_env}')}"} if token.strip() else {}
         if name:
             self.name = name
 
     def _request(self, path: str, body: bytes | None) -> Any:
         """One HTTP exchange -> parsed JSON; ``RequestError`` for 4xx, other exceptions to retry."""
-        return http_json(self.url + path, body, timeout=self.timeout, max_response_bytes=self.max_response_bytes)
+        return http_json(self.url + path, body, timeout=self.timeout, max_response_bytes=self.max_response_bytes,
+                         headers=self._headers)
 
-    def _with_retries(self, path: str, body: bytes | None, check: Any) -> Any:
+    def _rejected(self, error: RequestError) -> RemoteRewardError:
+        """A 4xx as a one-line configuration error; a 401 says which variable to set (never the token)."""
+        if error.status == 401 and not self._headers:
+            return RemoteRewardError(f"reward server {self.url} needs a token (401): set {self.token_env} to the "
+                                     "token in the server's --token-file")
+        if error.status == 401:
+            return RemoteRewardError(f"reward server {self.url} refused the token in {self.token_env} (401): set it "
+                                     "to the token in the server's --token-file")
+        return RemoteRewardError(f"reward server {self.url} rejected the request ({error.status}): {error}")
+
+    def _with_retries(self, path: str, body: bytes | None, check: Callable[[Any], _T]) -> _T:
         """Call ``_request`` up to ``retries + 1`` times with exponential backoff."""
         last = "no attempt made"
         attempts = self.retries + 1
@@ -111,7 +147,7 @@ class RemoteReward(BatchedReward):
             try:
                 return check(self._request(path, body))
             except RequestError as error:
-                raise RemoteRewardError(f"reward server {self.url} rejected the request ({error.status}): {error}") from None
+                raise self._rejected(error) from None
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
                 last = _describe(error)
                 logger.warning("reward server %s, attempt %d/%d failed: %s", self.url, attempt + 1, attempts, last)
@@ -167,7 +203,8 @@ def http_json(
 ) -> Any:
     """One JSON exchange (POST when ``body`` is given, else GET), bounded by ``timeout`` in all.
 
-    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429),
+    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429) and for a
+    redirect (never followed),
     ``ConnectionError`` for 5xx, ``ValueError`` for a non-JSON or oversized body, and the socket's
     own errors (timeouts, refused or dropped connections) as they come.
     """
@@ -177,10 +214,14 @@ def http_json(
     )
     deadline = time.monotonic() + timeout
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             raw = _read_before(response, deadline, max_response_bytes)
     except urllib.error.HTTPError as error:
         detail = _error_detail(error)
+        if 300 <= error.code < 400:
+            location = str(error.headers.get("Location", "elsewhere"))[:200]
+            raise RequestError(error.code, f"redirected to {location}: give that URL (redirects are not followed, "
+                               "so headers such as the token never go to another address)") from None
         if 400 <= error.code < 500:
             raise RequestError(error.code, detail) from None
         raise ConnectionError(f"HTTP {error.code}: {detail}") from None
@@ -190,6 +231,16 @@ def http_json(
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turn every redirect into its HTTPError: the Authorization header must not follow one elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _read_before(response: http.client.HTTPResponse, deadline: float, max_bytes: int) -> bytes:

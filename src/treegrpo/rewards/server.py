@@ -3,13 +3,22 @@
 Run big reward models in their own process or machine::
 
     python -m treegrpo.rewards.server hpsv2 --port 8000 --option device=cuda
+    python -m treegrpo.rewards.server hpsv2 --host 0.0.0.0 --token-file ~/.reward_token   # reachable by others
 
 Protocol (JSON, never pickle):
 
 * ``POST /score`` ``{"prompts": [str, ...], "images": [base64 PNG, ...]}`` -> ``{"scores": [float, ...]}``
-* ``GET /health`` -> ``{"status": "ok", "reward": name}``
-* Errors: ``{"error": "one line"}`` with 400 (malformed), 404, 408 (request not received in time),
-  411 (no length), 413 (request or image too large), 500 (the reward failed).
+* ``GET /health`` -> ``{"status": "ok", "reward": name}`` (never needs the token: it scores nothing)
+* Errors: ``{"error": "one line"}`` with 400 (malformed), 401 (missing or wrong token), 404, 408
+  (request not received in time), 411 (no length), 413 (request or image too large), 500 (the reward
+  failed).
+
+Who may score: with ``--token-file PATH`` (one token of printable ASCII; surrounding whitespace is
+stripped) every ``POST /score`` must carry ``Authorization: Bearer <token>``, checked in constant time
+from the headers before any of the body is read (401 otherwise); :class:`RemoteReward` sends the
+token in ``$TREEGRPO_REWARD_TOKEN``. A server that would listen on anything but loopback (127.0.0.1,
+::1, localhost) without a token refuses to start (one line, exit code 2). The token is never logged
+and travels in clear text: beyond one machine, use a trusted network or a tunnel.
 
 The server binds 127.0.0.1 unless told otherwise, caps the request size, the number of images and
 the pixels per image (checked from the PNG header before decoding), and scores one request at a
@@ -17,8 +26,9 @@ time. Slow clients cannot hold it: each read waits at most ``--read-timeout`` se
 connection is closed after it) and a whole request (line, headers, body) must arrive within
 ``--read-deadline`` seconds (120) of the server starting to wait for it, or it gets 408 (the
 connection is just closed while headers are missing); every connection has its own thread, so a
-slow one delays no other. An answer given from the headers alone (404, 413) is followed by
-discarding the unread body, so that a client still sending sees the answer rather than a reset.
+slow one delays no other. An answer given from the headers alone (401, 404, 413) is followed by
+discarding the unread body (never stored nor decoded), so that a client still sending sees the
+answer rather than a reset.
 
 The client, :class:`RemoteReward`, lives in :mod:`treegrpo.rewards.remote` and is re-exported here.
 """
@@ -28,7 +38,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hmac
 import io
+import ipaddress
 import json
 import logging
 import math
@@ -37,6 +49,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn, Sequence
 
@@ -47,16 +60,18 @@ from PIL import Image
 from treegrpo.errors import ConfigError
 from treegrpo.rewards.base import RewardFn
 from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward` works
+    TOKEN_ENV,
     RemoteReward,
     RemoteRewardError,
     RemoteRewardUnavailable,
     RequestError,
+    check_token,
     encode_image,
 )
 
 __all__ = [
     "RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer", "ServerLimits",
-    "decode_image", "encode_image", "main", "make_server", "parse_score_request", "serve",
+    "decode_image", "encode_image", "is_loopback", "main", "make_server", "parse_score_request", "read_token", "serve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,6 +133,38 @@ def parse_score_request(body: bytes, *, max_images: int, max_pixels: int) -> tup
     return torch.stack(tensors), prompts
 
 
+# ----------------------------------------------------------------------------- who may score
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1: addresses that only this machine reaches."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name, or "" (every interface)
+
+
+def read_token(path: str | Path) -> str:
+    """The token in ``path`` (whitespace stripped); a missing, empty or odd file is a ConfigError."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise ConfigError(f"cannot read token file {path}: {reason}") from None
+    return check_token(text, f"token file {path}")
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token: anyone who reached it could use the reward."""
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host or 'every interface'!r} without a token: anyone who reaches it could use "
+            "the reward; pass --token-file PATH (clients set TREEGRPO_REWARD_TOKEN) or listen on 127.0.0.1"
+        )
+
+
 # ----------------------------------------------------------------------------- server
 
 
@@ -148,14 +195,26 @@ class RewardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # listen backlog: a burst of clients waits to be accepted instead of being dropped
 
-    def __init__(self, address: tuple[str, int], reward: RewardFn, *, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], reward: RewardFn, *, limits: ServerLimits | None = None, token: str | None = None
+    ) -> None:
         self.limits = limits or ServerLimits()
         self.limits.check()
+        check_exposure(address[0], token)
+        self._bearer = check_token(token, "the token").encode("ascii") if token is not None else None
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, RewardRequestHandler)
         self.reward = reward
         self.lock = threading.Lock()
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the token (always, when there is none to carry)."""
+        if self._bearer is None:
+            return True
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        supplied = credentials.strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(supplied, self._bearer) and scheme.lower() == "bearer"
 
     @property
     def url(self) -> str:
@@ -234,6 +293,10 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.path.rstrip("/") != "/score":
             self._refuse(404, f"unknown path {self.path}: use POST /score")
+            return
+        if not self.server.authorized(self.headers.get("Authorization")):
+            self._refuse(401, f"missing or wrong token: send Authorization: Bearer <token> (RemoteReward reads it "
+                              f"from ${TOKEN_ENV})", {"WWW-Authenticate": "Bearer"})
             return
         self._score()
 
@@ -316,12 +379,14 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             pass
 
 
-def make_server(reward: RewardFn, host: str = "127.0.0.1", port: int = 0, **limits: Any) -> RewardHTTPServer:
+def make_server(
+    reward: RewardFn, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None, **limits: Any
+) -> RewardHTTPServer:
     """Bind (port 0 = any free port) without serving yet; call ``serve_forever()`` on the result.
 
-    ``limits`` are :class:`ServerLimits` fields.
+    ``token``: what ``POST /score`` must carry as ``Authorization: Bearer``; ``limits``: :class:`ServerLimits` fields.
     """
-    return RewardHTTPServer((host, port), reward, limits=ServerLimits(**limits))
+    return RewardHTTPServer((host, port), reward, limits=ServerLimits(**limits), token=token)
 
 
 def serve(
@@ -329,6 +394,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
+    token: str | None = None,
     limits: ServerLimits | None = None,
     **options: Any,
 ) -> None:
@@ -337,11 +403,12 @@ def serve(
 
     limits = limits or ServerLimits()
     limits.check()
+    check_exposure(host, token)
     reward = get_reward(reward_name, **options)
-    server = RewardHTTPServer((host, port), reward, limits=limits)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("reward server listens on %s: anyone who can reach it can use it (no authentication)", host)
-    logger.info("serving reward %r at %s", reward_name, server.url)
+    server = RewardHTTPServer((host, port), reward, limits=limits, token=token)
+    if token is not None and not is_loopback(host):
+        logger.warning("the token travels in clear text (plain HTTP): reach %s over a trusted network or a tunnel", host)
+    logger.info("serving reward %r at %s%s", reward_name, server.url, " (token required)" if token else "")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -367,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("reward")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token-file", help="file holding the token POST /score must carry as Authorization: "
+                        "Bearer (clients: $TREEGRPO_REWARD_TOKEN); required unless --host is loopback")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
     parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="images per request")
@@ -382,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         read_timeout=args.read_timeout, read_deadline=args.read_deadline,
     )
     try:
-        serve(args.reward, args.host, args.port, limits=limits, **dict(args.option))
+        token = read_token(args.token_file) if args.token_file is not None else None
+        serve(args.reward, args.host, args.port, token=token, limits=limits, **dict(args.option))
     except ConfigError as error:
         parser.error(str(error).splitlines()[0] if str(error) else type(error).__name__)
 
