@@ -23,6 +23,7 @@ import torch
 from treegrpo.errors import ConfigError
 from treegrpo.rewards import get_reward, register_reward
 from treegrpo.rewards.server import RemoteReward, RemoteRewardError, RemoteRewardUnavailable, encode_image, make_server
+from treegrpo.rewards import remote
 from treegrpo.rewards.server import is_loopback, read_token
 from treegrpo.rewards.server import main as server_main
 
@@ -430,6 +431,106 @@ def test_read_token_strips_and_refuses_missing_or_empty_files(tmp_path: Path) ->
         read_token(tmp_path / "missing")
 
 
+# ----------------------------------------------------------------------------- load bound
+
+
+class _Held(_Brightness):
+    """Scores only once ``go`` is set: requests pile up behind the one being scored."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        assert self.go.wait(10)
+        return super().__call__(images, prompts)
+
+
+def test_a_full_server_answers_503_with_retry_after_from_the_headers() -> None:
+    """Two places (the one scoring counts): a third request gets 503 + Retry-After at once, body unread;
+    the two admitted ones are scored when the reward goes on."""
+    reward = _Held()
+    server = make_server(reward, "127.0.0.1", 0, max_pending=2, read_timeout=2.0)
+    _start(server)
+    results: list[torch.Tensor] = []
+    try:
+        client = RemoteReward(server.url, timeout=10, retries=0)
+        threads = [threading.Thread(target=lambda: results.append(client(torch.rand(1, 3, 8, 8), ["x"])))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while server.pending < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.pending == 2
+        head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"  # the body never comes
+        with _raw_request(server.server_address[1], head) as sock:
+            sock.settimeout(1.5)  # under the 2 s read timeout: answered without waiting for the body
+            status, payload = _one_answer(sock)
+        assert status.startswith(b"HTTP/1.1 503"), status
+        assert "busy" in payload["error"] and "\n" not in payload["error"]
+        with urllib.request.urlopen(server.url + "/health", timeout=5) as response:  # not counted
+            assert response.status == 200
+        request = urllib.request.Request(server.url + "/score", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 503 and int(info.value.headers["Retry-After"]) >= 1
+        assert server.busy_answers == 2
+        reward.go.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    finally:
+        reward.go.set()
+        server.shutdown()
+        server.server_close()
+    assert len(results) == 2 and all(bool(torch.isfinite(r).all()) for r in results)
+    assert server.pending == 0
+
+
+def _busy_then_scores(answers: list[str | None]) -> Callable[[BaseHTTPRequestHandler], None]:
+    """503 with each Retry-After value of ``answers`` in turn (None: no header), then one score."""
+
+    def behaviour(handler: BaseHTTPRequestHandler) -> None:
+        calls = handler.server.calls  # type: ignore[attr-defined]
+        if calls > len(answers):
+            _reply(handler, 200, b'{"scores": [0.5]}')
+            return
+        body = b'{"error": "busy"}'
+        handler.send_response(503)
+        if answers[calls - 1] is not None:
+            handler.send_header("Retry-After", str(answers[calls - 1]))
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return behaviour
+
+
+@pytest.mark.parametrize(
+    ("answers", "retries", "waits", "scored"),
+    [
+        (["7", "3600"], 2, [7.0, 30.0], True),  # as asked, capped at max_retry_after
+        (["0", "Wed, 21 Oct 2026 07:28:00 GMT", None], 3, [0.0, 0.1, 0.2], True),  # a date or none: own backoff (0.05 * 2**attempt)
+        (["2", "2", "2"], 2, [2.0, 2.0], False),  # each 503 is an attempt: spent, not scored
+    ],
+    ids=["retry-after", "backoff", "spent"],
+)
+def test_remote_reward_waits_as_a_busy_server_asks(
+    answers: list[str | None], retries: int, waits: list[float], scored: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(remote, "_sleep", slept.append)
+    server = _scripted_server(_busy_then_scores(answers))
+    try:
+        client = RemoteReward(f"http://127.0.0.1:{server.server_address[1]}", timeout=2, retries=retries, backoff=0.05)
+        scores = client(torch.rand(1, 3, 8, 8), ["x"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert slept == pytest.approx(waits)
+    assert server.calls == len(waits) + 1  # type: ignore[attr-defined]
+    assert bool(torch.isfinite(scores).all()) == scored
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -459,7 +560,7 @@ def _main_fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [(["--read-timeout", "0"], "read_timeout must be a positive"), (["--read-deadline", "nan"], "read_deadline"),
-     (["--max-images", "0"], "max_images must be at least 1")],
+     (["--max-images", "0"], "max_images must be at least 1"), (["--max-pending", "0"], "max_pending")],
 )
 def test_bad_limits_stop_the_command_before_the_reward_is_built(
     flags: list[str], message: str, probe_reward: list[str], capsys: pytest.CaptureFixture[str]

@@ -38,6 +38,9 @@ _T = TypeVar("_T")
 
 TOKEN_ENV = "TREEGRPO_REWARD_TOKEN"
 """The environment variable :class:`RemoteReward` reads its bearer token from (option ``token_env``)."""
+MAX_RETRY_AFTER_S = 30.0
+"""The longest a client waits when a busy server's ``Retry-After`` asks for more (option ``max_retry_after``)."""
+_sleep = time.sleep  # the tests count the waits instead of sleeping them
 
 
 class RequestError(Exception):
@@ -54,6 +57,14 @@ class RemoteRewardError(RuntimeError):
 
 class RemoteRewardUnavailable(RemoteRewardError):
     """Every attempt failed (timeouts, refused connections, 5xx, unusable answers): the server is down or stalls."""
+
+
+class ServerBusy(ConnectionError):
+    """A 503 with ``Retry-After``: the server asks for ``retry_after`` seconds before the next attempt."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def check_token(token: str, source: str) -> str:
@@ -83,7 +94,8 @@ class RemoteReward(BatchedReward):
 
     Images travel as 8-bit PNG, the same rounding the local scorers apply first. Each attempt is
     bounded by ``timeout`` per socket operation; attempts are ``retries + 1``, spaced by
-    ``backoff * 2**k`` seconds; a response body must arrive within ``timeout`` in all. When the
+    ``backoff * 2**k`` seconds, or after a busy server's 503 by the ``Retry-After`` it sends (at most
+    ``max_retry_after``); a response body must arrive within ``timeout`` in all. When the
     environment variable named by ``token_env`` is set, every request carries
     ``Authorization: Bearer <its value>`` (a server started with ``--token-file`` asks for it).
     """
@@ -101,6 +113,7 @@ class RemoteReward(BatchedReward):
         batch_size: int = 32,
         max_response_bytes: int = 16 * 1024 * 1024,
         token_env: str = TOKEN_ENV,
+        max_retry_after: float = MAX_RETRY_AFTER_S,
         name: str | None = None,
         **options: Any,
     ) -> None:
@@ -108,14 +121,15 @@ class RemoteReward(BatchedReward):
             options.pop(shared, None)
         if options:
             raise TypeError(f"unknown option(s) for RemoteReward: {sorted(options)}")
-        if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("RemoteReward needs timeout > 0, retries >= 0 and backoff >= 0")
+        if timeout <= 0 or retries < 0 or backoff < 0 or max_retry_after < 0:
+            raise ValueError("RemoteReward needs timeout > 0, retries >= 0, backoff >= 0 and max_retry_after >= 0")
         super().__init__(device="cpu", batch_size=batch_size)
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_response_bytes = int(max_response_bytes)
+        self.max_retry_after = float(max_retry_after)
         self.token_env = token_env
         token = os.environ.get(token_env, "")
         self._headers = {"Authorization": f"Bearer {check_token(token, f'${token_env}')}"} if token.strip() else {}
@@ -138,19 +152,26 @@ class RemoteReward(BatchedReward):
         return RemoteRewardError(f"reward server {self.url} rejected the request ({error.status}): {error}")
 
     def _with_retries(self, path: str, body: bytes | None, check: Callable[[Any], _T]) -> _T:
-        """Call ``_request`` up to ``retries + 1`` times with exponential backoff."""
+        """Call ``_request`` up to ``retries + 1`` times, waiting by exponential backoff or as a busy server asks."""
         last = "no attempt made"
         attempts = self.retries + 1
+        wait = 0.0
         for attempt in range(attempts):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                _sleep(wait)
             try:
                 return check(self._request(path, body))
             except RequestError as error:
                 raise self._rejected(error) from None
+            except ServerBusy as error:
+                last = _describe(error)
+                wait = min(error.retry_after, self.max_retry_after)
+                logger.info("reward server %s busy, attempt %d/%d: waiting %g s", self.url, attempt + 1, attempts, wait)
+                continue
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
                 last = _describe(error)
                 logger.warning("reward server %s, attempt %d/%d failed: %s", self.url, attempt + 1, attempts, last)
+            wait = self.backoff * 2**attempt
         raise RemoteRewardUnavailable(
             f"reward server {self.url} failed {attempts} attempt(s), last: {last}; "
             "is `python -m treegrpo.rewards.server` running there?"
@@ -205,7 +226,7 @@ def http_json(
 
     Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429) and for a
     redirect (never followed),
-    ``ConnectionError`` for 5xx, ``ValueError`` for a non-JSON or oversized body, and the socket's
+    ``ConnectionError`` for 5xx (:class:`ServerBusy` for a 503 with ``Retry-After`` in seconds), ``ValueError`` for a non-JSON or oversized body, and the socket's
     own errors (timeouts, refused or dropped connections) as they come.
     """
     request = urllib.request.Request(
@@ -224,6 +245,9 @@ def http_json(
                                "so headers such as the token never go to another address)") from None
         if 400 <= error.code < 500:
             raise RequestError(error.code, detail) from None
+        retry_after = _retry_after(error.headers.get("Retry-After")) if error.code == 503 else None
+        if retry_after is not None:
+            raise ServerBusy(f"HTTP 503: {detail}", retry_after) from None
         raise ConnectionError(f"HTTP {error.code}: {detail}") from None
     if len(raw) > max_response_bytes:
         raise ValueError(f"response larger than {max_response_bytes} bytes")
@@ -231,6 +255,15 @@ def http_json(
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in its seconds form; None for a date or nonsense (backoff then)."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

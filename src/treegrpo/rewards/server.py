@@ -11,7 +11,7 @@ Protocol (JSON, never pickle):
 * ``GET /health`` -> ``{"status": "ok", "reward": name}`` (never needs the token: it scores nothing)
 * Errors: ``{"error": "one line"}`` with 400 (malformed), 401 (missing or wrong token), 404, 408
   (request not received in time), 411 (no length), 413 (request or image too large), 500 (the reward
-  failed).
+  failed), 503 (busy; ``Retry-After: <whole seconds>`` says when to come back).
 
 Who may score: with ``--token-file PATH`` (one token of printable ASCII; surrounding whitespace is
 stripped) every ``POST /score`` must carry ``Authorization: Bearer <token>``, checked in constant time
@@ -20,13 +20,19 @@ token in ``$TREEGRPO_REWARD_TOKEN``. A server that would listen on anything but 
 ::1, localhost) without a token refuses to start (one line, exit code 2). The token is never logged
 and travels in clear text: beyond one machine, use a trusted network or a tunnel.
 
+Load: scoring is one request at a time, and at most ``--max-pending`` score requests (16) are
+admitted at once, the one being scored included; a request holds its place from its headers to its
+answer. Beyond that the answer is 503 with ``Retry-After`` (about the time to score what is pending,
+from recent scoring times; 1 to 60 s), given from the headers; :class:`RemoteReward` waits that long
+(at most 30 s) and counts it as an attempt. So at most ``max_pending`` bodies are held and decoded
+at once.
+
 The server binds 127.0.0.1 unless told otherwise, caps the request size, the number of images and
-the pixels per image (checked from the PNG header before decoding), and scores one request at a
-time. Slow clients cannot hold it: each read waits at most ``--read-timeout`` seconds (30; an idle
-connection is closed after it) and a whole request (line, headers, body) must arrive within
-``--read-deadline`` seconds (120) of the server starting to wait for it, or it gets 408 (the
-connection is just closed while headers are missing); every connection has its own thread, so a
-slow one delays no other. An answer given from the headers alone (401, 404, 413) is followed by
+the pixels per image (checked from the PNG header before decoding). Slow clients cannot hold it:
+each read waits at most ``--read-timeout`` seconds (30; an idle connection is closed after it) and a
+whole request (line, headers, body) must arrive within ``--read-deadline`` seconds (120) of the
+server starting to wait for it, or it gets 408 (the connection is just closed while headers are
+missing); every connection has its own thread, so a slow one delays no other. An answer given from the headers alone (401, 404, 413, 503) is followed by
 discarding the unread body (never stored nor decoded), so that a client still sending sees the
 answer rather than a reset.
 
@@ -79,6 +85,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_MAX_IMAGES = 512
+DEFAULT_MAX_PENDING = 16
+MAX_RETRY_AFTER = 60
 DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_READ_DEADLINE = 120.0
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -175,12 +183,13 @@ class ServerLimits:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_images: int = DEFAULT_MAX_IMAGES
+    max_pending: int = DEFAULT_MAX_PENDING  # score requests admitted at once, the one being scored included
     read_timeout: float = DEFAULT_READ_TIMEOUT  # one read from the socket (an idle connection is closed after it)
     read_deadline: float = DEFAULT_READ_DEADLINE  # one whole request: line, headers and body
 
     def check(self) -> None:
         """Refuse limits that would break the server (ConfigError, one line)."""
-        for name in ("max_request_bytes", "max_image_pixels", "max_images"):
+        for name in ("max_request_bytes", "max_image_pixels", "max_images", "max_pending"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("read_timeout", "read_deadline"):
@@ -206,7 +215,37 @@ class RewardHTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, RewardRequestHandler)
         self.reward = reward
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one scoring at a time
+        self._admission = threading.Lock()
+        self.pending = 0  # score requests admitted and not yet answered
+        self.busy_answers = 0  # 503s sent so far
+        self.score_seconds = 0.0  # moving average of one scoring, for Retry-After
+
+    def admit(self) -> bool:
+        """Take one of the ``max_pending`` places (give it back with ``release``); False when all are taken."""
+        with self._admission:
+            if self.pending >= self.limits.max_pending:
+                self.busy_answers += 1
+                return False
+            self.pending += 1
+            return True
+
+    def release(self) -> None:
+        with self._admission:
+            self.pending -= 1
+
+    def retry_after(self) -> int:
+        """Whole seconds a refused client should wait: about the time to score what is pending (1 to 60)."""
+        return int(min(MAX_RETRY_AFTER, max(1, math.ceil(self.score_seconds * self.limits.max_pending))))
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
+        """The reward's scores, one request at a time; keeps the average scoring time up to date."""
+        with self.lock:
+            start = time.monotonic()
+            scores = self.reward(images, prompts)
+            seconds = time.monotonic() - start
+            self.score_seconds = seconds if self.score_seconds == 0 else 0.8 * self.score_seconds + 0.2 * seconds
+        return [float(v) for v in scores.reshape(-1).tolist()]
 
     def authorized(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries the token (always, when there is none to carry)."""
@@ -298,7 +337,15 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._refuse(401, f"missing or wrong token: send Authorization: Bearer <token> (RemoteReward reads it "
                               f"from ${TOKEN_ENV})", {"WWW-Authenticate": "Bearer"})
             return
-        self._score()
+        if not self.server.admit():
+            wait = self.server.retry_after()
+            self._refuse(503, f"busy: {self.server.limits.max_pending} requests pending; retry after {wait} s",
+                         {"Retry-After": str(wait)})
+            return
+        try:
+            self._score()
+        finally:
+            self.server.release()
 
     def _score(self) -> None:
         """Read, decode and score one request; every failure is a one-line JSON answer."""
@@ -314,9 +361,7 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._send(error.status, {"error": str(error)})
             return
         try:
-            with self.server.lock:
-                scores = self.server.reward(images, prompts)
-            values = [float(v) for v in scores.reshape(-1).tolist()]
+            values = self.server.score(images, prompts)
         except Exception as error:
             logger.exception("reward failed on a request of %d images", len(prompts))
             self._send(500, {"error": f"reward failed: {type(error).__name__}: {error}".splitlines()[0]})
@@ -439,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
     parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="images per request")
+    parser.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING,
+                        help="score requests admitted at once, the one being scored included; more get 503")
     parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT,
                         help="seconds one read from a client may wait; an idle connection is closed after it")
     parser.add_argument("--read-deadline", type=float, default=DEFAULT_READ_DEADLINE,
@@ -448,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = ServerLimits(
         max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels, max_images=args.max_images,
+        max_pending=args.max_pending,
         read_timeout=args.read_timeout, read_deadline=args.read_deadline,
     )
     try:
