@@ -303,6 +303,21 @@ def test_a_body_that_never_comes_gets_408(impatient_server: Any) -> None:
     assert "not received in time" in payload["error"] and "\n" not in payload["error"]
 
 
+def test_a_client_that_went_away_is_no_traceback(reward_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under load clients time out and leave; writing to them fails. That is a debug line, a bug is a traceback."""
+    for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"), TimeoutError("timed out")):
+        try:
+            raise error
+        except OSError:
+            reward_server.handle_error(None, ("127.0.0.1", 1))
+    assert capsys.readouterr().err == ""
+    try:
+        raise KeyError("a bug")
+    except KeyError:
+        reward_server.handle_error(None, ("127.0.0.1", 1))
+    assert "Traceback" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- who may score
 
 TOKEN = "s3cret-Token_42"

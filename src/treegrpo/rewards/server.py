@@ -255,6 +255,14 @@ class RewardHTTPServer(ThreadingHTTPServer):
         supplied = credentials.strip().encode("utf-8", "surrogateescape")
         return hmac.compare_digest(supplied, self._bearer) and scheme.lower() == "bearer"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled is one debug line; anything else keeps its traceback (a bug)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.debug("client %s: %s", client_address, _one_line(error))
+        else:
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         """``http://host:port`` actually bound (useful with port 0)."""
@@ -460,6 +468,10 @@ def serve(
         logger.info("reward server stopped")
     finally:
         server.server_close()
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:200]
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
