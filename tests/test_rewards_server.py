@@ -3,6 +3,7 @@ closed port, garbage answers), slow clients, and the command line's one-line err
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -609,3 +610,35 @@ def test_the_module_exits_2_with_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "without a token" in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------- load benchmark
+
+
+class _Slow(_Brightness):
+    """20 ms per request: concurrent clients overlap for sure."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        time.sleep(0.02)
+        return super().__call__(images, prompts)
+
+
+def test_the_load_benchmark_meets_503s_and_still_scores_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/reward_server_load.py's round, small: one place for four clients, every request scored."""
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks_reward_server_load", Path(__file__).resolve().parents[1] / "benchmarks" / "reward_server_load.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(remote, "_sleep", lambda seconds: time.sleep(min(seconds, 0.02)))  # Retry-After: 1 s, shortened
+    server = make_server(_Slow(), "127.0.0.1", 0, max_pending=1)
+    _start(server)
+    try:
+        row = bench.one_round(server.url, clients=4, requests=12, images=2, size=8, retries=200)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert row["requests"] == 12 and row["failed"] == 0 and row["other_failed_attempts"] == 0, row
+    assert row["busy_503"] == server.busy_answers > 0, row
+    assert "| 4 | 12 |" in bench.table([row])
