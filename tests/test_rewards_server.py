@@ -345,8 +345,8 @@ def _post_with(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dic
 def test_score_needs_the_bearer_token_health_does_not(guarded_server: Any) -> None:
     body = json.dumps({"prompts": ["a"], "images": [encode_image(torch.rand(3, 8, 8))]}).encode()
     url = guarded_server.url + "/score"
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer \u00e9t\u00e9"}):
+    wrong = ["", "Bearer wrong", TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer \u00e9t\u00e9"]
+    for headers in [{"Authorization": value} if value else {} for value in wrong]:
         status, payload, answer_headers = _post_with(url, body, headers)
         assert status == 401, headers
         assert "\n" not in payload["error"] and "TREEGRPO_REWARD_TOKEN" in payload["error"]
@@ -369,7 +369,9 @@ def test_a_request_without_the_token_is_refused_before_its_body_is_read(guarded_
         assert status.startswith(b"HTTP/1.1 401") and "missing or wrong token" in payload["error"], status
 
 
-def test_remote_reward_sends_the_token_from_the_environment(guarded_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_reward_sends_the_token_from_the_environment(
+    guarded_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = torch.rand(3, 3, 8, 8)
     monkeypatch.setenv("TREEGRPO_REWARD_TOKEN", f"  {TOKEN}\n")
     assert bool(torch.isfinite(RemoteReward(guarded_server.url, timeout=5, retries=0)(images, ["a", "b", "c"])).all())
@@ -525,7 +527,7 @@ def _busy_then_scores(answers: list[str | None]) -> Callable[[BaseHTTPRequestHan
     ("answers", "retries", "waits", "scored"),
     [
         (["7", "3600"], 2, [7.0, 30.0], True),  # as asked, capped at max_retry_after
-        (["0", "Wed, 21 Oct 2026 07:28:00 GMT", None], 3, [0.0, 0.1, 0.2], True),  # a date or none: own backoff (0.05 * 2**attempt)
+        (["0", "Wed, 21 Oct 2026 07:28:00 GMT", None], 3, [0.0, 0.1, 0.2], True),  # a date, none: 0.05 * 2**attempt
         (["2", "2", "2"], 2, [2.0, 2.0], False),  # each 503 is an attempt: spent, not scored
     ],
     ids=["retry-after", "backoff", "spent"],

@@ -3,7 +3,8 @@ VLM judge) is built on.
 
 ``RemoteReward`` scores through ``python -m treegrpo.rewards.server`` (protocol in that module's
 docstring). It retries timeouts, refused connections, 5xx and garbage answers (wrong count,
-non-finite scores) with exponential backoff; when the attempts are spent, a batch is *not scored*
+non-finite scores) with exponential backoff, and waits out a busy server's 503 as its
+``Retry-After`` asks (at most 30 s; each 503 is an attempt); when the attempts are spent, a batch is *not scored*
 (NaN scores and one warning line: the trainer leaves it out and stops a run whose reward stays
 unavailable, see ``train.max_unscored_in_a_row``), and ``health()`` raises a one-line
 :class:`RemoteRewardUnavailable`. 4xx answers are a configuration error and raise
@@ -44,7 +45,7 @@ _sleep = time.sleep  # the tests count the waits instead of sleeping them
 
 
 class RequestError(Exception):
-    """A client error with its HTTP status (4xx): raised by the server's parsing, and by ``http_json`` for a 4xx answer."""
+    """A client error with its HTTP status (4xx): raised by the server's checks, and by ``http_json`` for a 4xx."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -224,10 +225,10 @@ def http_json(
 ) -> Any:
     """One JSON exchange (POST when ``body`` is given, else GET), bounded by ``timeout`` in all.
 
-    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429) and for a
-    redirect (never followed),
-    ``ConnectionError`` for 5xx (:class:`ServerBusy` for a 503 with ``Retry-After`` in seconds), ``ValueError`` for a non-JSON or oversized body, and the socket's
-    own errors (timeouts, refused or dropped connections) as they come.
+    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429) and for
+    a redirect (never followed), ``ConnectionError`` for 5xx (:class:`ServerBusy` for a 503 with
+    ``Retry-After`` in seconds), ``ValueError`` for a non-JSON or oversized body, and the socket's own
+    errors (timeouts, refused or dropped connections) as they come.
     """
     request = urllib.request.Request(
         url, data=body, method="POST" if body is not None else "GET",

@@ -32,9 +32,9 @@ the pixels per image (checked from the PNG header before decoding). Slow clients
 each read waits at most ``--read-timeout`` seconds (30; an idle connection is closed after it) and a
 whole request (line, headers, body) must arrive within ``--read-deadline`` seconds (120) of the
 server starting to wait for it, or it gets 408 (the connection is just closed while headers are
-missing); every connection has its own thread, so a slow one delays no other. An answer given from the headers alone (401, 404, 413, 503) is followed by
-discarding the unread body (never stored nor decoded), so that a client still sending sees the
-answer rather than a reset.
+missing); every connection has its own thread, so a slow one delays no other. An answer given
+from the headers alone (401, 404, 413, 503) is followed by discarding the unread body (never
+stored nor decoded), so that a client still sending sees the answer rather than a reset.
 
 The client, :class:`RemoteReward`, lives in :mod:`treegrpo.rewards.remote` and is re-exported here.
 """
@@ -65,7 +65,7 @@ from PIL import Image
 
 from treegrpo.errors import ConfigError
 from treegrpo.rewards.base import RewardFn
-from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward` works
+from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward`
     TOKEN_ENV,
     RemoteReward,
     RemoteRewardError,
@@ -205,7 +205,12 @@ class RewardHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128  # listen backlog: a burst of clients waits to be accepted instead of being dropped
 
     def __init__(
-        self, address: tuple[str, int], reward: RewardFn, *, limits: ServerLimits | None = None, token: str | None = None
+        self,
+        address: tuple[str, int],
+        reward: RewardFn,
+        *,
+        limits: ServerLimits | None = None,
+        token: str | None = None,
     ) -> None:
         self.limits = limits or ServerLimits()
         self.limits.check()
@@ -460,7 +465,8 @@ def serve(
     reward = get_reward(reward_name, **options)
     server = RewardHTTPServer((host, port), reward, limits=limits, token=token)
     if token is not None and not is_loopback(host):
-        logger.warning("the token travels in clear text (plain HTTP): reach %s over a trusted network or a tunnel", host)
+        logger.warning("the token travels in clear text (plain HTTP): reach %s over a trusted network or a tunnel",
+                       host)
     logger.info("serving reward %r at %s%s", reward_name, server.url, " (token required)" if token else "")
     try:
         server.serve_forever()
