@@ -36,7 +36,7 @@ _REGISTRY: dict[str, Union[str, RewardFactory]] = {
     "clipscore": "treegrpo.rewards.clip_scorers:ClipScoreReward",
     "jpeg_compressibility": "treegrpo.rewards.jpeg:JpegCompressibility",
     "jpeg_incompressibility": "treegrpo.rewards.jpeg:JpegIncompressibility",
-    "remote": "treegrpo.rewards.server:RemoteReward",
+    "remote": "treegrpo.rewards.remote:RemoteReward",
     "ocr": "treegrpo.rewards.ocr:OcrReward",
     "vlm_judge": "treegrpo.rewards.vlm_judge:VlmJudgeReward",
     "shapes": "treegrpo.demo.reward:ShapesReward",

@@ -3,22 +3,40 @@
 Run big reward models in their own process or machine::
 
     python -m treegrpo.rewards.server hpsv2 --port 8000 --option device=cuda
+    python -m treegrpo.rewards.server hpsv2 --host 0.0.0.0 --token-file ~/.reward_token   # reachable by others
 
 Protocol (JSON, never pickle):
 
 * ``POST /score`` ``{"prompts": [str, ...], "images": [base64 PNG, ...]}`` -> ``{"scores": [float, ...]}``
-* ``GET /health`` -> ``{"status": "ok", "reward": name}``
-* Errors: ``{"error": "one line"}`` with 400 (malformed), 404, 411 (no length), 413 (request or
-  image too large), 500 (the reward failed).
+* ``GET /health`` -> ``{"status": "ok", "reward": name}`` (never needs the token: it scores nothing)
+* Errors: ``{"error": "one line"}`` with 400 (malformed), 401 (missing or wrong token), 404, 408
+  (request not received in time), 411 (no length), 413 (request or image too large), 500 (the reward
+  failed), 503 (busy; ``Retry-After: <whole seconds>`` says when to come back).
+
+Who may score: with ``--token-file PATH`` (one token of printable ASCII; surrounding whitespace is
+stripped) every ``POST /score`` must carry ``Authorization: Bearer <token>``, checked in constant time
+from the headers before any of the body is read (401 otherwise); :class:`RemoteReward` sends the
+token in ``$TREEGRPO_REWARD_TOKEN``. A server that would listen on anything but loopback (127.0.0.1,
+::1, localhost) without a token refuses to start (one line, exit code 2). The token is never logged
+and travels in clear text: beyond one machine, use a trusted network or a tunnel.
+
+Load: scoring is one request at a time, and at most ``--max-pending`` score requests (16) are
+admitted at once, the one being scored included; a request holds its place from its headers to its
+answer. Beyond that the answer is 503 with ``Retry-After`` (about the time to score what is pending,
+from recent scoring times; 1 to 60 s), given from the headers; :class:`RemoteReward` waits that long
+(at most 30 s) and counts it as an attempt. So at most ``max_pending`` bodies are held and decoded
+at once.
 
 The server binds 127.0.0.1 unless told otherwise, caps the request size, the number of images and
-the pixels per image (checked from the PNG header before decoding), and scores one request at a
-time. The client retries timeouts, refused connections, 5xx and garbage answers (wrong count,
-non-finite scores) with exponential backoff; when the attempts are spent, a batch is *not scored*
-(NaN scores and one warning line: the trainer leaves it out and stops a run whose reward stays
-unavailable, see ``train.max_unscored_in_a_row``), and ``health()`` raises a one-line
-:class:`RemoteRewardUnavailable`. 4xx answers are a configuration error and raise
-:class:`RemoteRewardError` at once.
+the pixels per image (checked from the PNG header before decoding). Slow clients cannot hold it:
+each read waits at most ``--read-timeout`` seconds (30; an idle connection is closed after it) and a
+whole request (line, headers, body) must arrive within ``--read-deadline`` seconds (120) of the
+server starting to wait for it, or it gets 408 (the connection is just closed while headers are
+missing); every connection has its own thread, so a slow one delays no other. An answer given
+from the headers alone (401, 404, 413, 503) is followed by discarding the unread body (never
+stored nor decoded), so that a client still sending sees the answer rather than a reset.
+
+The client, :class:`RemoteReward`, lives in :mod:`treegrpo.rewards.remote` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -26,57 +44,55 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import http.client
+import hmac
 import io
+import ipaddress
 import json
 import logging
 import math
+import socket
+import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from treegrpo.rewards.base import BatchedReward, RewardFn
+from treegrpo.errors import ConfigError
+from treegrpo.rewards.base import RewardFn
+from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward`
+    TOKEN_ENV,
+    RemoteReward,
+    RemoteRewardError,
+    RemoteRewardUnavailable,
+    RequestError,
+    check_token,
+    encode_image,
+)
+
+__all__ = [
+    "RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer", "ServerLimits",
+    "decode_image", "encode_image", "is_loopback", "main", "make_server", "parse_score_request", "read_token", "serve",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_MAX_IMAGES = 512
+DEFAULT_MAX_PENDING = 16
+MAX_RETRY_AFTER = 60
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_READ_DEADLINE = 120.0
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class RequestError(Exception):
-    """A client error with its HTTP status (4xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteRewardError(RuntimeError):
-    """The reward server rejected a request (4xx) or, as :class:`RemoteRewardUnavailable`, gave no usable answer."""
-
-
-class RemoteRewardUnavailable(RemoteRewardError):
-    """Every attempt failed (timeouts, refused connections, 5xx, unusable answers): the server is down or stalls."""
-
-
 # ----------------------------------------------------------------------------- image codec
-
-
-def encode_image(image: torch.Tensor) -> str:
-    """[3, H, W] float in [0, 1] -> base64 PNG (8-bit RGB)."""
-    array = (image.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array.numpy())).save(buffer, format="PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def decode_image(data: Any, max_pixels: int) -> torch.Tensor:
@@ -125,37 +141,165 @@ def parse_score_request(body: bytes, *, max_images: int, max_pixels: int) -> tup
     return torch.stack(tensors), prompts
 
 
+# ----------------------------------------------------------------------------- who may score
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1: addresses that only this machine reaches."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name, or "" (every interface)
+
+
+def read_token(path: str | Path) -> str:
+    """The token in ``path`` (whitespace stripped); a missing, empty or odd file is a ConfigError."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise ConfigError(f"cannot read token file {path}: {reason}") from None
+    return check_token(text, f"token file {path}")
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token: anyone who reached it could use the reward."""
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host or 'every interface'!r} without a token: anyone who reaches it could use "
+            "the reward; pass --token-file PATH (clients set TREEGRPO_REWARD_TOKEN) or listen on 127.0.0.1"
+        )
+
+
 # ----------------------------------------------------------------------------- server
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may cost the server: request size, images, pixels, and time to send a request."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_pending: int = DEFAULT_MAX_PENDING  # score requests admitted at once, the one being scored included
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # one read from the socket (an idle connection is closed after it)
+    read_deadline: float = DEFAULT_READ_DEADLINE  # one whole request: line, headers and body
+
+    def check(self) -> None:
+        """Refuse limits that would break the server (ConfigError, one line)."""
+        for name in ("max_request_bytes", "max_image_pixels", "max_images", "max_pending"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("read_timeout", "read_deadline"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
 
 
 class RewardHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server holding one reward; scoring is serialised by a lock."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of clients waits to be accepted instead of being dropped
 
     def __init__(
         self,
         address: tuple[str, int],
         reward: RewardFn,
         *,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-        max_images: int = DEFAULT_MAX_IMAGES,
-        request_timeout: float = 60.0,
+        limits: ServerLimits | None = None,
+        token: str | None = None,
     ) -> None:
+        self.limits = limits or ServerLimits()
+        self.limits.check()
+        check_exposure(address[0], token)
+        self._bearer = check_token(token, "the token").encode("ascii") if token is not None else None
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, RewardRequestHandler)
         self.reward = reward
-        self.max_request_bytes = int(max_request_bytes)
-        self.max_image_pixels = int(max_image_pixels)
-        self.max_images = int(max_images)
-        self.request_timeout = float(request_timeout)
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one scoring at a time
+        self._admission = threading.Lock()
+        self.pending = 0  # score requests admitted and not yet answered
+        self.busy_answers = 0  # 503s sent so far
+        self.score_seconds = 0.0  # moving average of one scoring, for Retry-After
+
+    def admit(self) -> bool:
+        """Take one of the ``max_pending`` places (give it back with ``release``); False when all are taken."""
+        with self._admission:
+            if self.pending >= self.limits.max_pending:
+                self.busy_answers += 1
+                return False
+            self.pending += 1
+            return True
+
+    def release(self) -> None:
+        with self._admission:
+            self.pending -= 1
+
+    def retry_after(self) -> int:
+        """Whole seconds a refused client should wait: about the time to score what is pending (1 to 60)."""
+        return int(min(MAX_RETRY_AFTER, max(1, math.ceil(self.score_seconds * self.limits.max_pending))))
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
+        """The reward's scores, one request at a time; keeps the average scoring time up to date."""
+        with self.lock:
+            start = time.monotonic()
+            scores = self.reward(images, prompts)
+            seconds = time.monotonic() - start
+            self.score_seconds = seconds if self.score_seconds == 0 else 0.8 * self.score_seconds + 0.2 * seconds
+        return [float(v) for v in scores.reshape(-1).tolist()]
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the token (always, when there is none to carry)."""
+        if self._bearer is None:
+            return True
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        supplied = credentials.strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(supplied, self._bearer) and scheme.lower() == "bearer"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled is one debug line; anything else keeps its traceback (a bug)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.debug("client %s: %s", client_address, _one_line(error))
+        else:
+            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
         """``http://host:port`` actually bound (useful with port 0)."""
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads: each waits at most ``read_timeout``, and none starts after ``deadline``.
+
+    The per-read timeout alone would let a client keep a request alive forever by sending one byte
+    just before each timeout; the deadline bounds the whole request.
+    """
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.read_timeout = read_timeout
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not received before its deadline")
+        self.sock.settimeout(min(self.read_timeout, remaining))
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.read_timeout)  # writes keep the plain timeout
 
 
 class RewardRequestHandler(BaseHTTPRequestHandler):
@@ -163,19 +307,32 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
 
     server: RewardHTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: do not hold the second back
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # bounds reads from slow or stalled clients
         super().setup()
+        self.connection.settimeout(self.server.limits.read_timeout)
+        self.rfile.close()  # the plain socket file: reads go through the deadline instead
+        self._reader = _DeadlineReader(self.connection, self.server.limits.read_timeout)
+        self.rfile = io.BufferedReader(self._reader, 1 << 16)
+
+    def handle_one_request(self) -> None:
+        """One request, read within ``read_deadline`` from when the server starts waiting for it."""
+        self._reader.deadline = time.monotonic() + self.server.limits.read_deadline
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -186,28 +343,46 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"unknown path {self.path}: use GET /health or POST /score"})
 
     def do_POST(self) -> None:
+        if self.path.rstrip("/") != "/score":
+            self._refuse(404, f"unknown path {self.path}: use POST /score")
+            return
+        if not self.server.authorized(self.headers.get("Authorization")):
+            self._refuse(401, f"missing or wrong token: send Authorization: Bearer <token> (RemoteReward reads it "
+                              f"from ${TOKEN_ENV})", {"WWW-Authenticate": "Bearer"})
+            return
+        if not self.server.admit():
+            wait = self.server.retry_after()
+            self._refuse(503, f"busy: {self.server.limits.max_pending} requests pending; retry after {wait} s",
+                         {"Retry-After": str(wait)})
+            return
         try:
-            if self.path.rstrip("/") != "/score":
-                raise RequestError(404, f"unknown path {self.path}: use POST /score")
+            self._score()
+        finally:
+            self.server.release()
+
+    def _score(self) -> None:
+        """Read, decode and score one request; every failure is a one-line JSON answer."""
+        try:
+            body = self._read_body()
+            if body is None:
+                return
             images, prompts = parse_score_request(
-                self._read_body(), max_images=self.server.max_images, max_pixels=self.server.max_image_pixels
+                body, max_images=self.server.limits.max_images, max_pixels=self.server.limits.max_image_pixels
             )
         except RequestError as error:
             self.close_connection = True
             self._send(error.status, {"error": str(error)})
             return
         try:
-            with self.server.lock:
-                scores = self.server.reward(images, prompts)
-            values = [float(v) for v in scores.reshape(-1).tolist()]
+            values = self.server.score(images, prompts)
         except Exception as error:
             logger.exception("reward failed on a request of %d images", len(prompts))
             self._send(500, {"error": f"reward failed: {type(error).__name__}: {error}".splitlines()[0]})
             return
         self._send(200, {"scores": values})
 
-    def _read_body(self) -> bytes:
-        """The request body, refusing missing or oversized Content-Length before reading."""
+    def _content_length(self) -> int:
+        """The declared body size; 411 without one, 400 for nonsense."""
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             raise RequestError(411, "Content-Length is required")
@@ -217,34 +392,59 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             raise RequestError(400, "Content-Length is not an integer") from None
         if length < 0:
             raise RequestError(400, "Content-Length is negative")
-        if length > self.server.max_request_bytes:
-            self._discard(length)
-            raise RequestError(413, f"request of {length} bytes exceeds the limit of {self.server.max_request_bytes}")
-        body = self.rfile.read(length)
+        return length
+
+    def _read_body(self) -> bytes | None:
+        """The request body; None once an oversized one is refused (413); one not received in time is a 408."""
+        length = self._content_length()
+        limit = self.server.limits.max_request_bytes
+        if length > limit:
+            self._refuse(413, f"request of {length} bytes exceeds the limit of {limit}")
+            return None
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            limits = self.server.limits
+            raise RequestError(
+                408, f"request body not received in time ({limits.read_timeout:g} s per read, "
+                f"{limits.read_deadline:g} s for the whole request)",
+            ) from None
         if len(body) != length:
             raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
         return body
 
-    def _discard(self, length: int) -> None:
-        """Read and drop a moderately oversized body so the client sees the 413, not a reset."""
-        if length > 4 * self.server.max_request_bytes:
-            return  # far too big: just close (the client may see a reset)
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 16))
-            if not chunk:
-                break
-            remaining -= len(chunk)
+    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer from the headers alone, then discard the unread body (never stored nor decoded).
+
+        Closing with unread bytes makes the kernel reset the connection, and a client still sending
+        would see that reset instead of this answer; the discarding stops at the read deadline.
+        """
+        self.close_connection = True
+        self._send(status, {"error": message}, headers)
+        try:
+            length = self._content_length()
+        except RequestError:
+            return
+        if length > 4 * self.server.limits.max_request_bytes:
+            return  # far too big to wait for: just close (the client may see a reset)
+        try:
+            while length > 0:
+                chunk = self.rfile.read1(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
+        except OSError:  # timeouts and resets: the answer is out, nothing more to do
+            pass
 
 
 def make_server(
-    reward: RewardFn,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    **limits: Any,
+    reward: RewardFn, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None, **limits: Any
 ) -> RewardHTTPServer:
-    """Bind (port 0 = any free port) without serving yet; call ``serve_forever()`` on the result."""
-    return RewardHTTPServer((host, port), reward, **limits)
+    """Bind (port 0 = any free port) without serving yet; call ``serve_forever()`` on the result.
+
+    ``token``: what ``POST /score`` must carry as ``Authorization: Bearer``; ``limits``: :class:`ServerLimits` fields.
+    """
+    return RewardHTTPServer((host, port), reward, limits=ServerLimits(**limits), token=token)
 
 
 def serve(
@@ -252,28 +452,32 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    max_images: int = DEFAULT_MAX_IMAGES,
+    token: str | None = None,
+    limits: ServerLimits | None = None,
     **options: Any,
 ) -> None:
-    """Build ``get_reward(reward_name, **options)`` and serve it until interrupted."""
+    """Build ``get_reward(reward_name, **options)`` and serve it until interrupted; bad settings fail before it."""
     from treegrpo.rewards import get_reward
 
+    limits = limits or ServerLimits()
+    limits.check()
+    check_exposure(host, token)
     reward = get_reward(reward_name, **options)
-    server = make_server(
-        reward, host, port,
-        max_request_bytes=max_request_bytes, max_image_pixels=max_image_pixels, max_images=max_images,
-    )
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("reward server listens on %s: anyone who can reach it can use it (no authentication)", host)
-    logger.info("serving reward %r at %s", reward_name, server.url)
+    server = RewardHTTPServer((host, port), reward, limits=limits, token=token)
+    if token is not None and not is_loopback(host):
+        logger.warning("the token travels in clear text (plain HTTP): reach %s over a trusted network or a tunnel",
+                       host)
+    logger.info("serving reward %r at %s%s", reward_name, server.url, " (token required)" if token else "")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         logger.info("reward server stopped")
     finally:
         server.server_close()
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:200]
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -288,192 +492,43 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m treegrpo.rewards.server NAME [--host H] [--port P] [--option key=value ...]``."""
-    parser = argparse.ArgumentParser(description="Serve a treegrpo reward over HTTP.")
+    """``python -m treegrpo.rewards.server NAME [--host H] [--port P] [limits] [--option key=value ...]``."""
+    parser = _Parser(prog="python -m treegrpo.rewards.server", description="Serve a treegrpo reward over HTTP.")
     parser.add_argument("reward")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token-file", help="file holding the token POST /score must carry as Authorization: "
+                        "Bearer (clients: $TREEGRPO_REWARD_TOKEN); required unless --host is loopback")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="images per request")
+    parser.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING,
+                        help="score requests admitted at once, the one being scored included; more get 503")
+    parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT,
+                        help="seconds one read from a client may wait; an idle connection is closed after it")
+    parser.add_argument("--read-deadline", type=float, default=DEFAULT_READ_DEADLINE,
+                        help="seconds to receive one whole request (line, headers, body); slower ones get 408")
     parser.add_argument("--option", type=_parse_option, action="append", default=[])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(
-        args.reward, args.host, args.port,
-        max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels, **dict(args.option),
+    limits = ServerLimits(
+        max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels, max_images=args.max_images,
+        max_pending=args.max_pending,
+        read_timeout=args.read_timeout, read_deadline=args.read_deadline,
     )
-
-
-# ----------------------------------------------------------------------------- client
-
-
-class RemoteReward(BatchedReward):
-    """Score through a reward server; bounded in time, retried, one-line errors.
-
-    Images travel as 8-bit PNG, the same rounding the local scorers apply first. Each attempt is
-    bounded by ``timeout`` per socket operation; attempts are ``retries + 1``, spaced by
-    ``backoff * 2**k`` seconds; a response body must arrive within ``timeout`` in all.
-    """
-
-    name = "remote"
-    abstains = True  # a batch the server could not score comes back NaN (see the module docstring)
-
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff: float = 1.0,
-        batch_size: int = 32,
-        max_response_bytes: int = 16 * 1024 * 1024,
-        name: str | None = None,
-        **options: Any,
-    ) -> None:
-        for shared in ("device", "dtype", "reward_device", "offload"):  # no local model to place
-            options.pop(shared, None)
-        if options:
-            raise TypeError(f"unknown option(s) for RemoteReward: {sorted(options)}")
-        if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("RemoteReward needs timeout > 0, retries >= 0 and backoff >= 0")
-        super().__init__(device="cpu", batch_size=batch_size)
-        self.url = url.rstrip("/")
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.max_response_bytes = int(max_response_bytes)
-        if name:
-            self.name = name
-
-    def _request(self, path: str, body: bytes | None) -> Any:
-        """One HTTP exchange -> parsed JSON; ``RequestError`` for 4xx, other exceptions to retry."""
-        return http_json(self.url + path, body, timeout=self.timeout, max_response_bytes=self.max_response_bytes)
-
-    def _with_retries(self, path: str, body: bytes | None, check: Any) -> Any:
-        """Call ``_request`` up to ``retries + 1`` times with exponential backoff."""
-        last = "no attempt made"
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                return check(self._request(path, body))
-            except RequestError as error:
-                raise RemoteRewardError(f"reward server {self.url} rejected the request ({error.status}): {error}") from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
-                last = _describe(error)
-                logger.warning("reward server %s, attempt %d/%d failed: %s", self.url, attempt + 1, attempts, last)
-        raise RemoteRewardUnavailable(
-            f"reward server {self.url} failed {attempts} attempt(s), last: {last}; "
-            "is `python -m treegrpo.rewards.server` running there?"
-        )
-
-    def health(self) -> dict[str, Any]:
-        """``GET /health`` (with retries)."""
-
-        def check(payload: Any) -> dict[str, Any]:
-            if not isinstance(payload, dict) or payload.get("status") != "ok":
-                raise ValueError(f"unexpected health answer {str(payload)[:60]}")
-            return payload
-
-        return self._with_retries("/health", None, check)
-
-    def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        body = json.dumps({"prompts": list(prompts), "images": [encode_image(im) for im in images]}).encode()
-        expected = len(prompts)
-
-        def check(payload: Any) -> torch.Tensor:
-            scores = payload.get("scores") if isinstance(payload, dict) else None
-            if (
-                not isinstance(scores, list)
-                or len(scores) != expected
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)
-            ):
-                raise ValueError(f"answer has no list of {expected} numeric scores: {str(payload)[:60]}")
-            if not all(math.isfinite(s) for s in scores):
-                raise ValueError("answer contains non-finite scores")
-            return torch.tensor(scores, dtype=torch.float32)
-
-        try:
-            scores: torch.Tensor = self._with_retries("/score", body, check)
-        except RemoteRewardUnavailable as error:
-            logger.warning("%d image(s) not scored: %s", expected, error)
-            return torch.full((expected,), float("nan"))
-        return scores
-
-
-# ----------------------------------------------------------------------------- HTTP helper
-
-
-def http_json(
-    url: str,
-    body: bytes | None,
-    *,
-    timeout: float,
-    max_response_bytes: int,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    """One JSON exchange (POST when ``body`` is given, else GET), bounded by ``timeout`` in all.
-
-    Raises :class:`RequestError` for a 4xx answer (its status kept, so a caller may retry 429),
-    ``ConnectionError`` for 5xx, ``ValueError`` for a non-JSON or oversized body, and the socket's
-    own errors (timeouts, refused or dropped connections) as they come.
-    """
-    request = urllib.request.Request(
-        url, data=body, method="POST" if body is not None else "GET",
-        headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
-    )
-    deadline = time.monotonic() + timeout
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = _read_before(response, deadline, max_response_bytes)
-    except urllib.error.HTTPError as error:
-        detail = _error_detail(error)
-        if 400 <= error.code < 500:
-            raise RequestError(error.code, detail) from None
-        raise ConnectionError(f"HTTP {error.code}: {detail}") from None
-    if len(raw) > max_response_bytes:
-        raise ValueError(f"response larger than {max_response_bytes} bytes")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"response is not JSON: {raw[:60]!r}") from None
+        token = read_token(args.token_file) if args.token_file is not None else None
+        serve(args.reward, args.host, args.port, token=token, limits=limits, **dict(args.option))
+    except ConfigError as error:
+        parser.error(str(error).splitlines()[0] if str(error) else type(error).__name__)
 
 
-def _read_before(response: http.client.HTTPResponse, deadline: float, max_bytes: int) -> bytes:
-    """The body, read chunk by chunk, so a server trickling bytes cannot outlast the deadline."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = response.read1(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            return b"".join(chunks)  # the caller reports the size
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out")
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2 (no usage block)."""
 
-
-def _error_detail(error: urllib.error.HTTPError) -> str:
-    """The server's one-line ``{"error": ...}`` if it sent one, else the HTTP reason."""
-    try:
-        payload = json.loads(error.read(4096))
-        return str(payload.get("error", error.reason))
-    except Exception:
-        return str(error.reason)
-
-
-def _describe(error: BaseException) -> str:
-    """A short one-line cause: timeout, refused, garbage."""
-    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
-        error = error.reason if isinstance(error.reason, BaseException) else error
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    return f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

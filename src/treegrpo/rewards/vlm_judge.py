@@ -34,7 +34,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from treegrpo.rewards.base import BatchedReward
-from treegrpo.rewards.server import RemoteRewardError, RequestError, _describe, encode_image, http_json
+from treegrpo.rewards.remote import RemoteRewardError, RequestError, _describe, encode_image, http_json
 
 logger = logging.getLogger(__name__)
 
