@@ -7,6 +7,7 @@ check that the key mapping onto transformers' classes computes the same function
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -34,7 +35,11 @@ def _byte_symbols() -> list[str]:
 
 
 def clip_tokenizer_folder(root: Path) -> Path:
-    """A character-level CLIP BPE tokenizer (no merges); end token has the highest id."""
+    """A character-level CLIP BPE tokenizer (no merges); end token has the highest id.
+
+    Written as vocab.json + merges.txt and loaded from them, which transformers 4.x and 5.x both
+    accept (4.x's ``CLIPTokenizer`` takes no in-memory vocab).
+    """
     from transformers import CLIPTokenizer
 
     chars = _byte_symbols()
@@ -42,9 +47,11 @@ def clip_tokenizer_folder(root: Path) -> Path:
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     folder = root / "clip_tokenizer"
-    tok.save_pretrained(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    CLIPTokenizer.from_pretrained(folder, model_max_length=77).save_pretrained(folder)
     return folder
 
 

@@ -30,7 +30,7 @@ from treegrpo.rewards.base import (
     quantize_uint8,
     resize_longest_side_and_pad,
 )
-from treegrpo.rewards.text_clean import open_clip_clean, pad_token_ids
+from treegrpo.rewards.text_clean import OpenClipTokenizer
 from treegrpo.rewards.weights import (
     build_uninitialised,
     from_pretrained,
@@ -442,8 +442,8 @@ class HPSv2Reward(_ClipPairReward):
     PIL image becomes a tensor, the long side is resized to 224 (bicubic on the tensor) and the
     short side zero-padded (open_clip's ``ResizeMaxSize``), then OpenAI mean/std. torchvision >= 0.17
     antialiases that resize, older versions did not: ``antialias=False`` reproduces those scores.
-    Prompts are cleaned as open_clip's tokenizer does (:func:`treegrpo.rewards.text_clean.open_clip_clean`)
-    and padded with id 0.
+    Prompts are tokenized as hpsv2's open_clip tokenizer does, cleaned once and padded with id 0
+    (:class:`treegrpo.rewards.text_clean.OpenClipTokenizer` on the CLIP tokenizer's vocab and merges).
     """
 
     name = "hpsv2"
@@ -478,6 +478,7 @@ class HPSv2Reward(_ClipPairReward):
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
         )
         super().__init__(model, tok, pad_to_max=True, **options)
+        self.open_clip_tokenizer = OpenClipTokenizer.from_transformers(tok)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """hpsv2's ``preprocess_val``: 8-bit, long side -> 224, zero pad, normalise."""
@@ -485,9 +486,8 @@ class HPSv2Reward(_ClipPairReward):
         return normalize(resize_longest_side_and_pad(x, self.image_size, antialias=self.antialias))
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """open_clip's ``tokenize``: cleaned text, start + BPE + end, truncated, padded with 0."""
-        ids = self.tokenizer([open_clip_clean(p) for p in prompts], truncation=True, max_length=self.context_length)
-        return {"input_ids": pad_token_ids(ids["input_ids"], self.context_length, pad_id=0).to(self.device)}
+        """open_clip's ``tokenize``: text cleaned once, start + BPE + end, truncated, padded with 0."""
+        return {"input_ids": self.open_clip_tokenizer(prompts, self.context_length).to(self.device)}
 
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self.cosine(images, prompts)
