@@ -19,6 +19,8 @@ from treegrpo.trainer import Trainer, train
 class WaitingReward:
     """Scores chunk 0 only once the rollout of chunk 1 has started (a sequential loop would never get there)."""
 
+    abstaining: frozenset[str] = frozenset()  # no remote reward: a NaN would be a fault
+
     def __init__(self, second_chunk_started: threading.Event) -> None:
         self.second_chunk_started = second_chunk_started
         self.waited: list[bool] = []

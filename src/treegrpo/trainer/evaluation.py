@@ -28,6 +28,11 @@ class RewardSet:
 
     multi: MultiReward
 
+    @property
+    def abstaining(self) -> frozenset[str]:
+        """Rewards whose NaN means "not scored" (see :attr:`MultiReward.abstaining`)."""
+        return self.multi.abstaining
+
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted score [B], each component [B]) as float32 CPU tensors."""
         components = self.multi.components(images, list(prompts))

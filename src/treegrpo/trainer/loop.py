@@ -297,7 +297,7 @@ class Trainer:
         gathered = gather_structure(rollout.structure, root_group, self.processes)
         all_scores = self.processes.gather(scores)
         findings = log_prob_findings(rollout.structure.edge_log_prob, rollout.edge_step)
-        findings += reward_findings(components, leaf_prompts, self.rewards.multi.abstaining)
+        findings += reward_findings(components, leaf_prompts, self.rewards.abstaining)
         faulty = self.processes.any(bool(findings))
         if faulty and not findings:
             findings = ["reward: non-finite scores on another process"]
