@@ -112,10 +112,9 @@ class UnscoredGuard:
     limit: int
     in_a_row: int = 0
 
-    def end_iteration(self, scores: torch.Tensor) -> dict[str, Any]:
-        """Metrics of one iteration from every leaf's weighted score (NaN: not scored)."""
-        unscored = int((~torch.isfinite(scores)).sum())
-        nothing = unscored == scores.numel() > 0
+    def end_iteration(self, unscored: int, leaves: int) -> dict[str, Any]:
+        """Metrics of one iteration: ``unscored`` of its ``leaves`` had no score (every process's leaves)."""
+        nothing = unscored == leaves > 0
         self.in_a_row = self.in_a_row + 1 if nothing else 0
         if nothing:
             logger.warning("no image of this iteration was scored: update skipped (%d in a row, the run stops at %d)",

@@ -198,9 +198,8 @@ class Trainer:
         reward_seconds = time.time() - start - rollout_seconds
 
         shared = self._share_scores(rollout, scores, components, leaf_prompts, root_group)
-        ranked = self._ranked_scores(shared)  # NaN / inf: not scored, left out of the statistics (advantage 0)
-        advantages = compute_advantages(shared.structure, torch.where(torch.isfinite(ranked), ranked, torch.nan),
-                                        cfg.advantage)
+        # a non-finite score is "not scored": normalize_leaf_scores leaves it out of the statistics (advantage 0)
+        advantages = compute_advantages(shared.structure, self._ranked_scores(shared), cfg.advantage)
 
         update_start = time.time()
         if cfg.train.debug_dump and not shared.skip:
@@ -229,7 +228,7 @@ class Trainer:
             update_seconds=time.time() - update_start,
         )
         metrics.update(self.guard.end_iteration(iteration + 1, findings, update.skipped_steps))
-        metrics.update(self.unscored.end_iteration(shared.scores))
+        metrics.update(self.unscored.end_iteration(advantages.leaf.unscored, int(advantages.leaf.scored.numel())))
         return IterationResult(metrics, rollout, scores, prompts, advantages.edge[shared.own_edges].detach().cpu())
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
