@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 
-from treegrpo import schedule as S
-from treegrpo.engine import UpdateConfig
-from treegrpo.likelihood_free import draws_per_sample
-from treegrpo.loss import LossConfig
-from treegrpo.methods import TreeConfig, plan_for_iteration, preset
+from treegrpo.math import plans
+from treegrpo.engine.update import UpdateConfig
+from treegrpo.math.likelihood_free import draws_per_sample
+from treegrpo.math.loss import LossConfig
+from treegrpo.engine.methods import TreeConfig, plan_for_iteration, preset
 from treegrpo.toy import ToyRun, ToyTask, ToyVelocity, pretrain_toy
 
 
@@ -113,19 +113,19 @@ class ToyProtocol:
     update: UpdateConfig = field(default_factory=lambda: UpdateConfig(inner_epochs=1, parents_per_batch=256, grad_accum=0))
 
 
-def iteration_cost(tree: TreeConfig, plan: S.Plan, prompts: int, loss: Optional[LossConfig] = None) -> int:
+def iteration_cost(tree: TreeConfig, plan: plans.Plan, prompts: int, loss: Optional[LossConfig] = None) -> int:
     """Closed-form rollout + training NFE of one iteration (training: every trained parent, an upper bound; for a
     likelihood-free objective every leaf's training points)."""
     roots = prompts * tree.trees
     if loss is not None and loss.objective.likelihood_free:
         draws = draws_per_sample(len(plan), loss.timesteps, loss.timestep_fraction, loss.timestep_draws)
-        return roots * (S.rollout_nfe_per_tree(plan) + S.leaves_per_tree(plan) * draws)
-    return roots * (S.rollout_nfe_per_tree(plan) + S.training_nfe_per_tree(plan))
+        return roots * (plans.rollout_nfe_per_tree(plan) + plans.leaves_per_tree(plan) * draws)
+    return roots * (plans.rollout_nfe_per_tree(plan) + plans.training_nfe_per_tree(plan))
 
 
 def leaves_per_prompt(tree: TreeConfig, num_steps: int) -> int:
     """Leaves one prompt gets per iteration (window placement does not change it)."""
-    return tree.trees * S.leaves_per_tree(plan_for_iteration(tree, num_steps, 0, 0))
+    return tree.trees * plans.leaves_per_tree(plan_for_iteration(tree, num_steps, 0, 0))
 
 
 @dataclass

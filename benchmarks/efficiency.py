@@ -198,7 +198,7 @@ def variants_for(args: argparse.Namespace) -> tuple[list[Variant], str]:
 
 def tree_fed_variants(variants: Sequence[Variant]) -> list[Variant]:
     """Each likelihood-free variant again with treegrpo's tree section (its preset's shape, then ``--set``)."""
-    from treegrpo.methods import preset_sections
+    from treegrpo.engine.methods import preset_sections
 
     tree_variant = next((v for v in variants if v[1] == "treegrpo"), None)
     if tree_variant is None:

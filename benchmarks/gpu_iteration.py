@@ -44,17 +44,17 @@ from gpu_families import (  # noqa: E402
     WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
-from treegrpo import schedule as S  # noqa: E402
+from treegrpo.math import plans  # noqa: E402
 from treegrpo.rewards.video import DEFAULT_FRAMES, frame_indices  # noqa: E402
-from treegrpo.engine import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
-from treegrpo.methods import MethodConfig, plan_for_iteration, preset  # noqa: E402
+from treegrpo.engine.update import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
+from treegrpo.engine.methods import MethodConfig, plan_for_iteration, preset  # noqa: E402
 from treegrpo.models.common import TextConditioning  # noqa: E402
 from treegrpo.models.common import DiffusersBackbone  # noqa: E402
 from treegrpo.models.config import LoraConfig, ModelConfig, torch_dtype  # noqa: E402
 from treegrpo.models.registry import adapter_class  # noqa: E402
 from treegrpo.models.sd3 import SD3Backbone  # noqa: E402
-from treegrpo.rollout import TreeRollout, rollout_trees  # noqa: E402
-from treegrpo.training import make_minibatches, minibatch_loss  # noqa: E402
+from treegrpo.engine.rollout import TreeRollout, rollout_trees  # noqa: E402
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -435,17 +435,17 @@ def run_iteration(bench: Bench, name: str, epoch: int) -> tuple[IterationResult,
 
     with compute_precision(args, device):
         (stats, edge_advantages, mask), training_s = timed(device, train)
-    training_nfe_closed_form = roots * S.training_nfe_per_tree(plan)
+    training_nfe_closed_form = roots * plans.training_nfe_per_tree(plan)
     if int(stats["training_nfe"]) != training_nfe_closed_form:
         raise RuntimeError(f"{name}: the update trained {int(stats['training_nfe'])} of {training_nfe_closed_form} edges "
                            "(rewards under the zero-spread guard give zero advantages); the timing would not be an iteration's")
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
     result = IterationResult(
-        method=name, plan=S.describe(plan), leaves_per_prompt=method.tree.trees * S.leaves_per_tree(plan),
+        method=name, plan=plans.describe(plan), leaves_per_prompt=method.tree.trees * plans.leaves_per_tree(plan),
         rollout_s=rollout_s, decode_reward_s=reward_s, training_s=training_s,
         rollout_nfe=rollout.nfe, training_nfe=int(stats["training_nfe"]),
-        rollout_nfe_closed_form=roots * S.rollout_nfe_per_tree(plan),
+        rollout_nfe_closed_form=roots * plans.rollout_nfe_per_tree(plan),
         training_nfe_closed_form=training_nfe_closed_form,
         rollout_model_calls=rollout.model_calls, optimizer_steps=int(stats["optimizer_steps"]), peak_memory_gb=peak,
         peak_reserved_gb=reserved,

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_iteration as G  # noqa: E402
 from common import markdown_table, write_json  # noqa: E402
 
-from treegrpo.engine import TorchLearner  # noqa: E402
+from treegrpo.engine.update import TorchLearner  # noqa: E402
 from treegrpo.models.acceleration import compile_blocks  # noqa: E402
 from treegrpo.models.config import torch_dtype  # noqa: E402
-from treegrpo.training import make_minibatches, minibatch_loss  # noqa: E402
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, argparse.Namespace]:

@@ -29,7 +29,7 @@ from common import markdown_table  # noqa: E402
 
 def depth_gradients(trainer: Any, iteration: int) -> dict[int, tuple[torch.Tensor, int]]:
     """One rollout's gradient per window depth: depth -> (flattened LoRA gradient, trained edges)."""
-    from treegrpo.training import make_minibatches, minibatch_loss
+    from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
 
     result = trainer.run_iteration(iteration)  # lr 0: rollout, rewards, advantages; weights unchanged
     rollout, advantages = result.rollout, result.edge_advantages.to(trainer.processes.device)

@@ -55,8 +55,8 @@ def base_backbone(lora: Optional[Path]) -> Any:
 def tree_headroom(backbone: Any, prompts: Sequence[str], k: int, window: int, start: int, noise: float,
                   seed: int) -> dict[str, dict[str, float]]:
     """As :func:`headroom`, with the leaves of one engine-grown tree per prompt as the samples."""
-    from treegrpo.rollout import rollout_trees
-    from treegrpo.schedule import tree_plan
+    from treegrpo.engine.rollout import rollout_trees
+    from treegrpo.math.plans import tree_plan
 
     steps = 8
     schedule = backbone.schedule(steps)

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 from common import IterationSpend, RunHistory, RunSpec, iteration_cost, leaves_per_prompt, train_under_budget
 
-from treegrpo.loss import LossConfig
-from treegrpo.methods import TreeConfig, plan_for_iteration
+from treegrpo.math.loss import LossConfig
+from treegrpo.engine.methods import TreeConfig, plan_for_iteration
 
 
 @dataclass

@@ -21,8 +21,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from treegrpo import checkpoint as ckpt  # noqa: E402
-from treegrpo import cli, faults  # noqa: E402
+from treegrpo.runtime import checkpoint as ckpt  # noqa: E402
+from treegrpo import cli  # noqa: E402
+from treegrpo.runtime import faults  # noqa: E402
 
 torch.set_num_threads(1)
 import diffusers  # noqa: E402,F401  (imported before forking so children start fast)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.advantages import backup_edge_advantages, normalize_leaf_scores, normalize_per_depth
-from treegrpo.engine import compute_advantages
-from treegrpo.methods import AdvantageConfig
+from treegrpo.math import plans
+from treegrpo.math.advantages import backup_edge_advantages, normalize_leaf_scores, normalize_per_depth
+from treegrpo.engine.update import compute_advantages
+from treegrpo.engine.methods import AdvantageConfig
 from tests.test_rollout import _rollout
 
 
@@ -41,7 +41,7 @@ def test_guard_zeroes_groups_without_spread_and_reports_them() -> None:
 
 
 def _tree_with_leaf_advantages(beta: float = 0.0):
-    plan = S.tree_plan(6, 3, 3, 1)
+    plan = plans.tree_plan(6, 3, 3, 1)
     _, _, r = _rollout(plan, trees=1, prompts=2)
     g = torch.Generator().manual_seed(4)
     leaf_adv = torch.randn(r.structure.leaf_node.shape[0], generator=g)
@@ -95,7 +95,7 @@ def test_softmax_backup_weights_by_old_log_prob() -> None:
 
 
 def test_one_child_chains_pass_the_leaf_advantage_through() -> None:
-    _, _, r = _rollout(S.flat_plan(5), trees=3, prompts=1)
+    _, _, r = _rollout(plans.flat_plan(5), trees=3, prompts=1)
     leaf_adv = torch.tensor([0.3, -1.0, 0.7])
     edge = backup_edge_advantages(r.structure.node_parent, r.structure.node_depth, r.structure.edge_child, r.structure.edge_log_prob, r.structure.leaf_node, leaf_adv)
     torch.testing.assert_close(edge, leaf_adv[r.structure.edge_tree])
@@ -110,7 +110,7 @@ def test_per_depth_normalisation() -> None:
 
 
 def test_compute_advantages_guard_survives_per_depth_normalisation() -> None:
-    _, _, r = _rollout(S.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
+    _, _, r = _rollout(plans.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
     scores = torch.where(r.leaf_cond == 0, torch.tensor(0.5), torch.rand(r.leaf_cond.shape[0]))
     out = compute_advantages(r.structure, scores, AdvantageConfig(per_depth_norm=True, backup_beta=1.0))
     assert torch.all(out.edge[r.structure.edge_group == 0] == 0)
@@ -163,7 +163,7 @@ def _backup_by_recursion(r, leaf_adv: torch.Tensor, scored: torch.Tensor) -> dic
 
 @pytest.mark.parametrize("drop", [[0], [0, 1, 2], list(range(9)), list(range(27))])
 def test_backup_skips_unscored_leaves_and_gives_their_subtree_zero(drop: list[int]) -> None:
-    plan = S.tree_plan(6, 3, 3, 1)
+    plan = plans.tree_plan(6, 3, 3, 1)
     _, _, r = _rollout(plan, trees=1, prompts=2)
     leaves = r.structure.leaf_node.shape[0]
     leaf_adv = torch.randn(leaves, generator=torch.Generator().manual_seed(1))

@@ -14,8 +14,8 @@ from typing import Iterator
 import pytest
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.methods import plan_for_iteration, preset
+from treegrpo.math import plans
+from treegrpo.engine.methods import plan_for_iteration, preset
 from treegrpo.toy import ToyRunConfig, ToyTask, pretrain_toy, train_toy
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -45,12 +45,12 @@ TINY_TOY = ["--seeds", "0", "--lrs", "3e-3", "--budget", "6000", "--prompts", "2
 
 
 def closed_form_rollout_nfe(method: str, overrides: dict[str, dict[str, object]], iterations: int, prompts: int, seed: int) -> int:
-    """Sum over iterations of the rollout NFE that ``treegrpo.schedule`` predicts for each iteration's plan."""
+    """Sum over iterations of the rollout NFE that ``treegrpo.math.plans`` predicts for each iteration's plan."""
     config = preset(method, **overrides)
     total = 0
     for iteration in range(iterations):
         plan = plan_for_iteration(config.tree, 10, iteration, seed)
-        total += prompts * config.tree.trees * S.rollout_nfe_per_tree(plan)
+        total += prompts * config.tree.trees * plans.rollout_nfe_per_tree(plan)
     return total
 
 
@@ -168,9 +168,9 @@ def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
         spec, points = run["spec"], run["points"]
         config = preset(spec["method"], **spec["overrides"])
         iterations = points["iteration"][-1]
-        plans = [plan_for_iteration(config.tree, 4, i, 0) for i in range(iterations)]
+        iteration_plans = [plan_for_iteration(config.tree, 4, i, 0) for i in range(iterations)]
         assert iterations >= 2 and points["rollout_nfe"][-1] + points["training_nfe"][-1] <= 240
-        assert points["rollout_nfe"][-1] == sum(2 * config.tree.trees * S.rollout_nfe_per_tree(p) for p in plans)
+        assert points["rollout_nfe"][-1] == sum(2 * config.tree.trees * plans.rollout_nfe_per_tree(p) for p in iteration_plans)
         assert points["reward"][0] == saved["runs"][0]["points"]["reward"][0]  # same base, prompts, noise
     leaves = {run["spec"]["label"]: run["leaves_per_prompt"] for run in saved["runs"]}
     assert leaves == {"treegrpo": 27, "flow_grpo": 3}
@@ -202,7 +202,7 @@ def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
     for label, method, overrides in efficiency.shape_variants() + efficiency.window_variants():
         cfg = shapes_task.shapes_config(RunSpec(label, method, 1e-3, 0, 1000, overrides), shapes_task.ShapesProtocol(steps=6), tmp_path)
         assert cfg.sampling.steps == 6
-        starts = {S.window_start(e, 6, cfg.tree.window, cfg.tree.window_placement, start=cfg.tree.window_start,
+        starts = {plans.window_start(e, 6, cfg.tree.window, cfg.tree.window_placement, start=cfg.tree.window_start,
                                  shift=cfg.tree.shift, shift_every=cfg.tree.shift_every,
                                  geometric_ratio=cfg.tree.geometric_ratio, seed=0) for e in range(60)}
         assert len(starts) > 1 or cfg.tree.window_placement == "fixed", label  # the window has room to move
@@ -292,9 +292,9 @@ def test_gpu_iteration_tiny_on_cpu(tmp_path: Path) -> None:
     assert set(results) == {"treegrpo", "dance_grpo"}
     tree, dance = results["treegrpo"], results["dance_grpo"]
     # k3w3 with the window at steps 0-2: 1 + 3 + 9 branching evaluations, then 27 leaves x 7 ODE steps
-    tree_plan = S.tree_plan(10, 3, 3, 0)
-    assert tree["rollout_nfe"] == tree["rollout_nfe_closed_form"] == S.rollout_nfe_per_tree(tree_plan) == 202
-    assert tree["training_nfe"] == tree["training_nfe_closed_form"] == S.training_nfe_per_tree(tree_plan) == 13
+    tree_plan = plans.tree_plan(10, 3, 3, 0)
+    assert tree["rollout_nfe"] == tree["rollout_nfe_closed_form"] == plans.rollout_nfe_per_tree(tree_plan) == 202
+    assert tree["training_nfe"] == tree["training_nfe_closed_form"] == plans.training_nfe_per_tree(tree_plan) == 13
     assert dance["rollout_nfe"] == dance["rollout_nfe_closed_form"] == 27 * 10
     assert dance["training_nfe"] == dance["training_nfe_closed_form"] == 27 * 6
     assert tree["leaves_per_prompt"] == dance["leaves_per_prompt"] == 27

@@ -56,7 +56,7 @@ def test_sample_of_an_editing_family_without_a_source_image_is_one_line(family: 
 
 
 def test_a_video_models_card_uses_frames(tmp_path: Path) -> None:
-    from treegrpo.sharing import model_card
+    from treegrpo.hub import model_card
 
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)

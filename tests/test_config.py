@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treegrpo import checkpoint as ckpt
+from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.config import ConfigError, load_config, reward_weights, resolve_config, show_defaults
 from treegrpo.data import DataError, PromptSampler, load_prompt_sets, load_prompts, split_heldout
 

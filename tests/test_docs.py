@@ -51,3 +51,19 @@ def test_every_config_key_is_in_the_readme_table() -> None:
     leaves = [key for key, hint in valid_keys().items() if not dataclasses.is_dataclass(hint)]
     missing = [key for key in leaves if key not in mentioned]
     assert not missing, f"README's config table lacks {missing}"
+
+
+def test_every_module_is_placed_in_the_architecture_and_every_package_in_the_readme_layout() -> None:
+    """A module added, moved or renamed must show in the docs that map the code (layers, Layout)."""
+    package = ROOT / "src" / "treegrpo"
+    layers = ARCHITECTURE.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    for module in sorted(package.glob("*/*.py")) + sorted(package.glob("*.py")):
+        if module.name in ("__init__.py", "__main__.py"):
+            continue
+        named = f"`{module.name}`" in layers or f"`{module.relative_to(package).as_posix()}`" in layers or (
+            f"`{module.stem}`" in layers and module.parent.name == "trainer")
+        assert named, f"docs/ARCHITECTURE.md's layer table does not place {module.relative_to(package)}"
+    for folder in sorted(p for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        assert f"{folder.name}/" in layout, f"README's Layout does not show the package {folder.name}/"
+        assert f"`{folder.name}/" in layers or folder.name in ("models", "rewards", "trainer", "demo"), folder.name

@@ -12,11 +12,11 @@ import torch
 
 from tests.test_trainer import tiny_values
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
-from treegrpo import likelihood_free as lf
+from treegrpo.math import likelihood_free as lf
 from treegrpo.config import resolve_config
-from treegrpo.engine import StepReport, TrainingPoints, UpdateConfig, draw_training_points, update_on_samples
+from treegrpo.engine.update import StepReport, TrainingPoints, UpdateConfig, draw_training_points, update_on_samples
 from treegrpo.errors import ConfigError
-from treegrpo.loss import LossConfig
+from treegrpo.math.loss import LossConfig
 from treegrpo.optim import Ema
 from treegrpo.trainer import train
 

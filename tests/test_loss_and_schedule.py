@@ -5,9 +5,9 @@ import collections
 import pytest
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.loss import LossConfig, aggregate_per_parent, clipped_surrogate, gaussian_mean_kl, policy_loss
-from treegrpo.methods import METHODS, plan_for_iteration, preset
+from treegrpo.math import plans
+from treegrpo.math.loss import LossConfig, aggregate_per_parent, clipped_surrogate, gaussian_mean_kl, policy_loss
+from treegrpo.engine.methods import METHODS, plan_for_iteration, preset
 
 
 def test_clipped_surrogate_by_hand() -> None:
@@ -60,19 +60,19 @@ def test_gaussian_mean_kl_matches_torch_distributions() -> None:
 @pytest.mark.parametrize("placement", ["fixed", "shifting", "geometric"])
 def test_windows_never_touch_the_last_step(placement: str) -> None:
     for epoch in range(200):
-        start = S.window_start(epoch, 10, 3, placement, start=2, shift=1, shift_every=3, seed=7)  # type: ignore[arg-type]
+        start = plans.window_start(epoch, 10, 3, placement, start=2, shift=1, shift_every=3, seed=7)  # type: ignore[arg-type]
         assert 0 <= start and start + 3 <= 9
 
 
 def test_shifting_window_moves_s_steps_every_tau_epochs() -> None:
-    starts = [S.window_start(e, 10, 3, "shifting", start=0, shift=2, shift_every=5) for e in range(20)]
+    starts = [plans.window_start(e, 10, 3, "shifting", start=0, shift=2, shift_every=5) for e in range(20)]
     assert starts == [0] * 5 + [2] * 5 + [4] * 5 + [6] * 5
 
 
 def test_geometric_window_follows_the_truncated_law_and_is_seeded() -> None:
-    draws = [S.window_start(e, 10, 3, "geometric", geometric_ratio=0.5, seed=1) for e in range(8000)]
-    assert draws[:50] == [S.window_start(e, 10, 3, "geometric", geometric_ratio=0.5, seed=1) for e in range(50)]
-    law = S.geometric_window_probabilities(10, 3, 0.5)
+    draws = [plans.window_start(e, 10, 3, "geometric", geometric_ratio=0.5, seed=1) for e in range(8000)]
+    assert draws[:50] == [plans.window_start(e, 10, 3, "geometric", geometric_ratio=0.5, seed=1) for e in range(50)]
+    law = plans.geometric_window_probabilities(10, 3, 0.5)
     assert len(law) == 7 and sum(law) == pytest.approx(1.0)
     counts = collections.Counter(draws)
     for i, p in enumerate(law):
@@ -82,12 +82,12 @@ def test_geometric_window_follows_the_truncated_law_and_is_seeded() -> None:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: S.tree_plan(10, 0, 3, 0), "tree.k must be >= 1"),
-        (lambda: S.check_window(10, 10), "does not fit"),
-        (lambda: S.check_window(10, 0), "tree.window must be >= 1"),
-        (lambda: S.window_start(0, 10, 3, "fixed", start=7), r"lie in \[0, 6\]"),
-        (lambda: S.split_plan(10, 2, [0, 12]), "outside"),
-        (lambda: S.sample_trained_steps(10, 0.0, 0, 0), "train_fraction"),
+        (lambda: plans.tree_plan(10, 0, 3, 0), "tree.k must be >= 1"),
+        (lambda: plans.check_window(10, 10), "does not fit"),
+        (lambda: plans.check_window(10, 0), "tree.window must be >= 1"),
+        (lambda: plans.window_start(0, 10, 3, "fixed", start=7), r"lie in \[0, 6\]"),
+        (lambda: plans.split_plan(10, 2, [0, 12]), "outside"),
+        (lambda: plans.sample_trained_steps(10, 0.0, 0, 0), "train_fraction"),
         (lambda: preset("tree_grpo"), "did you mean 'treegrpo'"),
         (lambda: preset("treegrpo", tree={"kk": 2}), "unknown tree keys"),
     ],
@@ -100,25 +100,25 @@ def test_impossible_shapes_are_rejected_with_the_fix(call, message: str) -> None
 def test_presets_are_the_schedules_of_alg_md() -> None:
     t = 10
     tree = plan_for_iteration(preset("treegrpo", tree={"window_placement": "fixed", "window_start": 2}).tree, t, 0)
-    assert S.describe(tree) == "o o B3 B3 B3 o o o o o"
-    assert S.describe(plan_for_iteration(preset("flow_grpo").tree, t, 0)) == " ".join(["S"] * 10)
+    assert plans.describe(tree) == "o o B3 B3 B3 o o o o o"
+    assert plans.describe(plan_for_iteration(preset("flow_grpo").tree, t, 0)) == " ".join(["S"] * 10)
     dance = plan_for_iteration(preset("dance_grpo").tree, t, 3, seed=1)
     assert sum(s.trained for s in dance) == 6 and all(s.stochastic for s in dance)
-    assert S.describe(plan_for_iteration(preset("mix_grpo").tree, t, 0)) == "S S S S o o o o o o"
-    assert S.describe(plan_for_iteration(preset("mix_grpo").tree, t, 50)) == "o o S S S S o o o o"
-    assert S.describe(plan_for_iteration(preset("branch_grpo").tree, t, 0)) == "B2 S B2 S B2 S B2 S S S"
-    assert S.describe(plan_for_iteration(preset("ddpo").tree, t, 0)) == " ".join(["S"] * 10)
+    assert plans.describe(plan_for_iteration(preset("mix_grpo").tree, t, 0)) == "S S S S o o o o o o"
+    assert plans.describe(plan_for_iteration(preset("mix_grpo").tree, t, 50)) == "o o S S S S o o o o"
+    assert plans.describe(plan_for_iteration(preset("branch_grpo").tree, t, 0)) == "B2 S B2 S B2 S B2 S S S"
+    assert plans.describe(plan_for_iteration(preset("ddpo").tree, t, 0)) == " ".join(["S"] * 10)
     for name in ("diffusion_nft", "awm"):
-        assert S.describe(plan_for_iteration(preset(name).tree, t, 0)) == " ".join(["o"] * 10)
+        assert plans.describe(plan_for_iteration(preset(name).tree, t, 0)) == " ".join(["o"] * 10)
         assert preset(name).loss.objective == name.removeprefix("diffusion_")
     assert set(METHODS) == {"treegrpo", "flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo", "ddpo", "diffusion_nft", "awm"}
 
 
 def test_tree_nfe_against_flat_grpo_with_the_same_leaves() -> None:
     """The closed forms behind the README's NFE table (k=3, w=3, 10 steps, 27 leaves)."""
-    tree = S.tree_plan(10, 3, 3, 0)
-    flat = S.flat_plan(10)
-    assert S.leaves_per_tree(tree) == 27
-    assert S.rollout_nfe_per_tree(tree) == 1 + 3 + 9 + 27 * 7 == 202
-    assert S.training_nfe_per_tree(tree) == 13 and S.trained_edges_per_tree(tree) == 39
-    assert 27 * S.rollout_nfe_per_tree(flat) == 270 and 27 * S.training_nfe_per_tree(flat) == 270
+    tree = plans.tree_plan(10, 3, 3, 0)
+    flat = plans.flat_plan(10)
+    assert plans.leaves_per_tree(tree) == 27
+    assert plans.rollout_nfe_per_tree(tree) == 1 + 3 + 9 + 27 * 7 == 202
+    assert plans.training_nfe_per_tree(tree) == 13 and plans.trained_edges_per_tree(tree) == 39
+    assert 27 * plans.rollout_nfe_per_tree(flat) == 270 and 27 * plans.training_nfe_per_tree(flat) == 270

@@ -26,8 +26,8 @@ from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
 from treegrpo.rewards.multi import MultiReward
-from treegrpo.rollout import rollout_trees
-from treegrpo.schedule import ODE
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.plans import ODE
 
 HEIGHT, WIDTH = 16, 24
 STEPS = 3

@@ -22,8 +22,8 @@ from tests.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_th
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
-from treegrpo.rollout import rollout_trees
-from treegrpo.schedule import ODE
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.plans import ODE
 
 PARITY_STEPS = 3
 PROMPTS = training.PROMPTS

@@ -32,8 +32,8 @@ from treegrpo.prompts import EditPrompt, source_image
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
-from treegrpo.rollout import rollout_trees
-from treegrpo.schedule import ODE
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.plans import ODE
 
 HEIGHT, WIDTH = 32, 64
 STEPS = 3

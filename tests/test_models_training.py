@@ -11,8 +11,8 @@ import torch
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
-from treegrpo.rollout import rollout_trees
-from treegrpo.schedule import ODE
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.plans import ODE
 
 SIZE = 16
 STEPS = 2
@@ -141,7 +141,7 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
         assert torch.equal(saved, current), name
 
     # the FSDP export path: weights gathered whole and handed in, written in the same layout
-    from treegrpo.sharding import full_state_dict
+    from treegrpo.runtime.fsdp import full_state_dict
 
     backbone.save_trained(tmp_path / "gathered", weights=full_state_dict(backbone.denoiser, trainable_only=False))
     regathered = FluxTransformer2DModel.from_pretrained(tmp_path / "gathered", subfolder="transformer")

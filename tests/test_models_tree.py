@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
-from treegrpo.advantages import backup_edge_advantages, normalize_leaf_scores
-from treegrpo.loss import LossConfig
+from treegrpo.math.advantages import backup_edge_advantages, normalize_leaf_scores
+from treegrpo.math.loss import LossConfig
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
-from treegrpo.rollout import rollout_trees
-from treegrpo.schedule import tree_plan
-from treegrpo.training import make_minibatches, minibatch_loss, rescore_edges
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.plans import tree_plan
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss, rescore_edges
 
 SIZE = 16
 STEPS = 4

@@ -22,8 +22,8 @@ from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone, TrainingWindow
 from treegrpo.models.wan import TwoExperts, resolve_expert
-from treegrpo.rollout import rollout_trees
-from treegrpo.schedule import ODE
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.plans import ODE
 
 PROMPTS = ["a red cube", "two cats"]
 STEPS = 3
@@ -249,7 +249,7 @@ def test_image_rewards_score_sampled_frames_and_video_rewards_get_clips() -> Non
 
 
 def test_steps_ever_trained_follow_the_window() -> None:
-    from treegrpo.methods import TreeConfig, steps_ever_trained
+    from treegrpo.engine.methods import TreeConfig, steps_ever_trained
 
     assert steps_ever_trained(TreeConfig(schedule="tree", window=2, window_start=1, window_placement="fixed"), 6) == (1, 2)
     assert steps_ever_trained(TreeConfig(schedule="tree", window=2, window_placement="shifting"), 6) == (0, 1, 2, 3, 4)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_trainer import tiny_values
-from treegrpo import checkpoint as ckpt
+from treegrpo.runtime import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITES = 11
@@ -127,7 +127,7 @@ def test_resume_skips_a_broken_newest_checkpoint(tmp_path: Path, damage, reason:
     newest = tmp_path / "checkpoints" / "step-000002"
     assert ckpt.latest_checkpoint(tmp_path) == newest and ckpt.problem(newest) is None
     damage(newest)
-    with caplog.at_level(logging.WARNING, logger="treegrpo.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="treegrpo.runtime.checkpoint"):
         assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-000001"
     if reason != "COMPLETE":  # a folder without the marker is not a checkpoint at all: nothing to warn about
         assert "skipping checkpoint" in caplog.text and reason in caplog.text

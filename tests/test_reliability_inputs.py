@@ -1,7 +1,7 @@
 """Bad input through the real CLI (``python -m treegrpo train`` in subprocesses, run concurrently):
 one line on stderr naming the fix, exit code 2, and the output folder byte-identical afterwards.
 Property tests: numeric config values load or raise ConfigError, never anything else, and the
-tree-shape check accepts exactly the shapes ``treegrpo.schedule`` can build. Plus a source grep:
+tree-shape check accepts exactly the shapes ``treegrpo.math.plans`` can build. Plus a source grep:
 no ``import pickle`` and no ``torch.load(`` without ``weights_only=True``."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.test_trainer import tiny_values
 from treegrpo.config import ConfigError, resolve_config, valid_keys
-from treegrpo.methods import TreeConfig, plan_for_iteration
+from treegrpo.engine.methods import TreeConfig, plan_for_iteration
 
 ROOT = Path(__file__).resolve().parents[1]
 

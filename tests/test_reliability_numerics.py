@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import treegrpo.engine
+import treegrpo.engine.update
 import treegrpo.trainer.loop
 from tests.test_trainer import tiny_values
 from treegrpo.config import resolve_config
-from treegrpo.guards import NonFiniteError
+from treegrpo.runtime.guards import NonFiniteError
 from treegrpo.rewards import register_reward
 from treegrpo.trainer import train
 
@@ -76,7 +76,7 @@ def _poisoned_model_fn(monkeypatch: pytest.MonkeyPatch, value: float) -> None:
 
 
 def _nan_gradient_loss(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = treegrpo.engine.minibatch_loss
+    original = treegrpo.engine.update.minibatch_loss
 
     def patched(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
@@ -84,7 +84,7 @@ def _nan_gradient_loss(monkeypatch: pytest.MonkeyPatch) -> None:
             out.loss = out.loss + (0.0 * out.loss).sqrt()
         return out
 
-    monkeypatch.setattr(treegrpo.engine, "minibatch_loss", patched)
+    monkeypatch.setattr(treegrpo.engine.update, "minibatch_loss", patched)
 
 
 def _run(tmp_path: Path, reward: Any = "nan_reward", **train_options: Any) -> Path:

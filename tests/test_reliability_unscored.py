@@ -14,7 +14,7 @@ import torch
 
 from tests.test_trainer import tiny_values
 from treegrpo.config import resolve_config
-from treegrpo.guards import RewardUnavailable
+from treegrpo.runtime.guards import RewardUnavailable
 from treegrpo.rewards import register_reward
 from treegrpo.trainer import train
 

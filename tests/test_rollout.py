@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.rollout import rollout_trees
-from treegrpo.sampling import FlowMatchStepper
-from treegrpo.training import Minibatch, make_minibatches, rescore_edges
+from treegrpo.math import plans
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.sampling import FlowMatchStepper
+from treegrpo.engine.minibatches import Minibatch, make_minibatches, rescore_edges
 
 
 class LinearVelocity(torch.nn.Module):
@@ -24,7 +24,7 @@ class LinearVelocity(torch.nn.Module):
         return torch.tanh(x @ self.weight) + self.prompt[cond] * (1 + step[:, None].float() / 10)
 
 
-def _rollout(plan: S.Plan, trees: int = 2, prompts: int = 2, max_batch: int = 64, seed: int = 0, antithetic: bool = False):
+def _rollout(plan: plans.Plan, trees: int = 2, prompts: int = 2, max_batch: int = 64, seed: int = 0, antithetic: bool = False):
     model = LinearVelocity(prompts=prompts)
     stepper = FlowMatchStepper(torch.linspace(1, 0, len(plan) + 1), noise_level=0.7)
     root_cond = torch.arange(prompts).repeat_interleave(trees)
@@ -39,22 +39,22 @@ def test_counts_equal_the_closed_form(case: int) -> None:
     rng = random.Random(case)
     steps, k = rng.randint(3, 9), rng.randint(2, 3)
     window = rng.randint(1, min(3, steps - 1))
-    start = rng.randint(0, S.max_window_start(steps, window))
-    plan = S.tree_plan(steps, k, window, start)
+    start = rng.randint(0, plans.max_window_start(steps, window))
+    plan = plans.tree_plan(steps, k, window, start)
     trees = 3
     _, _, r = _rollout(plan, trees=1, prompts=trees)
-    assert r.structure.num_nodes == trees * S.nodes_per_tree(plan) == trees * (k ** (window + 1) - 1) // (k - 1)
-    assert r.leaf_latents.shape[0] == trees * S.leaves_per_tree(plan) == trees * k**window
-    assert r.nfe == trees * S.rollout_nfe_per_tree(plan)
+    assert r.structure.num_nodes == trees * plans.nodes_per_tree(plan) == trees * (k ** (window + 1) - 1) // (k - 1)
+    assert r.leaf_latents.shape[0] == trees * plans.leaves_per_tree(plan) == trees * k**window
+    assert r.nfe == trees * plans.rollout_nfe_per_tree(plan)
     assert r.nfe == trees * (start + sum(k**i for i in range(window)) + k**window * (steps - start - window))
-    assert r.parent_latents.shape[0] == trees * S.training_nfe_per_tree(plan) == trees * (k**window - 1) // (k - 1)
-    assert r.child_latents.shape[0] == trees * S.trained_edges_per_tree(plan)
+    assert r.parent_latents.shape[0] == trees * plans.training_nfe_per_tree(plan) == trees * (k**window - 1) // (k - 1)
+    assert r.child_latents.shape[0] == trees * plans.trained_edges_per_tree(plan)
 
 
 def test_hand_worked_tree() -> None:
     # 4 steps, k=2 at steps 1 and 2: root -> 2 -> 4 leaves; NFE 1 + 1 + 2 + 4 = 8.
-    plan = S.tree_plan(4, 2, 2, 1)
-    assert S.describe(plan) == "o B2 B2 o"
+    plan = plans.tree_plan(4, 2, 2, 1)
+    assert plans.describe(plan) == "o B2 B2 o"
     _, _, r = _rollout(plan, trees=1, prompts=1)
     assert r.nfe == 8 and r.structure.num_nodes == 7
     assert r.structure.node_parent.tolist() == [-1, 0, 0, 1, 1, 2, 2]
@@ -66,7 +66,7 @@ def test_hand_worked_tree() -> None:
 
 
 def test_leaves_of_a_tree_share_the_prefix_and_siblings_differ() -> None:
-    plan = S.tree_plan(6, 3, 2, 2)
+    plan = plans.tree_plan(6, 3, 2, 2)
     _, _, r = _rollout(plan, trees=2, prompts=2)
     # every parent of the first branching step of a tree holds identical latents: the shared prefix
     first = r.parent_step == 2
@@ -91,7 +91,7 @@ def test_leaves_of_a_tree_share_the_prefix_and_siblings_differ() -> None:
 
 
 def test_rescoring_with_unchanged_parameters_gives_ratio_one() -> None:
-    plan = S.tree_plan(8, 3, 3, 1)
+    plan = plans.tree_plan(8, 3, 3, 1)
     model, stepper, r = _rollout(plan, trees=2, prompts=3, max_batch=5)
     edge_mask = torch.ones(r.structure.edge_child.shape[0], dtype=torch.bool)
     for batch in make_minibatches(r, edge_mask, parents_per_batch=4, generator=torch.Generator().manual_seed(0)):
@@ -101,7 +101,7 @@ def test_rescoring_with_unchanged_parameters_gives_ratio_one() -> None:
 
 
 def test_minibatches_cover_every_edge_once_with_whole_parents() -> None:
-    _, _, r = _rollout(S.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
+    _, _, r = _rollout(plans.split_plan(6, 2, [0, 3]), trees=1, prompts=2)
     mask = torch.ones(r.structure.edge_child.shape[0], dtype=torch.bool)
     batches: list[Minibatch] = make_minibatches(r, mask, 3)
     seen = torch.cat([b.edge_ids for b in batches])
@@ -111,7 +111,7 @@ def test_minibatches_cover_every_edge_once_with_whole_parents() -> None:
 
 
 def test_chunking_does_not_change_the_result_and_is_counted() -> None:
-    plan = S.tree_plan(5, 2, 2, 0)
+    plan = plans.tree_plan(5, 2, 2, 0)
     _, _, whole = _rollout(plan, max_batch=1000)
     _, _, chunked = _rollout(plan, max_batch=3)
     torch.testing.assert_close(whole.leaf_latents, chunked.leaf_latents)
@@ -119,7 +119,7 @@ def test_chunking_does_not_change_the_result_and_is_counted() -> None:
 
 
 def test_flat_plan_is_one_chain_per_trajectory() -> None:
-    plan = S.flat_plan(5, trained_steps=[1, 3])
+    plan = plans.flat_plan(5, trained_steps=[1, 3])
     _, _, r = _rollout(plan, trees=4, prompts=2)
     assert r.leaf_latents.shape[0] == 8 and r.nfe == 8 * 5
     assert r.child_latents.shape[0] == 16 and r.parent_latents.shape[0] == 16
@@ -130,12 +130,12 @@ def test_plan_length_must_match_the_sampler() -> None:
     model = LinearVelocity()
     stepper = FlowMatchStepper(torch.linspace(1, 0, 6))
     with pytest.raises(ValueError, match="plan has 4 steps"):
-        rollout_trees(model, stepper, S.tree_plan(4, 2, 1, 0), torch.zeros(1, 6), torch.zeros(1))
+        rollout_trees(model, stepper, plans.tree_plan(4, 2, 1, 0), torch.zeros(1, 6), torch.zeros(1))
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_antithetic_siblings_mirror_through_the_step_mean_and_keep_exact_log_probs(k: int) -> None:
-    plan = S.tree_plan(6, k, 2, 1)
+    plan = plans.tree_plan(6, k, 2, 1)
     model, stepper, r = _rollout(plan, trees=2, prompts=2, antithetic=True)
     edge_mask = torch.ones(r.structure.edge_child.shape[0], dtype=torch.bool)
     (batch,) = make_minibatches(r, edge_mask, parents_per_batch=r.num_parents)

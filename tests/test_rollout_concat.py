@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.engine import compute_advantages
-from treegrpo.methods import AdvantageConfig
-from treegrpo.rollout import concat_rollouts, rollout_trees
-from treegrpo.sampling import FlowMatchStepper
-from treegrpo.training import make_minibatches, rescore_edges
+from treegrpo.math import plans
+from treegrpo.engine.update import compute_advantages
+from treegrpo.engine.methods import AdvantageConfig
+from treegrpo.engine.rollout import concat_rollouts, rollout_trees
+from treegrpo.math.sampling import FlowMatchStepper
+from treegrpo.engine.minibatches import make_minibatches, rescore_edges
 from tests.test_rollout import LinearVelocity
 
 
 def test_concatenated_chunks_form_one_forest_that_rescores_exactly() -> None:
-    plan = S.split_plan(6, 2, [1, 3])  # two branchings, depths 1 and 2
+    plan = plans.split_plan(6, 2, [1, 3])  # two branchings, depths 1 and 2
     model = LinearVelocity(prompts=3)
     stepper = FlowMatchStepper(torch.linspace(1, 0, 7), noise_level=0.7)
     root_cond = torch.tensor([0, 0, 1, 1, 2])  # chunks [0, 0] [1, 1, 2]: unequal sizes

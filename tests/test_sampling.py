@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from treegrpo.sampling import DDIMStepper, FlowMatchStepper, ddim_step, flow_step
+from treegrpo.math.sampling import DDIMStepper, FlowMatchStepper, ddim_step, flow_step
 
 
 def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

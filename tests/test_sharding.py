@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from treegrpo.sharding import clip_grad_norm, full_optimizer_state, shard_optimizer_state
+from treegrpo.runtime.fsdp import clip_grad_norm, full_optimizer_state, shard_optimizer_state
 
 
 def _model_with_grads(seed: int) -> torch.nn.Module:

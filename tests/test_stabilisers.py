@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.loss import LossConfig, guarded_log_ratio, step_weights
-from treegrpo.rollout import rollout_trees
-from treegrpo.sampling import FlowMatchStepper, gaussian_log_prob
-from treegrpo.training import make_minibatches, minibatch_loss
+from treegrpo.math import plans
+from treegrpo.math.loss import LossConfig, guarded_log_ratio, step_weights
+from treegrpo.engine.rollout import rollout_trees
+from treegrpo.math.sampling import FlowMatchStepper, gaussian_log_prob
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
 from tests.test_rollout import LinearVelocity
 
 
@@ -59,7 +59,7 @@ def test_step_weights_by_hand() -> None:
         step_weights(torch.tensor([1.0, 1.0, 0.0]))
 
 
-def _rollout(plan: S.Plan, trees: int, keep_means: bool = False):
+def _rollout(plan: plans.Plan, trees: int, keep_means: bool = False):
     model = LinearVelocity(prompts=trees)
     stepper = FlowMatchStepper(torch.linspace(1, 0, len(plan) + 1), noise_level=0.7)
     noise = torch.randn(trees, 6, generator=torch.Generator().manual_seed(0))
@@ -70,8 +70,8 @@ def _rollout(plan: S.Plan, trees: int, keep_means: bool = False):
 
 def test_minibatches_in_edges_give_a_tree_and_a_flat_plan_the_same_steps_per_edge() -> None:
     # k3 w2: per tree 1 + 3 parents of 3 children = 12 edges; flat, 4 trained steps, 6 trees: 24 parents of 1 edge
-    _, _, tree = _rollout(S.tree_plan(4, k=3, window=2, start=0), trees=2)
-    _, _, flat = _rollout(S.flat_plan(4), trees=6)
+    _, _, tree = _rollout(plans.tree_plan(4, k=3, window=2, start=0), trees=2)
+    _, _, flat = _rollout(plans.flat_plan(4), trees=6)
     for rollout, parents in ((tree, [2, 2, 2, 2]), (flat, [6, 6, 6, 6])):
         mask = torch.ones(rollout.structure.num_edges, dtype=torch.bool)
         batches = make_minibatches(rollout, mask, None, torch.Generator().manual_seed(0), edges_per_batch=6)
@@ -87,7 +87,7 @@ def test_minibatches_in_edges_give_a_tree_and_a_flat_plan_the_same_steps_per_edg
 
 
 def test_guarded_ratio_is_one_before_any_update_and_needs_the_means() -> None:
-    model, stepper, rollout = _rollout(S.tree_plan(5, k=2, window=2, start=1), trees=2, keep_means=True)
+    model, stepper, rollout = _rollout(plans.tree_plan(5, k=2, window=2, start=1), trees=2, keep_means=True)
     assert rollout.parent_mean is not None and rollout.parent_mean.shape == rollout.parent_latents.shape
     mask = torch.ones(rollout.structure.num_edges, dtype=torch.bool)
     advantages = torch.randn(rollout.structure.num_edges, generator=torch.Generator().manual_seed(2))
@@ -95,13 +95,13 @@ def test_guarded_ratio_is_one_before_any_update_and_needs_the_means() -> None:
     for batch in make_minibatches(rollout, mask, 2):
         out = minibatch_loss(model, stepper, rollout, batch, advantages, cfg)
         assert out.stats["ratio_min"] == pytest.approx(1.0, abs=1e-6) and out.stats["ratio_max"] == pytest.approx(1.0, abs=1e-6)
-    _, _, without = _rollout(S.tree_plan(5, k=2, window=2, start=1), trees=2)
+    _, _, without = _rollout(plans.tree_plan(5, k=2, window=2, start=1), trees=2)
     with pytest.raises(ValueError, match="keep_means"):
         minibatch_loss(model, stepper, without, make_minibatches(without, mask, 2)[0], advantages, cfg)
 
 
 def test_depth_scale_gives_every_depth_rms_one_by_hand() -> None:
-    from treegrpo.advantages import equalize_depth_scale
+    from treegrpo.math.advantages import equalize_depth_scale
 
     edge = torch.tensor([0.3, -0.4, 1.0, -2.0, 0.0, 2.0])
     depth = torch.tensor([1, 1, 2, 2, 2, 2])
@@ -111,10 +111,10 @@ def test_depth_scale_gives_every_depth_rms_one_by_hand() -> None:
 
 
 def test_depth_scale_in_compute_advantages() -> None:
-    from treegrpo.engine import compute_advantages
-    from treegrpo.methods import AdvantageConfig
+    from treegrpo.engine.update import compute_advantages
+    from treegrpo.engine.methods import AdvantageConfig
 
-    _, _, rollout = _rollout(S.tree_plan(5, k=2, window=3, start=0), trees=3)
+    _, _, rollout = _rollout(plans.tree_plan(5, k=2, window=3, start=0), trees=3)
     scores = torch.randn(rollout.structure.leaf_node.numel(), generator=torch.Generator().manual_seed(4))
     plain = compute_advantages(rollout.structure, scores, AdvantageConfig(min_group_std=0.0)).edge
     scaled = compute_advantages(rollout.structure, scores, AdvantageConfig(min_group_std=0.0, depth_scale=True)).edge

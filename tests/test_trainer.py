@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
-from treegrpo.advantages import normalize_leaf_scores
+from treegrpo.math.advantages import normalize_leaf_scores
 from treegrpo.config import ConfigError, resolve_config
 from treegrpo.rewards.base import RewardOutputError
 from treegrpo.trainer import train

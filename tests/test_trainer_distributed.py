@@ -7,14 +7,14 @@ from typing import Any
 
 import torch
 
-from treegrpo import schedule as S
-from treegrpo.engine import compute_advantages
-from treegrpo.methods import AdvantageConfig
-from treegrpo.rollout import TreeStructure, rollout_trees
-from treegrpo.sampling import FlowMatchStepper
+from treegrpo.math import plans
+from treegrpo.engine.update import compute_advantages
+from treegrpo.engine.methods import AdvantageConfig
+from treegrpo.engine.rollout import TreeStructure, rollout_trees
+from treegrpo.math.sampling import FlowMatchStepper
 from treegrpo.trainer.distributed import gather_structure
 
-PLAN = S.tree_plan(6, k=2, window=2, start=1)
+PLAN = plans.tree_plan(6, k=2, window=2, start=1)
 
 
 class ThreadCollective:

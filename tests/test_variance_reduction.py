@@ -14,11 +14,11 @@ import torch
 import treegrpo.trainer.loop
 from tests.test_stabilisers import _rollout
 from tests.test_trainer import tiny_values
-from treegrpo import schedule as S
-from treegrpo.advantages import component_normalized_scores, sibling_baseline
+from treegrpo.math import plans
+from treegrpo.math.advantages import component_normalized_scores, sibling_baseline
 from treegrpo.config import ConfigError, resolve_config
-from treegrpo.engine import compute_advantages
-from treegrpo.methods import AdvantageConfig
+from treegrpo.engine.update import compute_advantages
+from treegrpo.engine.methods import AdvantageConfig
 
 
 def test_sibling_baseline_by_hand() -> None:
@@ -29,7 +29,7 @@ def test_sibling_baseline_by_hand() -> None:
 
 
 def test_sibling_baseline_in_compute_advantages_matches_a_loop_over_nodes() -> None:
-    _, _, rollout = _rollout(S.tree_plan(5, k=3, window=2, start=1), trees=4)
+    _, _, rollout = _rollout(plans.tree_plan(5, k=3, window=2, start=1), trees=4)
     structure = rollout.structure
     scores = torch.randn(structure.leaf_node.numel(), generator=torch.Generator().manual_seed(3))
     plain = compute_advantages(structure, scores, AdvantageConfig(min_group_std=0.0)).edge

@@ -309,7 +309,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload RUN/final (weights + model card) to a Hugging Face Hub repo."""
-    from treegrpo.sharing import push
+    from treegrpo.hub import push
 
     run = Path(args.run)
     if not run.is_dir():
@@ -439,7 +439,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _stopped(command: str, error: RuntimeError) -> int:
     """A training run that stopped on purpose: one line on stderr and its exit code; re-raises anything else."""
-    from treegrpo.guards import NonFiniteError, RewardUnavailable
+    from treegrpo.runtime.guards import NonFiniteError, RewardUnavailable
     from treegrpo.trainer import TrainingInterrupted
     from treegrpo.trainer.distributed import PeerLost
 

@@ -4,7 +4,7 @@ Sections (dataclasses used as OmegaConf structured configs)::
 
     model      ModelConfig (treegrpo.models.config): path, dtype, lora.rank, full_finetune, height, ...
     data       prompts (.txt / .jsonl / HF dataset), eval_prompts, builtin, prompts_per_iteration, ...
-    method     a preset name from treegrpo.methods.PRESETS (treegrpo, flow_grpo, mix_grpo, ...)
+    method     a preset name from treegrpo.engine.methods.PRESETS (treegrpo, flow_grpo, mix_grpo, ...)
     tree       TreeConfig: schedule, k, window, window_placement, trees, ...
     advantage  AdvantageConfig: clip, min_group_std (zero-spread guard), backup_beta, ...
     loss       LossConfig: clip_eps, node_aggregation, kl_beta
@@ -32,10 +32,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from treegrpo.choices import Choice
 from treegrpo.errors import ConfigError, did_you_mean
-from treegrpo.loss import LossConfig
-from treegrpo.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
+from treegrpo.math.loss import LossConfig
+from treegrpo.engine.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
 from treegrpo.models.config import ModelConfig, check_model_config
-from treegrpo.sampling import SdeType
+from treegrpo.math.sampling import SdeType
 
 
 class BuiltinPrompts(Choice):
@@ -335,7 +335,7 @@ class TrainerConfig:
 
     def check(self) -> None:
         """Every section's own checks, then what spans sections (rewards, the plan for ``sampling.steps``)."""
-        from treegrpo.methods import plan_for_iteration
+        from treegrpo.engine.methods import plan_for_iteration
 
         _check_finite(self)
         check_model_config(self.model)
@@ -351,7 +351,7 @@ class TrainerConfig:
 
     def _check_advantage_inputs(self) -> None:
         """A sibling baseline needs branching nodes; per-component normalisation needs components."""
-        from treegrpo.methods import Baseline, TreeSchedule
+        from treegrpo.engine.methods import Baseline, TreeSchedule
 
         if self.advantage.baseline == Baseline.siblings and self.tree.schedule not in (TreeSchedule.tree,
                                                                                       TreeSchedule.split):
@@ -365,7 +365,7 @@ class TrainerConfig:
     def _check_objective_and_rollout(self) -> None:
         """Edge-level options mean nothing to an objective that trains on clean samples, and an ODE rollout
         gives the clipped objective no edge to train."""
-        from treegrpo.methods import AdvantageConfig, TreeSchedule
+        from treegrpo.engine.methods import AdvantageConfig, TreeSchedule
 
         if self.loss.objective.likelihood_free:
             defaults = AdvantageConfig()

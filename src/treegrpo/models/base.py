@@ -1,7 +1,7 @@
 """The small interface every model family implements, so one engine and one trainer drive them all.
 
 The engine only ever sees a :data:`ModelFn` (latents, per-element step index, per-element
-conditioning index -> model output) and a :class:`~treegrpo.sampling.Stepper`. A
+conditioning index -> model output) and a :class:`~treegrpo.math.sampling.Stepper`. A
 :class:`Backbone` produces both from a diffusers model (or the 2-D toy), and decodes latents.
 Every call takes what it needs as arguments; no call records state that a later one reads::
 
@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkabl
 
 import torch
 
-from treegrpo.sampling import Schedule
+from treegrpo.math.sampling import Schedule
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``model_fn(latents [N, ...], step_index [N], cond_index [N]) -> model output [N, ...]``.

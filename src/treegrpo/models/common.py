@@ -30,7 +30,7 @@ from treegrpo.errors import ConfigError
 from treegrpo.models.acceleration import STORAGE_DTYPES, compile_blocks, store_frozen_weights
 from treegrpo.models.base import ModelFn
 from treegrpo.models.config import ModelConfig, torch_dtype
-from treegrpo.sampling import Schedule, SdeType
+from treegrpo.math.sampling import Schedule, SdeType
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.placement import resolve_device, resolve_dtype
+from treegrpo.runtime.placement import resolve_device, resolve_dtype
 
 from treegrpo.models.acceleration import STORAGE_DTYPES
 

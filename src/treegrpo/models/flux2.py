@@ -26,7 +26,7 @@ import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
-from treegrpo.sampling import FlowSchedule
+from treegrpo.math.sampling import FlowSchedule
 
 logger = logging.getLogger(__name__)
 

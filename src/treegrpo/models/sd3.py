@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
-from treegrpo.sampling import FlowSchedule
+from treegrpo.math.sampling import FlowSchedule
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     "attn.to_q",

@@ -29,7 +29,7 @@ import torch
 from treegrpo.errors import ConfigError
 from treegrpo.models.config import WAN_EXPERTS
 from treegrpo.models.common import ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, checked_image_size
-from treegrpo.sampling import FlowSchedule
+from treegrpo.math.sampling import FlowSchedule
 
 WAN_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 """Self- and cross-attention projections of every block (the ``attn1``/``attn2`` layers)."""

@@ -4,7 +4,7 @@ A reward is a callable ``(images [B, 3, H, W] float in [0, 1], prompts) -> score
 CPU). A remote reward that declares ``abstains = True`` (the VLM judge, the reward-server client)
 may return NaN for an image it could not score: the trainer leaves that image out of its group's
 statistics and of training and counts it (``reward_unscored``); from any other reward a NaN is a
-fault (:mod:`treegrpo.guards`). Editing: a reward that declares ``takes_source = True`` is also called with
+fault (:mod:`treegrpo.runtime.guards`). Editing: a reward that declares ``takes_source = True`` is also called with
 ``source_images=`` (each prompt's PIL source image, ``None`` for a plain prompt; see
 :class:`treegrpo.data.EditPrompt`); the others never see them. :class:`BatchedReward` supplies the common part (input checks, ``torch.no_grad()``, batching,
 device/dtype options); a scorer only writes :meth:`BatchedReward.score_batch`.
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from treegrpo.errors import ConfigError
-from treegrpo.placement import resolve_device, resolve_dtype
+from treegrpo.runtime.placement import resolve_device, resolve_dtype
 
 from treegrpo.rewards.pil_resample import pil_resize
 

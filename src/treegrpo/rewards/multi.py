@@ -131,7 +131,7 @@ def group_normalize(scores: torch.Tensor, group_ids: torch.Tensor, eps: float = 
     group_ids = group_ids.reshape(-1)
     if group_ids.shape != scores.shape:
         raise ValueError(f"group_ids has {group_ids.numel()} entries for {scores.numel()} scores")
-    from treegrpo.advantages import group_stats
+    from treegrpo.math.advantages import group_stats
 
     _, inverse = torch.unique(group_ids, return_inverse=True)
     mean, std = group_stats(scores, inverse, int(inverse.max().item()) + 1 if inverse.numel() else 0)

@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 import torch
 
-from treegrpo.engine import StepReport
-from treegrpo.faults import fault_point
-from treegrpo.rollout import TreeRollout, TreeStructure
-from treegrpo.sharding import clip_grad_norm
+from treegrpo.engine.update import StepReport
+from treegrpo.runtime.faults import fault_point
+from treegrpo.engine.rollout import TreeRollout, TreeStructure
+from treegrpo.runtime.fsdp import clip_grad_norm
 
 
 logger = logging.getLogger(__name__)

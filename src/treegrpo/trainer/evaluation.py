@@ -18,8 +18,8 @@ import torch
 from treegrpo.models.base import Backbone
 from treegrpo.rewards.multi import MultiReward
 from treegrpo.rewards.video import middle_frames
-from treegrpo.rollout import TreeRollout, rollout_trees
-from treegrpo.schedule import flat_plan, ode_plan
+from treegrpo.engine.rollout import TreeRollout, rollout_trees
+from treegrpo.math.plans import flat_plan, ode_plan
 
 
 @dataclass

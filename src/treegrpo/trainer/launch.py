@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from treegrpo import checkpoint as ckpt
+from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.config import TrainerConfig, with_absolute_paths
 from treegrpo.trainer.loop import Trainer
 from treegrpo.trainer.run_dir import (

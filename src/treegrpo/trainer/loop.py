@@ -8,10 +8,10 @@ evaluation, checkpoints (exact resume) and a clean stop on SIGTERM / SIGINT.
 
 Reliability: a non-finite reward, rollout log-prob, ratio, loss or gradient skips the update it
 would poison (``nonfinite_skips`` / ``nonfinite`` in metrics.jsonl); ``train.max_nonfinite_in_a_row``
-bad iterations in a row stop the run with :class:`~treegrpo.guards.NonFiniteError`. A remote reward's
+bad iterations in a row stop the run with :class:`~treegrpo.runtime.guards.NonFiniteError`. A remote reward's
 NaN means "not scored": the image is left out of its group and of training (``reward_unscored``);
 ``train.max_unscored_in_a_row`` iterations with nothing scored stop the run with a checkpoint and the
-resume command (:class:`~treegrpo.guards.RewardUnavailable`).
+resume command (:class:`~treegrpo.runtime.guards.RewardUnavailable`).
 """
 
 from __future__ import annotations
@@ -28,28 +28,28 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from treegrpo import checkpoint as ckpt
-from treegrpo.advantages import component_normalized_scores
+from treegrpo.runtime import checkpoint as ckpt
+from treegrpo.math.advantages import component_normalized_scores
 from treegrpo.config import Progress, TrainerConfig, config_values, to_yaml
 from treegrpo.errors import ConfigError
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
-from treegrpo.engine import (
+from treegrpo.engine.update import (
     EdgeAdvantages, UpdateConfig, UpdateResult, compute_advantages, draw_training_points, select_edges, update_on_samples,
     update_policy, velocities_at,
 )
-from treegrpo.faults import fault_point
-from treegrpo.likelihood_free import decay
-from treegrpo.guards import (
+from treegrpo.runtime.faults import fault_point
+from treegrpo.math.likelihood_free import decay
+from treegrpo.runtime.guards import (
     NonFiniteError, NonFiniteGuard, RewardUnavailable, UnscoredGuard, log_prob_findings, reward_findings, stats_findings,
 )
-from treegrpo.methods import plan_for_iteration, steps_ever_trained
+from treegrpo.engine.methods import plan_for_iteration, steps_ever_trained
 from treegrpo.models.base import Backbone
 from treegrpo.models.common import TrainingWindow
 from treegrpo.optim import Ema, lr_factor
-from treegrpo.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
-from treegrpo.schedule import Plan, describe
-from treegrpo.sharing import write_model_card
-from treegrpo.sharding import full_state_dict, full_tensor, shard_denoiser
+from treegrpo.engine.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
+from treegrpo.math.plans import Plan, describe
+from treegrpo.hub import write_model_card
+from treegrpo.runtime.fsdp import full_state_dict, full_tensor, shard_denoiser
 from treegrpo.trainer.budget import TimeBudget
 from treegrpo.trainer.distributed import (
     AccelerateLearner, PeerLost, Processes, balance_parents, gather_structure, process_group_kwargs, roll_call,

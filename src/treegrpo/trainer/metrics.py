@@ -21,8 +21,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from treegrpo.advantages import LeafAdvantages
-from treegrpo.faults import fault_point
+from treegrpo.math.advantages import LeafAdvantages
+from treegrpo.runtime.faults import fault_point
 from treegrpo.trainer.distributed import Processes
 from treegrpo.trainer.run_dir import write_atomic
 from treegrpo.trainer.trackers import Trackers, tracker_scalars

@@ -8,7 +8,7 @@
     RUN/tensorboard/                the same scalars, sample grids, tree pictures
     RUN/samples/step-NNNNNN.png     evaluation grids (step 0 = before training), and -captioned.png (prompt, reward)
     RUN/trees/step-NNNNNN.png       one tree of the latest rollout: the decoded image at every node
-    RUN/checkpoints/step-NNNNNN/    see treegrpo.checkpoint (exact resume)
+    RUN/checkpoints/step-NNNNNN/    see treegrpo.runtime.checkpoint (exact resume)
     RUN/final/                      the trained weights via backbone.save_trained (EMA when on) and README.md (model card)
     RUN/wandb/, RUN/swanlog/        other trackers' local files (train.log_with)
 """

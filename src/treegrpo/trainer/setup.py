@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from treegrpo import checkpoint as ckpt
+from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.config import TrainConfig, TrainerConfig, reward_weights
 from treegrpo.errors import ConfigError
 from treegrpo.data import load_prompt_sets

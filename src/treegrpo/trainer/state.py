@@ -2,7 +2,7 @@
 
 :class:`TrainingState` names every mutable piece an exact resume needs: trained weights, optimizer
 and scheduler, EMA, the prompt sampler and the random generators. :func:`save_checkpoint` and
-:func:`load_checkpoint` write and read them through :mod:`treegrpo.checkpoint` (the folder format);
+:func:`load_checkpoint` write and read them through :mod:`treegrpo.runtime.checkpoint` (the folder format);
 with FSDP every process takes part in gathering the shards.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 import torch
 
-from treegrpo import checkpoint as ckpt
+from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.data import PromptSampler
 from treegrpo.optim import Ema
-from treegrpo.sharding import full_optimizer_state, shard_optimizer_state
+from treegrpo.runtime.fsdp import full_optimizer_state, shard_optimizer_state
 from treegrpo.trainer.distributed import Processes
 
 

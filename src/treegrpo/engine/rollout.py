@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import torch
 
 from treegrpo.models.base import ModelFn
-from treegrpo.sampling import Stepper
-from treegrpo.schedule import Plan, StepKind
+from treegrpo.math.sampling import Stepper
+from treegrpo.math.plans import Plan, StepKind
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from treegrpo.errors import ConfigError
-from treegrpo.faults import fault_point
-from treegrpo.sharding import full_state_dict, shard_like
+from treegrpo.runtime.faults import fault_point
+from treegrpo.runtime.fsdp import full_state_dict, shard_like
 
 logger = logging.getLogger(__name__)
 

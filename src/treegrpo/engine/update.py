@@ -1,7 +1,7 @@
 """One GRPO-family iteration, model- and method-agnostic: plan -> trees -> scores -> advantages -> update.
 
 The trainer (and the 2-D toy) call these in order; everything method-specific comes from a
-:class:`~treegrpo.methods.MethodConfig`, everything model-specific from a ``ModelFn`` and a
+:class:`~treegrpo.engine.methods.MethodConfig`, everything model-specific from a ``ModelFn`` and a
 ``Stepper``. A :class:`Learner` hides how gradients are applied (plain torch, or accelerate).
 """
 
@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from treegrpo.advantages import (
+from treegrpo.math.advantages import (
     LeafAdvantages,
     backup_edge_advantages,
     equalize_depth_scale,
@@ -21,15 +21,15 @@ from treegrpo.advantages import (
     normalize_per_depth,
     sibling_baseline,
 )
-from treegrpo.likelihood_free import (
+from treegrpo.math.likelihood_free import (
     awm_loss, nft_loss, noised, optimality_probability, per_sample_steps, stratified_steps, velocity_kl,
 )
-from treegrpo.loss import LossConfig
-from treegrpo.methods import AdvantageConfig, Baseline
+from treegrpo.math.loss import LossConfig
+from treegrpo.engine.methods import AdvantageConfig, Baseline
 from treegrpo.models.base import ModelFn
-from treegrpo.rollout import TreeRollout, TreeStructure
-from treegrpo.sampling import Stepper
-from treegrpo.training import make_minibatches, minibatch_loss
+from treegrpo.engine.rollout import TreeRollout, TreeStructure
+from treegrpo.math.sampling import Stepper
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
 
 
 @dataclass

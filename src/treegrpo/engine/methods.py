@@ -10,11 +10,11 @@ import copy
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
-from treegrpo import schedule as S
+from treegrpo.math import plans
 from treegrpo.choices import Choice
 from treegrpo.errors import ConfigError, did_you_mean
-from treegrpo.loss import LossConfig
-from treegrpo.schedule import WindowPlacement
+from treegrpo.math.loss import LossConfig
+from treegrpo.math.plans import WindowPlacement
 
 
 class TreeSchedule(Choice):
@@ -147,7 +147,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "advantage": dict(),
         "loss": dict(clip_eps=1e-4, kl_beta=0.0),
     },
-    # likelihood-free (treegrpo.likelihood_free): deterministic rollouts, advantages over the global reward std,
+    # likelihood-free (treegrpo.math.likelihood_free): deterministic rollouts, advantages over the global reward std,
     # the published settings of each paper's code; tree.schedule=tree feeds them a tree's leaves instead
     "diffusion_nft": {
         "tree": dict(schedule="ode", trees=12),
@@ -212,30 +212,30 @@ def default_split_steps(num_steps: int) -> list[int]:
     return sorted({int(fraction * num_steps + 1e-9) for fraction in SPLIT_FRACTIONS})
 
 
-def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: int = 0) -> S.Plan:
+def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: int = 0) -> plans.Plan:
     """The per-step plan of RL iteration ``iteration`` (pure: the same iteration and seed give the same plan)."""
     if cfg.trees < 1:
         raise ValueError(f"tree.trees must be >= 1, got {cfg.trees}")
     if cfg.schedule in ("tree", "mix"):
-        start = S.window_start(
+        start = plans.window_start(
             iteration, num_steps, cfg.window, cfg.window_placement,
             start=cfg.window_start, shift=cfg.shift, shift_every=cfg.shift_every,
             geometric_ratio=cfg.geometric_ratio, seed=seed,
         )
         if cfg.schedule == "tree":
-            return S.tree_plan(num_steps, cfg.k, cfg.window, start)
-        return S.mix_plan(num_steps, cfg.window, start)
+            return plans.tree_plan(num_steps, cfg.k, cfg.window, start)
+        return plans.mix_plan(num_steps, cfg.window, start)
     if cfg.schedule == "flat":
-        trained = None if cfg.train_fraction >= 1 else S.sample_trained_steps(num_steps, cfg.train_fraction, iteration, seed)
-        return S.flat_plan(num_steps, trained)
+        trained = None if cfg.train_fraction >= 1 else plans.sample_trained_steps(num_steps, cfg.train_fraction, iteration, seed)
+        return plans.flat_plan(num_steps, trained)
     if cfg.schedule == "ode":
-        return S.ode_plan(num_steps)
+        return plans.ode_plan(num_steps)
     if cfg.schedule == "split":
         if cfg.k < 2:
             raise ValueError(f"tree.k must be >= 2 for the split schedule, got {cfg.k}")
         steps = default_split_steps(num_steps) if cfg.split_steps is None else cfg.split_steps
         try:
-            return S.split_plan(num_steps, cfg.k, steps)
+            return plans.split_plan(num_steps, cfg.k, steps)
         except ValueError as error:
             raise ValueError(
                 f"tree.split_steps={list(steps)}: {error}; set tree.split_steps=null to scale BranchGRPO's splits "
@@ -250,8 +250,8 @@ def steps_ever_trained(cfg: TreeConfig, num_steps: int) -> tuple[int, ...]:
     For denoisers that depend on the step (Wan 2.2's two experts): the model loads what these steps need.
     """
     if cfg.schedule in ("tree", "mix"):
-        S.check_window(num_steps, cfg.window)
+        plans.check_window(num_steps, cfg.window)
         fixed = cfg.window_placement == "fixed"
-        starts = [cfg.window_start] if fixed else range(S.max_window_start(num_steps, cfg.window) + 1)
+        starts = [cfg.window_start] if fixed else range(plans.max_window_start(num_steps, cfg.window) + 1)
         return tuple(sorted({t for s in starts for t in range(s, min(s + cfg.window, num_steps))}))
     return tuple(range(num_steps))  # flat (any fraction may draw any step) and split (trained SDE between splits)

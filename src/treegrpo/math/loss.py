@@ -27,7 +27,7 @@ class NodeAggregation(Choice):
 
 class Objective(Choice):
     """``loss.objective``: the clipped policy gradient over tree edges, or a likelihood-free objective on the
-    clean samples (:mod:`treegrpo.likelihood_free`)."""
+    clean samples (:mod:`treegrpo.math.likelihood_free`)."""
 
     clipped = "clipped"
     nft = "nft"
