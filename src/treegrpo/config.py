@@ -31,11 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from treegrpo.choices import Choice
+from treegrpo.engine.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
 from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.math.loss import LossConfig
-from treegrpo.engine.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
-from treegrpo.models.config import ModelConfig, check_model_config
 from treegrpo.math.sampling import SdeType
+from treegrpo.models.config import ModelConfig, check_model_config
 
 
 class BuiltinPrompts(Choice):

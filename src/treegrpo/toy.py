@@ -18,17 +18,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from treegrpo.engine.methods import MethodConfig, plan_for_iteration, preset
+from treegrpo.engine.rollout import TreeRollout, rollout_trees
 from treegrpo.engine.update import (
     TorchLearner, UpdateConfig, compute_advantages, draw_training_points, select_edges, update_on_samples, update_policy,
     velocities_at,
 )
 from treegrpo.math.likelihood_free import decay
-from treegrpo.engine.methods import MethodConfig, plan_for_iteration, preset
-from treegrpo.models.base import ModelFn
-from treegrpo.optim import Ema
-from treegrpo.engine.rollout import TreeRollout, rollout_trees
 from treegrpo.math.plans import Plan
 from treegrpo.math.sampling import FlowSchedule, Schedule
+from treegrpo.models.base import ModelFn
+from treegrpo.optim import Ema
 
 
 @dataclass

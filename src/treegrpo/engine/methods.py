@@ -10,9 +10,9 @@ import copy
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
-from treegrpo.math import plans
 from treegrpo.choices import Choice
 from treegrpo.errors import ConfigError, did_you_mean
+from treegrpo.math import plans
 from treegrpo.math.loss import LossConfig
 from treegrpo.math.plans import WindowPlacement
 

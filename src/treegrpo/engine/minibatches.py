@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from treegrpo.math.loss import LossConfig, LossOutput, gaussian_mean_kl, guarded_log_ratio, policy_loss, step_weights
-from treegrpo.models.base import ModelFn
 from treegrpo.engine.rollout import TreeRollout
+from treegrpo.math.loss import LossConfig, LossOutput, gaussian_mean_kl, guarded_log_ratio, policy_loss, step_weights
 from treegrpo.math.sampling import StepOutput, Stepper
+from treegrpo.models.base import ModelFn
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from treegrpo.models.base import ModelFn
-from treegrpo.math.sampling import Stepper
 from treegrpo.math.plans import Plan, StepKind
+from treegrpo.math.sampling import Stepper
+from treegrpo.models.base import ModelFn
 
 
 @dataclass(frozen=True)

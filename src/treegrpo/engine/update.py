@@ -13,6 +13,9 @@ from typing import Callable, Protocol
 
 import torch
 
+from treegrpo.engine.methods import AdvantageConfig, Baseline
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
+from treegrpo.engine.rollout import TreeRollout, TreeStructure
 from treegrpo.math.advantages import (
     LeafAdvantages,
     backup_edge_advantages,
@@ -25,11 +28,8 @@ from treegrpo.math.likelihood_free import (
     awm_loss, nft_loss, noised, optimality_probability, per_sample_steps, stratified_steps, velocity_kl,
 )
 from treegrpo.math.loss import LossConfig
-from treegrpo.engine.methods import AdvantageConfig, Baseline
-from treegrpo.models.base import ModelFn
-from treegrpo.engine.rollout import TreeRollout, TreeStructure
 from treegrpo.math.sampling import Stepper
-from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
+from treegrpo.models.base import ModelFn
 
 
 @dataclass

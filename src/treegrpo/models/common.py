@@ -27,10 +27,10 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from treegrpo.errors import ConfigError
+from treegrpo.math.sampling import Schedule, SdeType
 from treegrpo.models.acceleration import STORAGE_DTYPES, compile_blocks, store_frozen_weights
 from treegrpo.models.base import ModelFn
 from treegrpo.models.config import ModelConfig, torch_dtype
-from treegrpo.math.sampling import Schedule, SdeType
 
 logger = logging.getLogger(__name__)
 

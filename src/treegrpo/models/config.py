@@ -13,9 +13,8 @@ from typing import Optional
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.runtime.placement import resolve_device, resolve_dtype
-
 from treegrpo.models.acceleration import STORAGE_DTYPES
+from treegrpo.runtime.placement import resolve_dtype
 
 LORA_INIT_WEIGHTS: tuple[str, ...] = ("gaussian", "default")
 WAN_EXPERTS: tuple[str, ...] = ("auto", "high", "low", "both")

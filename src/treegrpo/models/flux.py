@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
-from treegrpo.math.sampling import FlowSchedule
 
 FLUX_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS + ("proj_mlp",)
 """Attention projections of the double and single blocks, plus the single blocks' MLP input."""

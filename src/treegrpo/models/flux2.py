@@ -24,9 +24,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
-from treegrpo.math.sampling import FlowSchedule
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from treegrpo.prompts import source_images_or_error
 from treegrpo.models.common import DenoiserInputs, TextConditioning
 from treegrpo.models.flux import FluxBackbone
+from treegrpo.prompts import source_images_or_error
 
 
 class FluxKontextBackbone(FluxBackbone):

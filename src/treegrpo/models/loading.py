@@ -16,8 +16,9 @@ import torch
 from treegrpo.errors import ConfigError
 
 from treegrpo.models.common import DiffusersBackbone, TrainingWindow
-from treegrpo.models.config import ModelConfig, resolve_device, torch_dtype, validate_model_config
+from treegrpo.models.config import ModelConfig, torch_dtype, validate_model_config
 from treegrpo.models.registry import FAMILIES, adapter_class, family_of_pipeline, supported_pipelines
+from treegrpo.runtime.placement import resolve_device
 
 BUILTIN_MODELS: dict[str, Path] = {"builtin:shapes": Path(__file__).resolve().parents[1] / "demo" / "base"}
 """``model.path`` aliases of pipelines shipped inside the package (folders, so no package above is imported)."""

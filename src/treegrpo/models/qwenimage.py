@@ -24,9 +24,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, shift_mu
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
-from treegrpo.math.sampling import FlowSchedule
 
 QWENIMAGE_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS
 """Image and text attention projections of the dual-stream blocks (same names as SD3's)."""

@@ -37,8 +37,8 @@ import torch
 
 from treegrpo.errors import ConfigError
 from treegrpo.models.common import DenoiserInputs, TextConditioning
-from treegrpo.prompts import source_images_or_error
 from treegrpo.models.qwenimage import QwenImageBackbone
+from treegrpo.prompts import source_images_or_error
 
 
 class QwenImageEditBackbone(QwenImageBackbone):

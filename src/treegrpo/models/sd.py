@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 import torch
 
+from treegrpo.math.sampling import DDIMSchedule, SdeType
 from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
 from treegrpo.models.config import ModelConfig
-from treegrpo.math.sampling import DDIMSchedule, SdeType
 
 SD_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 SUPPORTED_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")

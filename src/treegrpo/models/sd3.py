@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
 from treegrpo.math.sampling import FlowSchedule
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     "attn.to_q",

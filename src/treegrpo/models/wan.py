@@ -27,9 +27,9 @@ from typing import Any, Optional
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.models.config import WAN_EXPERTS
-from treegrpo.models.common import ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, checked_image_size
 from treegrpo.math.sampling import FlowSchedule
+from treegrpo.models.common import ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, checked_image_size
+from treegrpo.models.config import WAN_EXPERTS
 
 WAN_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 """Self- and cross-attention projections of every block (the ``attn1``/``attn2`` layers)."""

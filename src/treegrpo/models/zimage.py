@@ -21,8 +21,8 @@ from typing import Optional
 
 import torch
 
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, concat_padded, shift_mu
 from treegrpo.math.sampling import FlowSchedule
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, concat_padded, shift_mu
 
 ZIMAGE_LORA_TARGETS: tuple[str, ...] = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
 """Attention projections of the single-stream blocks (and of the noise/context refiners)."""

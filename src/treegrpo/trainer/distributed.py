@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 import torch
 
+from treegrpo.engine.rollout import TreeRollout, TreeStructure
 from treegrpo.engine.update import StepReport
 from treegrpo.runtime.faults import fault_point
-from treegrpo.engine.rollout import TreeRollout, TreeStructure
 from treegrpo.runtime.fsdp import clip_grad_norm
 
 
@@ -44,6 +44,24 @@ class PeerLost(RuntimeError):
                 else "no checkpoint was saved yet; start the run again")
         super().__init__(f"process {rank}: {who} during step {step + 1} (killed, out of memory? its own log says "
                          f"why); {kept}")
+
+
+def peer_lost(error: RuntimeError, processes: "Processes", step: int, run_dir: Path) -> Optional[PeerLost]:
+    """A collective that failed because another process died or stalled (``train.dist_timeout``), as one
+    line naming it; ``None`` for any other error (every process answers the roll call)."""
+    from treegrpo.runtime.checkpoint import latest_checkpoint
+    from treegrpo.runtime.guards import NonFiniteError, RewardUnavailable
+    from treegrpo.trainer.run_dir import resume_command
+    from treegrpo.trainer.signals import TrainingInterrupted
+
+    if processes.world == 1 or isinstance(error, (TrainingInterrupted, NonFiniteError, RewardUnavailable)):
+        return None
+    missing = roll_call(processes.rank, processes.world)
+    distributed = isinstance(error, torch.distributed.DistError) or "closed by peer" in str(error)
+    if missing == [] or (missing is None and not distributed):
+        return None
+    return PeerLost(processes.rank, processes.world, missing, step, latest_checkpoint(run_dir),
+                    resume_command(run_dir, processes.world))
 
 
 def roll_call(rank: int, world: int, wait_seconds: float = 3.0) -> Optional[list[int]]:

@@ -15,11 +15,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from treegrpo.engine.rollout import TreeRollout, rollout_trees
+from treegrpo.math.plans import flat_plan, ode_plan
 from treegrpo.models.base import Backbone
 from treegrpo.rewards.multi import MultiReward
 from treegrpo.rewards.video import middle_frames
-from treegrpo.engine.rollout import TreeRollout, rollout_trees
-from treegrpo.math.plans import flat_plan, ode_plan
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from treegrpo.config import TrainerConfig
+from treegrpo.engine.rollout import TreeRollout
 from treegrpo.models.base import Backbone
 from treegrpo.rewards.video import is_video, middle_frames
-from treegrpo.engine.rollout import TreeRollout
 from treegrpo.trainer.distributed import Processes
 from treegrpo.trainer.evaluation import RewardSet, evaluate, grid_columns, image_grid, save_png, tree_figure
 from treegrpo.trainer.metrics import MetricsLog

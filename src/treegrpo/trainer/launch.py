@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.config import TrainerConfig, with_absolute_paths
+from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.trainer.loop import Trainer
 from treegrpo.trainer.run_dir import (
     RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, trained_nothing,

@@ -22,48 +22,48 @@ import logging
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from treegrpo.runtime import checkpoint as ckpt
-from treegrpo.math.advantages import component_normalized_scores
 from treegrpo.config import Progress, TrainerConfig, config_values, to_yaml
-from treegrpo.errors import ConfigError
 from treegrpo.data import PromptSampler, PromptSets, load_prompt_sets
+from treegrpo.engine.methods import plan_for_iteration
+from treegrpo.engine.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
 from treegrpo.engine.update import (
     EdgeAdvantages, UpdateConfig, UpdateResult, compute_advantages, draw_training_points, select_edges, update_on_samples,
     update_policy, velocities_at,
 )
-from treegrpo.runtime.faults import fault_point
-from treegrpo.math.likelihood_free import decay
-from treegrpo.runtime.guards import (
-    NonFiniteError, NonFiniteGuard, RewardUnavailable, UnscoredGuard, log_prob_findings, reward_findings, stats_findings,
-)
-from treegrpo.engine.methods import plan_for_iteration, steps_ever_trained
-from treegrpo.models.base import Backbone
-from treegrpo.models.common import TrainingWindow
-from treegrpo.optim import Ema, lr_factor
-from treegrpo.engine.rollout import TreeRollout, TreeStructure, concat_rollouts, rollout_trees
-from treegrpo.math.plans import Plan, describe
 from treegrpo.hub import write_model_card
-from treegrpo.runtime.fsdp import full_state_dict, full_tensor, shard_denoiser
+from treegrpo.math.advantages import component_normalized_scores
+from treegrpo.math.likelihood_free import decay
+from treegrpo.math.plans import Plan, describe
+from treegrpo.models.base import Backbone
+from treegrpo.optim import Ema, lr_factor
+from treegrpo.runtime import checkpoint as ckpt
+from treegrpo.runtime.faults import fault_point
+from treegrpo.runtime.fsdp import full_state_dict
+from treegrpo.runtime.guards import (
+    NonFiniteGuard, RewardUnavailable, UnscoredGuard, log_prob_findings, reward_findings, stats_findings,
+)
 from treegrpo.trainer.budget import TimeBudget
 from treegrpo.trainer.distributed import (
-    AccelerateLearner, PeerLost, Processes, balance_parents, gather_structure, process_group_kwargs, roll_call,
+    AccelerateLearner, Processes, balance_parents, gather_structure, peer_lost, process_group_kwargs,
 )
 from treegrpo.trainer.evaluation import RewardSet
 from treegrpo.trainer.held_out import HeldOutEvaluation, LatestRollout
-from treegrpo.trainer.metrics import MetricsLog, iteration_record
+from treegrpo.trainer.metrics import MetricsLog, iteration_record, write_debug_dump
 from treegrpo.trainer.progress import RunProgress, rollout_bar
 from treegrpo.trainer.run_dir import resume_command, write_atomic
 from treegrpo.trainer.setup import (
-    build_judges, build_rewards, check_processes, make_generators, make_optimizer, seed_everything,
+    build_judges, build_rewards, check_launch, load_configured_backbone, make_generators, make_optimizer, seed_everything,
+    shard_if_asked,
 )
 from treegrpo.trainer.signals import StopSignals, TrainingInterrupted
 from treegrpo.trainer.state import TrainingState, load_checkpoint, save_checkpoint
+
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +129,16 @@ class Trainer:
             mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp, process_group_kwargs(cfg.train.dist_timeout)], cpu=not torch.cuda.is_available()
         )
         self.processes = Processes(self.accelerator)
-        self._check_processes()
+        check_launch(self.accelerator, cfg)
         self.prompts: PromptSets = load_prompt_sets(cfg.data, cfg.seed)
         self.sampler = PromptSampler(len(self.prompts.train), cfg.seed)
         seed_everything(cfg.seed, self.processes.rank)
-        self.backbone = backbone or self._load_backbone()
+        self.backbone = backbone or load_configured_backbone(cfg, self.processes.device)
         self.rewards = rewards or build_rewards(cfg.reward, self.processes.device)
         self.judges = judges if judges is not None else build_judges(cfg, self.processes.device)
         self.schedule = self.backbone.schedule(cfg.sampling.steps)
         self.stepper = self.schedule.stepper(cfg.sampling.noise_level, cfg.sampling.sde_type)
-        self.sharded = self._shard()
+        self.sharded = shard_if_asked(self.backbone, cfg, self.processes.world)
         self.wrapped = self.backbone.denoiser if self.sharded else self.accelerator.prepare(self.backbone.denoiser)
         self.parameters = self.backbone.trainable_parameters()
         self.optimizer = self.accelerator.prepare(make_optimizer(self.parameters, cfg.train))
@@ -203,7 +203,9 @@ class Trainer:
 
         update_start = time.time()
         if cfg.train.debug_dump and not shared.skip:
-            self._dump(iteration, scores, root_group[rollout.structure.leaf_tree.cpu()], advantages, shared)
+            write_debug_dump(self.run_dir / "debug" / f"step-{iteration + 1:06d}-rank{self.processes.rank}.pt",
+                             self.processes, self.parameters, scores, root_group[rollout.structure.leaf_tree.cpu()],
+                             advantages.leaf, shared.scores, shared.structure.leaf_group)
         if shared.skip:
             update = NO_UPDATE
         elif cfg.loss.objective.likelihood_free:
@@ -222,7 +224,11 @@ class Trainer:
         if self.anchor is not None and not shared.skip:
             self.anchor.update(decay(cfg.loss.anchor_decay, self.state.optimizer_steps))
 
-        metrics = self._metrics(iteration, epoch, plan, shared, components, advantages, stats, rollout, lr)
+        metrics = iteration_record(
+            step=iteration + 1, epoch=epoch, plan=describe(plan), scores=shared.scores, components=components,
+            leaf=advantages.leaf, stats=stats, rollout_nfe=rollout.nfe, model_calls=rollout.model_calls,
+            kl_beta=cfg.loss.kl_beta, lr=lr, prompts=cfg.data.prompts_per_iteration, processes=self.processes,
+        )
         metrics.update(
             seconds=time.time() - start, rollout_seconds=rollout_seconds, reward_seconds=reward_seconds,
             update_seconds=time.time() - update_start,
@@ -382,71 +388,6 @@ class Trainer:
         self.backbone.denoiser.eval()
         return update
 
-    def _metrics(
-        self, iteration: int, epoch: int, plan: Plan, shared: SharedScores, components: dict[str, torch.Tensor],
-        advantages: EdgeAdvantages, stats: dict[str, float], rollout: TreeRollout, lr: float,
-    ) -> dict[str, Any]:
-        """One metrics.jsonl record (global over processes)."""
-        return iteration_record(
-            step=iteration + 1, epoch=epoch, plan=describe(plan), scores=shared.scores,
-            components=components, leaf=advantages.leaf, stats=stats, rollout_nfe=rollout.nfe,
-            model_calls=rollout.model_calls, kl_beta=self.cfg.loss.kl_beta, lr=lr,
-            prompts=self.cfg.data.prompts_per_iteration, processes=self.processes,
-        )
-
-    def _dump(self, iteration: int, scores: torch.Tensor, groups: torch.Tensor, advantages: EdgeAdvantages,
-              shared: SharedScores) -> None:
-        """Per-process leaf scores, group ids and the advantages computed from the gathered data (tests)."""
-        folder = self.run_dir / "debug"
-        folder.mkdir(parents=True, exist_ok=True)
-        leaves = int(scores.shape[0])
-        offset = int(self.processes.gather(torch.tensor([leaves])).cumsum(0)[self.processes.rank]) - leaves
-        torch.save(
-            {
-                "weights_checksum": torch.stack([full_tensor(p.detach()).double().sum() for p in self.parameters]).sum().cpu(),
-                "scores": scores.cpu(), "groups": groups.cpu(),
-                "leaf_advantages": advantages.leaf.advantages[offset : offset + leaves].cpu(),
-                "all_scores": shared.scores.cpu(), "all_groups": shared.structure.leaf_group.cpu(),
-                "group_mean": advantages.leaf.group_mean.cpu(), "group_std": advantages.leaf.group_std.cpu(),
-            },
-            folder / f"step-{iteration + 1:06d}-rank{self.processes.rank}.pt",
-        )
-
-    # ------------------------------------------------------------------ set-up
-
-    def _check_processes(self) -> None:
-        """Trees must split evenly over processes; FSDP comes from ``train.fsdp``, not accelerate's plugin."""
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            raise ConfigError(
-                "accelerate's FSDP plugin is not used by treegrpo; launch with a multi-process config "
-                "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model "
-                "(configs/accelerate/README.md)"
-            )
-        check_processes(self.cfg, self.processes.world)
-
-    def _shard(self) -> bool:
-        """With ``train.fsdp`` and several processes, shard the denoiser (FSDP2); whether it was sharded."""
-        if not self.cfg.train.fsdp:
-            return False
-        if self.processes.world == 1:
-            logger.warning("train.fsdp=true with one process: nothing to shard, training unsharded")
-            return False
-        units = shard_denoiser(self.backbone.denoiser, self.cfg.train.mixed_precision)
-        logger.info("FSDP: denoiser sharded over %d processes in %d units", self.processes.world, units)
-        return True
-
-    def _load_backbone(self) -> Backbone:
-        """The configured model on this process's device."""
-        from treegrpo.models.loading import load_backbone, resolve_model_path
-
-        model = replace(self.cfg.model, path=resolve_model_path(self.cfg.model.path))
-        with_reference = self.cfg.loss.kl_beta > 0 and model.full_finetune
-        steps = self.cfg.sampling.steps  # Wan 2.2 loads (and checks) the expert(s) these steps need
-        window = TrainingWindow(steps, steps_ever_trained(self.cfg.tree, steps))
-        return load_backbone(model, device=self.processes.device, with_reference=with_reference, training_window=window)
-
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, iteration: int) -> None:
@@ -514,22 +455,10 @@ class Trainer:
         try:
             yield
         except RuntimeError as error:
-            lost = self._peer_lost(error, step())
+            lost = peer_lost(error, self.processes, step(), self.run_dir)
             if lost is None:
                 raise
             raise lost from error
-
-    def _peer_lost(self, error: RuntimeError, step: int) -> Optional[PeerLost]:
-        """A collective that failed because another process died or stalled (``train.dist_timeout``), as one
-        line naming it; ``None`` for any other error (every process answers the roll call)."""
-        if self.processes.world == 1 or isinstance(error, (TrainingInterrupted, NonFiniteError, RewardUnavailable)):
-            return None
-        missing = roll_call(self.processes.rank, self.processes.world)
-        distributed = isinstance(error, torch.distributed.DistError) or "closed by peer" in str(error)
-        if missing == [] or (missing is None and not distributed):
-            return None
-        return PeerLost(self.processes.rank, self.processes.world, missing, step, ckpt.latest_checkpoint(self.run_dir),
-                        resume_command(self.run_dir, self.processes.world))
 
     def _evaluation_due(self, step: int) -> bool:
         """An intermediate evaluation after ``step``: every ``eval_every`` steps or ``eval_every_minutes``, if it fits."""

@@ -200,3 +200,24 @@ def mean_std(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
 
 
+
+
+def write_debug_dump(path: Path, processes: Processes, parameters: Sequence[torch.Tensor], scores: torch.Tensor,
+                     groups: torch.Tensor, leaf: LeafAdvantages, all_scores: torch.Tensor, all_groups: torch.Tensor) -> None:
+    """``train.debug_dump``: this process's leaf scores, group ids and the advantages computed from the
+    gathered data, with a checksum of the weights (what the multi-process tests compare)."""
+    from treegrpo.runtime.fsdp import full_tensor
+
+    leaves = int(scores.shape[0])
+    offset = int(processes.gather(torch.tensor([leaves])).cumsum(0)[processes.rank]) - leaves
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "weights_checksum": torch.stack([full_tensor(p.detach()).double().sum() for p in parameters]).sum().cpu(),
+            "scores": scores.cpu(), "groups": groups.cpu(),
+            "leaf_advantages": leaf.advantages[offset : offset + leaves].cpu(),
+            "all_scores": all_scores.cpu(), "all_groups": all_groups.cpu(),
+            "group_mean": leaf.group_mean.cpu(), "group_std": leaf.group_std.cpu(),
+        },
+        path,
+    )

@@ -1,9 +1,10 @@
-"""What is checked and built before the first iteration, before the run folder is touched."""
+"""What is checked and built before the first iteration: the checks that run before the run folder is
+touched, and the parts the trainer is made of (model, rewards, optimizer, generators)."""
 
 from __future__ import annotations
 
+import logging
 import random
-
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -11,15 +12,21 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.config import TrainConfig, TrainerConfig, reward_weights
-from treegrpo.errors import ConfigError
 from treegrpo.data import load_prompt_sets
+from treegrpo.engine.methods import steps_ever_trained
+from treegrpo.errors import ConfigError
+from treegrpo.models.base import Backbone
+from treegrpo.models.common import TrainingWindow
 from treegrpo.models.loading import chosen_family, read_model_index, resolve_model_path
 from treegrpo.models.registry import adapter_class
+from treegrpo.runtime import checkpoint as ckpt
+from treegrpo.runtime.fsdp import shard_denoiser
 from treegrpo.trainer.evaluation import RewardSet
-from treegrpo.trainer.trackers import check_tracker_logins, check_trackers_installed
 from treegrpo.trainer.run_dir import holds_run, trained_nothing
+from treegrpo.trainer.trackers import check_tracker_logins, check_trackers_installed
+
+logger = logging.getLogger(__name__)
 
 
 def build_rewards(spec: Any, device: torch.device | str) -> RewardSet:
@@ -126,3 +133,41 @@ def make_generators(seed: int, rank: int, device: torch.device) -> dict[str, tor
         "rollout": torch.Generator(device=device).manual_seed(seed + 1_000_003 * (rank + 1)),
         "minibatch": torch.Generator().manual_seed(seed + 2_000_003 * (rank + 1)),
     }
+
+
+def check_launch(accelerator: Any, cfg: TrainerConfig) -> None:
+    """The launch fits the config: trees and minibatch split over the processes; FSDP comes from
+    ``train.fsdp``, not accelerate's plugin. (``launch.train`` checks the processes before the run folder
+    is touched; this repeats it for a ``Trainer`` built directly.)"""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError(
+            "accelerate's FSDP plugin is not used by treegrpo; launch with a multi-process config "
+            "(e.g. --config_file configs/accelerate/8gpu_ddp.yaml) and set train.fsdp=true to shard the model "
+            "(configs/accelerate/README.md)"
+        )
+    check_processes(cfg, accelerator.num_processes)
+
+
+def load_configured_backbone(cfg: TrainerConfig, device: torch.device) -> Backbone:
+    """The configured model on ``device`` (with its frozen reference when a full fine-tune has a KL term)."""
+    from treegrpo.models.loading import load_backbone
+
+    model = replace(cfg.model, path=resolve_model_path(cfg.model.path))
+    with_reference = cfg.loss.kl_beta > 0 and model.full_finetune
+    steps = cfg.sampling.steps  # Wan 2.2 loads (and checks) the expert(s) these steps need
+    window = TrainingWindow(steps, steps_ever_trained(cfg.tree, steps))
+    return load_backbone(model, device=device, with_reference=with_reference, training_window=window)
+
+
+def shard_if_asked(backbone: Backbone, cfg: TrainerConfig, world: int) -> bool:
+    """With ``train.fsdp`` and several processes, shard the denoiser (FSDP2); whether it was sharded."""
+    if not cfg.train.fsdp:
+        return False
+    if world == 1:
+        logger.warning("train.fsdp=true with one process: nothing to shard, training unsharded")
+        return False
+    units = shard_denoiser(backbone.denoiser, cfg.train.mixed_precision)
+    logger.info("FSDP: denoiser sharded over %d processes in %d units", world, units)
+    return True

@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import torch
 
-from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.data import PromptSampler
 from treegrpo.optim import Ema
+from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.runtime.fsdp import full_optimizer_state, shard_optimizer_state
 from treegrpo.trainer.distributed import Processes
 
