@@ -12,14 +12,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from treegrpo.advantages import (
+from treegrpo.math.advantages import (
     backup_edge_advantages,
     component_normalized_scores,
     group_stats,
     normalize_leaf_scores,
 )
-from treegrpo.loss import LossConfig, NodeAggregation, clipped_surrogate, gaussian_mean_kl, policy_loss
-from treegrpo.sampling import DDIMStepper, FlowMatchStepper, ddim_step, flow_step, gaussian_log_prob
+from treegrpo.math.loss import LossConfig, NodeAggregation, clipped_surrogate, gaussian_mean_kl, policy_loss
+from treegrpo.math.sampling import DDIMStepper, FlowMatchStepper, ddim_step, flow_step, gaussian_log_prob
 
 
 def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
