@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any, Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage", "wan", "flux_kontext", "qwenimage_edit")
 EDITING = ("flux_kontext", "qwenimage_edit")
 """Families whose prompts carry a source image (the benchmark gives each prompt a random picture)."""
@@ -67,12 +65,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def build_tiny(family: str, folder: Path) -> Path:
     """A tiny pipeline of ``family`` (the test builders) saved under ``folder``."""
-    sys.path.insert(0, str(REPO))
     if family == "qwenimage_edit":
-        from tests.tiny_edit_models import build_tiny_qwenimage_edit
+        from treegrpo.testing.tiny_edit_models import build_tiny_qwenimage_edit
 
         return build_tiny_qwenimage_edit(folder / family)
-    from tests.tiny_models import BUILDERS
+    from treegrpo.testing.tiny_models import BUILDERS
 
     return BUILDERS[family](folder / family)
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import pytest
 
-from tests.tiny_models import torch_threads
+from treegrpo.testing.tiny_models import torch_threads
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_step.py"
 
