@@ -6,12 +6,12 @@ per parent, a loss on them, and the backward pass into the LoRA weights.
 
 Tiny random models by default (built in a temporary folder)::
 
-    python benchmarks/backbone_step.py --out backbone_step.json
-    python benchmarks/backbone_step.py --families qwenimage flux2 zimage wan
+    python -m benchmarks.backbone_step --out backbone_step.json
+    python -m benchmarks.backbone_step --families qwenimage flux2 zimage wan
 
 or a real pipeline (family read from its model_index.json)::
 
-    python benchmarks/backbone_step.py --path stabilityai/stable-diffusion-3.5-medium --dtype bf16 --size 512
+    python -m benchmarks.backbone_step --path stabilityai/stable-diffusion-3.5-medium --dtype bf16 --size 512
 """
 
 from __future__ import annotations

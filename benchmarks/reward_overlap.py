@@ -6,7 +6,7 @@ request (a remote judge). Sequential: sample, then score. Overlapped: start scor
 ``score_async`` and sample batch k+1 while it runs (what a trainer that scores the previous batch
 while sampling the next would do), then collect.
 
-    python benchmarks/reward_overlap.py --out benchmarks/results/reward_overlap.json
+    python -m benchmarks.reward_overlap --out benchmarks/results/reward_overlap.json
 """
 
 from __future__ import annotations

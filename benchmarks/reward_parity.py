@@ -11,7 +11,7 @@
    aesthetic): old = float antialiased resize rounded once; new = ``pil_resize``. Reference: PIL's
    ``Image.resize(..., BICUBIC)`` itself. Unit: 8-bit levels.
 
-    python benchmarks/reward_parity.py --out benchmarks/results/reward_parity.json
+    python -m benchmarks.reward_parity --out benchmarks/results/reward_parity.json
 """
 
 from __future__ import annotations
