@@ -6,12 +6,12 @@ per parent, a loss on them, and the backward pass into the LoRA weights.
 
 Tiny random models by default (built in a temporary folder)::
 
-    python benchmarks/backbone_step.py --out backbone_step.json
-    python benchmarks/backbone_step.py --families qwenimage flux2 zimage wan
+    python -m benchmarks.backbone_step --out backbone_step.json
+    python -m benchmarks.backbone_step --families qwenimage flux2 zimage wan
 
 or a real pipeline (family read from its model_index.json)::
 
-    python benchmarks/backbone_step.py --path stabilityai/stable-diffusion-3.5-medium --dtype bf16 --size 512
+    python -m benchmarks.backbone_step --path stabilityai/stable-diffusion-3.5-medium --dtype bf16 --size 512
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any, Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage", "wan", "flux_kontext", "qwenimage_edit")
 EDITING = ("flux_kontext", "qwenimage_edit")
 """Families whose prompts carry a source image (the benchmark gives each prompt a random picture)."""
@@ -67,12 +65,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def build_tiny(family: str, folder: Path) -> Path:
     """A tiny pipeline of ``family`` (the test builders) saved under ``folder``."""
-    sys.path.insert(0, str(REPO))
     if family == "qwenimage_edit":
-        from tests.tiny_edit_models import build_tiny_qwenimage_edit
+        from treegrpo.testing.tiny_edit_models import build_tiny_qwenimage_edit
 
         return build_tiny_qwenimage_edit(folder / family)
-    from tests.tiny_models import BUILDERS
+    from treegrpo.testing.tiny_models import BUILDERS
 
     return BUILDERS[family](folder / family)
 

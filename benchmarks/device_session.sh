@@ -5,8 +5,8 @@
 #
 # 1. with PRETRAIN_MINUTES > 0 (default 0: the shipped base is done), continues the demo base's
 #    pretraining on the GPU, two learning rates side by side (background);
-# 2. with TINY=1, every family's tiny variant through gpu_iteration.py on CUDA (does the GPU path run?);
-# 3. with PROTOCOL_SECONDS > 0 (default 0), the shapes protocol (efficiency.py --task shapes: every
+# 2. with TINY=1, every family's tiny variant through benchmarks.gpu_iteration on CUDA (does the GPU path run?);
+# 3. with PROTOCOL_SECONDS > 0 (default 0), the shapes protocol (benchmarks.efficiency --task shapes: every
 #    preset x lr grid x 3 seeds, 1024-sample evaluations, 8 runs at a time); the runs it finishes are
 #    in results.tar (protocol/efficiency_shapes.runs.jsonl) for a later --reuse;
 # 4. then, alone on the GPU, most important first, each bounded by what is left of SECONDS (default 530):
@@ -21,7 +21,7 @@ budget=${2:-530}
 deadline=$((SECONDS + budget))
 work=/tmp/device_session
 mkdir -p "$out" "$work/results"
-export PYTHONPATH="$PWD/src:$PWD/benchmarks:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 log() { echo "[$(date +%H:%M:%S) +${SECONDS}s] $*"; }
 pack() { tar -C "$work" -cf "$out/results.tar" results; }
 left() { echo $((deadline - SECONDS)); }
@@ -55,7 +55,7 @@ if [ "${TINY:-0}" = 1 ]; then
 log "tiny variants on cuda"
 timeout 150 python3 - <<'EOF' >"$work/results/tiny_cuda.log" 2>&1
 import traceback
-import gpu_iteration
+from benchmarks import gpu_iteration
 for size in ["tiny", "flux_dev_tiny", "flux2_tiny", "zimage_tiny", "qwenimage_tiny", "wan_tiny", "flux_kontext_tiny", "qwenimage_edit_tiny"]:
     try:
         gpu_iteration.main(["--size", size, "--device", "cuda", "--dtype", "bf16", "--prompts", "1", "--warmup", "0",
@@ -81,7 +81,7 @@ protocol_seconds=${PROTOCOL_SECONDS:-0}
 if positive "$protocol_seconds"; then
   t=$(left); [ "$t" -gt "$protocol_seconds" ] && t=$protocol_seconds
   log "shapes protocol (at most ${t}s)"
-  timeout "$t" python3 benchmarks/efficiency.py --task shapes --jobs 8 --threads 2 --lrs 1e-4 3e-4 1e-3 --seeds 0 1 2 \
+  timeout "$t" python3 -m benchmarks.efficiency --task shapes --jobs 8 --threads 2 --lrs 1e-4 3e-4 1e-3 --seeds 0 1 2 \
     --prompts 8 --eval-prompts 1024 --eval-points 4 --steps 8 \
     --set model.device=cuda train.parents_per_batch=null train.edges_per_batch=32 \
     --out "$work/results/protocol" >"$work/results/protocol.log" 2>&1
@@ -91,26 +91,26 @@ if positive "$protocol_seconds"; then
 fi
 
 # 4. published sizes, alone on the GPU, most important first
-run_bench() {  # script, json/log name, cap seconds, options...
+run_bench() {  # module of benchmarks/, json/log name, cap seconds, options...
   local script=$1 name=$2 cap=$3; shift 3
   local t; t=$(left); [ "$t" -gt "$cap" ] && t=$cap
   if [ "$t" -lt 30 ]; then log "skip $name: ${t}s left"; return; fi
   log "$script $name (at most ${t}s)"
-  timeout "$t" python3 "benchmarks/$script" --device cuda --dtype bf16 "$@" >"$work/results/$name.log" 2>&1
+  timeout "$t" python3 -m "benchmarks.$script" --device cuda --dtype bf16 "$@" >"$work/results/$name.log" 2>&1
   log "$name exit $?"; tail -n 14 "$work/results/$name.log"
   pack
 }
 # the paper's iteration: SD3.5-medium, 512 px, 10 steps, CFG 4.5, full fine-tuning (fp32 masters, bf16 autocast)
-run_bench gpu_iteration.py sd35m_paper 200 --size sd35m --prompts 2 --warmup 1 --warmup-first-only --iterations 1 \
+run_bench gpu_iteration sd35m_paper 200 --size sd35m --prompts 2 --warmup 1 --warmup-first-only --iterations 1 \
   --flop-repeats 2 --out "$work/results/sd35m_paper"
 # 24 GB recipes: LoRA, gradient checkpointing, reward model offloaded; FLUX.1-dev with float8 weights
-run_bench gpu_iteration.py sd35m_24gb 60 --size sd35m --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 1 \
+run_bench gpu_iteration sd35m_24gb 60 --size sd35m --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 1 \
   --train lora --gradient-checkpointing --reward-offload --train-batch 2 --max-batch 8 --decode-batch 2 \
   --out "$work/results/sd35m_24gb"
-run_bench gpu_iteration.py flux_dev_24gb 120 --size flux_dev --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 1 \
+run_bench gpu_iteration flux_dev_24gb 120 --size flux_dev --prompts 1 --methods treegrpo --warmup 0 --flop-repeats 1 \
   --train lora --gradient-checkpointing --reward-offload --storage-dtype fp8_e4m3 --guidance 3.5 --train-batch 2 \
   --max-batch 8 --decode-batch 2 \
   --out "$work/results/flux_dev_24gb"
 # the speed levers on SD3.5-medium (full fine-tuning as the paper), compile last
-run_bench gpu_levers.py sd35m_levers 200 --size sd35m --prompts 1 --compile --out "$work/results/sd35m_levers"
+run_bench gpu_levers sd35m_levers 200 --size sd35m --prompts 1 --compile --out "$work/results/sd35m_levers"
 log "done"

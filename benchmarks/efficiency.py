@@ -15,9 +15,9 @@ A variant's own settings win over ``--set`` (an ablation's shape stays its shape
 Tasks (``--task``): ``toy``, the 2-D task of ``treegrpo.toy``; ``shapes``, the built-in task (the
 shipped tiny SD3 base trained by the real trainer, ``shapes_task.py``).
 
-    python benchmarks/efficiency.py --out benchmarks/results
-    python benchmarks/efficiency.py --ablation shape --lrs 3e-3 --out benchmarks/results
-    python benchmarks/efficiency.py --task shapes --threads 2 --lrs 1e-3 --out benchmarks/results
+    python -m benchmarks.efficiency --out benchmarks/results
+    python -m benchmarks.efficiency --ablation shape --lrs 3e-3 --out benchmarks/results
+    python -m benchmarks.efficiency --task shapes --threads 2 --lrs 1e-3 --out benchmarks/results
 
 On the shapes task ``--set section.key=value ...`` adds trainer settings to every run (they
 become part of its spec), e.g. ``--set train.lr_schedule=cosine``, or with a ``method:`` prefix to
@@ -41,7 +41,6 @@ import functools
 import json
 import math
 import multiprocessing
-import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -50,13 +49,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from benchmarks.common import (
     GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, bootstrap_reach_ratio, fmt, group_stats, markdown_table,
     pick_best, plot_curves, reach_rows, resolved, write_json,
 )
-from tasks import TASKS, train_one  # noqa: E402
+from benchmarks.tasks import TASKS, train_one
 
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
     "toy": {"budget": 400_000, "eval_points": 60},

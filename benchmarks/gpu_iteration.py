@@ -13,8 +13,8 @@ the engine's counters (and the closed forms), peak GPU memory, and the achieved 
 training forward + backward (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``, which
 counts matrix products, convolutions and attention), with MFU against ``--peak-tflops``.
 
-    python benchmarks/gpu_iteration.py --size sd35m --device cuda --dtype bf16 --out benchmarks/results
-    python benchmarks/gpu_iteration.py --size tiny --device cpu --dtype fp32      # seconds, for tests
+    python -m benchmarks.gpu_iteration --size sd35m --device cuda --dtype bf16 --out benchmarks/results
+    python -m benchmarks.gpu_iteration --size tiny --device cpu --dtype fp32      # seconds, for tests
 
 The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,25 +35,23 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import markdown_table, write_json  # noqa: E402
-from gpu_families import (  # noqa: E402
+from benchmarks.common import markdown_table, write_json
+from benchmarks.gpu_families import (
     FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
     WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
-from treegrpo.math import plans  # noqa: E402
-from treegrpo.rewards.video import DEFAULT_FRAMES, frame_indices  # noqa: E402
-from treegrpo.engine.update import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy  # noqa: E402
-from treegrpo.engine.methods import MethodConfig, plan_for_iteration, preset  # noqa: E402
-from treegrpo.models.common import TextConditioning  # noqa: E402
-from treegrpo.models.common import DiffusersBackbone  # noqa: E402
-from treegrpo.models.config import LoraConfig, ModelConfig, torch_dtype  # noqa: E402
-from treegrpo.models.registry import adapter_class  # noqa: E402
-from treegrpo.models.sd3 import SD3Backbone  # noqa: E402
-from treegrpo.engine.rollout import TreeRollout, rollout_trees  # noqa: E402
-from treegrpo.engine.minibatches import make_minibatches, minibatch_loss  # noqa: E402
+from treegrpo.math import plans
+from treegrpo.rewards.video import DEFAULT_FRAMES, frame_indices
+from treegrpo.engine.update import TorchLearner, UpdateConfig, compute_advantages, select_edges, update_policy
+from treegrpo.engine.methods import MethodConfig, plan_for_iteration, preset
+from treegrpo.models.common import TextConditioning
+from treegrpo.models.common import DiffusersBackbone
+from treegrpo.models.config import LoraConfig, ModelConfig, torch_dtype
+from treegrpo.models.registry import adapter_class
+from treegrpo.models.sd3 import SD3Backbone
+from treegrpo.engine.rollout import TreeRollout, rollout_trees
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

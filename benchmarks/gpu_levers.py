@@ -15,8 +15,8 @@ attention); TFLOP/s is FLOPs over the median of ``--repeats`` timed calls; MFU i
 ``--peak-tflops``. The JSON is rewritten after every row, so a run cut off by a time limit keeps
 what it measured.
 
-    python benchmarks/gpu_levers.py --size sd35m --device cuda --dtype bf16 --compile --out DIR
-    python benchmarks/gpu_levers.py --size tiny --device cpu --dtype fp32 --repeats 1 --train-batches 2   # a check
+    python -m benchmarks.gpu_levers --size sd35m --device cuda --dtype bf16 --compile --out DIR
+    python -m benchmarks.gpu_levers --size tiny --device cpu --dtype fp32 --repeats 1 --train-batches 2   # a check
 """
 
 from __future__ import annotations
@@ -24,22 +24,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import gpu_iteration as G
+from benchmarks.common import markdown_table, write_json
 
-import gpu_iteration as G  # noqa: E402
-from common import markdown_table, write_json  # noqa: E402
-
-from treegrpo.engine.update import TorchLearner  # noqa: E402
-from treegrpo.models.acceleration import compile_blocks  # noqa: E402
-from treegrpo.models.config import torch_dtype  # noqa: E402
-from treegrpo.engine.minibatches import make_minibatches, minibatch_loss  # noqa: E402
+from treegrpo.engine.update import TorchLearner
+from treegrpo.models.acceleration import compile_blocks
+from treegrpo.models.config import torch_dtype
+from treegrpo.engine.minibatches import make_minibatches, minibatch_loss
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, argparse.Namespace]:

@@ -1,6 +1,6 @@
 """TreeGRPO's policy gradient split by tree depth on the shapes task: its size, and whether rollouts agree on it.
 
-    python benchmarks/gradient_by_depth.py [--rollouts 6] [--k 2] [--window 3] [--start 0] [--prompts 16] [--out FILE.json]
+    python -m benchmarks.gradient_by_depth [--rollouts 6] [--k 2] [--window 3] [--start 0] [--prompts 16] [--out FILE.json]
 
 The demo's run (shipped base, fresh LoRA, the demo's settings) grows ``--rollouts`` independent
 iterations' trees at a fixed window without changing the weights (``train.lr=0``). For each
@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table  # noqa: E402
+from benchmarks.common import markdown_table
 
 
 def depth_gradients(trainer: Any, iteration: int) -> dict[int, tuple[torch.Tensor, int]]:

@@ -1,12 +1,12 @@
 """How much of a slow reward ``score_async`` hides behind sampling-like work, measured.
 
 Per iteration: "sampling" = a CPU torch matmul loop (one thread); "reward" = ``vlm_judge`` scoring a
-batch against the tests' fake OpenAI server on 127.0.0.1, which waits ``--delay`` seconds per
+batch against the fake OpenAI server of ``treegrpo.testing`` on 127.0.0.1, which waits ``--delay`` seconds per
 request (a remote judge). Sequential: sample, then score. Overlapped: start scoring batch k with
 ``score_async`` and sample batch k+1 while it runs (what a trainer that scores the previous batch
 while sampling the next would do), then collect.
 
-    python benchmarks/reward_overlap.py --out benchmarks/results/reward_overlap.json
+    python -m benchmarks.reward_overlap --out benchmarks/results/reward_overlap.json
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.fake_judge_server import FakeJudgeServer, Reply, chat  # noqa: E402
-from treegrpo.rewards import get_reward  # noqa: E402
-from treegrpo.rewards.overlap import score_async  # noqa: E402
+from treegrpo.rewards import get_reward
+from treegrpo.rewards.overlap import score_async
+from treegrpo.testing.fake_judge_server import FakeJudgeServer, Reply, chat
 
 
 def sampling_work(matmuls: int, size: int) -> torch.Tensor:

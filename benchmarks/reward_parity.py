@@ -11,14 +11,13 @@
    aesthetic): old = float antialiased resize rounded once; new = ``pil_resize``. Reference: PIL's
    ``Image.resize(..., BICUBIC)`` itself. Unit: 8-bit levels.
 
-    python benchmarks/reward_parity.py --out benchmarks/results/reward_parity.json
+    python -m benchmarks.reward_parity --out benchmarks/results/reward_parity.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests import reward_fixtures as fx  # noqa: E402
-from treegrpo.rewards.base import (  # noqa: E402
+from treegrpo.rewards.base import (
     center_crop,
     quantize_uint8,
     resize_longest_side_and_pad,
     resize_shortest_side,
     resized_shape,
 )
-from treegrpo.rewards.pil_resample import pil_resize  # noqa: E402
-from treegrpo.rewards.text_clean import open_clip_clean, pad_token_ids  # noqa: E402
+from treegrpo.rewards.pil_resample import pil_resize
+from treegrpo.rewards.text_clean import open_clip_clean, pad_token_ids
+from treegrpo.testing import reward_fixtures as fx
 
 SHAPES = [(512, 384), (384, 512), (300, 700), (576, 1024), (231, 224), (1000, 333)]
 ODD_PROMPTS = {

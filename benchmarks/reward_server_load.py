@@ -7,7 +7,7 @@ admission. For each N in ``--clients`` the same number of requests (``--requests
 retries (honouring 503 + Retry-After) until its request is scored. With ``--max-pending`` below N
 the 503 path shows up, and still no request may fail in the end.
 
-    OMP_NUM_THREADS=1 python benchmarks/reward_server_load.py --out benchmarks/results/reward_server_load.json
+    OMP_NUM_THREADS=1 python -m benchmarks.reward_server_load --out benchmarks/results/reward_server_load.json
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def main() -> None:
 
     print(table(rows))
     result = {
-        "command": " ".join(["OMP_NUM_THREADS=1 python benchmarks/reward_server_load.py", *sys.argv[1:]]),
+        "command": " ".join(["OMP_NUM_THREADS=1 python -m benchmarks.reward_server_load", *sys.argv[1:]]),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},

@@ -1,6 +1,6 @@
 """Where a trained LoRA's held-out gain comes from: the demo's evaluation split by prompt group and reward component.
 
-    python benchmarks/shapes_components.py base RUN/final [RUN2/final ...] [--prompts 1024] [--out FILE.json]
+    python -m benchmarks.shapes_components base RUN/final [RUN2/final ...] [--prompts 1024] [--out FILE.json]
 
 Each model (``base``, or a LoRA folder loaded onto the shipped base) samples the demo's held-out
 prompts with the demo's fixed evaluation noise (8 steps, no CFG: the same images as the run's own
@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table  # noqa: E402
-from shapes_headroom import base_backbone  # noqa: E402
+from benchmarks.common import markdown_table
+from benchmarks.shapes_headroom import base_backbone
 
-from treegrpo.config import BuiltinPrompts, DataConfig  # noqa: E402
-from treegrpo.data import load_prompt_sets  # noqa: E402
-from treegrpo.demo import shapes  # noqa: E402
-from treegrpo.demo.reward import ShapesReward  # noqa: E402
+from treegrpo.config import BuiltinPrompts, DataConfig
+from treegrpo.data import load_prompt_sets
+from treegrpo.demo import shapes
+from treegrpo.demo.reward import ShapesReward
 
 
 def components_by_group(model: str, prompts: Sequence[str], eval_seed: int = 0) -> dict[str, Any]:

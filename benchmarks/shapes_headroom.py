@@ -1,7 +1,7 @@
 """How much reward the shapes task leaves to RL: per prompt, the mean of k samples against the best of them.
 
-    python benchmarks/shapes_headroom.py --prompts 64 --k 8 [--lora RUN/final] [--out FILE.json]
-    python benchmarks/shapes_headroom.py --sampler tree --tree-k 2 --window 3 --start 0 [--noise 0.7]
+    python -m benchmarks.shapes_headroom --prompts 64 --k 8 [--lora RUN/final] [--out FILE.json]
+    python -m benchmarks.shapes_headroom --sampler tree --tree-k 2 --window 3 --start 0 [--noise 0.7]
 
 The shipped base (plus an optional trained LoRA) samples each held-out prompt ``k`` times with
 independent noise (8 steps, no CFG). For every reward component: the mean, the mean over prompts of
@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table  # noqa: E402
+from benchmarks.common import markdown_table
 
-from treegrpo.demo import BASE_DIR, shapes  # noqa: E402
-from treegrpo.demo.evaluate import sample_images  # noqa: E402
-from treegrpo.demo.reward import ShapesReward  # noqa: E402
-from treegrpo.demo.style import ShapesStyleReward  # noqa: E402
+from treegrpo.demo import BASE_DIR, shapes
+from treegrpo.demo.evaluate import sample_images
+from treegrpo.demo.reward import ShapesReward
+from treegrpo.demo.style import ShapesStyleReward
 
 
 def headroom(pipe: Any, prompts: Sequence[str], k: int, seed: int) -> dict[str, dict[str, float]]:

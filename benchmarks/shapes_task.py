@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from common import IterationSpend, RunHistory, RunSpec, iteration_cost, leaves_per_prompt, train_under_budget
+from benchmarks.common import IterationSpend, RunHistory, RunSpec, iteration_cost, leaves_per_prompt, train_under_budget
 
 from treegrpo.math.loss import LossConfig
 from treegrpo.engine.methods import TreeConfig, plan_for_iteration

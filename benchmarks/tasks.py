@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from common import RunSpec, TaskRunner, ToyProtocol, ToyRunner
+from benchmarks.common import RunSpec, TaskRunner, ToyProtocol, ToyRunner
 
 
 def make_toy_runner(args: argparse.Namespace) -> TaskRunner:
@@ -23,7 +23,7 @@ def make_toy_runner(args: argparse.Namespace) -> TaskRunner:
 
 def make_shapes_runner(args: argparse.Namespace) -> TaskRunner:
     """The built-in shapes task (shipped tiny SD3 base, real trainer) with the protocol's shared settings."""
-    from shapes_task import ShapesProtocol, ShapesRunner
+    from benchmarks.shapes_task import ShapesProtocol, ShapesRunner
 
     protocol = ShapesProtocol(prompts_per_iteration=args.prompts, eval_prompts=args.eval_prompts,
                               eval_points=args.eval_points, guidance_scale=args.guidance_scale, steps=args.steps)

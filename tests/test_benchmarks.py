@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import re
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Iterator
 
 import pytest
@@ -19,17 +17,6 @@ from treegrpo.engine.methods import plan_for_iteration, preset
 from treegrpo.toy import ToyRunConfig, ToyTask, pretrain_toy, train_toy
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (its folder on the path, for ``common``)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +42,7 @@ def closed_form_rollout_nfe(method: str, overrides: dict[str, dict[str, object]]
 
 
 def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
-    efficiency = load("efficiency")
+    from benchmarks import efficiency
     payload = efficiency.main([*TINY_TOY, "--methods", "treegrpo", "flow_grpo", "branch_grpo", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "efficiency_toy.json").read_text())
     assert (tmp_path / "efficiency_toy.png").stat().st_size > 0
@@ -98,7 +85,7 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
 def test_reach_is_read_at_the_evaluations_not_on_the_budget_grid() -> None:
     """Hand-worked: evaluations land just past the 5k grid points (5088, 10176); the tree's seed mean
     reaches flat's final mean (0.61) at its first evaluation, so 5088 NFE, not the next grid point."""
-    common = load("common")
+    from benchmarks import common
 
     def history(label: str, seed: int, nfe: list[int], seconds: list[float], rewards: list[float]):
         points = [common.EvalPoint(i, n, 0, 0, t, r, 0.0) for i, (n, t, r) in enumerate(zip(nfe, seconds, rewards))]
@@ -124,7 +111,7 @@ def test_bootstrap_reach_ratio_by_hand() -> None:
     """One seed each: the interval collapses to the ratio. Two seeds: the resamples can only be the four
     seed combinations, so the interval's ends are the hand-computed extremes; a method that never gets
     there has an infinite ratio; an interval that holds 1 is not resolved."""
-    common = load("common")
+    from benchmarks import common
 
     def history(label: str, seed: int, nfe: list[int], rewards: list[float]):
         points = [common.EvalPoint(i, n, 0, 0, float(n), r, 0.0) for i, (n, r) in enumerate(zip(nfe, rewards))]
@@ -147,7 +134,7 @@ def test_bootstrap_reach_ratio_by_hand() -> None:
     ("window", {"geometric r=0.5", "geometric r=0.3", "fixed start 0", "shifting 1/25 it"}),
 ])
 def test_efficiency_ablations_json(tmp_path: Path, ablation: str, labels: set[str]) -> None:
-    efficiency = load("efficiency")
+    from benchmarks import efficiency
     efficiency.main([*TINY_TOY, "--ablation", ablation, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / f"ablation_{ablation}_toy.json").read_text())
     assert {row["label"] for row in saved["reach"]} == labels
@@ -158,7 +145,7 @@ def test_efficiency_ablations_json(tmp_path: Path, ablation: str, labels: set[st
 
 def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
     """The built-in task through the real trainer: every run stays in budget, rollout NFE = closed form."""
-    efficiency = load("efficiency")
+    from benchmarks import efficiency
     efficiency.main(["--task", "shapes", "--methods", "treegrpo", "flow_grpo", "--flat-trees", "3", "--seeds", "0",
                      "--lrs", "1e-3", "--budget", "240", "--prompts", "2", "--eval-points", "2", "--eval-prompts", "4",
                      "--steps", "4", "--threads", "1", "--quiet", "--out", str(tmp_path)])
@@ -180,8 +167,7 @@ def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
                                               ("branch_grpo", {"tree": {"split_steps": [0, 1, 2, 3]}}),
                                               ("treegrpo", {})])
 def test_shapes_task_adapts_long_schedules_to_four_steps(method: str, expected: dict[str, object]) -> None:
-    load("efficiency")
-    import shapes_task
+    from benchmarks import shapes_task
 
     assert shapes_task.adapt_to_steps(method, 4) == expected
     assert shapes_task.dotted({"tree": {"split_steps": [0, 1], "k": 2}}) == ["tree.split_steps=[0,1]", "tree.k=2"]
@@ -189,9 +175,9 @@ def test_shapes_task_adapts_long_schedules_to_four_steps(method: str, expected: 
 
 def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
     """At 4 steps k2w4 does not fit (a window may not touch the last step); at 6 every ablation variant does."""
-    efficiency = load("efficiency")
-    import shapes_task
-    from common import RunSpec
+    from benchmarks import efficiency
+    from benchmarks import shapes_task
+    from benchmarks.common import RunSpec
 
     from treegrpo.config import ConfigError
 
@@ -209,9 +195,9 @@ def test_shapes_ablations_need_more_than_four_steps(tmp_path: Path) -> None:
 
 
 def test_stabiliser_ablation_adds_one_setting_each_and_reuses_the_main_treegrpo_runs(tmp_path: Path) -> None:
-    efficiency = load("efficiency")
-    import shapes_task
-    from common import RunSpec
+    from benchmarks import efficiency
+    from benchmarks import shapes_task
+    from benchmarks.common import RunSpec
 
     protocol = ["--task", "shapes", "--set", "train.parents_per_batch=null", "train.edges_per_batch=32", "treegrpo:tree.k=8", "treegrpo:tree.window=1"]
     ablation, reference = efficiency.variants_for(efficiency.parse_args([*protocol, "--ablation", "stabilisers"]))
@@ -241,9 +227,9 @@ def test_stabiliser_ablation_adds_one_setting_each_and_reuses_the_main_treegrpo_
 
 def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--set reaches every run's spec and config; lr schedules decay over the iterations that fit the budget."""
-    efficiency = load("efficiency")
-    import shapes_task
-    from common import RunSpec
+    from benchmarks import efficiency
+    from benchmarks import shapes_task
+    from benchmarks.common import RunSpec
 
     args = efficiency.parse_args(["--task", "shapes", "--methods", "treegrpo", "flow_grpo",
                                   "--set", "train.lr_schedule=cosine", "loss.kl_beta=0", "treegrpo:train.warmup=3"])
@@ -269,7 +255,7 @@ def test_shapes_settings_and_schedule_horizon(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_toy_runner_follows_train_toy() -> None:
-    common = load("common")
+    from benchmarks import common
     task = ToyTask()
     base = pretrain_toy(task, steps=30, seed=0)
     for method, overrides in (("treegrpo", {}), ("flow_grpo", {"tree": {"trees": 3}})):
@@ -283,7 +269,7 @@ def test_toy_runner_follows_train_toy() -> None:
 
 
 def test_gpu_iteration_tiny_on_cpu(tmp_path: Path) -> None:
-    gpu = load("gpu_iteration")
+    from benchmarks import gpu_iteration as gpu
     payload = gpu.main(["--size", "tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1", "--warmup", "0",
                         "--iterations", "1", "--flop-repeats", "1", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_iteration_tiny.json").read_text())
@@ -307,7 +293,7 @@ def test_gpu_iteration_tiny_on_cpu(tmp_path: Path) -> None:
 def test_gpu_iteration_trains_every_edge_of_a_random_bf16_model(tmp_path: Path) -> None:
     """Random Wan weights in bf16 decode to near-identical clips (as on the H200, where this run first trained nothing):
     the benchmark's jitter keeps the rewards above the zero-spread guard, so the timed update is a whole one."""
-    gpu = load("gpu_iteration")
+    from benchmarks import gpu_iteration as gpu
     payload = gpu.main(["--size", "wan_tiny", "--device", "cpu", "--dtype", "bf16", "--prompts", "1", "--warmup", "0",
                         "--methods", "treegrpo", "--flop-repeats", "1"])
     (tree,) = payload["results"]
@@ -316,7 +302,7 @@ def test_gpu_iteration_trains_every_edge_of_a_random_bf16_model(tmp_path: Path) 
 
 def test_gpu_iteration_24gb_recipe_options_on_a_tiny_flux(tmp_path: Path) -> None:
     """The FLUX.1-dev 24 GB recipe's options (float8 weights, checkpointing, reward offload, attention kernels) run."""
-    gpu = load("gpu_iteration")
+    from benchmarks import gpu_iteration as gpu
     payload = gpu.main(["--size", "flux_dev_tiny", "--device", "cpu", "--dtype", "bf16", "--prompts", "1", "--warmup", "0",
                         "--methods", "treegrpo", "--flop-repeats", "1", "--train", "lora", "--gradient-checkpointing",
                         "--reward-offload", "--storage-dtype", "fp8_e4m3", "--guidance", "3.5", "--train-batch", "2",
@@ -327,7 +313,7 @@ def test_gpu_iteration_24gb_recipe_options_on_a_tiny_flux(tmp_path: Path) -> Non
 
 
 def test_gpu_levers_tiny_on_cpu(tmp_path: Path) -> None:
-    levers = load("gpu_levers")
+    from benchmarks import gpu_levers as levers
     rows = levers.main(["--size", "tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1", "--repeats", "1",
                         "--train-batches", "2", "4", "--rollout-rows", "2", "--train", "lora", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_levers_tiny.json").read_text())
@@ -343,17 +329,16 @@ def test_device_session_gpu_benchmark_options_parse() -> None:
     """Every run_bench line of the GPU session script parses with its script's own options."""
     text = (BENCHMARKS / "device_session.sh").read_text().replace("\\\n", " ")
     calls = [line.split(None, 4) for line in text.splitlines() if line.startswith("run_bench ")]
-    assert {c[1] for c in calls} == {"gpu_iteration.py", "gpu_levers.py"} and len(calls) >= 4
+    assert {c[1] for c in calls} == {"gpu_iteration", "gpu_levers"} and len(calls) >= 4
+    from benchmarks import gpu_iteration, gpu_levers
+
     for _, script, _, _, options in calls:
         words = ["--device", "cuda", "--dtype", "bf16", *options.replace('"$work/results', "/tmp").replace('"', "").split()]
-        if script == "gpu_iteration.py":
-            load("gpu_iteration").parse_args(words)
-        else:
-            load("gpu_levers").parse_args(words)
+        {"gpu_iteration": gpu_iteration, "gpu_levers": gpu_levers}[script].parse_args(words)
 
 
 def test_shapes_headroom_best_of_k_skips_prompts_without_the_component(tmp_path: Path) -> None:
-    headroom = load("shapes_headroom")
+    from benchmarks import shapes_headroom as headroom
     nan = float("nan")
     grid = torch.tensor([[0.0, 1.0, 0.0, 0.0], [nan, nan, nan, nan], [0.5, 0.5, 0.5, 0.5]])
     stats = headroom.summarize(grid)
@@ -367,7 +352,7 @@ def test_shapes_headroom_best_of_k_skips_prompts_without_the_component(tmp_path:
 
 
 def test_shapes_headroom_tree_groups_each_trees_leaves_by_prompt() -> None:
-    headroom = load("shapes_headroom")
+    from benchmarks import shapes_headroom as headroom
     prompts = ["a red circle to the left of a blue square", "two green triangles", "one yellow square"]
     # without noise in the window a tree's leaves are one image: no spread within a prompt, best = mean;
     # leaves of different prompts mixed into one row would show a spread
@@ -380,7 +365,7 @@ def test_shapes_headroom_tree_groups_each_trees_leaves_by_prompt() -> None:
 
 
 def test_shapes_components_split_the_runs_own_evaluation_by_group(tmp_path: Path) -> None:
-    components = load("shapes_components")
+    from benchmarks import shapes_components as components
     payload = components.main(["base", "--prompts", "12", "--out", str(tmp_path / "c.json")])
     base = json.loads((tmp_path / "c.json").read_text())["models"]["base"]
     assert base["all"] == pytest.approx(base["eval_score"], abs=1e-6)  # the run's eval/score, recomputed from components
@@ -392,7 +377,7 @@ def test_shapes_components_split_the_runs_own_evaluation_by_group(tmp_path: Path
 
 
 def test_gradient_by_depth_summary_hand_worked_and_a_tiny_run(tmp_path: Path) -> None:
-    grad = load("gradient_by_depth")
+    from benchmarks import gradient_by_depth as grad
     t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     rows = grad.summarize([{1: (t(1.0, 0.0), 2), 2: (t(1.0, 1.0), 4)}, {1: (t(0.0, 3.0), 2), 2: (t(2.0, 2.0), 6)}])
     one, two = rows
@@ -411,8 +396,17 @@ def test_device_session_script_parses_and_its_protocol_options_are_valid() -> No
     script = BENCHMARKS / "device_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
-    call = text[text.index("benchmarks/efficiency.py") + len("benchmarks/efficiency.py"):text.index('--out "$work/results/protocol"')]
+    call = text[text.index("-m benchmarks.efficiency") + len("-m benchmarks.efficiency"):text.index('--out "$work/results/protocol"')]
     words = call.replace("\\\n", " ").split()
-    efficiency = load("efficiency")
+    from benchmarks import efficiency
     args = efficiency.parse_args([*words, "--out", "unused"])
     assert args.task == "shapes" and args.jobs == 8 and "model.device=cuda" in args.settings
+
+
+def test_benchmarks_are_a_package_that_imports_nothing_from_tests() -> None:
+    """Run as ``python -m benchmarks.<script>``: siblings by package name, test doubles from ``treegrpo.testing``."""
+    assert (BENCHMARKS / "__init__.py").is_file()
+    for file in sorted(BENCHMARKS.glob("*.py")):
+        text = file.read_text(encoding="utf-8")
+        assert "sys.path" not in text, file.name
+        assert not re.search(r"^\s*(from tests\b|import tests\b)", text, re.MULTILINE), file.name

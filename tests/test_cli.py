@@ -101,7 +101,7 @@ def test_an_internal_value_error_is_a_bug_and_keeps_its_traceback(monkeypatch: p
 
 
 def test_step_reweight_is_refused_for_ddim_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.tiny_models import tiny_pipeline
+    from treegrpo.testing.tiny_models import tiny_pipeline
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\na dog\n")

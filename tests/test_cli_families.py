@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.test_likelihood_free import FAMILY_MODELS
-from tests.tiny_models import tiny_pipeline
+from treegrpo.testing.tiny_models import tiny_pipeline
 from treegrpo.cli import main
 from treegrpo.models.registry import FAMILIES
 
@@ -44,7 +44,7 @@ def test_sample_draws_a_grid_for_every_family(family: str, tmp_path: Path, capsy
 @pytest.mark.parametrize("family", EDITING)
 def test_sample_of_an_editing_family_without_a_source_image_is_one_line(family: str, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.tiny_edit_models import build_tiny_qwenimage_edit
+    from treegrpo.testing.tiny_edit_models import build_tiny_qwenimage_edit
 
     path = tiny_pipeline("flux_kontext") if family == "flux_kontext" else build_tiny_qwenimage_edit(tmp_path / "p")
     capsys.readouterr()  # building the tiny pipeline prints bars

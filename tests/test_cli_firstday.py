@@ -295,7 +295,7 @@ def test_demo_takes_overrides_after_its_options(capsys: pytest.CaptureFixture[st
 def test_a_lora_on_another_family_is_a_one_line_error(finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The shapes run's SD3 LoRA on a FLUX model: its layer names exist there with other shapes (a state-dict
     traceback before); on a model whose layers it does not name diffusers loaded nothing and sampled the base."""
-    from tests.tiny_models import tiny_pipeline
+    from treegrpo.testing.tiny_models import tiny_pipeline
 
     code = main(["sample", "--model", str(tiny_pipeline("flux")), "--trained", str(finished_run / "final"),
                  "--prompt", "a red circle", "--steps", "2", "--height", "16", "--width", "16", "--dtype", "fp32",

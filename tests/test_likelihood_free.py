@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.test_trainer import tiny_values
-from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
+from treegrpo.testing.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
 from treegrpo.math import likelihood_free as lf
 from treegrpo.config import resolve_config
 from treegrpo.engine.update import StepReport, TrainingPoints, UpdateConfig, draw_training_points, update_on_samples

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
+from treegrpo.testing.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.acceleration import compile_blocks, repeated_blocks

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests import test_models_tree
-from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
+from treegrpo.testing.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.data import load_prompts
 from treegrpo.prompts import DataError, EditPrompt, source_image
 from treegrpo.errors import ConfigError

@@ -18,7 +18,7 @@ import torch
 
 from tests import test_models_training as training
 from tests.test_models_tree import check_tree_iteration
-from tests.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
+from treegrpo.testing.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone

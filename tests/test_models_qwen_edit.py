@@ -1,6 +1,6 @@
 """Qwen-Image-Edit through the engine, checked against diffusers' own ``QwenImageEditPipeline``.
 
-A tiny random pipeline (:mod:`tests.tiny_edit_models`), fp32, a non-square 32 x 64 image (VAE 4x
+A tiny random pipeline (:mod:`treegrpo.testing.tiny_edit_models`), fp32, a non-square 32 x 64 image (VAE 4x
 here, so 4 x 8 packed noisy tokens plus 4 x 8 source tokens). The engine's ODE plan reproduces
 the pipeline's output latents for the same instructions and source images without and with true
 CFG (the negative prompt is encoded with each source image); a tree iteration re-scores to ratio
@@ -26,8 +26,8 @@ import torch
 
 from tests import test_models_tree
 from tests.test_models_editing import SourceBrightness, _write_jsonl
-from tests.tiny_edit_models import tiny_edit_pipeline
-from tests.tiny_models import load_pipeline_like_a_user, torch_threads
+from treegrpo.testing.tiny_edit_models import tiny_edit_pipeline
+from treegrpo.testing.tiny_models import load_pipeline_like_a_user, torch_threads
 from treegrpo.prompts import EditPrompt, source_image
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone

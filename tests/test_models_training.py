@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
+from treegrpo.testing.tiny_models import TINY_MAX_SEQUENCE_LENGTH, load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
 from treegrpo.engine.rollout import rollout_trees

@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
+from treegrpo.testing.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline, torch_threads
 from treegrpo.math.advantages import backup_edge_advantages, normalize_leaf_scores
 from treegrpo.math.loss import LossConfig
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.test_models_tree import check_tree_iteration
-from tests.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
+from treegrpo.testing.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone, TrainingWindow

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_judge_server import FakeJudgeServer, Reply, chat
 from tests.test_trainer import tiny_values
+from treegrpo.testing.fake_judge_server import FakeJudgeServer, Reply, chat
 from treegrpo.config import resolve_config
 from treegrpo.trainer import train
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import reward_fixtures as fx
+from treegrpo.testing import reward_fixtures as fx
 from treegrpo.rewards import get_reward
 from treegrpo.rewards.base import (
     OPENAI_CLIP_MEAN,
@@ -27,6 +27,8 @@ from treegrpo.rewards.clip_scorers import (
 from treegrpo.rewards.weights import WeightsNotFoundError, load_state_dict
 
 PROMPTS = ["a red cat", "a photo of a dog"]
+AESTHETIC_HEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "sac+logos+ava1-l14-linearMSE.pth"
+"""The real LAION aesthetic head, where the checkout has ``../shared/data`` beside it."""
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +236,9 @@ def test_missing_aesthetic_head_names_the_source(clip_folder: Path, root: Path) 
     assert "\n" not in str(info.value) and "improved-aesthetic-predictor" in str(info.value)
 
 
-@pytest.mark.skipif(not fx.AESTHETIC_HEAD.is_file(), reason="real LAION aesthetic head not in ../shared/data")
+@pytest.mark.skipif(not AESTHETIC_HEAD.is_file(), reason="real LAION aesthetic head not in ../shared/data")
 def test_real_aesthetic_head_matches_hand_mlp() -> None:
-    state = load_state_dict(fx.AESTHETIC_HEAD)
+    state = load_state_dict(AESTHETIC_HEAD)
     assert sorted(state) == sorted(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
     mlp = PreferenceMLP.from_state_dict(state, what="LAION head")
     assert [m.out_features for m in mlp.layers if isinstance(m, torch.nn.Linear)] == [1024, 128, 64, 16, 1]

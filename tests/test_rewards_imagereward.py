@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import reward_fixtures as fx
+from treegrpo.testing import reward_fixtures as fx
 from treegrpo.rewards import get_reward
 from treegrpo.rewards.base import clip_preprocess
 from treegrpo.rewards.imagereward import (

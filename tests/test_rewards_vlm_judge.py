@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fake_judge_server import DROP, FakeJudgeServer, Reply, chat
+from treegrpo.testing.fake_judge_server import DROP, FakeJudgeServer, Reply, chat
 from treegrpo.rewards import get_reward
 from treegrpo.rewards.server import RemoteRewardError
 from treegrpo.rewards.vlm_judge import parse_rating, parse_yes_no, yes_probability

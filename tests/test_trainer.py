@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
+from treegrpo.testing.tiny_models import TINY_MAX_SEQUENCE_LENGTH, tiny_pipeline
 from treegrpo.math.advantages import normalize_leaf_scores
 from treegrpo.config import ConfigError, resolve_config
 from treegrpo.rewards.base import RewardOutputError

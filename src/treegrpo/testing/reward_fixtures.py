@@ -1,4 +1,5 @@
-"""Tiny tokenizers and random checkpoints in the official key layouts, for the reward tests.
+"""Tiny tokenizers and random checkpoints in the official key layouts, for the reward tests and the
+reward-parity benchmark.
 
 Also two small plain-torch reference forwards written from the original architectures (open_clip's
 ViT/text tower on ``nn.MultiheadAttention``; BLIP's timm ViT + BERT with cross-attention), used to
@@ -13,9 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-AESTHETIC_HEAD = SHARED_DATA / "sac+logos+ava1-l14-linearMSE.pth"
 
 
 # ----------------------------------------------------------------------------- tokenizers

@@ -1,5 +1,5 @@
 """A small stand-in for vLLM's OpenAI server (``POST /v1/chat/completions``) on 127.0.0.1, for the
-judge tests and ``benchmarks/reward_overlap.py``. A ``script(request, call_number)`` decides each
+judge tests and ``benchmarks.reward_overlap``. A ``script(request, call_number)`` decides each
 answer: ``Reply`` (status, JSON or raw body, optional delay) or ``DROP`` (close without answering)."""
 
 from __future__ import annotations

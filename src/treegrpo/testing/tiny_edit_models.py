@@ -1,4 +1,4 @@
-"""Tiny random-weight editing pipelines (Qwen-Image-Edit), built offline like :mod:`tests.tiny_models`.
+"""Tiny random-weight editing pipelines (Qwen-Image-Edit), built offline like :mod:`treegrpo.testing.tiny_models`.
 
 The Qwen-Image-Edit pipeline encodes the prompt with Qwen2.5-VL *and* the source image, through a
 ``Qwen2VLProcessor``. transformers 5 builds that processor's video processor with torchvision,
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import ProcessorMixin, Qwen2VLProcessor  # noqa: F401 (see below)
 
-from tests.tiny_models import build_tiny_qwenimage, tiny_pipeline
+from treegrpo.testing.tiny_models import build_tiny_qwenimage, tiny_pipeline
 
 # ProcessorMixin is imported on purpose: diffusers finds a component's load method by looking up the
 # base classes (ProcessorMixin, ...) in the module model_index.json names, here this one.
@@ -77,7 +77,7 @@ def build_tiny_qwenimage_edit(path: str | Path, seed: int = 0) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def tiny_edit_pipeline(family: str = "qwenimage_edit") -> Path:
-    """A tiny editing pipeline folder built once per test process (see :func:`tests.tiny_models.tiny_pipeline`)."""
+    """A tiny editing pipeline folder built once per test process (see :func:`treegrpo.testing.tiny_models.tiny_pipeline`)."""
     if family != "qwenimage_edit":
         return tiny_pipeline(family)
     import atexit

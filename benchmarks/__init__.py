@@ -1,0 +1,1 @@
+"""The benchmarks behind benchmarks/RESULTS.md, run from the repository root as ``python -m benchmarks.<script>``."""

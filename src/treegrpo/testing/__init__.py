@@ -1,0 +1,1 @@
+"""Tiny random-config models and test doubles, for tests and benchmarks; no weights."""
