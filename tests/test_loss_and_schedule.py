@@ -38,7 +38,7 @@ def test_aggregation_per_parent() -> None:
     parent = torch.tensor([0, 0, 0, 1])
     assert float(aggregate_per_parent(values, parent, "mean")) == pytest.approx((3.0 + 10.0) / 2)
     assert float(aggregate_per_parent(values, parent, "sum")) == pytest.approx((9.0 + 10.0) / 2)
-    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+    with pytest.raises(ValueError, match="not a valid NodeAggregation"):
         aggregate_per_parent(values, parent, "max")
 
 

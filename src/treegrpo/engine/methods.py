@@ -13,6 +13,7 @@ from typing import Any, Optional
 from treegrpo.choices import Choice
 from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.math import plans
+from treegrpo.math.advantages import StdScope
 from treegrpo.math.loss import LossConfig
 from treegrpo.math.plans import WindowPlacement
 
@@ -25,13 +26,6 @@ class TreeSchedule(Choice):
     mix = "mix"
     split_ = "split"  # "split" is a str method
     ode = "ode"  # deterministic trajectories (the likelihood-free objectives' rollouts)
-
-
-class StdScope(Choice):
-    """Leaf advantages divide by the std of their prompt group, or by the std over every leaf."""
-
-    group = "group"
-    global_ = "global"
 
 
 class Baseline(Choice):
@@ -216,21 +210,21 @@ def plan_for_iteration(cfg: TreeConfig, num_steps: int, iteration: int, seed: in
     """The per-step plan of RL iteration ``iteration`` (pure: the same iteration and seed give the same plan)."""
     if cfg.trees < 1:
         raise ValueError(f"tree.trees must be >= 1, got {cfg.trees}")
-    if cfg.schedule in ("tree", "mix"):
+    if cfg.schedule in (TreeSchedule.tree, TreeSchedule.mix):
         start = plans.window_start(
             iteration, num_steps, cfg.window, cfg.window_placement,
             start=cfg.window_start, shift=cfg.shift, shift_every=cfg.shift_every,
             geometric_ratio=cfg.geometric_ratio, seed=seed,
         )
-        if cfg.schedule == "tree":
+        if cfg.schedule == TreeSchedule.tree:
             return plans.tree_plan(num_steps, cfg.k, cfg.window, start)
         return plans.mix_plan(num_steps, cfg.window, start)
-    if cfg.schedule == "flat":
+    if cfg.schedule == TreeSchedule.flat:
         trained = None if cfg.train_fraction >= 1 else plans.sample_trained_steps(num_steps, cfg.train_fraction, iteration, seed)
         return plans.flat_plan(num_steps, trained)
-    if cfg.schedule == "ode":
+    if cfg.schedule == TreeSchedule.ode:
         return plans.ode_plan(num_steps)
-    if cfg.schedule == "split":
+    if cfg.schedule == TreeSchedule.split_:
         if cfg.k < 2:
             raise ValueError(f"tree.k must be >= 2 for the split schedule, got {cfg.k}")
         steps = default_split_steps(num_steps) if cfg.split_steps is None else cfg.split_steps
@@ -249,9 +243,9 @@ def steps_ever_trained(cfg: TreeConfig, num_steps: int) -> tuple[int, ...]:
 
     For denoisers that depend on the step (Wan 2.2's two experts): the model loads what these steps need.
     """
-    if cfg.schedule in ("tree", "mix"):
+    if cfg.schedule in (TreeSchedule.tree, TreeSchedule.mix):
         plans.check_window(num_steps, cfg.window)
-        fixed = cfg.window_placement == "fixed"
+        fixed = cfg.window_placement == WindowPlacement.fixed
         starts = [cfg.window_start] if fixed else range(plans.max_window_start(num_steps, cfg.window) + 1)
         return tuple(sorted({t for s in starts for t in range(s, min(s + cfg.window, num_steps))}))
     return tuple(range(num_steps))  # flat (any fraction may draw any step) and split (trained SDE between splits)

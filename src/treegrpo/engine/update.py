@@ -25,9 +25,9 @@ from treegrpo.math.advantages import (
     sibling_baseline,
 )
 from treegrpo.math.likelihood_free import (
-    awm_loss, nft_loss, noised, optimality_probability, per_sample_steps, stratified_steps, velocity_kl,
+    TimestepSampling, awm_loss, nft_loss, noised, optimality_probability, per_sample_steps, stratified_steps, velocity_kl,
 )
-from treegrpo.math.loss import LossConfig
+from treegrpo.math.loss import LossConfig, Objective
 from treegrpo.math.sampling import Stepper
 from treegrpo.models.base import ModelFn
 
@@ -204,7 +204,7 @@ def draw_training_points(samples: torch.Tensor, num_steps: int, cfg: LossConfig,
                          generator: torch.Generator | None) -> TrainingPoints:
     """The (step, noise) pairs each of ``samples`` ``[N, ...]`` is trained at, as ``loss.timesteps`` says."""
     n = int(samples.shape[0])
-    if cfg.timesteps == "stratified":
+    if cfg.timesteps == TimestepSampling.stratified:
         steps = stratified_steps(n, num_steps, cfg.timestep_draws, 1, cfg.timestep_fraction, generator)
     else:
         steps = per_sample_steps(n, num_steps, cfg.timestep_fraction, generator)
@@ -253,7 +253,7 @@ def update_on_samples(
     nothing, and NFT's loss at advantage 0 is not zero); minibatches keep their size on every process.
     """
     objective = loss_cfg.objective
-    if objective == "nft" and anchor_velocity is None:
+    if objective == Objective.nft and anchor_velocity is None:
         raise ValueError("loss.objective=nft needs the old policy's velocity at every training point")
     n, draws = int(samples.shape[0]), points.draws
     per_batch = update_cfg.parents_per_batch or max(1, (update_cfg.edges_per_batch or draws) // draws)
@@ -272,7 +272,7 @@ def update_on_samples(
                 x0 = samples[rows]
                 x_s = noised(x0, points.noise[rows, j], sigma)
                 velocity = model_fn(x_s, step, cond_index[rows])
-                if objective == "nft":
+                if objective == Objective.nft:
                     assert anchor_velocity is not None
                     r = optimality_probability(advantages[rows], advantage_clip)
                     per_sample = nft_loss(velocity, anchor_velocity[rows, j], x_s, x0, sigma, r, loss_cfg.nft_beta,
@@ -285,7 +285,7 @@ def update_on_samples(
                     kl = velocity_kl(velocity, reference_velocity[rows, j])
                     per_sample = per_sample + loss_cfg.kl_beta * kl
                     stats["kl"] = float(kl.detach().mean())
-                if objective == "awm" and anchor_velocity is not None and loss_cfg.ema_kl_beta > 0:
+                if objective == Objective.awm and anchor_velocity is not None and loss_cfg.ema_kl_beta > 0:
                     per_sample = per_sample + loss_cfg.ema_kl_beta * velocity_kl(velocity, anchor_velocity[rows, j])
                 if sample_weight is not None:
                     per_sample = per_sample * sample_weight[rows]

@@ -19,6 +19,15 @@ from typing import Mapping, Optional
 
 import torch
 
+from treegrpo.choices import Choice
+
+
+class StdScope(Choice):
+    """Leaf advantages divide by the std of their prompt group, or by the std over every leaf."""
+
+    group = "group"
+    global_ = "global"
+
 
 @dataclass
 class LeafAdvantages:
@@ -68,7 +77,7 @@ def normalize_leaf_scores(
     *,
     clip: float = 5.0,
     eps: float = 1e-8,
-    std_scope: str = "group",
+    std_scope: StdScope = StdScope.group,
     min_group_std: float = 1e-3,
     std_floor: float = 0.0,
 ) -> LeafAdvantages:
@@ -79,14 +88,13 @@ def normalize_leaf_scores(
     is left out of its group's mean and std and gets advantage 0; a group with fewer than two scored
     leaves has no spread and is guarded.
     """
-    if std_scope not in ("group", "global"):
-        raise ValueError(f"advantage.std_scope must be 'group' or 'global', got {std_scope!r}")
+    std_scope = StdScope(std_scope)  # a bad value raises ValueError
     scores = scores.to(torch.float32)
     scored = torch.isfinite(scores)
     _, dense = torch.unique(groups, return_inverse=True)
     num_groups = int(dense.max()) + 1 if dense.numel() else 0
     mean, std = group_stats(scores, dense, num_groups, scored)
-    if std_scope == "group":
+    if std_scope is StdScope.group:
         scale = std[dense]
     else:
         scale = scores[scored].std(unbiased=False).expand_as(scores) if bool(scored.any()) else torch.zeros_like(scores)

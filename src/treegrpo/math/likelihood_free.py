@@ -29,15 +29,31 @@ Pure functions; the caller supplies velocities, samples and sigmas.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
+
+from treegrpo.choices import Choice
 
 ADAPTIVE_FLOOR = 1e-5
 """DiffusionNFT's floor on the adaptive weight's denominator (``clip(min=1e-5)`` in the official code)."""
 GHUBER_EPS = 1e-10
 """AWM's offset inside the generalised Huber weighting (keeps ``l^p`` differentiable at 0)."""
-DecaySchedule = Literal["none", "linear_to_0_5", "delayed_linear_to_0_999", "linear_to_0_3"]
+
+
+class TimestepSampling(Choice):
+    """``loss.timesteps``: DiffusionNFT's per-sample random steps, or AWM's strata shared by the batch."""
+
+    per_sample = "per_sample"
+    stratified = "stratified"
+
+
+class DecaySchedule(Choice):
+    """How far a slow copy of the trained weights trails them, by optimizer steps (see :func:`decay`)."""
+
+    none = "none"
+    linear_to_0_5 = "linear_to_0_5"
+    delayed_linear_to_0_999 = "delayed_linear_to_0_999"
+    linear_to_0_3 = "linear_to_0_3"
 
 
 def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
@@ -103,24 +119,23 @@ def velocity_kl(velocity: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean((velocity - other.detach()) ** 2)
 
 
-def decay(schedule: str, step: int) -> float:
+def decay(schedule: DecaySchedule, step: int) -> float:
     """The weight ``eta`` of the old copy in ``theta_old <- eta theta_old + (1 - eta) theta`` after ``step``
     optimizer steps: DiffusionNFT's ``min(0.001 i, 0.5)`` and its delayed ``min(0.0075 (i - 75), 0.999)``;
     AWM's EMA term ``min(0.001 i, 0.3)``; ``none``: 0 (the copy follows the policy)."""
-    if schedule == "none":
+    schedule = DecaySchedule(schedule)  # an unknown name raises ValueError
+    if schedule is DecaySchedule.none:
         return 0.0
-    if schedule == "linear_to_0_5":
+    if schedule is DecaySchedule.linear_to_0_5:
         return min(0.001 * step, 0.5)
-    if schedule == "delayed_linear_to_0_999":
+    if schedule is DecaySchedule.delayed_linear_to_0_999:
         return 0.0 if step < 75 else min(0.0075 * (step - 75), 0.999)
-    if schedule == "linear_to_0_3":
-        return min(0.001 * step, 0.3)
-    raise ValueError(f"unknown decay schedule {schedule!r}; use none, linear_to_0_5, delayed_linear_to_0_999 or linear_to_0_3")
+    return min(0.001 * step, 0.3)
 
 
-def draws_per_sample(num_steps: int, timesteps: str, fraction: float, draws: int) -> int:
+def draws_per_sample(num_steps: int, timesteps: TimestepSampling, fraction: float, draws: int) -> int:
     """How many training points each clean sample gets (what :func:`per_sample_steps` / :func:`stratified_steps` draw)."""
-    if timesteps == "stratified":
+    if TimestepSampling(timesteps) is TimestepSampling.stratified:
         last = max(2, int(num_steps * fraction))
         return min(draws, last - 1)
     return max(1, int(num_steps * fraction))

@@ -16,6 +16,7 @@ import torch
 
 from treegrpo.choices import Choice
 from treegrpo.errors import ConfigError
+from treegrpo.math.likelihood_free import DecaySchedule, TimestepSampling
 
 
 class NodeAggregation(Choice):
@@ -39,16 +40,6 @@ class Objective(Choice):
         return self is not Objective.clipped
 
 
-class TimestepSampling(Choice):
-    """``loss.timesteps``: DiffusionNFT's per-sample random steps, or AWM's strata shared by the batch."""
-
-    per_sample = "per_sample"
-    stratified = "stratified"
-
-
-DECAY_SCHEDULES: tuple[str, ...] = ("none", "linear_to_0_5", "delayed_linear_to_0_999", "linear_to_0_3")
-
-
 @dataclass
 class LossConfig:
     """Options of the objective (the ``loss`` config section)."""
@@ -68,7 +59,7 @@ class LossConfig:
     step, normalised to mean 1 over the schedule, so every step's gradient has one scale (flow models)."""
     nft_beta: float = 1.0
     """DiffusionNFT's beta: how far the implicit positive / negative policies sit from the old one (1 or 0.1)."""
-    old_policy_decay: str = "none"
+    old_policy_decay: DecaySchedule = DecaySchedule.none
     """DiffusionNFT's sampling policy ``theta_old <- eta theta_old + (1 - eta) theta`` after each iteration, ``eta``
     by optimizer steps: ``none`` (on-policy), ``linear_to_0_5`` (min(0.001 i, 0.5), the paper's),
     ``delayed_linear_to_0_999``; rollouts sample from it and ``v_old`` is its velocity."""
@@ -87,27 +78,25 @@ class LossConfig:
     def keeps_anchor(self) -> bool:
         """Whether the objective keeps a slow copy of the trained weights: DiffusionNFT's sampling policy (with a
         decay schedule) or the EMA of AWM's second KL term."""
-        return (self.objective == "nft" and self.old_policy_decay != "none") or (
-            self.objective == "awm" and self.ema_kl_beta > 0)
+        return (self.objective == Objective.nft and self.old_policy_decay != DecaySchedule.none) or (
+            self.objective == Objective.awm and self.ema_kl_beta > 0)
 
     @property
-    def anchor_decay(self) -> str:
+    def anchor_decay(self) -> DecaySchedule:
         """The slow copy's decay schedule: ``loss.old_policy_decay`` (nft), AWM's ``min(0.001 i, 0.3)`` (awm)."""
-        return self.old_policy_decay if self.objective == "nft" else "linear_to_0_3"
+        return self.old_policy_decay if self.objective == Objective.nft else DecaySchedule.linear_to_0_3
 
     def check(self) -> None:
         """Ranges the types cannot express and settings of one objective given to another; one-line ConfigError."""
         self.objective = Objective.parse(self.objective, "loss.objective")
         self.node_aggregation = NodeAggregation.parse(self.node_aggregation, "loss.node_aggregation")
         self.timesteps = TimestepSampling.parse(self.timesteps, "loss.timesteps")
+        self.old_policy_decay = DecaySchedule.parse(self.old_policy_decay, "loss.old_policy_decay")
         if not self.clip_eps > 0:
             raise ConfigError(f"loss.clip_eps must be > 0, got {self.clip_eps}")
         for key in ("kl_beta", "ema_kl_beta"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0 (0 = no KL term), got {getattr(self, key)}")
-        if self.old_policy_decay not in DECAY_SCHEDULES:
-            raise ConfigError(f"loss.old_policy_decay {self.old_policy_decay!r} is not a schedule; use one of "
-                              f"{', '.join(DECAY_SCHEDULES)}")
         for key in ("nft_beta", "awm_power"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"loss.{key} must be > 0, got {getattr(self, key)}")
@@ -176,13 +165,12 @@ def clipped_surrogate(
     return torch.maximum(unclipped, clipped), ratio
 
 
-def aggregate_per_parent(values: torch.Tensor, parent: torch.Tensor, how: str) -> torch.Tensor:
+def aggregate_per_parent(values: torch.Tensor, parent: torch.Tensor, how: NodeAggregation) -> torch.Tensor:
     """Mean over parents of the per-parent sum or mean of ``values`` (``parent``: dense ids)."""
-    if how not in ("mean", "sum"):
-        raise ValueError(f"loss.node_aggregation must be 'mean' or 'sum', got {how!r}")
+    how = NodeAggregation(how)  # a bad value raises ValueError
     num = int(parent.max()) + 1
     total = torch.zeros(num, dtype=values.dtype, device=values.device).index_add(0, parent, values)
-    if how == "mean":
+    if how is NodeAggregation.mean:
         count = torch.zeros(num, dtype=values.dtype, device=values.device).index_add(
             0, parent, torch.ones_like(values)
         )

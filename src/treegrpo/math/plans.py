@@ -152,22 +152,21 @@ def window_start(
     """
     check_window(num_steps, window)
     last = max_window_start(num_steps, window)
-    if placement == "fixed":
+    placement = WindowPlacement(placement)  # a bad value raises ValueError
+    if placement is WindowPlacement.fixed:
         if not 0 <= start <= last:
             raise ValueError(f"tree.window_start must lie in [0, {last}], got {start}")
         return start
-    if placement == "shifting":
+    if placement is WindowPlacement.shifting:
         if shift_every < 1:
             raise ValueError(f"tree.shift_every must be >= 1, got {shift_every}")
         return (start + shift * (iteration // shift_every)) % (last + 1)
-    if placement == "geometric":
-        r = geometric_ratio
-        if not 0 < r < 1:
-            raise ValueError(f"tree.geometric_ratio must lie in (0, 1), got {r}")
-        weights = [(1 - r) * r**i for i in range(last + 1)]
-        rng = random.Random(f"{seed}:window:{iteration}")
-        return rng.choices(range(last + 1), weights=weights)[0]
-    raise ValueError(f"unknown window placement {placement!r}; use fixed, shifting or geometric")
+    r = geometric_ratio
+    if not 0 < r < 1:
+        raise ValueError(f"tree.geometric_ratio must lie in (0, 1), got {r}")
+    weights = [(1 - r) * r**i for i in range(last + 1)]
+    rng = random.Random(f"{seed}:window:{iteration}")
+    return rng.choices(range(last + 1), weights=weights)[0]
 
 
 def geometric_window_probabilities(num_steps: int, window: int, ratio: float) -> list[float]:
