@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from treegrpo.config import LrSchedule as LrScheduleChoice
 
 LrSchedule = Literal["constant", "linear", "cosine"]
 
 
-def lr_factor(schedule: LrSchedule, warmup: int, total: int, n: int) -> float:
-    """Multiplier of the base learning rate after ``n`` scheduler steps of ``total``."""
+def lr_factor(schedule: LrSchedule | LrScheduleChoice, warmup: int, total: int, n: int) -> float:
+    """Multiplier of the base learning rate after ``n`` scheduler steps of ``total``.
+
+    ``schedule``: one of :data:`LrSchedule`, or the config's choice of one (a string enum of the same values).
+    """
     if warmup > 0 and n < warmup:
         return (n + 1) / warmup
     if schedule == "constant":

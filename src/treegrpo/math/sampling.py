@@ -180,7 +180,8 @@ class Stepper(Protocol):
     ``stochastic`` selects the SDE (True) or the deterministic ODE/DDIM-0 step (False) per element.
     """
 
-    num_steps: int
+    @property
+    def num_steps(self) -> int: ...
 
     def step(
         self,

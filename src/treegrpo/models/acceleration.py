@@ -9,7 +9,7 @@ graph, so compiling takes seconds, not minutes).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -20,11 +20,20 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 """``model.storage_dtype`` names of the float8 formats frozen weights can be stored in."""
 
 
-def diffusers_models(module: torch.nn.Module) -> list[torch.nn.Module]:
+@runtime_checkable
+class LayerwiseCasting(Protocol):
+    """A diffusers model: ``ModelMixin`` has ``enable_layerwise_casting``."""
+
+    def enable_layerwise_casting(
+        self, storage_dtype: torch.dtype = ..., compute_dtype: Optional[torch.dtype] = None
+    ) -> None: ...
+
+
+def diffusers_models(module: torch.nn.Module) -> list[LayerwiseCasting]:
     """The diffusers models inside ``module``: itself, or the experts a wrapper holds (Wan 2.2)."""
-    if hasattr(module, "enable_layerwise_casting"):
+    if isinstance(module, LayerwiseCasting):
         return [module]
-    return [child for child in module.children() if hasattr(child, "enable_layerwise_casting")]
+    return [child for child in module.children() if isinstance(child, LayerwiseCasting)]
 
 
 def store_frozen_weights(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> int:

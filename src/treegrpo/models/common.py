@@ -22,7 +22,7 @@ import copy
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence, cast
 
 import torch
 
@@ -157,6 +157,51 @@ def shift_mu(scheduler_config: Any, image_seq_len: int, max_shift_default: float
     ))
 
 
+class AdapterModel(Protocol):
+    """The peft adapter methods the adapters call on a denoiser: a diffusers model's (``PeftAdapterMixin``,
+    ``ModelMixin``), or Wan 2.2's :class:`~treegrpo.models.wan.TwoExperts`, which calls them on both experts."""
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str = ...) -> None: ...
+
+    def disable_adapters(self) -> None: ...
+
+    def enable_adapters(self) -> None: ...
+
+    def enable_gradient_checkpointing(self) -> None: ...
+
+
+class DiffusersModel(AdapterModel, Protocol):
+    """A diffusers denoiser (``ModelMixin`` + ``ConfigMixin`` + ``PeftAdapterMixin``) as the adapters use it."""
+
+    @property
+    def config(self) -> Any:
+        """The model's ``FrozenDict`` config, read by attribute (diffusers annotates it as a plain dict)."""
+        ...
+
+    peft_config: dict[str, Any]
+    """The adapters' peft configs by name (set by ``add_adapter``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def save_pretrained(self, save_directory: str | Path, *, safe_serialization: bool = ...) -> None: ...
+
+    def save_config(self, save_directory: str | Path) -> None: ...
+
+
+def adapter_model(module: torch.nn.Module) -> AdapterModel:
+    """A :class:`DiffusersBackbone`'s denoiser through its adapter methods, which ``nn.Module``'s typing cannot see
+    (its ``__getattr__`` types every other attribute as ``Tensor | Module``)."""
+    return cast(AdapterModel, module)
+
+
+def diffusers_model(module: torch.nn.Module) -> DiffusersModel:
+    """A diffusers denoiser (not Wan 2.2's ``TwoExperts``) through the members ``nn.Module``'s typing cannot see.
+
+    The pipeline hands it over untyped; each family adapter knows which diffusers model it is.
+    """
+    return cast(DiffusersModel, module)
+
+
 class WithoutAdapters(torch.nn.Module):
     """The LoRA denoiser's base model: each call runs with the adapters disabled (the reference policy)."""
 
@@ -167,11 +212,12 @@ class WithoutAdapters(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The base model's output; the adapters (and their requires_grad) are restored after."""
         trainable = [p for p in self.denoiser.parameters() if p.requires_grad]
-        self.denoiser.disable_adapters()
+        adapters = adapter_model(self.denoiser)
+        adapters.disable_adapters()
         try:
             return self.denoiser(*args, **kwargs)
         finally:
-            self.denoiser.enable_adapters()
+            adapters.enable_adapters()
             for parameter in trainable:
                 parameter.requires_grad_(True)
 
@@ -226,7 +272,7 @@ class DiffusersBackbone:
         elif trainable:
             self._setup_lora()
         if trainable and cfg.gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+            adapter_model(self.denoiser).enable_gradient_checkpointing()
         if cfg.compile:
             compile_blocks(self.denoiser)
         self._trainable_names = {name for name, p in self.denoiser.named_parameters() if p.requires_grad}
@@ -236,7 +282,8 @@ class DiffusersBackbone:
 
     def _trained_denoiser(self) -> torch.nn.Module:
         """The module trained: the pipeline's ``denoiser_name`` (Wan 2.2 picks one expert or both)."""
-        return getattr(self.pipe, self.denoiser_name)
+        denoiser: torch.nn.Module = getattr(self.pipe, self.denoiser_name)
+        return denoiser
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
         """Further denoisers called but never trained (Wan 2.2's other expert); frozen and placed like the VAE."""
@@ -280,7 +327,8 @@ class DiffusersBackbone:
 
     def _vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] ``[B, 3, H, W]`` from VAE latents (video VAEs override it to drop the frame axis)."""
-        return self.pipe.vae.decode(vae_latents, return_dict=False)[0]
+        images: torch.Tensor = self.pipe.vae.decode(vae_latents, return_dict=False)[0]
+        return images
 
     def schedule(self, num_steps: int) -> Schedule:
         """The model's own schedule for ``num_steps`` (as its pipeline's ``set_timesteps`` makes it)."""
@@ -330,13 +378,14 @@ class DiffusersBackbone:
         targets = list(lora.target_modules) if lora.target_modules else list(self.default_lora_targets)
         peft_config = PeftLoraConfig(
             r=lora.rank,
-            lora_alpha=lora.alpha,
+            # the ignore: peft annotates lora_alpha as int, but any number works (the scale is alpha / rank)
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]
             lora_dropout=lora.dropout,
             init_lora_weights="gaussian" if lora.init_weights == "gaussian" else True,
             target_modules=targets,
         )
         try:
-            self.denoiser.add_adapter(peft_config, adapter_name=ADAPTER_NAME)
+            adapter_model(self.denoiser).add_adapter(peft_config, adapter_name=ADAPTER_NAME)
         except ValueError as error:
             raise ValueError(
                 f"model.lora.target_modules {targets} match no layer of the {self.family} {self.denoiser_name} "
@@ -433,14 +482,15 @@ class DiffusersBackbone:
             raise RuntimeError("this backbone was loaded with trainable=False and holds nothing trained to save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        model = diffusers_model(self.denoiser)
         if self.cfg.full_finetune:
             target = folder / self.denoiser_name
             if weights is None:
-                self.denoiser.save_pretrained(target, safe_serialization=True)
+                model.save_pretrained(target, safe_serialization=True)
                 return
             from huggingface_hub import save_torch_state_dict
 
-            self.denoiser.save_config(target)
+            model.save_config(target)
             save_torch_state_dict(weights, target, filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
             return
         type(self.pipe).save_lora_weights(
@@ -448,7 +498,7 @@ class DiffusersBackbone:
             safe_serialization=True,
             **{
                 f"{self.denoiser_name}_lora_layers": self._lora_state_dict(weights),
-                f"{self.denoiser_name}_lora_adapter_metadata": self.denoiser.peft_config[ADAPTER_NAME].to_dict(),
+                f"{self.denoiser_name}_lora_adapter_metadata": model.peft_config[ADAPTER_NAME].to_dict(),
             },
         )
 
@@ -458,7 +508,10 @@ class DiffusersBackbone:
         """The adapter's weights (the module's own, or ``weights``) in the layout the family's LoRA loader expects."""
         from peft.utils import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.denoiser, state_dict=weights, adapter_name=ADAPTER_NAME)
+        state: dict[str, torch.Tensor] = get_peft_model_state_dict(
+            self.denoiser, state_dict=weights, adapter_name=ADAPTER_NAME
+        )
+        return state
 
     def _inputs(
         self,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from treegrpo.math.sampling import FlowSchedule
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, diffusers_model, shift_mu
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
 
 FLUX_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS + ("proj_mlp",)
@@ -39,7 +39,7 @@ class FluxBackbone(DiffusersBackbone):
         return 2 * (self.height // (factor * 2)), 2 * (self.width // (factor * 2))
 
     def _has_guidance_embedding(self) -> bool:
-        return bool(self.denoiser.config.guidance_embeds)
+        return bool(diffusers_model(self.denoiser).config.guidance_embeds)
 
     def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """T5 sequence embeddings and pooled CLIP embeddings via the pipeline."""
@@ -69,7 +69,8 @@ class FluxBackbone(DiffusersBackbone):
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Packed ``[num, H/2 * W/2, 4C]`` latents from ``pipe.prepare_latents`` (float32 copy)."""
-        channels = self.denoiser.config.in_channels // 4
+        channels = diffusers_model(self.denoiser).config.in_channels // 4
+        latents: torch.Tensor
         latents, _ = self.pipe.prepare_latents(
             num, channels, self.height, self.width, self.dtype, self.device, generator
         )
@@ -100,7 +101,7 @@ class FluxBackbone(DiffusersBackbone):
         guidance = None
         if self._has_guidance_embedding():
             guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
-        output = denoiser(
+        output: torch.Tensor = denoiser(
             hidden_states=hidden,
             timestep=inputs.timesteps.to(x.dtype) / 1000,
             guidance=guidance,
@@ -116,4 +117,5 @@ class FluxBackbone(DiffusersBackbone):
         """Unpack, then undo the latent normalisation (``/ scaling_factor + shift_factor``)."""
         unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
         config = self.pipe.vae.config
-        return unpacked / config.scaling_factor + config.shift_factor
+        vae_latents: torch.Tensor = unpacked / config.scaling_factor + config.shift_factor
+        return vae_latents

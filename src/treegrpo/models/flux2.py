@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from treegrpo.math.sampling import FlowSchedule
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, diffusers_model
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class Flux2Backbone(DiffusersBackbone):
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Packed ``[num, H/2 * W/2, 4C]`` latents from ``pipe.prepare_latents`` (float32 copy)."""
-        channels = self.denoiser.config.in_channels // 4
+        channels = diffusers_model(self.denoiser).config.in_channels // 4
+        latents: torch.Tensor
         latents, _ = self.pipe.prepare_latents(num, channels, self.height, self.width, self.dtype, self.device, generator)
         return latents.to(torch.float32)
 
@@ -89,13 +90,14 @@ class Flux2Backbone(DiffusersBackbone):
         """``[batch, H * W, 4]`` image position ids, as ``prepare_latents`` makes them."""
         height, width = self._token_grid()
         grid = torch.zeros(1, 1, height, width, device=self.device)
-        return self.pipe._prepare_latent_ids(grid).expand(batch, -1, -1).to(self.device)
+        ids: torch.Tensor = self.pipe._prepare_latent_ids(grid).expand(batch, -1, -1).to(self.device)
+        return ids
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The transformer's velocity with text and image position ids as the pipeline passes them."""
         x = inputs.latents
         text_ids = self.pipe._prepare_text_ids(inputs.prompt_embeds).to(self.device)
-        return denoiser(
+        velocity: torch.Tensor = denoiser(
             hidden_states=x,
             timestep=inputs.timesteps.to(x.dtype) / 1000,
             guidance=None,
@@ -104,6 +106,7 @@ class Flux2Backbone(DiffusersBackbone):
             img_ids=self._image_ids(x.shape[0]),
             return_dict=False,
         )[0][:, : x.shape[1]]
+        return velocity
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unpack to the token grid, undo the VAE's batch-norm normalisation, then unpatchify."""
@@ -112,4 +115,5 @@ class Flux2Backbone(DiffusersBackbone):
         bn = self.pipe.vae.bn
         mean = bn.running_mean.view(1, -1, 1, 1).to(grid.device, grid.dtype)
         std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.pipe.vae.config.batch_norm_eps).to(grid.device, grid.dtype)
-        return self.pipe._unpatchify_latents(grid * std + mean)
+        vae_latents: torch.Tensor = self.pipe._unpatchify_latents(grid * std + mean)
+        return vae_latents

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from treegrpo.models.common import DenoiserInputs, TextConditioning
+from treegrpo.models.common import DenoiserInputs, TextConditioning, diffusers_model
 from treegrpo.models.flux import FluxBackbone
 from treegrpo.prompts import source_images_or_error
 
@@ -55,7 +55,8 @@ class FluxKontextBackbone(FluxBackbone):
         The pipeline encodes the source image first, in the VAE's latent mode, which draws nothing
         from ``generator``, so the noise is the same as the pipeline's.
         """
-        channels = self.denoiser.config.in_channels // 4
+        channels = diffusers_model(self.denoiser).config.in_channels // 4
+        latents: torch.Tensor
         latents, _, _, _ = self.pipe.prepare_latents(
             None, num, channels, self.height, self.width, self.dtype, self.device, generator
         )

@@ -47,7 +47,8 @@ def read_model_index(cfg: ModelConfig) -> dict[str, Any]:
                 f"{cfg.path} is not a diffusers pipeline folder (no model_index.json); point model.path at a "
                 "folder written by pipe.save_pretrained or at a hub id such as stabilityai/stable-diffusion-3.5-medium"
             )
-        return json.loads(index_file.read_text())
+        model_index: dict[str, Any] = json.loads(index_file.read_text())
+        return model_index
     if folder.exists():
         raise ConfigError(f"{cfg.path} is a file, not a pipeline folder; point model.path at the pipeline's folder")
     if looks_local(cfg.path):
@@ -79,7 +80,8 @@ def _read_hub_model_index(cfg: ModelConfig) -> dict[str, Any]:
             f"cannot read model_index.json of {cfg.path!r} ({type(error).__name__}); set model.path to a local "
             "pipeline folder, or to a hub id that is cached or reachable (model.local_files_only=false to download)"
         ) from error
-    return json.loads(Path(index_file).read_text())
+    model_index: dict[str, Any] = json.loads(Path(index_file).read_text())
+    return model_index
 
 
 def family_of(model_index: dict[str, Any], path: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from treegrpo.math.sampling import FlowSchedule
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, shift_mu
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, diffusers_model, shift_mu
 from treegrpo.models.sd3 import SD3_LORA_TARGETS
 
 QWENIMAGE_LORA_TARGETS: tuple[str, ...] = SD3_LORA_TARGETS
@@ -49,7 +49,7 @@ class QwenImageBackbone(DiffusersBackbone):
         return 2 * (self.height // (factor * 2)), 2 * (self.width // (factor * 2))
 
     def _has_guidance_embedding(self) -> bool:
-        return bool(self.denoiser.config.guidance_embeds)
+        return bool(diffusers_model(self.denoiser).config.guidance_embeds)
 
     def _encode_texts_with_mask(
         self, texts: list[str]
@@ -71,8 +71,10 @@ class QwenImageBackbone(DiffusersBackbone):
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Packed ``[num, H/2 * W/2, 4C]`` latents from ``pipe.prepare_latents`` (float32 copy)."""
-        channels = self.denoiser.config.in_channels // 4
-        latents = self.pipe.prepare_latents(num, channels, self.height, self.width, self.dtype, self.device, generator)
+        channels = diffusers_model(self.denoiser).config.in_channels // 4
+        latents: torch.Tensor = self.pipe.prepare_latents(
+            num, channels, self.height, self.width, self.dtype, self.device, generator
+        )
         return latents.to(torch.float32)
 
     def _free_guidance_scale(self, guidance_scale: float) -> float:
@@ -82,7 +84,9 @@ class QwenImageBackbone(DiffusersBackbone):
     def _combine_guidance(self, uncond: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
         """True CFG rescaled per token to the norm of the conditional output, as the pipeline does."""
         combined = uncond + scale * (text - uncond)
-        return combined * (torch.norm(text, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+        norms = torch.norm(text, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True)
+        rescaled: torch.Tensor = combined * norms
+        return rescaled
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The transformer's velocity with ``img_shapes`` and the text mask as the pipeline passes them."""
@@ -105,7 +109,7 @@ class QwenImageBackbone(DiffusersBackbone):
         guidance = None
         if self._has_guidance_embedding():
             guidance = torch.full((x.shape[0],), guidance_scale, device=self.device, dtype=torch.float32)
-        output = denoiser(
+        output: torch.Tensor = denoiser(
             hidden_states=hidden,
             timestep=inputs.timesteps.to(x.dtype) / 1000,
             guidance=guidance,
@@ -123,8 +127,10 @@ class QwenImageBackbone(DiffusersBackbone):
         shape = (1, config.z_dim, 1, 1, 1)
         mean = torch.tensor(config.latents_mean).view(shape).to(unpacked.device, unpacked.dtype)
         inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(unpacked.device, unpacked.dtype)
-        return unpacked / inverse_std + mean
+        vae_latents: torch.Tensor = unpacked / inverse_std + mean
+        return vae_latents
 
     def _vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
         """The video VAE's single frame: ``[B, 3, H, W]``."""
-        return self.pipe.vae.decode(vae_latents, return_dict=False)[0][:, :, 0]
+        frames: torch.Tensor = self.pipe.vae.decode(vae_latents, return_dict=False)[0]
+        return frames[:, :, 0]

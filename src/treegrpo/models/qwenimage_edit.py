@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.models.common import DenoiserInputs, TextConditioning
+from treegrpo.models.common import DenoiserInputs, TextConditioning, diffusers_model
 from treegrpo.models.qwenimage import QwenImageBackbone
 from treegrpo.prompts import source_images_or_error
 
@@ -60,7 +60,8 @@ class QwenImageEditBackbone(QwenImageBackbone):
         """(height, width) of the resized source image: the pipeline's ``calculate_dimensions`` at the output's area and ratio."""
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
 
-        width, height, _ = calculate_dimensions(self.height * self.width, self.width / self.height)
+        # the ignore: diffusers leaves calculate_dimensions unannotated
+        width, height, _ = calculate_dimensions(self.height * self.width, self.width / self.height)  # type: ignore[no-untyped-call]
         return int(height), int(width)
 
     def _source_shape(self) -> tuple[int, int, int]:
@@ -118,7 +119,8 @@ class QwenImageEditBackbone(QwenImageBackbone):
         The pipeline encodes the source image first, in the VAE's latent mode, which draws nothing
         from ``generator``, so the noise is the same as the pipeline's.
         """
-        channels = self.denoiser.config.in_channels // 4
+        channels = diffusers_model(self.denoiser).config.in_channels // 4
+        latents: torch.Tensor
         latents, _ = self.pipe.prepare_latents(None, num, channels, self.height, self.width, self.dtype, self.device, generator)
         return latents.to(torch.float32)
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 
 from treegrpo.math.sampling import DDIMSchedule, SdeType
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, diffusers_model
 from treegrpo.models.config import ModelConfig
 
 SD_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -25,7 +25,8 @@ def ddim_scheduler_for(pipe: Any) -> Any:
     """A ``DDIMScheduler`` from the pipeline's scheduler config, without x0 clipping/thresholding."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
+    # the ignore: diffusers leaves ConfigMixin.from_config unannotated
+    return DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)  # type: ignore[no-untyped-call]
 
 
 class SDBackbone(DiffusersBackbone):
@@ -80,23 +81,29 @@ class SDBackbone(DiffusersBackbone):
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, 4, H/8, W/8]`` latents from ``pipe.prepare_latents`` (times init_noise_sigma)."""
-        latents = self.pipe.prepare_latents(
-            num, self.denoiser.config.in_channels, self.height, self.width, self.dtype, self.device, generator
+        channels = diffusers_model(self.denoiser).config.in_channels
+        latents: torch.Tensor = self.pipe.prepare_latents(
+            num, channels, self.height, self.width, self.dtype, self.device, generator
         )
         return latents.to(torch.float32)
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The UNet's prediction at the integer timesteps."""
-        return denoiser(
+        prediction: torch.Tensor = denoiser(
             inputs.latents, inputs.timesteps, encoder_hidden_states=inputs.prompt_embeds, return_dict=False
         )[0]
+        return prediction
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Undo the latent scaling: ``latents / scaling_factor``."""
-        return latents / self.pipe.vae.config.scaling_factor
+        vae_latents: torch.Tensor = latents / self.pipe.vae.config.scaling_factor
+        return vae_latents
 
     def _lora_state_dict(self, weights: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """UNet adapter weights converted to the diffusers layout (as diffusers' SD LoRA script does)."""
-        from diffusers.utils import convert_state_dict_to_diffusers
+        from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
 
-        return convert_state_dict_to_diffusers(super()._lora_state_dict(weights))
+        adapter = super()._lora_state_dict(weights)
+        # the ignore: diffusers leaves convert_state_dict_to_diffusers unannotated
+        state: dict[str, torch.Tensor] = convert_state_dict_to_diffusers(adapter)  # type: ignore[no-untyped-call]
+        return state

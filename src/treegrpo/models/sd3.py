@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from treegrpo.math.sampling import FlowSchedule
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, shift_mu
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, diffusers_model, shift_mu
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     "attn.to_q",
@@ -37,7 +37,7 @@ class SD3Backbone(DiffusersBackbone):
     def _latent_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the latents ``prepare_latents`` draws."""
         factor = self.pipe.vae_scale_factor
-        return self.denoiser.config.in_channels, self.height // factor, self.width // factor
+        return diffusers_model(self.denoiser).config.in_channels, self.height // factor, self.width // factor
 
     def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """CLIP-L + CLIP-G (+ T5, or zeros without it) embeddings via the pipeline."""
@@ -64,28 +64,30 @@ class SD3Backbone(DiffusersBackbone):
     def _dynamic_shift_mu(self) -> float:
         """``mu`` from the image sequence length (patches), as the pipeline computes it."""
         _, height, width = self._latent_shape()
-        patch = self.denoiser.config.patch_size
+        patch = diffusers_model(self.denoiser).config.patch_size
         return shift_mu(self.pipe.scheduler.config, (height // patch) * (width // patch), 1.16)
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, C, H/f, W/f]`` Gaussian latents from ``pipe.prepare_latents`` (float32 copy)."""
         channels, _, _ = self._latent_shape()
-        latents = self.pipe.prepare_latents(
+        latents: torch.Tensor = self.pipe.prepare_latents(
             num, channels, self.height, self.width, self.dtype, self.device, generator
         )
         return latents.to(torch.float32)
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The transformer's velocity at ``timestep = sigma * 1000``."""
-        return denoiser(
+        velocity: torch.Tensor = denoiser(
             hidden_states=inputs.latents,
             timestep=inputs.timesteps,
             encoder_hidden_states=inputs.prompt_embeds,
             pooled_projections=inputs.pooled_prompt_embeds,
             return_dict=False,
         )[0]
+        return velocity
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Undo the latent normalisation: ``latents / scaling_factor + shift_factor``."""
         config = self.pipe.vae.config
-        return latents / config.scaling_factor + config.shift_factor
+        vae_latents: torch.Tensor = latents / config.scaling_factor + config.shift_factor
+        return vae_latents

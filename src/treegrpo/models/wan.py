@@ -28,7 +28,9 @@ import torch
 
 from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import FlowSchedule
-from treegrpo.models.common import ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, checked_image_size
+from treegrpo.models.common import (
+    ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, DiffusersModel, checked_image_size, diffusers_model,
+)
 from treegrpo.models.config import WAN_EXPERTS
 
 WAN_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -42,7 +44,7 @@ DEFAULT_FRAMES = 81
 class TwoExperts(torch.nn.Module):
     """Wan 2.2's two denoisers trained together; ``forward(..., expert="high"|"low")`` calls one of them."""
 
-    def __init__(self, high: torch.nn.Module, low: torch.nn.Module) -> None:
+    def __init__(self, high: DiffusersModel, low: DiffusersModel) -> None:
         super().__init__()
         self.high = high
         self.low = low
@@ -144,7 +146,8 @@ class WanBackbone(DiffusersBackbone):
         self.expert = resolve_expert(self.cfg.expert, self._two_experts(), high_steps, trained)
         if self.expert == "both":
             return TwoExperts(self.pipe.transformer, self.pipe.transformer_2)
-        return self.pipe.transformer_2 if self.expert == "low" else self.pipe.transformer
+        expert: torch.nn.Module = self.pipe.transformer_2 if self.expert == "low" else self.pipe.transformer
+        return expert
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
         """The untrained expert of Wan 2.2, if any (frozen and placed with the rest)."""
@@ -199,9 +202,10 @@ class WanBackbone(DiffusersBackbone):
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, C, F, H/8, W/8]`` float32 latents from ``pipe.prepare_latents``."""
         channels = self.pipe.transformer.config.in_channels
-        return self.pipe.prepare_latents(
+        latents: torch.Tensor = self.pipe.prepare_latents(
             num, channels, self.height, self.width, self.num_frames, torch.float32, self.device, generator
         )
+        return latents
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
         """The transformer's velocity; Wan 2.2 TI2V's per-token timesteps when ``expand_timesteps``."""
@@ -210,9 +214,10 @@ class WanBackbone(DiffusersBackbone):
         if self.pipe.config.get("expand_timesteps", False):
             _, _, frames, height, width = x.shape
             timestep = timestep[:, None].expand(-1, frames * ((height + 1) // 2) * ((width + 1) // 2))
-        return denoiser(
+        velocity: torch.Tensor = denoiser(
             hidden_states=x, timestep=timestep, encoder_hidden_states=inputs.prompt_embeds, return_dict=False
         )[0]
+        return velocity
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Undo the per-channel normalisation (``* std + mean``), as the pipeline does before decoding."""
@@ -224,7 +229,8 @@ class WanBackbone(DiffusersBackbone):
 
     def _vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
         """Clips in [-1, 1] as ``[B, F, 3, H, W]`` (the VAE gives ``[B, 3, F, H, W]``)."""
-        return self.pipe.vae.decode(vae_latents, return_dict=False)[0].transpose(1, 2)
+        clips: torch.Tensor = self.pipe.vae.decode(vae_latents, return_dict=False)[0]
+        return clips.transpose(1, 2)
 
     # ------------------------------------------------------------------ Backbone interface
 
@@ -261,7 +267,7 @@ class WanBackbone(DiffusersBackbone):
         folder = Path(folder)
         if self.expert != "both":
             if self.expert == "low" and self.cfg.full_finetune:
-                self._save_full(self.denoiser, folder / "transformer_2", weights)
+                self._save_full(diffusers_model(self.denoiser), folder / "transformer_2", weights)
                 return
             super().save_trained(folder, weights)
             return
@@ -282,13 +288,13 @@ class WanBackbone(DiffusersBackbone):
             )
 
     @staticmethod
-    def _save_full(module: torch.nn.Module, target: Path, weights: Optional[dict[str, torch.Tensor]]) -> None:
+    def _save_full(module: DiffusersModel, target: Path, weights: Optional[dict[str, torch.Tensor]]) -> None:
         """A transformer's full weights (its own, or gathered ``weights``) as a diffusers model folder."""
         if weights is None:
-            module.save_pretrained(target, safe_serialization=True)  # type: ignore[operator]
+            module.save_pretrained(target, safe_serialization=True)
             return
         from huggingface_hub import save_torch_state_dict
 
-        module.save_config(target)  # type: ignore[operator]
+        module.save_config(target)
         save_torch_state_dict(weights, target, filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
 

@@ -47,7 +47,8 @@ class ZImageBackbone(DiffusersBackbone):
         """(channels, height, width) of the latents ``prepare_latents`` draws (height/width rounded to even)."""
         factor = self.pipe.vae_scale_factor
         height, width = 2 * (self.height // (factor * 2)), 2 * (self.width // (factor * 2))
-        return self.denoiser.in_channels, height, width
+        channels: int = self.pipe.transformer.in_channels  # the denoiser, read as the pipeline reads it
+        return channels, height, width
 
     def _encode_texts_with_mask(
         self, texts: list[str]
@@ -80,7 +81,10 @@ class ZImageBackbone(DiffusersBackbone):
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, C, H/8, W/8]`` float32 latents from ``pipe.prepare_latents`` (the pipeline draws them in float32)."""
         channels, _, _ = self._latent_shape()
-        return self.pipe.prepare_latents(num, channels, self.height, self.width, torch.float32, self.device, generator)
+        latents: torch.Tensor = self.pipe.prepare_latents(
+            num, channels, self.height, self.width, torch.float32, self.device, generator
+        )
+        return latents
 
     def _uses_free_guidance(self, scale: float) -> bool:
         """The pipeline guides whenever ``guidance_scale > 0``."""
@@ -107,4 +111,5 @@ class ZImageBackbone(DiffusersBackbone):
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Undo the latent normalisation: ``latents / scaling_factor + shift_factor``."""
         config = self.pipe.vae.config
-        return latents / config.scaling_factor + config.shift_factor
+        vae_latents: torch.Tensor = latents / config.scaling_factor + config.shift_factor
+        return vae_latents

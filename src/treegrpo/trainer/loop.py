@@ -40,6 +40,7 @@ from treegrpo.hub import write_model_card
 from treegrpo.math.advantages import component_normalized_scores
 from treegrpo.math.likelihood_free import decay
 from treegrpo.math.plans import Plan, describe
+from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.base import Backbone
 from treegrpo.optim import Ema, lr_factor
 from treegrpo.runtime import checkpoint as ckpt
@@ -148,7 +149,7 @@ class Trainer:
         )
         self.learner = AccelerateLearner(self.accelerator, self.optimizer, self.parameters, t.max_grad_norm,
                                          self.processes, self.sharded)
-        named = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
+        named: dict[str, torch.Tensor] = {n: p for n, p in self.backbone.denoiser.named_parameters() if p.requires_grad}
         self.ema = Ema(named, t.ema) if t.ema > 0 else None
         self.anchor = Ema(named, 0.0) if cfg.loss.keeps_anchor else None
         """DiffusionNFT's sampling policy or AWM's KL EMA: a slow copy of the trained weights (loss.old_policy_decay)."""
@@ -368,6 +369,8 @@ class Trainer:
         leaf_advantages = advantages.leaf.advantages[shared.own_leaves].to(device)
         scored = advantages.leaf.scored[shared.own_leaves].to(device, torch.float32)  # unscored leaves: weight 0
         points = draw_training_points(samples, cfg.sampling.steps, cfg.loss, self.generators["minibatch"])
+        # the launch preflight refuses likelihood-free objectives for DDIM families (setup.check_model_folder)
+        assert isinstance(self.schedule, FlowSchedule), "a likelihood-free objective needs a flow-matching schedule"
         guidance, sigmas = cfg.sampling.guidance_scale, self.schedule.sigmas
         policy = self.backbone.model_fn(conditioning, guidance, self.schedule)
         anchor = reference = None

@@ -60,7 +60,8 @@ def save_checkpoint(run_dir: Path, state: TrainingState, processes: Processes, i
     Weights and optimizer state are saved whole; with FSDP every process helps gather them.
     """
     main = processes.is_main
-    weights = optimizer = None
+    weights: Optional[dict[str, torch.Tensor]] = None
+    optimizer: Optional[dict[str, Any]] = None
     if state.sharded or main:  # gathering shards is a collective: then every process takes part
         weights = ckpt.trained_state(state.denoiser)
         optimizer = full_optimizer_state(state.raw_optimizer()) if state.sharded else state.optimizer.state_dict()
@@ -70,6 +71,7 @@ def save_checkpoint(run_dir: Path, state: TrainingState, processes: Processes, i
     ckpt.save_rng(ckpt.temp_folder(run_dir, iteration), processes.rank, state.generators)
     processes.barrier()
     if main:
+        assert weights is not None and optimizer is not None  # gathered above: the main process always takes part
         record = {
             "iteration": iteration,
             "sampler": state.sampler.state_dict(),
