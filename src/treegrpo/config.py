@@ -474,10 +474,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return typing.cast(dict[str, Any], values)
 
 
-def _parses(item: str) -> bool:
-    """Whether one ``key=value`` override parses on its own."""
+def _parses(items: Sequence[str]) -> bool:
+    """Whether these ``key=value`` overrides parse together."""
     try:
-        OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=True)
+        OmegaConf.to_container(OmegaConf.from_dotlist(list(items)), resolve=True)
     except Exception:  # noqa: BLE001 - grammar errors
         return False
     return True
@@ -491,7 +491,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     try:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)
     except Exception as error:  # noqa: BLE001 - grammar errors
-        culprit = next((item for item in overrides if not _parses(item)), None)
+        # the first override that does not parse on its own, else the first that clashes with the ones before it
+        culprit = next((item for item in overrides if not _parses([item])), None) or next(
+            (item for n, item in enumerate(overrides) if not _parses(overrides[: n + 1])), None)
         named = f"override {culprit!r}" if culprit is not None else f"overrides {list(overrides)}"
         raise ConfigError(f"cannot parse {named} ({type(error).__name__}); use key=value with a YAML scalar, list "
                           "or mapping as the value (quote text with special characters)") from None
