@@ -505,10 +505,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         verbose = verbose or _asks_verbose(words[1:])
         args = argparse.Namespace(command="demo", func=cmd_demo, rest=words[1:], verbose=verbose)
     else:
-        try:
-            args = parse_words(parser, words)
-        except SystemExit as stop:  # argparse's one-line error (exit 2) or --help (0): a code for callers of main()
-            return int(stop.code or 0)
+        args = parse_words(parser, words)
         args.verbose = verbose or bool(getattr(args, "verbose", False))
     if args.command is None:
         parser.print_help()
