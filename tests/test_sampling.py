@@ -91,22 +91,27 @@ def test_flow_step_computes_in_float32_for_low_precision_inputs() -> None:
     assert out.prev_sample.dtype == out.log_prob.dtype == out.mean.dtype == torch.float32
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("eta", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("spacing, steps", [("leading", 10), ("trailing", 7)])
-def test_ddim_step_equals_diffusers(prediction_type: str, eta: float, spacing: str, steps: int) -> None:
-    scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, prediction_type=prediction_type,
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+def test_ddim_step_equals_diffusers(prediction_type: str, eta: float, spacing: str, steps: int,
+                                    set_alpha_to_one: bool) -> None:
+    """Every prediction type (``sample`` checks the eps recovered from it) and both final alphas (with
+    ``set_alpha_to_one`` the step to timestep 0 uses ``alphas_cumprod[0]``, not the final alpha), on
+    non-square latents."""
+    scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=set_alpha_to_one, prediction_type=prediction_type,
                               beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               timestep_spacing=spacing)
     scheduler.set_timesteps(steps)
     stepper = DDIMStepper(scheduler.alphas_cumprod, scheduler.timesteps, float(scheduler.final_alpha_cumprod),
                           eta=eta, prediction_type=prediction_type)
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 4, 5, 5, generator=g)
+    x = torch.randn(2, 4, 5, 7, generator=g)
     ours = x.clone()
     for i, t in enumerate(scheduler.timesteps):
-        out_model = torch.randn(2, 4, 5, 5, generator=g)
-        noise = torch.randn(2, 4, 5, 5, generator=g)
+        out_model = torch.randn(2, 4, 5, 7, generator=g)
+        noise = torch.randn(2, 4, 5, 7, generator=g)
         x = scheduler.step(out_model, t, x, eta=eta, variance_noise=noise).prev_sample
         out = stepper.step(out_model, ours, torch.full((2,), i), stochastic=True)
         ours = out.mean + out.std * noise
