@@ -18,7 +18,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -50,6 +50,13 @@ def tiny_clip_tokenizer():  # -> CLIPTokenizer
     pieces = characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {piece: index for index, piece in enumerate(pieces)}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_t5_config(tokenizer: Any) -> dict[str, Any]:
+    """A one-layer T5 / UMT5 encoder's config over ``tokenizer`` (the two share their fields)."""
+    return dict(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
 
 
 def tiny_t5_tokenizer():  # -> T5Tokenizer
@@ -170,20 +177,7 @@ def build_tiny_flux(path: str | Path, seed: int = 0, guidance_embeds: bool = Tru
     ).eval()
     t5_tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed + 2)
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=t5_tokenizer.pad_token_id,
-            eos_token_id=t5_tokenizer.eos_token_id,
-            decoder_start_token_id=t5_tokenizer.pad_token_id,
-        )
-    ).eval()
+    t5 = T5EncoderModel(T5Config(**tiny_t5_config(t5_tokenizer))).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0,
         use_dynamic_shifting=True,
@@ -525,20 +519,7 @@ def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, b
     ).eval()
     tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed + 2)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
+    text_encoder = UMT5EncoderModel(UMT5Config(**tiny_t5_config(tokenizer))).eval()
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
