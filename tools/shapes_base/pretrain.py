@@ -45,6 +45,7 @@ from tools.shapes_base.base_card import format_groups, format_result, write_mode
 from treegrpo.demo.evaluate import component_means_by_group, sample_images
 from treegrpo.demo.reward import ShapesReward
 from treegrpo.optim import Ema, lr_factor
+from treegrpo.rewards.text_clean import bytes_to_unicode
 
 TEXT_LENGTH = 56
 """Tokenizer length: the longest caption (50 characters) plus start and end tokens, rounded up."""
@@ -76,23 +77,9 @@ class PretrainConfig:
     checkpoint_every_s: float = 300.0
 
 
-def byte_characters() -> list[str]:
-    """The 256 printable characters GPT-2/CLIP byte-level tokenizers map bytes to, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars: list[str] = []
-    extra = 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 def build_tokenizer(max_length: int = TEXT_LENGTH) -> CLIPTokenizer:
     """A character-level CLIP tokenizer with an in-memory vocabulary; the end token has the highest id."""
-    chars = byte_characters()
+    chars = list(bytes_to_unicode().values())  # in byte order
     pieces = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)

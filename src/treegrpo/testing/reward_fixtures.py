@@ -15,21 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from treegrpo.rewards.text_clean import bytes_to_unicode
+
 
 # ----------------------------------------------------------------------------- tokenizers
-
-
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE uses for bytes (GPT-2/CLIP convention)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    symbols, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            symbols.append(chr(b))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
-    return symbols
 
 
 def clip_tokenizer_folder(root: Path) -> Path:
@@ -40,7 +29,7 @@ def clip_tokenizer_folder(root: Path) -> Path:
     """
     from transformers import CLIPTokenizer
 
-    chars = _byte_symbols()
+    chars = list(bytes_to_unicode().values())  # in byte order
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)

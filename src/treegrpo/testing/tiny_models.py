@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
+from treegrpo.rewards.text_clean import bytes_to_unicode
+
 TINY_SIZE = 32
 """Image height and width (pixels = latent cells, the VAE does not downsample)."""
 
@@ -30,16 +32,8 @@ TINY_MAX_SEQUENCE_LENGTH = 8
 
 
 def _byte_characters() -> list[str]:
-    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the 256 byte values."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(code) for code in codes]
+    """The 256 stand-ins of byte-level BPE in GPT-2's vocabulary order: the printable bytes, then the others."""
+    return sorted(bytes_to_unicode().values(), key=ord)
 
 
 def tiny_clip_tokenizer():  # -> CLIPTokenizer
