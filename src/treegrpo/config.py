@@ -36,6 +36,7 @@ from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.math.loss import LossConfig
 from treegrpo.math.sampling import SdeType
 from treegrpo.models.config import ModelConfig, check_model_config
+from treegrpo.optim import LrSchedule
 
 
 class BuiltinPrompts(Choice):
@@ -80,14 +81,6 @@ def parse_log_with(value: Any) -> list[str]:
                 f"(available: {', '.join(TRACKER_NAMES)}, or none)"
             )
     return list(dict.fromkeys(names))
-
-
-class LrSchedule(Choice):
-    """Learning-rate decay after the warm-up (stepped once per iteration)."""
-
-    constant = "constant"
-    cosine = "cosine"
-    linear = "linear"
 
 
 class MixedPrecision(Choice):

@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import Iterator
 
 import torch
 
-if TYPE_CHECKING:
-    from treegrpo.config import LrSchedule as LrScheduleChoice
-
-LrSchedule = Literal["constant", "linear", "cosine"]
+from treegrpo.choices import Choice
 
 
-def lr_factor(schedule: LrSchedule | LrScheduleChoice, warmup: int, total: int, n: int) -> float:
-    """Multiplier of the base learning rate after ``n`` scheduler steps of ``total``.
+class LrSchedule(Choice):
+    """Learning-rate decay after the warm-up (``train.lr_schedule``; stepped once per iteration)."""
 
-    ``schedule``: one of :data:`LrSchedule`, or the config's choice of one (a string enum of the same values).
-    """
+    constant = "constant"
+    cosine = "cosine"
+    linear = "linear"
+
+
+def lr_factor(schedule: LrSchedule, warmup: int, total: int, n: int) -> float:
+    """Multiplier of the base learning rate after ``n`` scheduler steps of ``total``."""
     if warmup > 0 and n < warmup:
         return (n + 1) / warmup
-    if schedule == "constant":
+    if schedule == LrSchedule.constant:
         return 1.0
     progress = min(1.0, (n - warmup) / max(1, total - warmup))
-    if schedule == "linear":
+    if schedule == LrSchedule.linear:
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 

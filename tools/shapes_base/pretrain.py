@@ -44,7 +44,7 @@ from treegrpo.demo import shapes
 from tools.shapes_base.base_card import format_groups, format_result, write_model_card
 from treegrpo.demo.evaluate import component_means_by_group, sample_images
 from treegrpo.demo.reward import ShapesReward
-from treegrpo.optim import Ema, lr_factor
+from treegrpo.optim import Ema, LrSchedule, lr_factor
 from treegrpo.rewards.text_clean import bytes_to_unicode
 
 TEXT_LENGTH = 56
@@ -358,7 +358,7 @@ def train_denoiser(
     last_eval = last_save = session_start
     while state.total is None or state.step < state.total:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor("cosine", cfg.warmup, state.total or 10**9, state.step)
+            group["lr"] = cfg.lr * lr_factor(LrSchedule.cosine, cfg.warmup, state.total or 10**9, state.step)
         images, captions = shapes.generate(cfg.batch, seed=_data_seed(cfg.seed, state.step, phase=3))
         keep = torch.rand(cfg.batch, generator=gen) >= cfg.caption_dropout
         captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
