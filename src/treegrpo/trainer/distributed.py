@@ -18,8 +18,12 @@ import torch
 
 from treegrpo.engine.rollout import TreeRollout, TreeStructure
 from treegrpo.engine.update import StepReport
+from treegrpo.runtime.checkpoint import latest_checkpoint
 from treegrpo.runtime.faults import fault_point
 from treegrpo.runtime.fsdp import clip_grad_norm
+from treegrpo.runtime.guards import NonFiniteError, RewardUnavailable
+from treegrpo.trainer.run_dir import resume_command
+from treegrpo.trainer.signals import TrainingInterrupted
 
 
 logger = logging.getLogger(__name__)
@@ -46,14 +50,9 @@ class PeerLost(RuntimeError):
                          f"why); {kept}")
 
 
-def peer_lost(error: RuntimeError, processes: "Processes", step: int, run_dir: Path) -> Optional[PeerLost]:
+def peer_lost(error: RuntimeError, processes: Processes, step: int, run_dir: Path) -> Optional[PeerLost]:
     """A collective that failed because another process died or stalled (``train.dist_timeout``), as one
     line naming it; ``None`` for any other error (every process answers the roll call)."""
-    from treegrpo.runtime.checkpoint import latest_checkpoint
-    from treegrpo.runtime.guards import NonFiniteError, RewardUnavailable
-    from treegrpo.trainer.run_dir import resume_command
-    from treegrpo.trainer.signals import TrainingInterrupted
-
     if processes.world == 1 or isinstance(error, (TrainingInterrupted, NonFiniteError, RewardUnavailable)):
         return None
     missing = roll_call(processes.rank, processes.world)

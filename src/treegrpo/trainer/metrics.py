@@ -23,6 +23,7 @@ import torch
 
 from treegrpo.math.advantages import LeafAdvantages
 from treegrpo.runtime.faults import fault_point
+from treegrpo.runtime.fsdp import full_tensor
 from treegrpo.trainer.distributed import Processes
 from treegrpo.trainer.run_dir import write_atomic
 from treegrpo.trainer.trackers import Trackers, tracker_scalars
@@ -206,8 +207,6 @@ def write_debug_dump(path: Path, processes: Processes, parameters: Sequence[torc
                      groups: torch.Tensor, leaf: LeafAdvantages, all_scores: torch.Tensor, all_groups: torch.Tensor) -> None:
     """``train.debug_dump``: this process's leaf scores, group ids and the advantages computed from the
     gathered data, with a checksum of the weights (what the multi-process tests compare)."""
-    from treegrpo.runtime.fsdp import full_tensor
-
     leaves = int(scores.shape[0])
     offset = int(processes.gather(torch.tensor([leaves])).cumsum(0)[processes.rank]) - leaves
     path.parent.mkdir(parents=True, exist_ok=True)
