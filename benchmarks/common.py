@@ -441,3 +441,19 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as compact JSON, floats to 6 significant digits (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rounded(payload), separators=(",", ":")) + "\n")
+
+
+def portable_args(settings: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's settings as JSON, paths relative to the working folder (or bare file names
+    when outside it), so a stored result names no folder of the machine that produced it."""
+    here = Path.cwd().resolve()
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [portable(item) for item in value]
+        if isinstance(value, Path) or (isinstance(value, str) and value.startswith("/")):
+            path = Path(value).resolve()
+            return str(path.relative_to(here)) if path.is_relative_to(here) else path.name
+        return value
+
+    return json.loads(json.dumps({key: portable(value) for key, value in settings.items()}, default=str))

@@ -51,7 +51,7 @@ import torch
 
 from benchmarks.common import (
     GroupStats, ReachRow, RunHistory, RunSpec, TaskRunner, bootstrap_reach_ratio, fmt, group_stats, markdown_table,
-    pick_best, plot_curves, reach_rows, resolved, write_json,
+    pick_best, plot_curves, portable_args, reach_rows, resolved, write_json,
 )
 from benchmarks.tasks import TASKS, train_one
 
@@ -376,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "protocol": "main" if args.ablation == "none" else f"ablation_{args.ablation}",
         "task": args.task, "reference": reference, "target_reward": rows[0].target,
         "gain_target_reward": rows[0].gain_target,
-        "args": json.loads(json.dumps(vars(args), default=str)),
+        "args": portable_args(vars(args)),
         "torch_threads": torch.get_num_threads(), "wall_seconds_total": time.time() - started,
         "chosen": {label: {"lr": stats.lr, "stable": stable} for label, (stats, stable) in best.items()},
         "reach": [asdict(row) for row in rows], "intervals": intervals, "groups": [asdict(g) for g in every],

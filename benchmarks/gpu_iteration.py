@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
     FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
     WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
@@ -556,7 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         print(f"{args.size}: {name} measured at {time.perf_counter() - started:.1f} s", flush=True)
     table = results_table(results)
     payload = {
-        "size": args.size, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "size": args.size, "args": portable_args(vars(args)),
         "environment": environment(device),
         "trainable_parameters": sum(p.numel() for p in parameters),
         "transformer_parameters": sum(p.numel() for p in backbone.denoiser.parameters()),

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from benchmarks import gpu_iteration as G
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import markdown_table, portable_args, write_json
 
 from treegrpo.engine.update import TorchLearner
 from treegrpo.models.acceleration import compile_blocks
@@ -129,7 +129,7 @@ class Levers:
     def write(self) -> None:
         if self.own.out is None:
             return
-        payload = {"size": self.args.size, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+        payload = {"size": self.args.size, "args": portable_args(vars(self.args)),
                    "environment": G.environment(self.device), "rows": self.rows, "table": table(self.rows)}
         write_json(self.own.out / f"gpu_levers_{self.args.size}.json", payload)
 
