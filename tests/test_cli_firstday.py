@@ -128,6 +128,10 @@ def test_model_card_report_and_pictures(finished_run: Path, capsys: pytest.Captu
     page = (finished_run / "report.html").read_text()
     assert '<table class="evals"' in page and "<th>score</th>" in page and '{"step"' not in page
     assert "step-000001-captioned.png" in page
+    last = json.loads((finished_run / "metrics.jsonl").read_text().splitlines()[-1])
+    evals = [json.loads(line) for line in (finished_run / "eval.jsonl").read_text().splitlines()]
+    for value in [v for record in (last, *evals) for v in record.values() if isinstance(v, float)]:
+        assert f"<td>{value:.4g}</td>" in page, value  # one rounding for a value wherever the page shows it
 
 
 def test_push_uploads_final_with_its_card(finished_run: Path, monkeypatch: pytest.MonkeyPatch,
@@ -149,6 +153,7 @@ def test_push_uploads_final_with_its_card(finished_run: Path, monkeypatch: pytes
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", upload_file)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")  # logged in
     local_card = (finished_run / "final" / "README.md").read_text()
     assert main(["push", str(finished_run), "--repo", "me/shapes-lora", "--private"]) == 0
     assert calls[0] == ("create_repo", {"repo_id": "me/shapes-lora", "private": True, "exist_ok": True, "repo_type": "model"})
@@ -277,12 +282,18 @@ def test_branch_grpo_scales_its_splits_to_the_schedule(tmp_path: Path, capsys: p
 
 
 def test_library_noise_is_silenced_and_no_bars_without_a_tty(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    """Prompts from a dataset folder never built before (datasets prints its split bars then)."""
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    datasets.Dataset.from_dict({"prompt": CAPTIONS}).to_parquet(str(folder / "train.parquet"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "treegrpo", "train", CONFIG, "--output-dir", str(tmp_path / "run"), *TINY,
-               "train.progress=true"]
+               "train.progress=true", "data.builtin=null", f"data.prompts={folder}"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    for noise in ("torchvision", "Loading", "it/s]", "%|", "Warning", "warn"):
+    assert (tmp_path / "cache").is_dir()  # the dataset was built in this run
+    for noise in ("torchvision", "Loading", "Generating", "it/s]", "%|", "Warning", "warn"):
         assert noise not in done.stderr, done.stderr
     assert "step 1/1" in done.stderr and "eval step 1" in done.stderr
 
@@ -368,3 +379,81 @@ def test_tensorboard_gets_the_captioned_grid(finished_run: Path) -> None:
     assert "eval/samples" in tags and "eval/samples_captioned" in tags
     bare, captioned = accumulator.Images("eval/samples")[0], accumulator.Images("eval/samples_captioned")[0]
     assert captioned.height > bare.height  # the captions add rows of text
+
+
+def test_push_refuses_a_bad_repo_id_no_login_and_an_unreachable_hub_in_one_line(
+        finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each was a traceback (HFValidationError, LocalTokenNotFoundError, a connection error after retries)."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    card = (finished_run / "final" / "README.md").read_text()
+    assert "is not a Hub repo id" in _one_line_error(capsys, ["push", str(finished_run), "--repo", "me//two words"])
+    assert "not logged in" in _one_line_error(capsys, ["push", str(finished_run), "--repo", "me/x"])
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_planted")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the client refuses to connect: no network needed for the test
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    err = _one_line_error(capsys, ["push", str(finished_run), "--repo", "me/x"])
+    assert "cannot reach the Hugging Face Hub" in err and "push again" in err and "hf_planted" not in err
+    assert (finished_run / "final" / "README.md").read_text() == card
+
+
+def test_ocr_prompts_without_quoted_text_are_refused_before_the_model_loads(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """They failed with a traceback at the first scoring, after the model had loaded and the folder was written."""
+    pytest.importorskip("rapidocr_onnxruntime")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a sign saying "OPEN"\na cat on a mat\n', encoding="utf-8")
+    run = tmp_path / "run"
+    err = _one_line_error(capsys, ["train", CONFIG, "--output-dir", str(run), *TINY, "reward=ocr", "data.builtin=null",
+                                   f"data.prompts={prompts}", "data.prompts_per_iteration=1"])
+    assert "ocr reward, training prompt 2: prompt 'a cat on a mat' has no text in double quotes" in err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/treegrpo-run", "/sys/treegrpo/run"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(
+        where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only place was found at the first save (as root, permissions alone never refuse: these file systems do)."""
+    top = "/" + where.split("/")[1]
+    if not Path(top).is_dir():
+        pytest.skip(f"no {top} here")
+    err = _one_line_error(capsys, ["train", CONFIG, "--output-dir", where, *TINY])
+    assert f"cannot write to {top} (" in err and "choose another --output-dir" in err
+
+
+def test_a_judge_answering_404_ends_the_run_in_one_line_with_exit_2(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong judge model name (the server's 404) was a RuntimeError traceback (exit 1) at the first scoring."""
+    from treegrpo.testing.fake_judge_server import FakeJudgeServer, Reply
+
+    config = tmp_path / "judged.yaml"
+    with FakeJudgeServer(lambda request, call: Reply(404, {"error": {"message": "model 'nope' does not exist"}})) as server:
+        import yaml
+
+        values = yaml.safe_load(Path(CONFIG).read_text())
+        values["reward"] = {"vlm_judge": {"weight": 1.0, "base_url": server.base_url, "model": "nope", "timeout": 5.0,
+                                          "retries": 0}}
+        config.write_text(json.dumps(values))
+        err = _one_line_error(capsys, ["train", str(config), "--output-dir", str(tmp_path / "run"), *TINY])
+    assert "rejected the request (404)" in err and "model 'nope' does not exist" in err
+
+
+def test_following_the_unsupported_pipeline_hint_with_sdxl_is_refused_before_loading(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`model.family=sd` on an SDXL folder (the old hint's advice) loaded without text_encoder_2 and failed later."""
+    sdxl = tmp_path / "sdxl"
+    sdxl.mkdir()
+    components = {"scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+                  "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                  "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+                  "vae": ["diffusers", "AutoencoderKL"], "feature_extractor": [None, None], "image_encoder": [None, None]}
+    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", **components}))
+    base = ["train", CONFIG, "--output-dir", str(tmp_path / "run"), *TINY, f"model.path={sdxl}"]
+    assert "StableDiffusionXLPipeline, which is not supported" in _one_line_error(capsys, base)
+    err = _one_line_error(capsys, [*base, "model.family=sd", "method=ddpo"])
+    assert "model.family=sd cannot load" in err and "text_encoder_2, tokenizer_2" in err
+    assert not (tmp_path / "run").exists()

@@ -170,7 +170,7 @@ def test_tree_validation_accepts_exactly_the_buildable_shapes(schedule: str, k: 
             "geometric_ratio": ratio, "split_steps": splits, "train_fraction": fraction}
     values = {**BASE, "tree": tree, "sampling": {"steps": steps}}
     try:
-        cfg = resolve_config(values)
+        resolve_config(values)
         accepted = True
     except ConfigError:
         accepted = False

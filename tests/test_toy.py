@@ -1,7 +1,6 @@
 """Every preset learns on the 2-D toy; TreeGRPO keeps its reward after saturating (the guard's job)."""
 
 import pytest
-import torch
 
 from treegrpo.toy import ToyRunConfig, ToyTask, ToyVelocity, pretrain_toy, train_toy
 

@@ -167,7 +167,6 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path: Path) -> None:
 def test_mixed_precision_rollout_and_update_compute_in_one_precision(tmp_path: Path) -> None:
     """With fp32 master weights under train.mixed_precision=bf16 the rollout's old log-probs and the update's
     recomputation come from the same bf16 forward (accelerate patches the denoiser's own forward): ratio exactly 1."""
-    import torch
     from accelerate.state import AcceleratorState
 
     from treegrpo.trainer import Trainer
@@ -184,8 +183,6 @@ def test_mixed_precision_rollout_and_update_compute_in_one_precision(tmp_path: P
 
 
 def _check_one_precision(trainer: Any) -> None:
-    import torch
-
     seen: list[tuple[bool, torch.dtype]] = []
     projection = trainer.backbone.denoiser.transformer_blocks[0].attn.to_q
     projection.register_forward_hook(lambda module, inputs, output: seen.append((torch.is_autocast_enabled("cpu"), output.dtype)))

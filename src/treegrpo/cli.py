@@ -72,7 +72,8 @@ def quiet_libraries(verbose: bool, loads_models: bool) -> None:
     if verbose:
         return
     for variable, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
-                            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                            ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
                             ("WANDB_SILENT", "true")):
         os.environ.setdefault(variable, value)
     warnings.filterwarnings("ignore")
@@ -515,12 +516,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except (ConfigError, FileNotFoundError) as error:  # first: a server's 4xx is both bad settings and a RuntimeError
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        sys.stderr.write(f"treegrpo {args.command}: error: {message}\n")
+        return EXIT_BAD_INPUT
     except RuntimeError as error:
         return _stopped(args.command, error)
     except KeyboardInterrupt:
         sys.stderr.write(f"treegrpo {args.command}: interrupted before training started; nothing was saved\n")
         return 128 + 2
-    except (ConfigError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        sys.stderr.write(f"treegrpo {args.command}: error: {message}\n")
-        return EXIT_BAD_INPUT

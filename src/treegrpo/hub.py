@@ -144,19 +144,46 @@ def _card_pipeline(card: str) -> Optional[str]:
 
 
 def push(run: Path, repo: str, *, private: bool = False, token: Optional[str] = None) -> str:
-    """Upload ``RUN/final`` (with its model card) to the Hub repo ``repo``; returns the repo URL."""
-    from huggingface_hub import HfApi
+    """Upload ``RUN/final`` (with its model card) to the Hub repo ``repo``; returns the repo URL.
 
+    The repo id, the exported weights and a login are checked before anything is written or sent; a
+    refusal or an unreachable Hub is one line (nothing half-uploaded: each upload is one commit)."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as error:
+        raise ConfigError(f"--repo {repo!r} is not a Hub repo id ({str(error).split('. ')[0]}); "
+                          "write NAME or USER_OR_ORG/NAME") from None
     final = run / "final"
     if not final.is_dir() or not any(p.suffix == ".safetensors" for p in final.rglob("*")):
         raise ConfigError(f"{final} holds no exported weights; push the folder of a run that finished training")
+    if (token or get_token()) is None:
+        raise ConfigError("not logged in to the Hugging Face Hub: run `hf auth login` or set HF_TOKEN, then push again")
     if not (final / "README.md").is_file():
         write_model_card(run)
     card = model_card(run, _card_pipeline((final / "README.md").read_text(encoding="utf-8")), location=repo)
     api = HfApi(token=token)
-    url = api.create_repo(repo_id=repo, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(folder_path=str(final), repo_id=repo, repo_type="model", ignore_patterns=["README.md"],
-                      commit_message=f"treegrpo: upload {run.name}")
-    api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md", repo_id=repo, repo_type="model",
-                    commit_message="treegrpo: model card")  # its snippet loads from the repo
+    try:
+        url = api.create_repo(repo_id=repo, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(final), repo_id=repo, repo_type="model", ignore_patterns=["README.md"],
+                          commit_message=f"treegrpo: upload {run.name}")
+        api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md", repo_id=repo, repo_type="model",
+                        commit_message="treegrpo: model card")  # its snippet loads from the repo
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise ConfigError(f"the Hub refused the upload to {repo} (HTTP {status}: {str(error).splitlines()[0][:120]}); "
+                          "check that your token may write to that namespace (`hf auth whoami`)") from None
+    except Exception as error:
+        if not is_network_error(error):
+            raise
+        raise ConfigError(f"cannot reach the Hugging Face Hub ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+                          "check the connection (and that HF_HUB_OFFLINE is unset), then run the same push again") from None
     return str(url)
+
+
+def is_network_error(error: BaseException) -> bool:
+    """A connection failure of the Hub client: an ``OSError`` (requests, offline mode) or an httpx transport error."""
+    return isinstance(error, OSError) or any(cls.__module__.split(".")[0] in ("httpx", "httpx2") for cls in type(error).__mro__)

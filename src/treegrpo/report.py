@@ -150,10 +150,7 @@ def evaluation_table(evals: list[dict[str, Any]]) -> str:
 def write_html(run: Path, metrics: list[dict[str, Any]], evals: list[dict[str, Any]], figure: Path) -> Path:
     """The report page (relative links to the run's pictures)."""
     last = metrics[-1] if metrics else {}
-    summary = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in last.items()
-    )
+    summary = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in last.items())  # one rounding everywhere
     evals_table = evaluation_table(evals)
     samples = run / "samples"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>treegrpo report: {html.escape(run.name)}</title></head>

@@ -30,10 +30,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any, Optional, Sequence
 
 logger = logging.getLogger("treegrpo.demo")
 

@@ -91,7 +91,8 @@ def family_of(model_index: dict[str, Any], path: str) -> str:
     if family is None:
         raise ConfigError(
             f"{path} holds a {class_name or 'pipeline without _class_name'}, which is not supported; "
-            f"use one of {supported_pipelines()}, or set model.family to load it as one of them"
+            f"use one of {supported_pipelines()} (a derivative with the same components under another class name "
+            "loads with model.family set to that family)"
         )
     return family
 
@@ -106,7 +107,27 @@ def chosen_family(cfg: ModelConfig, model_index: dict[str, Any]) -> str:
             f"model.family is {cfg.family!r} but {cfg.path} holds a {model_index['_class_name']} ({detected}); "
             "unset model.family to use the detected one"
         )
+    if detected is None:
+        check_components_fit(cfg, model_index)
     return cfg.family
+
+
+def check_components_fit(cfg: ModelConfig, model_index: dict[str, Any]) -> None:
+    """A pipeline loaded as another family (``model.family``) must have no component that family's pipeline
+    does not take: an SDXL folder loaded as ``sd`` would drop its second text encoder and fail at the first step."""
+    import diffusers
+
+    assert cfg.family is not None
+    pipeline = getattr(diffusers, FAMILIES[cfg.family].pipelines[0])
+    expected, _ = pipeline._get_signature_keys(pipeline)
+    present = {name for name, value in model_index.items() if not name.startswith("_") and isinstance(value, list)}
+    extra = sorted(present - set(expected))
+    if extra:
+        raise ConfigError(
+            f"model.family={cfg.family} cannot load {cfg.path}: its {model_index.get('_class_name', 'pipeline')} has "
+            f"component(s) {', '.join(extra)} that {pipeline.__name__} does not take, so that model is not supported; "
+            f"use one of {supported_pipelines()}"
+        )
 
 
 def _absent_components(model_index: dict[str, Any]) -> dict[str, None]:

@@ -57,6 +57,15 @@ class MultiReward:
             rewards[name] = reward if frames is None else FrameSampledReward(reward, frames)
         return cls(rewards, weights)
 
+    def check_prompts(self, prompts: Sequence[str], source: str) -> None:
+        """Let each reward that reads its prompts (``check_prompts(prompts, source)``, e.g. OCR's quoted
+        text) refuse them now, before a model loads, rather than at the first scoring."""
+        for reward in self.rewards.values():
+            inner = getattr(reward, "reward", reward)  # a frame-sampling wrapper checks what it wraps
+            check = getattr(inner, "check_prompts", None)
+            if check is not None:
+                check(prompts, source)
+
     def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Each reward's float32 CPU scores [B], by name (unweighted); clips ``[B, F, 3, H, W]`` go to
         rewards that take video, and as sampled frames (:mod:`treegrpo.rewards.video`) to the others.

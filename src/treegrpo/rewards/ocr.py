@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from treegrpo.errors import ConfigError
 from treegrpo.rewards.base import BatchedReward
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,15 @@ class OcrReward(BatchedReward):
             logger.warning("ocr failed on an image (%s): scored as no text", type(error).__name__)
             return ""
         return recognized_text(result)
+
+    def check_prompts(self, prompts: Sequence[str], source: str) -> None:
+        """Every prompt names the text to render in double quotes (checked before any model loads)."""
+        for number, prompt in enumerate(prompts, start=1):
+            try:
+                ocr_score("", prompt)
+            except ValueError as error:
+                reason = str(error).removeprefix("ocr reward: ")
+                raise ConfigError(f"ocr reward, {source} prompt {number}: {reason}") from None
 
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         for prompt in prompts:  # bad prompts fail before any OCR runs

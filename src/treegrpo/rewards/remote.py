@@ -56,6 +56,11 @@ class RemoteRewardError(RuntimeError):
     """The reward server rejected a request (4xx) or, as :class:`RemoteRewardUnavailable`, gave no usable answer."""
 
 
+class RemoteRewardRejected(RemoteRewardError, ConfigError):
+    """The server refused the request (4xx: a wrong model name, key or token): the settings are at fault, so
+    the command line prints it as one line with exit 2, whether it comes at start-up or mid-run."""
+
+
 class RemoteRewardUnavailable(RemoteRewardError):
     """Every attempt failed (timeouts, refused connections, 5xx, unusable answers): the server is down or stalls."""
 
@@ -142,15 +147,15 @@ class RemoteReward(BatchedReward):
         return http_json(self.url + path, body, timeout=self.timeout, max_response_bytes=self.max_response_bytes,
                          headers=self._headers)
 
-    def _rejected(self, error: RequestError) -> RemoteRewardError:
+    def _rejected(self, error: RequestError) -> RemoteRewardRejected:
         """A 4xx as a one-line configuration error; a 401 says which variable to set (never the token)."""
         if error.status == 401 and not self._headers:
-            return RemoteRewardError(f"reward server {self.url} needs a token (401): set {self.token_env} to the "
+            return RemoteRewardRejected(f"reward server {self.url} needs a token (401): set {self.token_env} to the "
                                      "token in the server's --token-file")
         if error.status == 401:
-            return RemoteRewardError(f"reward server {self.url} refused the token in {self.token_env} (401): set it "
+            return RemoteRewardRejected(f"reward server {self.url} refused the token in {self.token_env} (401): set it "
                                      "to the token in the server's --token-file")
-        return RemoteRewardError(f"reward server {self.url} rejected the request ({error.status}): {error}")
+        return RemoteRewardRejected(f"reward server {self.url} rejected the request ({error.status}): {error}")
 
     def _with_retries(self, path: str, body: bytes | None, check: Callable[[Any], _T]) -> _T:
         """Call ``_request`` up to ``retries + 1`` times, waiting by exponential backoff or as a busy server asks."""

@@ -69,6 +69,7 @@ from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo
     TOKEN_ENV,
     RemoteReward,
     RemoteRewardError,
+    RemoteRewardRejected,
     RemoteRewardUnavailable,
     RequestError,
     check_token,
@@ -76,7 +77,7 @@ from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo
 )
 
 __all__ = [
-    "RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer", "ServerLimits",
+    "RemoteReward", "RemoteRewardError", "RemoteRewardRejected", "RemoteRewardUnavailable", "RequestError", "RewardHTTPServer", "ServerLimits",
     "decode_image", "encode_image", "is_loopback", "main", "make_server", "parse_score_request", "read_token", "serve",
 ]
 

@@ -34,7 +34,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from treegrpo.rewards.base import BatchedReward
-from treegrpo.rewards.remote import RemoteRewardError, RequestError, _describe, encode_image, http_json
+from treegrpo.rewards.remote import RemoteRewardRejected, RequestError, _describe, encode_image, http_json
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class VlmJudgeReward(BatchedReward):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         if fatal is not None:
-            raise RemoteRewardError(fatal)
+            raise RemoteRewardRejected(fatal)
         self.last_stats = stats
         self.total_stats.add(stats)
         if stats.fallbacks:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from treegrpo.errors import ConfigError
@@ -60,6 +61,24 @@ def check_output_folder(folder: Path) -> None:
             raise RunDirError(
                 f"--output-dir {folder} is not empty ({shown}) and holds no treegrpo run; choose a new or empty folder"
             )
+    check_writable(folder)
+
+
+def check_writable(folder: Path) -> None:
+    """Write and remove a small probe where the run folder will be (its nearest existing parent), so a
+    read-only, full or foreign folder is refused before a model loads rather than at the first save."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".treegrpo-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RunDirError(f"cannot write to {existing} ({reason}) for --output-dir {folder}; "
+                          "free space there, fix its permissions, or choose another --output-dir") from None
 
 
 def resume_command(run_dir: Path, processes: int = 1) -> str:

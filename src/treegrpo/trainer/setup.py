@@ -67,11 +67,16 @@ def preflight(cfg: TrainerConfig, device: torch.device | str) -> tuple[RewardSet
     Prompts and the model folder are checked without loading a model; the rewards and judges are
     built here (missing weights fail now, before the diffusion model loads) and handed to the trainer.
     """
-    load_prompt_sets(cfg.data, cfg.seed)
+    prompts = load_prompt_sets(cfg.data, cfg.seed)
     check_model_folder(cfg)
     check_trackers_installed(cfg.train.log_with)
     check_tracker_logins(cfg.train.log_with)
-    return build_rewards(cfg.reward, device), build_judges(cfg, device)
+    rewards, judges = build_rewards(cfg.reward, device), build_judges(cfg, device)
+    rewards.multi.check_prompts([str(p) for p in prompts.train], "training")
+    for scorer in (rewards, judges):
+        if scorer is not None:
+            scorer.multi.check_prompts([str(p) for p in prompts.eval], "held-out")
+    return rewards, judges
 
 
 def check_processes(cfg: TrainerConfig, world: int) -> None:
