@@ -45,6 +45,17 @@ class BuiltinPrompts(Choice):
     shapes = "shapes"
     shapes_composition = "shapes_composition"
 
+    @classmethod
+    def parse(cls, value: object, key: str) -> "BuiltinPrompts":
+        """As :meth:`Choice.parse`; a prompt set's name (``drawbench``) says where prompt sets go instead."""
+        from treegrpo import prompt_sets
+
+        name = str(value).removeprefix(prompt_sets.PREFIX)
+        if not isinstance(value, cls) and name in prompt_sets.SETS:
+            raise ConfigError(f"{key}={value} is the shapes task's caption generator (shapes, shapes_composition); "
+                              f"a prompt set goes in data.prompts=builtin:{name} or data.eval_prompts=builtin:{name}")
+        return super().parse(value, key)
+
 
 class Progress(Choice):
     """``train.progress``: which bars a run shows on a terminal."""
@@ -104,9 +115,10 @@ class DataConfig:
     """Where prompts come from and how many each iteration uses."""
 
     prompts: Optional[str] = None
-    """Training prompts: a .txt file (one per line), a .jsonl file (``prompt_field``), or a HF dataset."""
+    """Training prompts: a .txt file (one per line), a .jsonl file (``prompt_field``), a HF dataset, or a
+    built-in set ``builtin:NAME`` (:mod:`treegrpo.prompt_sets`: drawbench, geneval, ocr, pickscore, hpdv2)."""
     eval_prompts: Optional[str] = None
-    """Held-out prompts (same formats); unset = ``heldout`` prompts split off ``prompts``."""
+    """Held-out prompts (same forms); unset = ``heldout`` prompts split off ``prompts``."""
     builtin: Optional[BuiltinPrompts] = None
     """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files;
     ``"shapes_composition"``: only its count (two or three objects) and relation captions."""
@@ -149,10 +161,25 @@ class DataConfig:
                 f"data.heldout={self.heldout} splits prompts off data.prompts, but {source} already gives the held-out "
                 "prompts; set data.heldout=0"
             )
+        self._check_prompt_sets()
         self.builtin = None if self.builtin is None else BuiltinPrompts.parse(self.builtin, "data.builtin")
         _at_least("data.prompts_per_iteration", self.prompts_per_iteration, 1)
         _at_least("data.heldout", self.heldout, 0)
         _at_least("data.num_eval_prompts", self.num_eval_prompts, 0)
+
+
+    def _check_prompt_sets(self) -> None:
+        """``builtin:NAME`` sources name known sets; a ``prompt_field`` that no source reads is refused."""
+        from treegrpo import prompt_sets
+
+        sources = {"data.prompts": self.prompts, "data.eval_prompts": self.eval_prompts}
+        for key, source in sources.items():
+            if prompt_sets.is_builtin(source):
+                prompt_sets.prompt_set(str(source), key)
+        given = [source for source in sources.values() if source is not None]
+        if given and all(prompt_sets.is_builtin(s) for s in given) and self.prompt_field != DataConfig.prompt_field:
+            raise ConfigError(f"data.prompt_field={self.prompt_field} has nothing to choose: built-in sets "
+                              f"({', '.join(given)}) hold only the prompts' text; drop data.prompt_field")
 
 
 @dataclass
