@@ -1,20 +1,25 @@
 """Built-in prompt sets (``builtin:NAME``): counts, exact text, metadata, the user's own copies, and their
-use as ``data.prompts`` / ``data.eval_prompts``."""
+use as ``data.prompts`` / ``data.eval_prompts``; a prompt set's fields reach a reward behind the reward server."""
 
 from __future__ import annotations
 
 import collections
 import json
 import re
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from treegrpo import prompt_sets
 from treegrpo.config import resolve_config
 from treegrpo.data import load_jsonl, load_prompt_sets, load_prompts
 from treegrpo.errors import ConfigError
 from treegrpo.prompts import DataError, PromptRecord, prompt_metadata
+from treegrpo.rewards.server import RemoteReward, encode_image, make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "src" / "treegrpo" / "prompt_sets"
@@ -93,3 +98,34 @@ def test_jsonl_fields_travel_with_their_prompt(tmp_path: Path) -> None:
     file.write_text('{"prompt": "a photo of a bench", "tag": "single_object"}\n{"prompt": "plain"}\n')
     first, second = load_jsonl(file)
     assert prompt_metadata(first) == {"tag": "single_object"} and prompt_metadata(second) is None
+
+
+class _ObjectsSeen:
+    """A stand-in for GenEval's detector behind the reward server: 1 for single-object prompts, and what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        self.seen += [prompt_metadata(p) for p in prompts]
+        return torch.tensor([float((prompt_metadata(p) or {}).get("tag") == "single_object") for p in prompts])
+
+
+def test_a_prompt_sets_fields_reach_the_reward_behind_the_server() -> None:
+    stub = _ObjectsSeen()
+    server = make_server(stub, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        geneval = prompt_sets.load("geneval")
+        prompts = [geneval[0], geneval[100], "a plain prompt"]  # single_object, another tag, no fields
+        scores = RemoteReward(server.url, retries=0)(torch.rand(3, 3, 8, 8), prompts)
+        assert scores.tolist() == [1.0, 0.0, 0.0]
+        assert stub.seen == [geneval[0].metadata, geneval[100].metadata, None]
+        body = json.dumps({"prompts": ["a"], "images": [encode_image(torch.rand(3, 8, 8))], "metadata": [1]}).encode()
+        request = urllib.request.Request(server.url + "/score", data=body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 400 and b"one object (or null) per prompt" in refused.value.read()
+    finally:
+        server.shutdown()
+        server.server_close()
