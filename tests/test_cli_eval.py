@@ -53,7 +53,8 @@ def _eval(capsys: pytest.CaptureFixture[str], *words: str) -> str:
 
 
 def test_the_table_has_a_row_per_model_and_a_column_per_reward(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = _eval(capsys, str(run / "config.yaml"), "--trained", str(run / "final"), "--prompts", "builtin:drawbench",
+    out = _eval(capsys, str(run / "config.yaml"), "data.prompt_field=caption",  # the training files' field: ignored
+                "--trained", str(run / "final"), "--prompts", "builtin:drawbench",
                 "--num-prompts", "6", "--rewards", CHEAP, "--per-prompt", "2")
     assert "| model | jpeg_compressibility | jpeg_incompressibility |" in out
     rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}

@@ -112,13 +112,16 @@ def output_paths(out: Optional[str], trained: Optional[str], source: str) -> Opt
 def eval_config(request: EvalRequest) -> TrainerConfig:
     """The resolved config; with ``--prompts`` the data section's sources are replaced by those prompts (so a
     config without any, or with the shapes generator, still evaluates a prompt set)."""
-    from treegrpo.config import load_yaml, resolve_config, validate, with_reward_files
+    from treegrpo.config import DataConfig, load_yaml, resolve_config, validate, with_reward_files
+    from treegrpo.prompt_sets import is_builtin
 
     values = load_yaml(request.config) if request.config is not None else {}
     cfg = resolve_config(values, request.overrides, source=request.config or "defaults", check=False)
     if request.prompts is not None:
         data = replace(cfg.data, prompts=request.prompts, eval_prompts=None, builtin=None, heldout=0,
                        prompts_per_iteration=1)
+        if is_builtin(request.prompts):  # a training config's prompt_field is for its own files
+            data = replace(data, prompt_field=DataConfig.prompt_field)
         cfg = replace(cfg, data=data)
     validate(cfg)
     if request.config is not None:
