@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from treegrpo import prompt_sets
 from treegrpo.choices import Choice
 from treegrpo.engine.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
 from treegrpo.errors import ConfigError, did_you_mean
@@ -48,8 +49,6 @@ class BuiltinPrompts(Choice):
     @classmethod
     def parse(cls, value: object, key: str) -> "BuiltinPrompts":
         """As :meth:`Choice.parse`; a prompt set's name (``drawbench``) says where prompt sets go instead."""
-        from treegrpo import prompt_sets
-
         name = str(value).removeprefix(prompt_sets.PREFIX)
         if not isinstance(value, cls) and name in prompt_sets.SETS:
             raise ConfigError(f"{key}={value} is the shapes task's caption generator (shapes, shapes_composition); "
@@ -161,25 +160,12 @@ class DataConfig:
                 f"data.heldout={self.heldout} splits prompts off data.prompts, but {source} already gives the held-out "
                 "prompts; set data.heldout=0"
             )
-        self._check_prompt_sets()
+        prompt_sets.check_sources({"data.prompts": self.prompts, "data.eval_prompts": self.eval_prompts},
+                                  self.prompt_field, DataConfig.prompt_field)
         self.builtin = None if self.builtin is None else BuiltinPrompts.parse(self.builtin, "data.builtin")
         _at_least("data.prompts_per_iteration", self.prompts_per_iteration, 1)
         _at_least("data.heldout", self.heldout, 0)
         _at_least("data.num_eval_prompts", self.num_eval_prompts, 0)
-
-
-    def _check_prompt_sets(self) -> None:
-        """``builtin:NAME`` sources name known sets; a ``prompt_field`` that no source reads is refused."""
-        from treegrpo import prompt_sets
-
-        sources = {"data.prompts": self.prompts, "data.eval_prompts": self.eval_prompts}
-        for key, source in sources.items():
-            if prompt_sets.is_builtin(source):
-                prompt_sets.prompt_set(str(source), key)
-        given = [source for source in sources.values() if source is not None]
-        if given and all(prompt_sets.is_builtin(s) for s in given) and self.prompt_field != DataConfig.prompt_field:
-            raise ConfigError(f"data.prompt_field={self.prompt_field} has nothing to choose: built-in sets "
-                              f"({', '.join(given)}) hold only the prompts' text; drop data.prompt_field")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from treegrpo.errors import ConfigError, did_you_mean
 from treegrpo.prompts import DataError, PromptRecord
@@ -194,6 +194,18 @@ def prompt_set(name: str, key: Optional[str] = None) -> PromptSet:
     return SETS[bare]
 
 
+def check_sources(sources: Mapping[str, Optional[str]], prompt_field: str, default_field: str) -> None:
+    """``builtin:`` sources (by the setting that names them) name known sets, and a ``prompt_field`` other than
+    ``default_field`` is refused when only built-in sets would read it (they hold just the prompts' text)."""
+    for key, source in sources.items():
+        if is_builtin(source):
+            prompt_set(str(source), key)
+    given = [source for source in sources.values() if source is not None]
+    if given and all(is_builtin(source) for source in given) and prompt_field != default_field:
+        raise ConfigError(f"data.prompt_field={prompt_field} has nothing to choose: built-in sets ({', '.join(given)}) "
+                          "hold only the prompts' text; drop data.prompt_field")
+
+
 def load(name: str) -> list[PromptRecord]:
     """Every prompt of the set ``name`` (``"drawbench"`` or ``"builtin:drawbench"``), in the source's order."""
     records = prompt_set(name).read()
@@ -202,5 +214,5 @@ def load(name: str) -> list[PromptRecord]:
     return records
 
 
-__all__ = ["HPDV2_STYLES", "PREFIX", "PromptRecord", "PromptSet", "SETS", "USER_COPIES", "is_builtin", "load", "names",
-           "prompt_set"]
+__all__ = ["HPDV2_STYLES", "PREFIX", "PromptRecord", "PromptSet", "SETS", "USER_COPIES", "check_sources", "is_builtin",
+           "load", "names", "prompt_set"]
