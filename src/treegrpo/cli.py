@@ -2,7 +2,8 @@
 
     treegrpo train [CONFIG.yaml] [dotted.key=value ...] [--output-dir RUN] [--resume RUN|auto] [--overwrite]
     treegrpo sample (--model PATH | --run RUN) [--trained DIR] --prompt TEXT ... [--prompts FILE --prompt-field F] --out grid.png
-    treegrpo eval [CONFIG.yaml] [dotted.key=value ...] [--trained DIR] [--out results.json]
+    treegrpo eval [CONFIG.yaml] [dotted.key=value ...] [--trained DIR] [--prompts builtin:NAME] [--rewards A,B]
+                  [--num-prompts N] [--per-prompt [K]] [--out results.json]
     treegrpo report RUN
     treegrpo push RUN --repo ID [--private]
     treegrpo config --show-defaults [--method NAME]
@@ -22,7 +23,6 @@ with 128 + the signal number (143 / 130); a run stopped by repeated NaN / inf va
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -274,26 +274,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Held-out prompts through the configured rewards; JSON to stdout (and --out)."""
-    from treegrpo.config import load_config
-    from treegrpo.data import load_prompt_sets
-    from treegrpo.trainer.evaluation import evaluate
-    from treegrpo.trainer.setup import build_rewards
+    """The evaluation table: base (and trained) model, one column per reward; Markdown printed, JSON + Markdown
+    written (``treegrpo.eval_table``)."""
+    from treegrpo.eval_table import EvalRequest, run
 
     path, overrides = split_config_and_overrides(args.items)
     if path is None and not overrides:
-        raise CliError("no config given; run `treegrpo eval [CONFIG.yaml] [key=value ...] [--trained RUN/final]`")
-    cfg = load_config(path, overrides)
-    prompts = load_prompt_sets(cfg.data, cfg.seed).eval
-    backbone = load_for_inference(cfg.model, args.trained)
-    rewards = build_rewards(cfg.reward, backbone.device if hasattr(backbone, "device") else "cpu")
-    result, _, _ = evaluate(backbone, rewards, prompts, steps=cfg.sampling.steps, guidance_scale=cfg.sampling.guidance_scale,
-                         seed=cfg.data.eval_seed, max_batch=cfg.sampling.max_batch)
-    output = {"model": cfg.model.path, "trained": args.trained, "prompts": len(prompts), **result}
-    text = json.dumps(output, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        raise CliError("no config given; run `treegrpo eval [CONFIG.yaml] [key=value ...] [--trained RUN/final] "
+                       "[--prompts builtin:drawbench] [--rewards hpsv2,pickscore]`")
+    request = EvalRequest(path, overrides, trained=args.trained, prompts=args.prompts, num_prompts=args.num_prompts,
+                          rewards=args.rewards, per_prompt=args.per_prompt, out=args.out)
+    print(run(request), end="")
     return 0
 
 
@@ -377,7 +368,7 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--run", help="a run folder: its model, size, steps and guidance, and its RUN/final weights")
     p.add_argument("--trained", help="a LoRA folder or RUN/final")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    p.add_argument("--prompts", help="a .txt/.jsonl file of prompts")
+    p.add_argument("--prompts", help="a .txt/.jsonl file of prompts, or a built-in set (builtin:drawbench)")
     p.add_argument("--prompt-field", default="prompt", help="the field of a .jsonl record that holds the prompt")
     p.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
     p.add_argument("--steps", type=int, help=f"default: the run's, else {SAMPLE_DEFAULTS['steps']}")
@@ -397,10 +388,21 @@ def _add_sample(sub: Any) -> None:
 
 
 def _add_eval(sub: Any) -> None:
-    p = sub.add_parser("eval", help="score held-out prompts with the configured rewards (JSON)")
+    p = sub.add_parser("eval", help="the evaluation table: base and trained model, mean ± standard error per reward",
+                       description="Sample one image per prompt with the base model (and the trained one) and score "
+                       "it with every reward; print a Markdown table, write it as JSON and Markdown.")
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
-    p.add_argument("--trained", help="a LoRA folder or RUN/final (default: the base model)")
-    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--trained", help="a LoRA folder or RUN/final: adds its row and the paired difference")
+    p.add_argument("--prompts", metavar="SOURCE",
+                   help="builtin:NAME (drawbench, geneval, ocr, pickscore, hpdv2[/style]), a .txt/.jsonl file or a "
+                        "dataset (default: the config's held-out prompts)")
+    p.add_argument("--num-prompts", type=int, metavar="N", help="only the first N prompts")
+    p.add_argument("--rewards", metavar="A,B,...", help="reward names, one column each (default: the config's "
+                   "reward and eval.rewards); options come from the config's entry of the same name")
+    p.add_argument("--per-prompt", type=int, nargs="?", const=10, metavar="K",
+                   help="also list each reward's K lowest scoring prompts (default K: 10)")
+    p.add_argument("--out", help="JSON + Markdown here (OUT.json, OUT.md, or a folder); default: the run folder of "
+                   "--trained RUN/final")
     _add_verbose(p)
     p.set_defaults(func=cmd_eval)
 

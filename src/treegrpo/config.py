@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from treegrpo import prompt_sets
 from treegrpo.choices import Choice
 from treegrpo.engine.methods import METHODS, AdvantageConfig, TreeConfig, preset_sections
 from treegrpo.errors import ConfigError, did_you_mean
@@ -44,6 +45,15 @@ class BuiltinPrompts(Choice):
 
     shapes = "shapes"
     shapes_composition = "shapes_composition"
+
+    @classmethod
+    def parse(cls, value: object, key: str) -> "BuiltinPrompts":
+        """As :meth:`Choice.parse`; a prompt set's name (``drawbench``) says where prompt sets go instead."""
+        name = str(value).removeprefix(prompt_sets.PREFIX)
+        if not isinstance(value, cls) and name in prompt_sets.SETS:
+            raise ConfigError(f"{key}={value} is the shapes task's caption generator (shapes, shapes_composition); "
+                              f"a prompt set goes in data.prompts=builtin:{name} or data.eval_prompts=builtin:{name}")
+        return super().parse(value, key)
 
 
 class Progress(Choice):
@@ -104,9 +114,10 @@ class DataConfig:
     """Where prompts come from and how many each iteration uses."""
 
     prompts: Optional[str] = None
-    """Training prompts: a .txt file (one per line), a .jsonl file (``prompt_field``), or a HF dataset."""
+    """Training prompts: a .txt file (one per line), a .jsonl file (``prompt_field``), a HF dataset, or a
+    built-in set ``builtin:NAME`` (:mod:`treegrpo.prompt_sets`: drawbench, geneval, ocr, pickscore, hpdv2)."""
     eval_prompts: Optional[str] = None
-    """Held-out prompts (same formats); unset = ``heldout`` prompts split off ``prompts``."""
+    """Held-out prompts (same forms); unset = ``heldout`` prompts split off ``prompts``."""
     builtin: Optional[BuiltinPrompts] = None
     """``"shapes"``: the demo's caption generator (train / held-out captions) instead of files;
     ``"shapes_composition"``: only its count (two or three objects) and relation captions."""
@@ -149,6 +160,8 @@ class DataConfig:
                 f"data.heldout={self.heldout} splits prompts off data.prompts, but {source} already gives the held-out "
                 "prompts; set data.heldout=0"
             )
+        prompt_sets.check_sources({"data.prompts": self.prompts, "data.eval_prompts": self.eval_prompts},
+                                  self.prompt_field, DataConfig.prompt_field)
         self.builtin = None if self.builtin is None else BuiltinPrompts.parse(self.builtin, "data.builtin")
         _at_least("data.prompts_per_iteration", self.prompts_per_iteration, 1)
         _at_least("data.heldout", self.heldout, 0)

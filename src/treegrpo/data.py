@@ -1,5 +1,5 @@
-"""Prompts: loading (.txt, .jsonl, HF datasets, the built-in shapes generator), a train / held-out
-split, and a seeded, resumable sampler whose position is saved in checkpoints.
+"""Prompts: loading (.txt, .jsonl, HF datasets, the built-in sets ``builtin:NAME``, the built-in shapes
+generator), a train / held-out split, and a seeded, resumable sampler whose position is saved in checkpoints.
 
 The sampler walks through seeded permutations of the prompt pool, one per pass ("epoch"); its
 whole state is ``(epoch, position)``, and the permutation of a pass is a pure function of
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from treegrpo.config import DataConfig
-from treegrpo.prompts import DataError, EditPrompt, unreadable_image_reason
+from treegrpo.prompts import DataError, EditPrompt, PromptRecord, unreadable_image_reason
 
 
 MAX_PROMPT_CHARACTERS = 20_000
@@ -72,7 +72,8 @@ def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_
                image_field: Optional[str] = "image") -> list[str]:
     """The ``field`` of every JSON record (one per line) of a .jsonl file; errors name ``field_key`` as the fix.
 
-    A record with an ``image_field`` field (a path relative to the file) becomes an :class:`EditPrompt`.
+    A record with an ``image_field`` field (a path relative to the file) becomes an :class:`EditPrompt`;
+    one with other fields a :class:`PromptRecord` carrying them as ``metadata`` (GenEval's ``tag``, ...).
     """
     prompts: list[str] = []
     for number, line in _read_lines(file):
@@ -87,10 +88,11 @@ def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_
                 f"{file}:{number} has no string field {field!r}; add it or set {field_key} to the field's name"
             )
         text = record[field].strip()
+        others = {key: value for key, value in record.items() if key != field}
         if text and image_field and image_field in record:
             prompts.append(_edit_prompt(file, number, text, record[image_field]))
         elif text:
-            prompts.append(text)
+            prompts.append(PromptRecord(text, others) if others else text)
     return prompts
 
 
@@ -147,8 +149,13 @@ def _dataset_image(name: str, row: int, image: Any, image_field: str, folder: Op
 
 def load_prompts(source: str, *, field: str = "prompt", split: str = "train", field_key: str = "data.prompt_field",
                  image_field: Optional[str] = "image") -> list[str]:
-    """Prompts from a .txt / .jsonl file or a HF dataset name or folder; never empty. ``field_key`` names the
-    setting that chooses the field (``data.prompt_field``, or ``--prompt-field`` for ``treegrpo sample``)."""
+    """Prompts from a built-in set (``builtin:drawbench``), a .txt / .jsonl file or a HF dataset name or folder;
+    never empty. ``field_key`` names the setting that chooses the field (``data.prompt_field``, or
+    ``--prompt-field`` for ``treegrpo sample``)."""
+    from treegrpo import prompt_sets
+
+    if prompt_sets.is_builtin(source):
+        return list(prompt_sets.load(source))
     file = Path(source).expanduser()
     suffix = file.suffix.lower()
     if suffix in (".txt", ".jsonl", ".json"):

@@ -1,14 +1,16 @@
-"""A prompt that carries a source image (image editing), and how to read that image.
+"""Prompts that carry more than their text: a source image (image editing), a prompt set's fields;
+and how to read a source image.
 
 Low in the layers so that models, rewards and data can all use it: an :class:`EditPrompt` is a
-``str`` (everything that logs, captions or samples prompts keeps working) with an ``image``.
+``str`` (everything that logs, captions or samples prompts keeps working) with an ``image``; a
+:class:`PromptRecord` is a ``str`` with ``metadata`` (DrawBench's category, GenEval's tag and objects).
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from treegrpo.errors import ConfigError
 
@@ -34,6 +36,36 @@ class EditPrompt(str):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (EditPrompt, (str(self), self.image))
+
+
+class PromptRecord(str):
+    """A prompt (the string itself) with the fields its source gives it, ``metadata``: DrawBench's
+    ``category``, GenEval's ``tag`` / ``include`` / ``exclude``, a .jsonl record's other fields.
+
+    A ``str`` so it goes wherever a prompt goes; a reward that needs the fields (GenEval's detector)
+    reads ``metadata``, also behind the reward server (the client sends it as JSON beside the prompt).
+    """
+
+    metadata: dict[str, Any]
+
+    def __new__(cls, text: str, metadata: Mapping[str, Any]) -> "PromptRecord":
+        prompt = super().__new__(cls, text)
+        prompt.metadata = dict(metadata)
+        return prompt
+
+    @property
+    def text(self) -> str:
+        """The prompt as a plain ``str``."""
+        return str(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PromptRecord, (str(self), self.metadata))
+
+
+def prompt_metadata(prompt: str) -> Optional[dict[str, Any]]:
+    """A :class:`PromptRecord`'s ``metadata``; ``None`` for any other prompt."""
+    metadata = getattr(prompt, "metadata", None)
+    return metadata if isinstance(metadata, dict) else None
 
 
 class ImageBombError(ValueError):

@@ -185,8 +185,9 @@ def _from_import_path(path: str, options: dict[str, Any]) -> RewardFn:
     raise ValueError(f"reward {path!r} is a {type(target).__name__}, not a function or class: point at a callable")
 
 
-def get_reward(name: str, **options: Any) -> RewardFn:
-    """Build the reward registered as ``name`` (or imported from ``"module:attribute"``) with its ``options``."""
+def get_reward(name: str, /, **options: Any) -> RewardFn:
+    """Build the reward registered as ``name`` (or imported from ``"module:attribute"``) with its ``options``
+    (which may hold a ``name`` of their own: a remote reward's label)."""
     if name not in _REGISTRY:
         if is_import_path(name):
             reward = _from_import_path(name, options)

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from treegrpo.errors import ConfigError
+from treegrpo.prompts import prompt_metadata
 from treegrpo.rewards.base import BatchedReward
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,11 @@ class RemoteReward(BatchedReward):
         return self._with_retries("/health", None, check)
 
     def score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        body = json.dumps({"prompts": list(prompts), "images": [encode_image(im) for im in images]}).encode()
+        request: dict[str, Any] = {"prompts": list(prompts), "images": [encode_image(im) for im in images]}
+        metadata = [prompt_metadata(prompt) for prompt in prompts]
+        if any(fields is not None for fields in metadata):  # a prompt set's fields go along (GenEval's objects)
+            request["metadata"] = metadata
+        body = json.dumps(request).encode()
         expected = len(prompts)
 
         def check(payload: Any) -> torch.Tensor:

@@ -7,7 +7,9 @@ Run big reward models in their own process or machine::
 
 Protocol (JSON, never pickle):
 
-* ``POST /score`` ``{"prompts": [str, ...], "images": [base64 PNG, ...]}`` -> ``{"scores": [float, ...]}``
+* ``POST /score`` ``{"prompts": [str, ...], "images": [base64 PNG, ...]}`` -> ``{"scores": [float, ...]}``;
+  optionally ``"metadata": [object or null, ...]``, one per prompt (a prompt set's fields, e.g. GenEval's
+  ``tag`` / ``include``): the reward then gets those prompts as :class:`~treegrpo.prompts.PromptRecord`
 * ``GET /health`` -> ``{"status": "ok", "reward": name}`` (never needs the token: it scores nothing)
 * Errors: ``{"error": "one line"}`` with 400 (malformed), 401 (missing or wrong token), 404, 408
   (request not received in time), 411 (no length), 413 (request or image too large), 500 (the reward
@@ -64,6 +66,7 @@ import torch
 from PIL import Image
 
 from treegrpo.errors import ConfigError
+from treegrpo.prompts import PromptRecord
 from treegrpo.rewards.base import RewardFn
 from treegrpo.rewards.remote import (  # the client, re-exported: `from treegrpo.rewards.server import RemoteReward`
     TOKEN_ENV,
@@ -136,9 +139,15 @@ def parse_score_request(body: bytes, *, max_images: int, max_pixels: int) -> tup
         raise RequestError(400, "no images to score")
     if len(images) > max_images:
         raise RequestError(413, f"{len(images)} images exceed the limit of {max_images} per request")
+    metadata = payload.get("metadata")
+    if metadata is not None and (not isinstance(metadata, list) or len(metadata) != len(prompts)
+                                 or not all(m is None or isinstance(m, dict) for m in metadata)):
+        raise RequestError(400, '"metadata" must be a list with one object (or null) per prompt')
     tensors = [decode_image(item, max_pixels) for item in images]
     if len({tuple(t.shape) for t in tensors}) != 1:
         raise RequestError(400, "all images of one request must have the same size")
+    if metadata is not None:
+        prompts = [p if m is None else PromptRecord(p, m) for p, m in zip(prompts, metadata)]
     return torch.stack(tensors), prompts
 
 
