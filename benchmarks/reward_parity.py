@@ -136,7 +136,7 @@ def main() -> None:
     result["torch"] = torch.__version__
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| fix | inputs | unit | before | after |")
+    print("| fix | inputs | unit | before | after |")
     print("|---|---|---|---|---|")
     shapes = ", ".join(f"{h}x{w}" for h, w in SHAPES)
     p = result["hps_preprocess"]
