@@ -47,6 +47,8 @@ def test_yaml_overrides_preset_and_cli_overrides_yaml(tmp_path: Path) -> None:
         (["method=flow_grpoo"], "did you mean 'flow_grpo'?"),
         (["reward=hpsv3"], "did you mean 'hpsv2'?"),
         (["tree=3"], "'tree' is a section"),
+        (["tree.split_steps={}"], "'tree.split_steps' takes a value of type Optional[list[int]], not a map"),  # hypothesis found it
+        (["train.lr={a: 1}"], "'train.lr' takes a value of type float, not a map"),
         (["tree.k"], "must look like dotted.key=value"),
         (["train.lr_schedule=cosin"], "did you mean 'cosine'?"),
         (["tree.window=10"], "tree.window <= 9"),
