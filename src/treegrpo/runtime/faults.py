@@ -1,4 +1,4 @@
-"""Test-only fault injection: named points in the trainer where a process can be made to die.
+"""Test-only fault injection: named points in the trainer where a process can be made to die or stall.
 
 Set ``TREEGRPO_FAULTS`` to a comma-separated list of ``POINT:N:ACTION`` entries; when this process
 reaches ``POINT`` for the ``N``-th time (counting from 1), it performs ``ACTION``. ``POINT:N:ACTION@R``
@@ -7,6 +7,8 @@ acts only in the process of rank ``R`` (``RANK`` of a multi-process launch; 0 ot
 * ``kill``  SIGKILL itself (a crash: power loss, OOM killer, preempted VM)
 * ``term``  SIGTERM itself (a polite shutdown request)
 * ``int``   SIGINT itself (Ctrl-C)
+* ``stop``  SIGSTOP itself (a stalled process: alive, holding its sockets, answering nothing; the other
+  processes must give up on it after ``train.dist_timeout``)
 
 Points: ``rollout`` (after the trees are grown), ``reward`` (after scoring), ``update`` (after
 each optimizer step), ``metrics`` (before a metrics line is written), ``checkpoint_write``
@@ -20,7 +22,7 @@ import os
 import signal
 
 ENV = "TREEGRPO_FAULTS"
-ACTIONS: dict[str, int] = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
+ACTIONS: dict[str, int] = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT, "stop": signal.SIGSTOP}
 
 _counts: dict[str, int] = {}
 
@@ -34,7 +36,7 @@ def parse(spec: str, rank: int = 0) -> dict[str, tuple[int, int]]:
             continue
         point, count, action = entry.split(":")
         if action not in ACTIONS:
-            raise ValueError(f"{ENV}: unknown action {action!r} in {entry!r}; use kill, term or int")
+            raise ValueError(f"{ENV}: unknown action {action!r} in {entry!r}; use kill, term, int or stop")
         plan[point] = (int(count), ACTIONS[action])
     return plan
 

@@ -29,38 +29,56 @@ from treegrpo.trainer.signals import TrainingInterrupted
 logger = logging.getLogger(__name__)
 
 
+def process_group_timeout(dist_timeout_minutes: float) -> timedelta:
+    """How long a collective waits for the other processes (``train.dist_timeout``) before it fails.
+
+    It must be given where the process group is created: :func:`treegrpo.trainer.launch.train`'s
+    ``PartialState`` creates it before the :class:`~treegrpo.trainer.loop.Trainer`'s ``Accelerator``,
+    whose handler (:func:`process_group_kwargs`) then changes nothing. Gloo honours it in every
+    collective the trainer uses (a stalled peer fails them after it, "Timed out waiting ...ms").
+    """
+    return timedelta(minutes=dist_timeout_minutes)
+
+
 def process_group_kwargs(dist_timeout_minutes: float) -> Any:
-    """accelerate's handler that sets the process group's collective timeout (``train.dist_timeout``)."""
+    """accelerate's handler with :func:`process_group_timeout`, for an ``Accelerator`` that creates the group."""
     from accelerate.utils import InitProcessGroupKwargs
 
-    return InitProcessGroupKwargs(timeout=timedelta(minutes=dist_timeout_minutes))
+    return InitProcessGroupKwargs(timeout=process_group_timeout(dist_timeout_minutes))
 
 
 class PeerLost(RuntimeError):
     """A collective failed because another process died or stalled; this one stops with one line."""
 
     def __init__(self, rank: int, world: int, missing: Optional[list[int]], step: int, checkpoint: Optional[Path],
-                 resume: str) -> None:
+                 resume: str, timed_out: bool = False) -> None:
         self.missing = missing
+        self.timed_out = timed_out
         who = (f"process{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {world} stopped answering"
                if missing else f"another of the {world} processes stopped answering")
+        why = "no answer within train.dist_timeout: stalled, or killed?" if timed_out else "killed, out of memory?"
         kept = (f"the last complete checkpoint is {checkpoint}; continue with `{resume}`" if checkpoint is not None
                 else "no checkpoint was saved yet; start the run again")
-        super().__init__(f"process {rank}: {who} during step {step + 1} (killed, out of memory? its own log says "
-                         f"why); {kept}")
+        super().__init__(f"process {rank}: {who} during step {step + 1} ({why} its own log says why); {kept}")
 
 
 def peer_lost(error: RuntimeError, processes: Processes, step: int, run_dir: Path) -> Optional[PeerLost]:
     """A collective that failed because another process died or stalled (``train.dist_timeout``), as one
-    line naming it; ``None`` for any other error (every process answers the roll call)."""
+    line naming it; ``None`` for any other error (every process answers the roll call).
+
+    A dead peer fails the collective at once (its sockets close); a stalled one (hung, SIGSTOPped)
+    keeps them open, and gloo fails the collective after the process group's timeout
+    (:func:`process_group_timeout`) with "Timed out waiting ...ms"; the roll call then names it too.
+    """
     if processes.world == 1 or isinstance(error, (TrainingInterrupted, NonFiniteError, RewardUnavailable)):
         return None
     missing = roll_call(processes.rank, processes.world)
-    distributed = isinstance(error, torch.distributed.DistError) or "closed by peer" in str(error)
+    timed_out = "Timed out" in str(error)
+    distributed = isinstance(error, torch.distributed.DistError) or "closed by peer" in str(error) or timed_out
     if missing == [] or (missing is None and not distributed):
         return None
     return PeerLost(processes.rank, processes.world, missing, step, latest_checkpoint(run_dir),
-                    resume_command(run_dir, processes.world))
+                    resume_command(run_dir, processes.world), timed_out)
 
 
 def roll_call(rank: int, world: int, wait_seconds: float = 3.0) -> Optional[list[int]]:

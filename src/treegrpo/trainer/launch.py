@@ -16,6 +16,7 @@ import torch
 
 from treegrpo.config import TrainerConfig, with_absolute_paths
 from treegrpo.runtime import checkpoint as ckpt
+from treegrpo.trainer.distributed import process_group_timeout
 from treegrpo.trainer.loop import Trainer
 from treegrpo.trainer.run_dir import (
     RunDirError, check_output_folder, holds_run, prepare_run_dir, resume_command, trained_nothing,
@@ -53,7 +54,8 @@ def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool =
             logger.info("%s already finished %d iterations; raise train.iterations to continue, e.g. `%s train.iterations=%d`",
                         run_dir, done, resume_command(run_dir), 2 * done)
             return []
-    state = PartialState(cpu=not torch.cuda.is_available())  # multi-process CPU runs use gloo
+    # multi-process CPU runs use gloo; the group is created here, so its timeout is given here
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=process_group_timeout(cfg.train.dist_timeout))
     check_processes(cfg, state.num_processes)
     rewards, judges = preflight(cfg, state.device)
     if state.is_main_process:
