@@ -44,16 +44,18 @@ def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_two_machines_of_one_process_train_like_one_machine_of_two(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_machines_of_one_process_train_like_one_machine_of_two(tmp_path: Path, sharding: str) -> None:
     config = _config(tmp_path, iterations=2)
+    options = ["train.fsdp=true", "train.ema=0"] if sharding == "fsdp" else []
     one, two = tmp_path / "one_machine", tmp_path / "two_machines"
     single = subprocess.run(LAUNCH + ["--num_machines", "1", "--num_processes", "2", "--main_process_port", free_port(),
-                                      *_train_command(config, one)], env=ENV, capture_output=True, text=True, timeout=240)
+                                      *_train_command(config, one, *options)], env=ENV, capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     port = free_port()
     nodes = [subprocess.Popen(LAUNCH + ["--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
                                         "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-                                        *_train_command(config, two)],
+                                        *_train_command(config, two, *options)],
                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
     outputs = [node.communicate(timeout=240) for node in nodes]
@@ -63,6 +65,11 @@ def test_two_machines_of_one_process_train_like_one_machine_of_two(tmp_path: Pat
     assert [r["reward_mean"] for r in a] == [r["reward_mean"] for r in b]
     wa, wb = _weights(one, 2), _weights(two, 2)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    if sharding == "fsdp":  # an FSDP checkpoint (whole tensors) of 2 processes resumes on 1
+        assert "denoiser sharded over 2 processes" in outputs[0][1] + outputs[1][1]
+        values = json.loads(config.read_text())
+        train(resolve_config(values, [f"output_dir={two}", "train.iterations=3", *options]), resume=str(two))
+        assert [r["num_processes"] for r in _records(two)] == [2, 2, 1]
 
 
 @pytest.mark.slow
