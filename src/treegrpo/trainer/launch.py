@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from treegrpo.config import TrainerConfig, with_absolute_paths
+from treegrpo.errors import ConfigError
 from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.trainer.distributed import process_group_timeout
 from treegrpo.trainer.loop import Trainer
@@ -56,7 +57,14 @@ def train(cfg: TrainerConfig, *, resume: Optional[str] = None, overwrite: bool =
             return []
     # multi-process CPU runs use gloo; the group is created here, so its timeout is given here
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=process_group_timeout(cfg.train.dist_timeout))
-    check_processes(cfg, state.num_processes)
+    try:
+        check_processes(cfg, state.num_processes)
+    except ConfigError as error:  # a resume on another number of processes: say so
+        saved = int(ckpt.read_state(checkpoint)["world_size"]) if checkpoint is not None else state.num_processes
+        if saved == state.num_processes:
+            raise
+        raise ConfigError(f"{checkpoint} (saved by {saved} processes) cannot resume on {state.num_processes}: "
+                          f"{error}") from None
     rewards, judges = preflight(cfg, state.device)
     if state.is_main_process:
         if resume == "auto" and checkpoint is None:

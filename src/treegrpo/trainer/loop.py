@@ -177,7 +177,7 @@ class Trainer:
         self.stop = StopSignals(announce=self.processes.is_main)
         self.start_iteration = self.metrics_lines = 0
         if resume_from is not None:
-            point = load_checkpoint(resume_from, self.state, self.processes)
+            point = load_checkpoint(resume_from, self.state, self.processes, cfg.seed)
             self.start_iteration, self.metrics_lines = point.iteration, point.metrics_lines
             self.guard.in_a_row = point.nonfinite_in_a_row
 

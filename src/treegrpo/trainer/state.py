@@ -8,10 +8,13 @@ with FSDP every process takes part in gathering the shards.
 
 from __future__ import annotations
 
+import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from treegrpo.data import PromptSampler
@@ -19,6 +22,8 @@ from treegrpo.optim import Ema
 from treegrpo.runtime import checkpoint as ckpt
 from treegrpo.runtime.fsdp import full_optimizer_state, shard_optimizer_state
 from treegrpo.trainer.distributed import Processes
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,14 +99,15 @@ def save_checkpoint(run_dir: Path, state: TrainingState, processes: Processes, i
     processes.barrier()
 
 
-def load_checkpoint(folder: Path, state: TrainingState, processes: Processes) -> ResumePoint:
-    """Restore weights, optimizer, scheduler, EMA, sampler and RNG from ``folder``; where to continue."""
+def load_checkpoint(folder: Path, state: TrainingState, processes: Processes, seed: int = 0) -> ResumePoint:
+    """Restore weights, optimizer, scheduler, EMA, sampler and RNG from ``folder``; where to continue.
+
+    A checkpoint saved by another number of processes resumes too (``launch.train`` has checked that
+    the trees and the global minibatch split over this run's processes): everything global is restored
+    as saved; the per-process random streams are re-derived (:func:`rederive_process_streams`).
+    """
     record = ckpt.read_state(folder)
-    if record["world_size"] != processes.world:
-        raise ckpt.CheckpointError(
-            f"{folder} was saved by {record['world_size']} processes but this run has {processes.world}; "
-            "resume with the same number of processes"
-        )
+    saved_world = int(record["world_size"])
     weights = ckpt.load_weights(folder, "trained")
     if weights is None:
         raise ckpt.CheckpointError(f"{folder} has no trained.safetensors; resume from a complete checkpoint")
@@ -121,5 +127,32 @@ def load_checkpoint(folder: Path, state: TrainingState, processes: Processes) ->
         state.anchor.load_state_dict(anchor)
     state.optimizer_steps = int(record.get("optimizer_steps", 0))
     state.sampler.load_state_dict(record["sampler"])
-    ckpt.load_rng(folder, processes.rank, state.generators)
-    return ResumePoint(int(record["iteration"]), int(record["metrics_lines"]), int(record.get("nonfinite_in_a_row", 0)))
+    iteration = int(record["iteration"])
+    if saved_world == processes.world:
+        ckpt.load_rng(folder, processes.rank, state.generators)  # bit-exact: every process its own streams
+    else:
+        # rank 0's file holds the states every process shares (torch's global RNG, the "noise" generator)
+        ckpt.load_rng(folder, 0, state.generators)
+        rederive_process_streams(state.generators, seed, processes.rank, iteration)
+        if processes.is_main:
+            logger.warning("resuming %s saved by %d processes on %d: weights, optimizer, scheduler, EMA, sampler "
+                           "and the shared noise stream restored; per-process rollout/minibatch streams re-derived "
+                           "from the seed, the iteration and the rank", folder, saved_world, processes.world)
+    return ResumePoint(iteration, int(record["metrics_lines"]), int(record.get("nonfinite_in_a_row", 0)))
+
+
+PER_PROCESS_STREAMS = ("rollout", "minibatch")
+"""The generators each process draws from on its own (the others are the same on every process)."""
+
+
+def rederive_process_streams(generators: dict[str, torch.Generator], seed: int, rank: int, iteration: int) -> None:
+    """Seed this process's own streams (rollout, minibatch, Python, numpy) from (seed, iteration, rank).
+
+    Used where a checkpoint's per-process states cannot carry over (another number of processes):
+    the streams are new, but deterministic, and differ between processes and iterations.
+    """
+    for index, name in enumerate(PER_PROCESS_STREAMS):
+        if name in generators:
+            generators[name].manual_seed((seed + 1_000_003 * (index + 1) * (rank + 1) + 7_919 * iteration) % 2**63)
+    random.seed(seed + 104_729 * iteration + rank)
+    np.random.seed((seed + 104_729 * iteration + rank) % 2**32)
