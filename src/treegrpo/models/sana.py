@@ -23,7 +23,7 @@ neither the Euler ODE nor the Flow-GRPO SDE the engine's plans step.
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -78,7 +78,7 @@ class SanaBackbone(DiffusersBackbone):
         )
         return embeds, mask.bool()
 
-    def encode_prompts(self, prompts: list[str]) -> TextConditioning:  # type: ignore[override]
+    def encode_prompts(self, prompts: Sequence[str]) -> TextConditioning:
         """Prompts with the complex human instruction, the negative prompt without (the pipeline's split)."""
         texts = [str(prompt) for prompt in prompts]
         with torch.no_grad(), self._text_encoders_on_device():
