@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext, Sana and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -58,6 +58,27 @@ WAN_14B_TRANSFORMER: dict[str, Any] = {**WAN21_1_3B_TRANSFORMER, "num_attention_
 WAN_VAE: dict[str, Any] = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 """Wan 2.1's VAE (also Wan2.2-A14B's): 4x temporal, 8x spatial, 16 channels."""
 
+SANA_1600M_TRANSFORMER: dict[str, Any] = dict(
+    in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32, num_layers=20,
+    num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240, caption_channels=2304,
+    mlp_ratio=2.5, sample_size=32, patch_size=1, norm_elementwise_affine=False, norm_eps=1e-6,
+)
+"""Efficient-Large-Model/Sana_1600M_1024px_diffusers: width 2240, 20 blocks (about 1.6B; Gemma-2-2B text width 2304)."""
+SANA_600M_TRANSFORMER: dict[str, Any] = {**SANA_1600M_TRANSFORMER, "num_attention_heads": 36, "num_layers": 28,
+                                         "num_cross_attention_heads": 16, "cross_attention_head_dim": 72,
+                                         "cross_attention_dim": 1152}
+"""Sana_600M_1024px: width 1152, 28 blocks, 16 cross-attention heads (the Sana repository's SanaMS_600M_P1_D28)."""
+DC_AE_F32C32: dict[str, Any] = dict(
+    in_channels=3, latent_channels=32, attention_head_dim=32,
+    encoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3, decoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+    encoder_block_out_channels=[128, 256, 512, 512, 1024, 1024], decoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+    encoder_layers_per_block=[2, 2, 2, 3, 3, 3], decoder_layers_per_block=[3, 3, 3, 3, 3, 3],
+    encoder_qkv_multiscales=[[], [], [], [5], [5], [5]], decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+    upsample_block_type="interpolate", downsample_block_type="Conv", decoder_norm_types=["batch_norm"] * 3 + ["rms_norm"] * 3,
+    decoder_act_fns=["relu"] * 3 + ["silu"] * 3, scaling_factor=0.41407,
+)
+"""mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers: 32x downsampling, 32 channels (512 x 512 = 16 x 16 latent tokens)."""
+
 TINY: dict[str, dict[str, dict[str, Any]]] = {
     "qwenimage": dict(
         transformer=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -99,6 +120,16 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
     ),
 }
 
+TINY["sana"] = dict(
+    transformer=dict(in_channels=32, out_channels=32, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                     num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
+                     sample_size=16, patch_size=1),
+    vae=dict(in_channels=3, latent_channels=32, attention_head_dim=8, encoder_block_types=["ResBlock", "EfficientViTBlock"],
+             decoder_block_types=["ResBlock", "EfficientViTBlock"], encoder_block_out_channels=[8, 32],
+             decoder_block_out_channels=[8, 32], encoder_layers_per_block=[1, 1], decoder_layers_per_block=[1, 1],
+             encoder_qkv_multiscales=[[], [5]], decoder_qkv_multiscales=[[], [5]], decoder_norm_types=["batch_norm", "rms_norm"],
+             decoder_act_fns=["relu", "silu"], scaling_factor=0.41407),
+)
 TINY["qwenimage_edit"] = TINY["qwenimage"]
 """Qwen-Image-Edit has Qwen-Image's transformer and VAE (the released edit model: same architecture, other weights)."""
 
@@ -178,6 +209,15 @@ def _flux_kontext(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
                                text_encoder_2=None, tokenizer_2=None, transformer=FluxTransformer2DModel(**transformer))
 
 
+def _sana(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """Sana with the released scheduler: DPM-Solver++ on flow sigmas, flow shift 3 (sampled by the engine's Euler steps)."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return SanaPipeline(tokenizer=None, text_encoder=None, vae=AutoencoderDC(**vae), scheduler=scheduler,
+                        transformer=SanaTransformer2DModel(**transformer))
+
+
 def _wan(transformer: dict[str, Any], vae: dict[str, Any], two_experts: bool = False) -> Any:
     """Wan 2.1 (one transformer) or Wan2.2-A14B (two, boundary 0.875, flow shift 12) with the released UniPC scheduler."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
@@ -206,4 +246,5 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "flux": FamilyBuild("treegrpo.models.flux:FluxBackbone", _flux),
     "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),
     "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
+    "sana": FamilyBuild("treegrpo.models.sana:SanaBackbone", _sana),
 }

@@ -1,4 +1,4 @@
-"""One training iteration on the SD3.5-medium architecture: TreeGRPO k3w3 against a DanceGRPO schedule.
+"""One training iteration on the SD3.5-medium (or ``--size sd35l``: SD3.5-large) architecture: TreeGRPO k3w3 against a DanceGRPO schedule.
 
 Random weights of the published sizes (the shared ``MODEL-CONFIGS.md``): the SD3.5-medium
 transformer, the SD3 VAE (decode included) and a CLIP ViT-H/14-sized vision tower as the reward
@@ -18,7 +18,7 @@ counts matrix products, convolutions and attention), with MFU against ``--peak-t
 
 The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
-``zimage``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
+``zimage``, ``sana_1600m`` / ``sana_600m``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
 ``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``),
 with ``*_tiny`` variants of the same code path for CPU runs.
 """
@@ -37,8 +37,8 @@ import torch
 
 from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
-    FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
-    WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
+    DC_AE_F32C32, FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
+    SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER, WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
 from treegrpo.math import plans
@@ -82,6 +82,9 @@ SD35_MEDIUM_TRANSFORMER: dict[str, Any] = dict(
     num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
     pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
 )
+SD35_LARGE_TRANSFORMER: dict[str, Any] = {**SD35_MEDIUM_TRANSFORMER, "num_layers": 38, "num_attention_heads": 38,
+                                          "caption_projection_dim": 2432, "pos_embed_max_size": 192, "dual_attention_layers": ()}
+"""stabilityai/stable-diffusion-3.5-large: 38 blocks of 38 heads of 64 (about 8B), no dual attention."""
 SD3_VAE: dict[str, Any] = dict(
     in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
     block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16, norm_num_groups=32,
@@ -94,6 +97,8 @@ CLIP_VIT_H14: dict[str, Any] = dict(
 
 SIZES: dict[str, SizeSpec] = {
     "sd35m": SizeSpec(SD35_MEDIUM_TRANSFORMER, SD3_VAE, CLIP_VIT_H14, resolution=512, text_tokens=333,
+                      text_dim=4096, pooled_dim=2048),
+    "sd35l": SizeSpec(SD35_LARGE_TRANSFORMER, SD3_VAE, CLIP_VIT_H14, resolution=512, text_tokens=333,
                       text_dim=4096, pooled_dim=2048),
     "tiny": SizeSpec(
         transformer=dict(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
@@ -143,8 +148,14 @@ SIZES["wan22_a14b"] = SizeSpec(WAN_14B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resol
                                text_dim=4096, pooled_dim=0, family="wan22", num_frames=33)
 SIZES["wan_tiny"] = SizeSpec(TINY["wan"]["transformer"], TINY["wan"]["vae"], SIZES["tiny"].reward, resolution=32,
                              text_tokens=8, text_dim=32, pooled_dim=0, family="wan", num_frames=5)
-for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32)):
-    _text_dim = TINY[_family]["transformer"].get("joint_attention_dim", TINY[_family]["transformer"].get("cap_feat_dim"))
+# Sana: Gemma-2-2B width, prompts padded to the pipeline's 300 tokens (masked); 1024 x 1024 = 32 x 32 latent tokens.
+SIZES["sana_1600m"] = SizeSpec(SANA_1600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H14, resolution=1024, text_tokens=300,
+                               text_dim=2304, pooled_dim=0, family="sana")
+SIZES["sana_600m"] = SizeSpec(SANA_600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H14, resolution=1024, text_tokens=300,
+                              text_dim=2304, pooled_dim=0, family="sana")
+for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
+    _tiny = TINY[_family]["transformer"]
+    _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))
     SIZES[f"{_family}_tiny"] = SizeSpec(TINY[_family]["transformer"], TINY[_family]["vae"], SIZES["tiny"].reward,
                                         resolution=_tiny_resolution, text_tokens=8, text_dim=_text_dim, pooled_dim=0,
                                         family=_family)

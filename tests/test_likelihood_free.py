@@ -196,6 +196,7 @@ FAMILY_MODELS: dict[str, dict[str, Any]] = {
     "flux2": {"height": 16, "width": 24, "max_sequence_length": 48},
     "zimage": {"height": 16, "width": 24, "max_sequence_length": 48},
     "wan": {"height": 16, "width": 32, "max_sequence_length": 16, "num_frames": 5},
+    "sana": {"height": 32, "width": 64, "max_sequence_length": 48},
 }
 
 

@@ -1,4 +1,4 @@
-"""Qwen-Image, FLUX.2 [klein] and Z-Image through the engine, checked against diffusers' own pipelines.
+"""Qwen-Image, FLUX.2 [klein], Z-Image and Sana through the engine, checked against diffusers' own pipelines.
 
 Per family (tiny random models, fp32, a non-square image): the engine's ODE plan reproduces the
 pipeline's final latents and images with and without (true) CFG; a tree iteration re-scores to
@@ -52,6 +52,8 @@ FAMILIES = {
     "qwenimage": Family("qwenimage", 32, 48, 256, "blurry", 4.0, 1.0, 1.2),
     "flux2": Family("flux2", 16, 24, 48, "", 4.0, 1.0, 0.7),
     "zimage": Family("zimage", 16, 24, 48, "blurry", 3.0, 0.0, 0.7),
+    # Sana's pipeline takes multiples of 32; the tiny DC-AE downsamples 2x (32x released).
+    "sana": Family("sana", 32, 64, 48, "blurry", 4.5, 1.0, 0.7),
 }
 
 
@@ -82,6 +84,8 @@ def _pipeline_guidance(family: Family, guidance: float) -> dict[str, Any]:
         return {"true_cfg_scale": guidance, "negative_prompt": negative}
     if family.name == "zimage":
         return {"guidance_scale": guidance, "negative_prompt": [family.negative_prompt] * len(PROMPTS)}
+    if family.name == "sana":  # no aspect-ratio binning: the engine takes the size as configured
+        return {"guidance_scale": guidance, "negative_prompt": family.negative_prompt, "use_resolution_binning": False}
     return {"guidance_scale": guidance}
 
 
@@ -117,6 +121,8 @@ PARITY_CASES = [
     ("flux2", {"is_distilled": True}, True),  # step-distilled: guidance ignored, as in the pipeline
     ("zimage", {}, False),
     ("zimage", {}, True),
+    ("sana", {}, False),
+    ("sana", {}, True),
 ]
 
 

@@ -1,4 +1,4 @@
-"""What the diffusers adapters (SD3, FLUX, SD, Qwen-Image, FLUX.2, Z-Image, Wan) share: freezing, LoRA / full fine-tuning, CFG, export.
+"""What the diffusers adapters (SD3, FLUX, SD, Qwen-Image, FLUX.2, Z-Image, Sana, Wan) share: freezing, LoRA / full fine-tuning, CFG, export.
 
 :class:`DiffusersBackbone` wraps a loaded diffusers pipeline. Family subclasses supply the
 prompt encoder, the schedule, the initial noise, the denoiser call and the latent -> VAE mapping;

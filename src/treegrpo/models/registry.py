@@ -14,6 +14,7 @@ from treegrpo.models.flux2 import Flux2Backbone
 from treegrpo.models.flux_kontext import FluxKontextBackbone
 from treegrpo.models.qwenimage import QwenImageBackbone
 from treegrpo.models.qwenimage_edit import QwenImageEditBackbone
+from treegrpo.models.sana import SanaBackbone
 from treegrpo.models.sd import SDBackbone
 from treegrpo.models.sd3 import SD3Backbone
 from treegrpo.models.wan import WanBackbone
@@ -40,6 +41,7 @@ FAMILIES: dict[str, Family] = {
         Family(Flux2Backbone, ("Flux2KleinPipeline",)),
         Family(ZImageBackbone, ("ZImagePipeline",)),
         Family(WanBackbone, ("WanPipeline",)),
+        Family(SanaBackbone, ("SanaPipeline",)),
     )
 }
 """``model.family`` -> its adapter (keyed by the adapter's own ``family``) and pipelines."""

@@ -527,6 +527,13 @@ def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, b
     return path
 
 
+def _build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
+    """:func:`treegrpo.testing.tiny_sana.build_tiny_sana` (a module of its own, imported when used)."""
+    from treegrpo.testing.tiny_sana import build_tiny_sana
+
+    return build_tiny_sana(path, seed)
+
+
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
@@ -536,6 +543,7 @@ BUILDERS = {
     "flux2": build_tiny_flux2,
     "zimage": build_tiny_zimage,
     "wan": build_tiny_wan,
+    "sana": _build_tiny_sana,
 }
 
 
