@@ -227,3 +227,22 @@ def test_image_size_off_the_latent_grid_is_a_config_error(name: str) -> None:
     family = FAMILIES[name]
     with pytest.raises(ConfigError, match="model.height"):
         load_backbone(_config(family, height=family.height + 1))
+
+
+def test_flow_sigma_schedule_copies_the_multistep_grid_and_refuses_one_without_flow_sigmas() -> None:
+    """Wan's UniPC and Sana's DPM-solver are sampled on their flow sigma grid; without ``use_flow_sigmas`` there is none."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    from treegrpo.errors import ConfigError
+    from treegrpo.models.common import flow_sigma_schedule
+
+    flow = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    before = flow.timesteps.clone()
+    schedule = flow_sigma_schedule(flow, 5, "cpu", "Sana")
+    reference = DPMSolverMultistepScheduler.from_config(flow.config)
+    reference.set_timesteps(5)
+    assert torch.equal(schedule.sigmas, reference.sigmas.float()) and torch.equal(schedule.timesteps, reference.timesteps)
+    assert torch.equal(flow.timesteps, before) and len(schedule.timesteps) == 5  # the pipeline's own scheduler untouched
+    with pytest.raises(ConfigError, match="the Sana pipeline's DPMSolverMultistepScheduler has use_flow_sigmas=false"):
+        flow_sigma_schedule(DPMSolverMultistepScheduler(use_flow_sigmas=False), 5, "cpu", "Sana")

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional, Protocol, Sequence, cast
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.math.sampling import Schedule, SdeType
+from treegrpo.math.sampling import FlowSchedule, Schedule, SdeType
 from treegrpo.models.acceleration import STORAGE_DTYPES, compile_blocks, store_frozen_weights
 from treegrpo.models.base import ModelFn
 from treegrpo.models.config import ModelConfig, torch_dtype
@@ -155,6 +155,18 @@ def shift_mu(scheduler_config: Any, image_seq_len: int, max_shift_default: float
         scheduler_config.get("base_shift", 0.5),
         scheduler_config.get("max_shift", max_shift_default),
     ))
+
+
+def flow_sigma_schedule(pipeline_scheduler: Any, num_steps: int, device: torch.device | str, model: str) -> FlowSchedule:
+    """Sigmas and timesteps of a copy of the pipeline's scheduler after ``set_timesteps(num_steps)``: the
+    multistep schedulers (UniPC, DPM-solver) released with Wan and Sana give a flow grid when
+    ``use_flow_sigmas`` is on; ``model`` names the pipeline in the error when it is off."""
+    scheduler = pipeline_scheduler.__class__.from_config(pipeline_scheduler.config)
+    if "use_flow_sigmas" in scheduler.config and not scheduler.config.use_flow_sigmas:
+        raise ConfigError(f"the {model} pipeline's {type(scheduler).__name__} has use_flow_sigmas=false; "
+                          "a flow-matching grid is needed")
+    scheduler.set_timesteps(num_steps, device=device)
+    return FlowSchedule(scheduler.sigmas.to(device, torch.float32), scheduler.timesteps.to(device))
 
 
 class AdapterModel(Protocol):

@@ -29,7 +29,9 @@ import torch
 
 from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import FlowSchedule
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, TextConditioning, checked_image_size
+from treegrpo.models.common import (
+    DenoiserInputs, DiffusersBackbone, TextConditioning, checked_image_size, flow_sigma_schedule,
+)
 
 SANA_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 """Self- (linear) and cross-attention projections of every block, the Sana LoRA recipes' targets."""
@@ -88,11 +90,7 @@ class SanaBackbone(DiffusersBackbone):
 
     def schedule(self, num_steps: int) -> FlowSchedule:
         """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(num_steps)`` (a flow sigma grid)."""
-        scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
-        if "use_flow_sigmas" in scheduler.config and not scheduler.config.use_flow_sigmas:
-            raise ConfigError(f"the Sana pipeline's {type(scheduler).__name__} has use_flow_sigmas=false; a flow-matching grid is needed")
-        scheduler.set_timesteps(num_steps, device=self.device)
-        return FlowSchedule(scheduler.sigmas.to(self.device, torch.float32), scheduler.timesteps.to(self.device))
+        return flow_sigma_schedule(self.pipe.scheduler, num_steps, self.device, "Sana")
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, C, H/f, W/f]`` float32 latents from ``pipe.prepare_latents`` (the pipeline draws them in float32)."""

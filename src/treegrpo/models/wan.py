@@ -30,6 +30,7 @@ from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.common import (
     ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, DiffusersModel, checked_image_size, diffusers_model,
+    flow_sigma_schedule,
 )
 from treegrpo.models.config import WAN_EXPERTS
 
@@ -193,11 +194,7 @@ class WanBackbone(DiffusersBackbone):
 
     def schedule(self, num_steps: int) -> FlowSchedule:
         """Sigmas and timesteps of the pipeline's scheduler after ``set_timesteps(num_steps)``."""
-        scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
-        if "use_flow_sigmas" in scheduler.config and not scheduler.config.use_flow_sigmas:
-            raise ConfigError(f"the Wan pipeline's {type(scheduler).__name__} has use_flow_sigmas=false; a flow-matching grid is needed")
-        scheduler.set_timesteps(num_steps, device=self.device)
-        return FlowSchedule(scheduler.sigmas.to(self.device, torch.float32), scheduler.timesteps.to(self.device))
+        return flow_sigma_schedule(self.pipe.scheduler, num_steps, self.device, "Wan")
 
     def initial_noise(self, num: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """``[num, C, F, H/8, W/8]`` float32 latents from ``pipe.prepare_latents``."""
