@@ -126,3 +126,30 @@ def test_geneval_scored_through_the_reward_server(run: Path, tmp_path: Path, cap
     written = json.loads((tmp_path / "geneval.json").read_text())
     assert [p["base"]["geneval"] for p in written["per_prompt"]] == expected
     assert (tmp_path / "geneval.md").is_file()
+
+
+def test_eval_draws_the_trainers_held_out_noise_for_its_first_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's promise: `treegrpo eval`'s first CHUNK prompts see the noise of the trainer's evaluation."""
+    import torch
+
+    from treegrpo import eval_table
+    from treegrpo.config import resolve_config
+    from treegrpo.trainer import evaluation
+
+    seeds: list[tuple[str, int]] = []
+
+    def fake_sample(backbone: object, prompts: list[str], *, seed: int, **_: object) -> torch.Tensor:
+        seeds.append((prompts[0], seed))
+        return torch.zeros(len(prompts), 3, 2, 2)
+
+    def fake_rewards(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return torch.zeros(len(prompts)), {"r": torch.zeros(len(prompts))}
+
+    monkeypatch.setattr(evaluation, "sample_images", fake_sample)
+    cfg = resolve_config({"model": {"path": "builtin:shapes"}, "data": {"builtin": "shapes", "eval_seed": 5}, "reward": "shapes"})
+    prompts = [f"p{i}" for i in range(eval_table.CHUNK + 1)]
+    evaluation.evaluate(object(), fake_rewards, prompts[: eval_table.CHUNK], steps=2, guidance_scale=1.0,  # type: ignore[arg-type]
+                        seed=cfg.data.eval_seed, max_batch=8)
+    eval_table.score_prompts(object(), fake_rewards, prompts, cfg)
+    trainer_seed, first_chunk, second_chunk = (seed for _, seed in seeds)
+    assert first_chunk == trainer_seed and second_chunk != trainer_seed

@@ -6,8 +6,8 @@ mean +- standard error over the prompts, printed as Markdown and written as JSON
 Base and trained model draw the same noise for each prompt, so their difference is paired: its
 standard error (over prompts) is smaller than either row's. ``--per-prompt K`` lists the K lowest
 scoring prompts of each reward. Prompts are sampled and scored in chunks of :data:`CHUNK`
-(chunk ``i`` draws its noise from seed ``data.eval_seed + 7919 + i``: the first chunk is the noise
-of the trainer's held-out evaluation), so a set of any size fits in memory.
+(chunk ``i`` draws its noise from ``trainer.evaluation.evaluation_noise_seed(data.eval_seed, i)``:
+the first chunk is the noise of the trainer's held-out evaluation), so a set of any size fits in memory.
 """
 
 from __future__ import annotations
@@ -143,13 +143,13 @@ def check_request(request: EvalRequest) -> None:
 
 def score_prompts(backbone: Any, rewards: Any, prompts: Sequence[str], cfg: TrainerConfig) -> dict[str, torch.Tensor]:
     """Each reward's score of one image per prompt (ODE, the evaluation's fixed noise), in chunks of :data:`CHUNK`."""
-    from treegrpo.trainer.evaluation import sample_images
+    from treegrpo.trainer.evaluation import evaluation_noise_seed, sample_images
 
     parts: dict[str, list[torch.Tensor]] = {}
     for index, start in enumerate(range(0, len(prompts), CHUNK)):
         chunk = list(prompts[start : start + CHUNK])
         images = sample_images(backbone, chunk, steps=cfg.sampling.steps, guidance_scale=cfg.sampling.guidance_scale,
-                               seed=cfg.data.eval_seed + 7919 + index, max_batch=cfg.sampling.max_batch)
+                               seed=evaluation_noise_seed(cfg.data.eval_seed, index), max_batch=cfg.sampling.max_batch)
         _, components = rewards(images, chunk)
         for name, values in components.items():
             parts.setdefault(name, []).append(values.float().cpu())

@@ -57,6 +57,12 @@ def sample_images(
 
 
 @torch.no_grad()
+def evaluation_noise_seed(eval_seed: int, chunk: int = 0) -> int:
+    """The seed of the held-out evaluation's noise (its ``chunk``-th batch for ``treegrpo eval``): the
+    trainer's evaluation and ``treegrpo eval`` draw the same noise for the same first prompts."""
+    return eval_seed + 7919 + chunk
+
+
 def evaluate(
     backbone: Backbone, rewards: RewardSet, prompts: Sequence[str], *, steps: int, guidance_scale: float,
     seed: int, max_batch: int, judges: Optional[RewardSet] = None,
@@ -69,7 +75,7 @@ def evaluate(
     the samples), ``eval/score`` and ``eval/score_se`` (the weighted training reward) and, with judges,
     ``eval/judge/<name>``, ``eval/judge/<name>_se``, ``eval/judge_score`` and ``eval/judge_score_se``.
     """
-    images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed + 7919,
+    images = sample_images(backbone, prompts, steps=steps, guidance_scale=guidance_scale, seed=evaluation_noise_seed(seed),
                            max_batch=max_batch)
     total, components = rewards(images, list(prompts))
     result = with_standard_errors("eval/", components)
