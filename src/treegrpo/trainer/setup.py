@@ -72,10 +72,11 @@ def preflight(cfg: TrainerConfig, device: torch.device | str) -> tuple[RewardSet
     check_trackers_installed(cfg.train.log_with)
     check_tracker_logins(cfg.train.log_with)
     rewards, judges = build_rewards(cfg.reward, device), build_judges(cfg, device)
+    held_out = [str(p) for p in prompts.eval]
     rewards.multi.check_prompts([str(p) for p in prompts.train], "training")
     for scorer in (rewards, judges):
         if scorer is not None:
-            scorer.multi.check_prompts([str(p) for p in prompts.eval], "held-out")
+            scorer.multi.check_prompts(held_out, "held-out")
     return rewards, judges
 
 
