@@ -380,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "wall_seconds_total": time.time() - started,
         "chosen": {label: {"lr": stats.lr, "stable": stable} for label, (stats, stable) in best.items()},
         "reach": [asdict(row) for row in rows], "intervals": intervals, "groups": [asdict(g) for g in every],
-        "tables": tables, "plot": str(plot),
+        "tables": tables, "plot": plot.name,  # beside this JSON
         "runs": [h.to_json() for histories in runs.values() for h in histories],
     }
     write_json(args.out / f"{stem}.json", payload)
