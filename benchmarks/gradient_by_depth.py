@@ -50,17 +50,35 @@ def depth_gradients(trainer: Any, iteration: int) -> dict[int, tuple[torch.Tenso
     return gradients
 
 
+def mean_pairwise_cosine(vectors: Sequence[torch.Tensor]) -> float:
+    """Mean cosine over every pair of distinct vectors (nan for fewer than two)."""
+    cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in itertools.combinations(vectors, 2)]
+    return sum(cosines) / len(cosines) if cosines else float("nan")
+
+
+def jackknife_se(vectors: Sequence[torch.Tensor]) -> float:
+    """Jackknife standard error of :func:`mean_pairwise_cosine` over rollouts (leave one rollout out;
+    the pairs share rollouts, so their spread alone would understate it). nan for fewer than three."""
+    n = len(vectors)
+    if n < 3:
+        return float("nan")
+    leave_one_out = [mean_pairwise_cosine([v for j, v in enumerate(vectors) if j != i]) for i in range(n)]
+    mean = sum(leave_one_out) / n
+    return ((n - 1) / n * sum((c - mean) ** 2 for c in leave_one_out)) ** 0.5
+
+
 def summarize(per_rollout: Sequence[dict[int, tuple[torch.Tensor, int]]]) -> list[dict[str, float]]:
-    """Per depth: mean gradient norm, edges per rollout, mean pairwise cosine between rollouts."""
+    """Per depth: mean gradient norm, edges per rollout, mean pairwise cosine between rollouts and its
+    jackknife standard error."""
     rows = []
     for depth in sorted(set().union(*[g.keys() for g in per_rollout])):
         vectors = [g[depth][0] for g in per_rollout if depth in g]
-        cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in itertools.combinations(vectors, 2)]
         rows.append({
             "depth": depth, "rollouts": len(vectors),
             "edges_per_rollout": sum(g[depth][1] for g in per_rollout if depth in g) / len(vectors),
             "grad_norm": float(torch.stack([v.norm() for v in vectors]).mean()),
-            "cosine_between_rollouts": sum(cosines) / len(cosines) if cosines else float("nan"),
+            "cosine_between_rollouts": mean_pairwise_cosine(vectors),
+            "cosine_se": jackknife_se(vectors),
             "norm_of_mean_over_mean_norm": float(torch.stack(vectors).mean(0).norm() / torch.stack([v.norm() for v in vectors]).mean()),
         })
     return rows
@@ -96,8 +114,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         per_rollout = [depth_gradients(trainer, i) for i in range(args.rollouts)]
     rows = summarize(per_rollout)
     print(markdown_table(
-        ["depth (1: edges out of the root)", "trained edges / rollout", "gradient norm", "cosine between rollouts", "|mean| / mean |g|"],
-        [[str(r["depth"]), f"{r['edges_per_rollout']:.0f}", f"{r['grad_norm']:.3g}", f"{r['cosine_between_rollouts']:.3f}",
+        ["depth (1: edges out of the root)", "trained edges / rollout", "gradient norm", "cosine between rollouts (+- s.e.)",
+         "|mean| / mean |g|"],
+        [[str(r["depth"]), f"{r['edges_per_rollout']:.0f}", f"{r['grad_norm']:.3g}",
+          f"{r['cosine_between_rollouts']:.3f} +- {r['cosine_se']:.3f}",
           f"{r['norm_of_mean_over_mean_norm']:.3f}"] for r in rows]))
     payload = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "depths": rows}
     if args.out is not None:

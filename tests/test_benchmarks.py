@@ -385,6 +385,12 @@ def test_gradient_by_depth_summary_hand_worked_and_a_tiny_run(tmp_path: Path) ->
     assert one["grad_norm"] == pytest.approx(2.0) and one["cosine_between_rollouts"] == pytest.approx(0.0)
     assert one["norm_of_mean_over_mean_norm"] == pytest.approx((0.25 + 2.25) ** 0.5 / 2.0)  # |(0.5, 1.5)| / 2
     assert two["cosine_between_rollouts"] == pytest.approx(1.0) and two["norm_of_mean_over_mean_norm"] == pytest.approx(1.0)
+    assert math.isnan(one["cosine_se"])  # two rollouts: no jackknife
+    # Jackknife by hand: three unit vectors at 0, 90 and 180 degrees; pair cosines 0, -1, 0 -> mean -1/3;
+    # leaving out each: -1 (keeps 0 and 180), 0, 0 -> mean -1/3, se = sqrt(2/3 * (4/9 + 1/9 + 1/9)).
+    vectors = [t(1.0, 0.0), t(0.0, 1.0), t(-1.0, 0.0)]
+    assert grad.mean_pairwise_cosine(vectors) == pytest.approx(-1 / 3)
+    assert grad.jackknife_se(vectors) == pytest.approx((2 / 3 * 6 / 9) ** 0.5)
     payload = grad.main(["--rollouts", "2", "--prompts", "2", "--window", "2", "--out", str(tmp_path / "g.json")])
     depths = [row["depth"] for row in json.loads((tmp_path / "g.json").read_text())["depths"]]
     assert depths == [row["depth"] for row in payload["depths"]] and set(depths) <= {1, 2} and depths
