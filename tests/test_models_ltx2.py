@@ -187,3 +187,20 @@ def test_bad_ltx2_settings_are_config_errors() -> None:
         load_backbone(_config(num_frames=6)).initial_noise(1, None)
     with pytest.raises(ConfigError, match="multiples of 32"):
         load_backbone(_config(height=48))
+
+
+def test_one_treegrpo_trainer_iteration(tmp_path: Path) -> None:
+    """The trainer's TreeGRPO iteration (k2 w2 tree, SDE branching on the video, frames scored by an image reward)."""
+    import json
+
+    from tests.test_trainer import tiny_values
+    from treegrpo.config import resolve_config
+    from treegrpo.trainer import train
+
+    values = tiny_values(tmp_path, iterations=1, eval_every=0, eval_at_start=False, ema=0.0)
+    values["model"] = {"path": str(tiny_pipeline("ltx2")), "dtype": "fp32", "device": "cpu", "height": HEIGHT,
+                       "width": WIDTH, "num_frames": FRAMES, "max_sequence_length": TOKENS, "lora": {"rank": 4, "alpha": 4}}
+    folder = tmp_path / "run"
+    train(resolve_config(values, [f"output_dir={folder}"]))
+    (record,) = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert record["optimizer_steps"] >= 1 and record["grad_norm"] > 0 and (folder / "final").exists()
