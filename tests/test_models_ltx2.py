@@ -21,6 +21,7 @@ from tests.test_models_tree import check_tree_iteration
 from treegrpo.engine.rollout import rollout_trees
 from treegrpo.errors import ConfigError
 from treegrpo.math.plans import ODE
+from treegrpo.math.sampling import SdeType
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.ltx2 import LTX2Backbone
 from treegrpo.testing.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
@@ -129,16 +130,17 @@ def test_audio_steers_the_video_and_sde_steps_leave_it_on_the_ode() -> None:
     base, changed = _engine_latents(backbone, 1.0, noise=noise), _engine_latents(backbone, 1.0, noise=other)
     assert (base[:, :video_size] - changed[:, :video_size]).abs().max().item() > 1e-4
 
-    stepper = backbone.schedule(STEPS).stepper(0.7)
     velocity = torch.randn(noise.shape, generator=torch.Generator().manual_seed(9))
     index = torch.tensor([1, 1])
-    sde = stepper.step(velocity, noise, index, True, generator=torch.Generator().manual_seed(0))
-    ode = stepper.step(velocity, noise, index, False)
-    assert torch.equal(sde.prev_sample[:, video_size:], ode.prev_sample[:, video_size:])
-    assert (sde.prev_sample[:, :video_size] - ode.prev_sample[:, :video_size]).abs().max().item() > 1e-3
-    assert torch.all(sde.std[:, video_size:] == 0) and torch.all(sde.std[:, :video_size] > 0)
-    rescored = stepper.step(velocity, noise, index, True, prev_sample=sde.prev_sample)
-    assert torch.allclose(rescored.log_prob, sde.log_prob) and torch.equal(rescored.prev_sample, sde.prev_sample)
+    for sde_type in SdeType:
+        stepper = backbone.schedule(STEPS).stepper(0.7, sde_type)
+        sde = stepper.step(velocity, noise, index, True, generator=torch.Generator().manual_seed(0))
+        ode = stepper.step(velocity, noise, index, False)
+        assert torch.equal(sde.prev_sample[:, video_size:], ode.prev_sample[:, video_size:])
+        assert (sde.prev_sample[:, :video_size] - ode.prev_sample[:, :video_size]).abs().max().item() > 1e-3
+        assert torch.all(sde.std[:, video_size:] == 0) and torch.all(sde.std[:, :video_size] > 0)
+        rescored = stepper.step(velocity, noise, index, True, prev_sample=sde.prev_sample)
+        assert torch.allclose(rescored.log_prob, sde.log_prob) and torch.equal(rescored.prev_sample, sde.prev_sample)
 
 
 def test_tree_iteration_rescores_to_ratio_one_and_updates() -> None:
