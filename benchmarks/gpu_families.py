@@ -79,6 +79,36 @@ DC_AE_F32C32: dict[str, Any] = dict(
 )
 """mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers: 32x downsampling, 32 channels (512 x 512 = 16 x 16 latent tokens)."""
 
+LTX2_19B_TRANSFORMER: dict[str, Any] = dict(
+    in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=128,
+    cross_attention_dim=4096, vae_scale_factors=(8, 32, 32), pos_embed_max_pos=20, base_height=2048, base_width=2048,
+    audio_in_channels=128, audio_out_channels=128, audio_patch_size=1, audio_patch_size_t=1, audio_num_attention_heads=32,
+    audio_attention_head_dim=64, audio_cross_attention_dim=2048, audio_scale_factor=4, audio_pos_embed_max_pos=20,
+    audio_sampling_rate=16000, audio_hop_length=160, num_layers=48, activation_fn="gelu-approximate",
+    qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=3840,
+    attention_bias=True, attention_out_bias=True, rope_theta=10000.0, rope_double_precision=True, causal_offset=1,
+    timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000, rope_type="split",
+)
+"""Lightricks/LTX-2 (19B: a 14B video stream of 32 x 128 heads and a 5B audio stream of 32 x 64 heads, 48 blocks,
+Gemma-3-12B caption width 3840), as diffusers' ``scripts/convert_ltx2_to_diffusers.py`` writes it for LTX-2.0."""
+LTX2_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=128, block_out_channels=(256, 512, 1024, 2048),
+    down_block_types=("LTX2VideoDownBlock3D",) * 4, decoder_block_out_channels=(256, 512, 1024),
+    layers_per_block=(4, 6, 6, 2, 2), decoder_layers_per_block=(5, 5, 5, 5), spatio_temporal_scaling=(True,) * 4,
+    decoder_spatio_temporal_scaling=(True,) * 3, decoder_inject_noise=(False,) * 4,
+    downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"), upsample_residual=(True,) * 3,
+    upsample_factor=(2, 2, 2), timestep_conditioning=False, patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6,
+    encoder_causal=True, decoder_causal=False, encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="reflect",
+    spatial_compression_ratio=32, temporal_compression_ratio=8,
+)
+"""LTX-2's video VAE: 32x spatial, 8x temporal, 128 channels (512 x 512 x 33 frames = 5 x 16 x 16 latent tokens)."""
+LTX2_AUDIO_VAE: dict[str, Any] = dict(
+    base_channels=128, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=None, in_channels=2,
+    resolution=256, latent_channels=8, norm_type="pixel", causality_axis="height", dropout=0.0,
+    mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=64, double_z=True,
+)
+"""LTX-2's audio VAE (only its shapes are used: 8 channels x 16 latent mel bins = 128 per audio token, 25 tokens a second)."""
+
 TINY: dict[str, dict[str, dict[str, Any]]] = {
     "qwenimage": dict(
         transformer=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -129,6 +159,17 @@ TINY["sana"] = dict(
              decoder_block_out_channels=[8, 32], encoder_layers_per_block=[1, 1], decoder_layers_per_block=[1, 1],
              encoder_qkv_multiscales=[[], [5]], decoder_qkv_multiscales=[[], [5]], decoder_norm_types=["batch_norm", "rms_norm"],
              decoder_act_fns=["relu", "silu"], scaling_factor=0.41407),
+)
+TINY["ltx2"] = dict(
+    transformer=dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                     audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4,
+                     audio_cross_attention_dim=8, num_layers=1, caption_channels=16, rope_double_precision=False,
+                     rope_type="split"),
+    vae=dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,),
+             layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+             decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False),
+             downsample_type=("spatiotemporal",), upsample_residual=(False,), upsample_factor=(1,),
+             timestep_conditioning=False, patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False),
 )
 TINY["qwenimage_edit"] = TINY["qwenimage"]
 """Qwen-Image-Edit has Qwen-Image's transformer and VAE (the released edit model: same architecture, other weights)."""
@@ -233,6 +274,26 @@ def _wan(transformer: dict[str, Any], vae: dict[str, Any], two_experts: bool = F
     )
 
 
+def _ltx2(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """LTX-2 with LTX-2's scheduler settings (dynamic shift 0.95 to 2.05, terminal 0.1); no text encoder, connectors or
+    vocoder. The audio VAE is the released one at full size and the tiny one with the tiny transformer (its shapes set the
+    audio tokens); random conditioning has no audio text embeddings, so the adapter gives the audio stream the video ones."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers import LTX2VideoTransformer3DModel
+
+    audio_in = transformer.get("audio_in_channels", 128)
+    audio = LTX2_AUDIO_VAE if audio_in == 128 else {**LTX2_AUDIO_VAE, "base_channels": 4, "ch_mult": (1,), "num_res_blocks": 1,
+                                                     "latent_channels": 2, "mel_bins": 8}
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=1024, base_shift=0.95, max_image_seq_len=4096, max_shift=2.05, shift=1.0, shift_terminal=0.1,
+        use_dynamic_shifting=True, time_shift_type="exponential",
+    )
+    return LTX2Pipeline(
+        scheduler=scheduler, vae=AutoencoderKLLTX2Video(**vae), audio_vae=AutoencoderKLLTX2Audio(**audio), text_encoder=None,
+        tokenizer=None, connectors=None, transformer=LTX2VideoTransformer3DModel(**transformer), vocoder=None,
+    )
+
+
 def _wan22(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     return _wan(transformer, vae, two_experts=True)
 
@@ -247,4 +308,5 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),
     "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
     "sana": FamilyBuild("treegrpo.models.sana:SanaBackbone", _sana),
+    "ltx2": FamilyBuild("treegrpo.models.ltx2:LTX2Backbone", _ltx2),
 }

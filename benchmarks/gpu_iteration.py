@@ -19,7 +19,8 @@ counts matrix products, convolutions and attention), with MFU against ``--peak-t
 The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
 ``zimage``, ``sana_1600m`` / ``sana_600m``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
-``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``),
+``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``), ``ltx2_19b`` (LTX-2, 19B,
+GPU only: ``--train lora``),
 with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
@@ -37,7 +38,7 @@ import torch
 
 from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
-    DC_AE_F32C32, FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
+    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
     SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER, WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
@@ -153,6 +154,12 @@ SIZES["sana_1600m"] = SizeSpec(SANA_1600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H1
                                text_dim=2304, pooled_dim=0, family="sana")
 SIZES["sana_600m"] = SizeSpec(SANA_600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H14, resolution=1024, text_tokens=300,
                               text_dim=2304, pooled_dim=0, family="sana")
+# LTX-2 (GPU only: about 38 GB of bf16 weights, --train lora): Gemma-3-12B width 3840, prompts padded to 1024 tokens as the
+# pipeline pads them (masked); 512 x 512, 33 frames = 5 x 16 x 16 = 1280 video tokens plus 34 audio tokens (33 / 24 s).
+SIZES["ltx2_19b"] = SizeSpec(LTX2_19B_TRANSFORMER, LTX2_VAE, CLIP_VIT_H14, resolution=512, text_tokens=1024,
+                             text_dim=3840, pooled_dim=0, family="ltx2", num_frames=33)
+SIZES["ltx2_tiny"] = SizeSpec(TINY["ltx2"]["transformer"], TINY["ltx2"]["vae"], SIZES["tiny"].reward, resolution=32,
+                              text_tokens=8, text_dim=16, pooled_dim=0, family="ltx2", num_frames=5)
 for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
     _tiny = TINY[_family]["transformer"]
     _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))

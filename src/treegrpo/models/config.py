@@ -84,7 +84,8 @@ class ModelConfig:
     decode_batch_size: int = 8
     """Images (clips) per VAE decode call."""
     num_frames: Optional[int] = None
-    """Video families (Wan): frames per clip, 1 + a multiple of the VAE's temporal factor; ``None`` = 81."""
+    """Video families: frames per clip, 1 + a multiple of the VAE's temporal factor; ``None`` = the pipeline's
+    default (Wan 81, LTX-2 121)."""
     expert: str = "auto"
     """Wan 2.2: the denoiser(s) trained, ``high`` / ``low`` / ``both``; ``auto`` = those whose steps the tree's window reaches."""
     guidance_scale_2: Optional[float] = None
