@@ -102,7 +102,8 @@ def chosen_family(cfg: ModelConfig, model_index: dict[str, Any]) -> str:
     if cfg.family is None:
         return family_of(model_index, cfg.path)
     detected = family_of_pipeline(model_index.get("_class_name", ""))
-    if detected is not None and detected != cfg.family:
+    also_loads = model_index.get("_class_name", "") in FAMILIES[cfg.family].also_loads
+    if detected is not None and detected != cfg.family and not also_loads:
         raise ConfigError(
             f"model.family is {cfg.family!r} but {cfg.path} holds a {model_index['_class_name']} ({detected}); "
             "unset model.family to use the detected one"
