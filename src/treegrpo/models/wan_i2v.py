@@ -100,11 +100,16 @@ class WanI2VBackbone(WanBackbone):
             )
         conditioning = super().encode_prompts(prompts)
         conditioning.source_latents = self._encode_sources(images)
-        if self.pipe.transformer.config.image_dim is not None:
-            with torch.no_grad(), self._text_encoders_on_device():
-                embeds = [self.pipe.encode_image(image, self.device) for image in images]
-            conditioning.source_embeds = torch.cat(embeds).to(torch.float32)
+        conditioning.source_embeds = self._encode_image_embeds(images)
         return conditioning
+
+    def _encode_image_embeds(self, images: list[Any]) -> Optional[torch.Tensor]:
+        """Wan 2.1's CLIP embedding of each image as given (``encode_image``), float32; ``None`` for the others."""
+        if self.pipe.transformer.config.image_dim is None:
+            return None
+        with torch.no_grad(), self._text_encoders_on_device():
+            embeds = [self.pipe.encode_image(image, self.device) for image in images]
+        return torch.cat(embeds).to(torch.float32)
 
     def _latent_shape(self, num: int) -> tuple[int, int, int, int, int]:
         """``(num, C, F', H', W')`` of the pipeline's latents."""
