@@ -1,8 +1,8 @@
 """Wan image-to-video (``wan_i2v``) through the engine, checked against diffusers' own ``WanImageToVideoPipeline``.
 
-Two tiny random layouts (fp32, 5 frames = 2 latent frames, non-square): Wan 2.1 I2V (CLIP image
+Three tiny random layouts (fp32, 5 frames = 2 latent frames, non-square): Wan 2.1 I2V (CLIP image
 embedding, mask + source latents as extra channels; 16 x 32 pixels, 512 text tokens as its
-attention needs) and Wan 2.2 TI2V-5B (the source as the first latent frame, ``expand_timesteps``;
+attention needs), Wan 2.2 I2V-A14B (the same channels, no CLIP, two experts: ODE parity only) and Wan 2.2 TI2V-5B (the source as the first latent frame, ``expand_timesteps``;
 32 x 64 pixels, the 2.2 VAE's 16x). The prompts carry different source images, one of them not at
 the output's size. The ODE plan from the engine's noise reproduces the pipeline's final latents
 and decoded clips with and without CFG (the pipeline run per prompt, with its image, from the same
@@ -32,9 +32,10 @@ from treegrpo.prompts import EditPrompt
 from treegrpo.testing.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
 
 STEPS, FRAMES, GUIDANCE, NEGATIVE = 3, 5, 5.0, "blurry"
-SIZES = {"wan21": (16, 32, 512), "ti2v": (32, 64, 16)}
+SIZES = {"wan21": (16, 32, 512), "a14b": (16, 32, 16), "ti2v": (32, 64, 16)}
 """(height, width, max_sequence_length) per layout."""
-VARIANTS = tuple(SIZES)
+VARIANTS = ("wan21", "ti2v")
+"""The layouts every test runs; ``a14b`` runs the ODE parity (its experts are text-to-video Wan's, tested there)."""
 
 
 @pytest.fixture(autouse=True)
@@ -103,11 +104,12 @@ def _train(backbone: DiffusersBackbone, prompts: list[str], steps: int = 3, lr: 
         optimizer.step()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", tuple(SIZES))
 @pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
 def test_ode_plan_reproduces_the_pipeline(variant: str, guidance: float) -> None:
     backbone = load_backbone(_config(variant))
     assert backbone.family == "wan_i2v" and type(backbone.pipe).__name__ == "WanImageToVideoPipeline"
+    assert backbone._two_experts() == (variant == "a14b")
     prompts = _prompts(variant)
     latents = _engine(backbone, prompts, guidance)
     pipe = load_pipeline_like_a_user(tiny_pipeline("wan_i2v", variant=variant))
@@ -236,3 +238,12 @@ def test_trainer_iteration_on_jsonl_prompts_with_images(tmp_path: Path) -> None:
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and "reward_mean" in record and record["optimizer_steps"] >= 1
     assert (folder / "final").exists()
+
+
+def test_the_model_card_of_an_image_to_video_run_uses_frames(tmp_path: Path) -> None:
+    from treegrpo.hub import model_card
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("model: {path: Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, num_frames: 5}\n")
+    card = model_card(tmp_path / "run", "WanImageToVideoPipeline")
+    assert ".frames[0]" in card and "export_to_video" in card and ".images[0]" not in card

@@ -45,7 +45,7 @@ def _yaml_block(values: dict[str, Any]) -> str:
     return OmegaConf.to_yaml(values).rstrip()
 
 
-VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline",)
+VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline", "WanImageToVideoPipeline")
 """Pipelines whose output is ``.frames`` (clips), not ``.images``."""
 
 
