@@ -98,7 +98,7 @@ def family_of(model_index: dict[str, Any], path: str) -> str:
 
 
 def chosen_family(cfg: ModelConfig, model_index: dict[str, Any]) -> str:
-    """``cfg.family`` when set (it must not contradict a supported ``_class_name``), else the detected one."""
+    """``cfg.family`` when set (it must not contradict a supported ``_class_name`` it does not ``also_loads``), else the detected one."""
     if cfg.family is None:
         return family_of(model_index, cfg.path)
     detected = family_of_pipeline(model_index.get("_class_name", ""))
