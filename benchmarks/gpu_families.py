@@ -57,6 +57,24 @@ WAN_14B_TRANSFORMER: dict[str, Any] = {**WAN21_1_3B_TRANSFORMER, "num_attention_
 """Wan2.1-T2V-14B, and each of Wan2.2-T2V-A14B's two experts: about 14B parameters."""
 WAN_VAE: dict[str, Any] = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 """Wan 2.1's VAE (also Wan2.2-A14B's): 4x temporal, 8x spatial, 16 channels."""
+WAN21_I2V_14B_TRANSFORMER: dict[str, Any] = {**WAN_14B_TRANSFORMER, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}
+"""Wan-AI/Wan2.1-I2V-14B-480P-Diffusers: the 14B blocks on 16 noisy + 4 mask + 16 source channels, CLIP ViT-H/14 image
+tokens through their own key / value projections (about 14B parameters)."""
+WAN_IMAGE_ENCODER: dict[str, Any] = dict(
+    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
+    patch_size=14, projection_dim=1024, hidden_act="gelu",
+)
+"""Wan 2.1 I2V's image encoder (open-clip ViT-H/14 as a transformers CLIPVisionModel: 257 tokens of 1280)."""
+WAN22_TI2V_5B_TRANSFORMER: dict[str, Any] = {**WAN21_1_3B_TRANSFORMER, "num_attention_heads": 24, "ffn_dim": 14336,
+                                             "in_channels": 48, "out_channels": 48}
+"""Wan-AI/Wan2.2-TI2V-5B-Diffusers: 30 blocks of 24 heads of 128 on the 2.2 VAE's 48 channels (about 5B parameters)."""
+WAN22_VAE: dict[str, Any] = dict(
+    base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+    temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+    scale_factor_spatial=16, scale_factor_temporal=4, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+)
+"""Wan 2.2's VAE (TI2V-5B): 4x temporal, 16x spatial (2 x 2 pixel patches), 48 channels; the per-channel
+normalisation is left at 0 / 1 (the published 48 means and stds do not change the cost)."""
 
 SANA_1600M_TRANSFORMER: dict[str, Any] = dict(
     in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32, num_layers=20,
@@ -172,6 +190,14 @@ TINY["ltx2"] = dict(
              timestep_conditioning=False, patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False),
 )
 TINY["qwenimage_edit"] = TINY["qwenimage"]
+TINY["wan_i2v"] = dict(transformer={**TINY["wan"]["transformer"], "in_channels": 36, "image_dim": 8, "added_kv_proj_dim": 24},
+                       vae=TINY["wan"]["vae"])
+TINY["wan_ti2v"] = dict(
+    transformer={**TINY["wan"]["transformer"], "in_channels": 8, "out_channels": 8},
+    vae=dict(base_dim=4, decoder_base_dim=4, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+             temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+             scale_factor_spatial=16, latents_mean=[0.0] * 8, latents_std=[1.0] * 8),
+)
 """Qwen-Image-Edit has Qwen-Image's transformer and VAE (the released edit model: same architecture, other weights)."""
 
 
@@ -298,9 +324,32 @@ def _wan22(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     return _wan(transformer, vae, two_experts=True)
 
 
+def _wan_i2v(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """Wan image-to-video: 2.1 I2V with a CLIP ViT-H/14 image encoder (UniPC, flow shift 3), or TI2V-5B's
+    first-frame layout when the transformer takes the VAE's channels (flow shift 5)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    ti2v = transformer["in_channels"] == vae["z_dim"]
+    image_encoder = image_processor = None
+    width = transformer.get("image_dim")
+    if width is not None:
+        config = WAN_IMAGE_ENCODER if width == WAN_IMAGE_ENCODER["hidden_size"] else dict(
+            hidden_size=width, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=8,
+            patch_size=4, projection_dim=width)
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(**config))
+        image_processor = CLIPImageProcessor(crop_size=config["image_size"], size=config["image_size"])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0 if ti2v else 3.0)
+    return WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=AutoencoderKLWan(**vae), scheduler=scheduler, image_encoder=image_encoder,
+        image_processor=image_processor, transformer=WanTransformer3DModel(**transformer), expand_timesteps=ti2v,
+    )
+
+
 FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "wan": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan),
     "wan22": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan22),
+    "wan_i2v": FamilyBuild("treegrpo.models.wan_i2v:WanI2VBackbone", _wan_i2v),
     "qwenimage": FamilyBuild("treegrpo.models.qwenimage:QwenImageBackbone", _qwenimage),
     "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
     "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),

@@ -20,8 +20,8 @@ The other families at their published sizes (``gpu_families.py``; random prompt 
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
 ``zimage``, ``sana_1600m`` / ``sana_600m``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
 ``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``), ``ltx2_19b`` (LTX-2, 19B,
-GPU only: ``--train lora``),
-with ``*_tiny`` variants of the same code path for CPU runs.
+GPU only: ``--train lora``), ``wan21_i2v_14b`` and ``wan22_ti2v_5b`` (Wan I2V at 480 x 480 x 33 frames, random
+source images), with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ import torch
 
 from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
-    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
-    SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER, WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
+    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER,
+    FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY, SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER,
+    WAN21_1_3B_TRANSFORMER, WAN21_I2V_14B_TRANSFORMER, WAN22_TI2V_5B_TRANSFORMER, WAN22_VAE, WAN_14B_TRANSFORMER, WAN_VAE,
+    ZIMAGE_TRANSFORMER,
 )
 
 from treegrpo.math import plans
@@ -160,6 +162,13 @@ SIZES["ltx2_19b"] = SizeSpec(LTX2_19B_TRANSFORMER, LTX2_VAE, CLIP_VIT_H14, resol
                              text_dim=3840, pooled_dim=0, family="ltx2", num_frames=33)
 SIZES["ltx2_tiny"] = SizeSpec(TINY["ltx2"]["transformer"], TINY["ltx2"]["vae"], SIZES["tiny"].reward, resolution=32,
                               text_tokens=8, text_dim=16, pooled_dim=0, family="ltx2", num_frames=5)
+SIZES["wan21_i2v_14b"] = SizeSpec(WAN21_I2V_14B_TRANSFORMER, WAN_VAE, CLIP_VIT_H14, resolution=480, text_tokens=512,
+                                  text_dim=4096, pooled_dim=0, family="wan_i2v", num_frames=33)
+SIZES["wan22_ti2v_5b"] = SizeSpec(WAN22_TI2V_5B_TRANSFORMER, WAN22_VAE, CLIP_VIT_H14, resolution=480, text_tokens=512,
+                                  text_dim=4096, pooled_dim=0, family="wan_i2v", num_frames=33)
+for _name, _tiny, _px in (("wan_i2v_tiny", TINY["wan_i2v"], 32), ("wan22_ti2v_tiny", TINY["wan_ti2v"], 64)):
+    SIZES[_name] = SizeSpec(**_tiny, reward=SIZES["tiny"].reward, resolution=_px, text_tokens=512, text_dim=32, pooled_dim=0,
+                            family="wan_i2v", num_frames=5)
 for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
     _tiny = TINY[_family]["transformer"]
     _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))
@@ -258,6 +267,7 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
     family = "wan" if spec.family == "wan22" else spec.family  # Wan 2.2 is the wan adapter with two experts
     config = ModelConfig(
         path="random-weights", family=family, dtype=args.dtype, device=args.device, num_frames=spec.num_frames,
+        max_sequence_length=spec.text_tokens,
         full_finetune=args.train == "full", lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)),
         gradient_checkpointing=args.gradient_checkpointing, height=spec.resolution, width=spec.resolution,
         decode_batch_size=args.decode_batch, storage_dtype=args.storage_dtype, compile=args.compile,
@@ -273,7 +283,10 @@ def with_random_sources(backbone: Any, conditioning: TextConditioning, prompts: 
     generator = torch.Generator().manual_seed(2)
     images = [Image.fromarray(torch.randint(0, 256, (resolution, resolution, 3), generator=generator,
                                             dtype=torch.uint8).numpy()) for _ in range(prompts)]
-    conditioning.source_latents, conditioning.source_ids = backbone._encode_sources(images)
+    if backbone.family == "wan_i2v":  # the VAE condition, and Wan 2.1's CLIP embedding, of each source
+        conditioning.source_embeds = backbone._encode_image_embeds(images)
+    encoded = backbone._encode_sources(images)
+    conditioning.source_latents, conditioning.source_ids = encoded if isinstance(encoded, tuple) else (encoded, None)
     return conditioning
 
 
@@ -561,7 +574,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parameters = backbone.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0, **({"fused": True} if args.fused_adam else {}))
     conditioning = random_conditioning(spec, args.prompts, dtype, device)
-    if spec.family in ("flux_kontext", "qwenimage_edit"):  # editing: random source images, VAE-encoded by the adapter's own code
+    if spec.family in ("flux_kontext", "qwenimage_edit", "wan_i2v"):  # editing: random source images, VAE-encoded by the adapter's own code
         conditioning = with_random_sources(backbone, conditioning, args.prompts, spec.resolution)
     bench = Bench(args, backbone, conditioning,
                   ClipReward(spec, args.prompts, dtype, device, args.reward_batch, offload=args.reward_offload),

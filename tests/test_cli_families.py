@@ -13,7 +13,7 @@ from treegrpo.cli import main
 from treegrpo.models.registry import FAMILIES
 
 SIZES: dict[str, dict[str, Any]] = {**FAMILY_MODELS, "sd": {"height": 16, "width": 16, "max_sequence_length": 16}}
-EDITING = ("flux_kontext", "qwenimage_edit")
+EDITING = ("flux_kontext", "qwenimage_edit", "wan_i2v")
 
 
 def _flags(family: str) -> list[str]:
@@ -46,7 +46,10 @@ def test_sample_of_an_editing_family_without_a_source_image_is_one_line(family: 
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from treegrpo.testing.tiny_edit_models import build_tiny_qwenimage_edit
 
-    path = tiny_pipeline("flux_kontext") if family == "flux_kontext" else build_tiny_qwenimage_edit(tmp_path / "p")
+    if family == "qwenimage_edit":
+        path = build_tiny_qwenimage_edit(tmp_path / "p")
+    else:
+        path = tiny_pipeline(family, **({"variant": "ti2v"} if family == "wan_i2v" else {}))
     capsys.readouterr()  # building the tiny pipeline prints bars
     height, width = ("16", "24") if family == "flux_kontext" else ("32", "64")
     code = main(["sample", "--model", str(path), "--prompt", "make it red", "--steps", "2", "--dtype", "fp32",

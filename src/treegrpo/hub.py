@@ -45,7 +45,7 @@ def _yaml_block(values: dict[str, Any]) -> str:
     return OmegaConf.to_yaml(values).rstrip()
 
 
-VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline", "LTX2Pipeline")
+VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline", "LTX2Pipeline", "WanImageToVideoPipeline")
 """Pipelines whose output is ``.frames`` (clips), not ``.images``."""
 
 

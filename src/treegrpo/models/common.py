@@ -60,6 +60,8 @@ class TextConditioning:
     negative_per_prompt: bool = False
     """``negative_prompt_embeds`` (and its mask) hold one row per prompt instead of one shared row:
     Qwen-Image-Edit encodes the negative prompt together with each prompt's source image."""
+    source_embeds: Optional[torch.Tensor] = None
+    """Wan 2.1 image-to-video: each prompt's CLIP image embedding ``[N, L_img, D]`` (the same for both CFG rows)."""
 
     def __len__(self) -> int:
         return int(self.prompt_embeds.shape[0])
@@ -82,6 +84,7 @@ class TextConditioning:
         return TextConditioning(
             self.prompt_embeds[index], negative, pooled, self.negative_pooled_prompt_embeds,
             mask, negative_mask, source, self.source_ids, self.negative_per_prompt,
+            source_embeds=None if self.source_embeds is None else self.source_embeds[index],
         )
 
 
@@ -133,6 +136,8 @@ class DenoiserInputs:
     source_latents: Optional[torch.Tensor] = None
     """Editing families: the rows' encoded source images (see TextConditioning)."""
     source_ids: Optional[torch.Tensor] = None
+    source_embeds: Optional[torch.Tensor] = None
+    """Wan 2.1 image-to-video: the rows' CLIP image embeddings (see TextConditioning)."""
 
 
 @dataclass(frozen=True)
@@ -542,6 +547,7 @@ class DiffusersBackbone:
         pooled = None if cond.pooled_prompt_embeds is None else cond.pooled_prompt_embeds[rows].to(dtype)
         mask = None if cond.prompt_mask is None else cond.prompt_mask[rows]
         source = None if cond.source_latents is None else cond.source_latents[rows].to(dtype)
+        source_embeds = None if cond.source_embeds is None else cond.source_embeds[rows].to(dtype)
         if with_uncond:
             n = x.shape[0]
             x = torch.cat([x, x])
@@ -559,7 +565,8 @@ class DiffusersBackbone:
                 negative_pooled = cond.negative_pooled_prompt_embeds.to(dtype).expand(n, *pooled.shape[1:])
                 pooled = torch.cat([negative_pooled, pooled])
             source = None if source is None else torch.cat([source, source])
-        return DenoiserInputs(x, timesteps, embeds, pooled, mask, source, cond.source_ids)
+            source_embeds = None if source_embeds is None else torch.cat([source_embeds, source_embeds])
+        return DenoiserInputs(x, timesteps, embeds, pooled, mask, source, cond.source_ids, source_embeds)
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self) -> Iterator[None]:

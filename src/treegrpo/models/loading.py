@@ -98,11 +98,12 @@ def family_of(model_index: dict[str, Any], path: str) -> str:
 
 
 def chosen_family(cfg: ModelConfig, model_index: dict[str, Any]) -> str:
-    """``cfg.family`` when set (it must not contradict a supported ``_class_name``), else the detected one."""
+    """``cfg.family`` when set (it must not contradict a supported ``_class_name`` it does not ``also_loads``), else the detected one."""
     if cfg.family is None:
         return family_of(model_index, cfg.path)
     detected = family_of_pipeline(model_index.get("_class_name", ""))
-    if detected is not None and detected != cfg.family:
+    also_loads = model_index.get("_class_name", "") in FAMILIES[cfg.family].also_loads
+    if detected is not None and detected != cfg.family and not also_loads:
         raise ConfigError(
             f"model.family is {cfg.family!r} but {cfg.path} holds a {model_index['_class_name']} ({detected}); "
             "unset model.family to use the detected one"

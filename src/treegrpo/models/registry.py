@@ -19,6 +19,7 @@ from treegrpo.models.sana import SanaBackbone
 from treegrpo.models.sd import SDBackbone
 from treegrpo.models.sd3 import SD3Backbone
 from treegrpo.models.wan import WanBackbone
+from treegrpo.models.wan_i2v import WanI2VBackbone
 from treegrpo.models.zimage import ZImageBackbone
 
 
@@ -28,6 +29,9 @@ class Family:
 
     adapter: type[DiffusersBackbone]
     pipelines: tuple[str, ...]
+    also_loads: tuple[str, ...] = ()
+    """Pipeline classes of another family whose folders this one loads (as its first pipeline) when
+    ``model.family`` names it: Wan 2.2 TI2V-5B is published as a ``WanPipeline`` and animates images as ``wan_i2v``."""
 
 
 FAMILIES: dict[str, Family] = {
@@ -42,6 +46,7 @@ FAMILIES: dict[str, Family] = {
         Family(Flux2Backbone, ("Flux2KleinPipeline",)),
         Family(ZImageBackbone, ("ZImagePipeline",)),
         Family(WanBackbone, ("WanPipeline",)),
+        Family(WanI2VBackbone, ("WanImageToVideoPipeline",), also_loads=("WanPipeline",)),
         Family(SanaBackbone, ("SanaPipeline",)),
         Family(LTX2Backbone, ("LTX2Pipeline",)),
     )

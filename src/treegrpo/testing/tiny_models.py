@@ -541,6 +541,13 @@ def _build_tiny_ltx2(path: str | Path, seed: int = 0) -> Path:
     return build_tiny_ltx2(path, seed)
 
 
+def _build_tiny_wan_i2v(path: str | Path, seed: int = 0, variant: str = "wan21") -> Path:
+    """:func:`treegrpo.testing.tiny_wan_i2v.build_tiny_wan_i2v` (Wan 2.1 I2V or 2.2 TI2V-5B layout)."""
+    from treegrpo.testing.tiny_wan_i2v import build_tiny_wan_i2v
+
+    return build_tiny_wan_i2v(path, seed, variant)
+
+
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
@@ -552,6 +559,7 @@ BUILDERS = {
     "wan": build_tiny_wan,
     "sana": _build_tiny_sana,
     "ltx2": _build_tiny_ltx2,
+    "wan_i2v": _build_tiny_wan_i2v,
 }
 
 
