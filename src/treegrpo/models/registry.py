@@ -38,7 +38,7 @@ FAMILIES: dict[str, Family] = {
         Family(SDBackbone, ("StableDiffusionPipeline",)),
         Family(QwenImageBackbone, ("QwenImagePipeline",)),
         Family(QwenImageEditBackbone, ("QwenImageEditPipeline",)),
-        Family(Flux2Backbone, ("Flux2KleinPipeline",)),
+        Family(Flux2Backbone, ("Flux2KleinPipeline", "Flux2Pipeline")),
         Family(ZImageBackbone, ("ZImagePipeline",)),
         Family(WanBackbone, ("WanPipeline",)),
         Family(SanaBackbone, ("SanaPipeline",)),

@@ -534,6 +534,13 @@ def _build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
     return build_tiny_sana(path, seed)
 
 
+def _build_tiny_flux2_dev(path: str | Path, seed: int = 0) -> Path:
+    """:func:`treegrpo.testing.tiny_flux2_dev.build_tiny_flux2_dev` (FLUX.2 [dev]: ``Flux2Pipeline``, Mistral-3)."""
+    from treegrpo.testing.tiny_flux2_dev import build_tiny_flux2_dev
+
+    return build_tiny_flux2_dev(path, seed)
+
+
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
@@ -541,6 +548,7 @@ BUILDERS = {
     "sd": build_tiny_sd,
     "qwenimage": build_tiny_qwenimage,
     "flux2": build_tiny_flux2,
+    "flux2_dev": _build_tiny_flux2_dev,
     "zimage": build_tiny_zimage,
     "wan": build_tiny_wan,
     "sana": _build_tiny_sana,
