@@ -116,3 +116,23 @@ def test_one_trainer_iteration(tmp_path: Path) -> None:
     train(resolve_config(values, [f"output_dir={folder}"]))  # type: ignore[arg-type]
     (record,) = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert record["step"] == 1 and record["optimizer_steps"] >= 1 and (folder / "final").exists()
+
+
+def test_gpu_iteration_runs_the_tiny_flux2_dev_architecture(tmp_path: Path) -> None:
+    """``benchmarks/gpu_iteration.py --size flux2_dev`` (the published 32B architecture) has a tiny twin on the same code path."""
+    from benchmarks import gpu_iteration
+
+    assert gpu_iteration.SIZES["flux2_dev"].transformer["joint_attention_dim"] == 3 * 5120
+    payload = gpu_iteration.main(["--size", "flux2_dev_tiny", "--device", "cpu", "--dtype", "fp32", "--prompts", "1",
+                                  "--warmup", "0", "--iterations", "1", "--flop-repeats", "1", "--methods", "treegrpo",
+                                  "--out", str(tmp_path)])
+    (result,) = payload["results"]
+    assert result["rollout_nfe"] == result["rollout_nfe_closed_form"] and result["extra"]["minibatch_flops"] > 0
+
+
+def test_the_example_config_loads() -> None:
+    from treegrpo.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "flux2_dev_pickscore.yaml")
+    assert config.model.path == "black-forest-labs/FLUX.2-dev" and config.sampling.guidance_scale == 4.0
+    assert config.model.true_cfg_scale == 1.0 and config.tree.k ** config.tree.window == 16
