@@ -37,7 +37,7 @@ FAMILIES: dict[str, Family] = {
         Family(FluxKontextBackbone, ("FluxKontextPipeline",)),
         Family(SDBackbone, ("StableDiffusionPipeline",)),
         Family(QwenImageBackbone, ("QwenImagePipeline",)),
-        Family(QwenImageEditBackbone, ("QwenImageEditPipeline",)),
+        Family(QwenImageEditBackbone, ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")),
         Family(Flux2Backbone, ("Flux2KleinPipeline", "Flux2Pipeline")),
         Family(ZImageBackbone, ("ZImagePipeline",)),
         Family(WanBackbone, ("WanPipeline",)),
