@@ -209,3 +209,10 @@ def test_bad_images_lists_and_several_images_for_a_one_image_pipeline_are_one_li
     assert "\n" not in str(refused.value) and "QwenImageEditPlusPipeline" in str(refused.value)
     with pytest.raises(ConfigError, match="every prompt needs a source image"):
         load_backbone(_config()).encode_prompts(["make it red"])
+
+
+def test_the_example_config_loads() -> None:
+    from treegrpo.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "qwenimage_edit_plus_pickscore.yaml")
+    assert config.model.path == "Qwen/Qwen-Image-Edit-2509" and config.tree.k ** config.tree.window == 16
