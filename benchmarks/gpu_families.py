@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext, Sana and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B and [dev], Z-Image, FLUX.1-Kontext, Sana and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -28,6 +28,11 @@ FLUX2_KLEIN_4B_TRANSFORMER: dict[str, Any] = dict(
     rope_theta=2000, guidance_embeds=False,
 )
 """black-forest-labs/FLUX.2-klein-(base-)4B: about 4B parameters."""
+FLUX2_DEV_TRANSFORMER: dict[str, Any] = {**FLUX2_KLEIN_4B_TRANSFORMER, "num_layers": 8, "num_single_layers": 48,
+                                          "num_attention_heads": 48, "joint_attention_dim": 15360, "guidance_embeds": True}
+"""black-forest-labs/FLUX.2-dev: 8 double + 48 single blocks, 48 heads of 128, text width 3 x 5120 (Mistral-Small-3
+layers 10, 20, 30), guidance embedding (diffusers' Flux2Transformer2DModel defaults; its conversion script's
+``flux2-dev`` config): about 32B parameters (LoRA only: the bf16 weights alone are about 64 GB)."""
 FLUX2_VAE: dict[str, Any] = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=32)
 """FLUX.2's VAE: 32 latent channels, 8x; the rest are diffusers' defaults for AutoencoderKLFlux2."""
 ZIMAGE_TRANSFORMER: dict[str, Any] = dict(
@@ -142,6 +147,14 @@ TINY: dict[str, dict[str, dict[str, Any]]] = {
                  block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
                  use_quant_conv=False, use_post_quant_conv=False),
     ),
+    "flux2_dev": dict(
+        transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                         num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256,
+                         axes_dims_rope=(2, 2, 2, 2), guidance_embeds=True),
+        vae=dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                 block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                 use_quant_conv=False, use_post_quant_conv=False),
+    ),
     "zimage": dict(
         transformer=dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2,
                          n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32,
@@ -240,6 +253,16 @@ def _flux2(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     )
     return Flux2KleinPipeline(scheduler=scheduler, vae=AutoencoderKLFlux2(**vae), text_encoder=None, tokenizer=None,
                               transformer=Flux2Transformer2DModel(**transformer))
+
+
+def _flux2_dev(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """FLUX.2 [dev]'s Flux2Pipeline with the [klein] scheduler config (FLUX.2-dev's own was not read here; the
+    pipeline passes its sigmas and ``mu``, so only ``time_shift_type`` matters, and the step's cost not at all)."""
+    from diffusers import Flux2Pipeline
+
+    klein = _flux2(transformer, vae)
+    return Flux2Pipeline(scheduler=klein.scheduler, vae=klein.vae, text_encoder=None, tokenizer=None,
+                         transformer=klein.transformer)
 
 
 def _zimage(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
@@ -352,6 +375,7 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "wan_i2v": FamilyBuild("treegrpo.models.wan_i2v:WanI2VBackbone", _wan_i2v),
     "qwenimage": FamilyBuild("treegrpo.models.qwenimage:QwenImageBackbone", _qwenimage),
     "flux2": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2),
+    "flux2_dev": FamilyBuild("treegrpo.models.flux2:Flux2Backbone", _flux2_dev),
     "zimage": FamilyBuild("treegrpo.models.zimage:ZImageBackbone", _zimage),
     "flux": FamilyBuild("treegrpo.models.flux:FluxBackbone", _flux),
     "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),

@@ -17,7 +17,8 @@ counts matrix products, convolutions and attention), with MFU against ``--peak-t
     python -m benchmarks.gpu_iteration --size tiny --device cpu --dtype fp32      # seconds, for tests
 
 The other families at their published sizes (``gpu_families.py``; random prompt embeddings of the
-real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
+real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``,
+``flux2_dev`` (FLUX.2 [dev], about 32B: ``--train lora``),
 ``zimage``, ``sana_1600m`` / ``sana_600m``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
 ``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``), ``ltx2_19b`` (LTX-2, 19B,
 GPU only: ``--train lora``), ``wan21_i2v_14b`` and ``wan22_ti2v_5b`` (Wan I2V at 480 x 480 x 33 frames, random
@@ -38,7 +39,7 @@ import torch
 
 from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
-    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER,
+    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_DEV_TRANSFORMER, FLUX2_KLEIN_4B_TRANSFORMER,
     FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY, SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER,
     WAN21_1_3B_TRANSFORMER, WAN21_I2V_14B_TRANSFORMER, WAN22_TI2V_5B_TRANSFORMER, WAN22_VAE, WAN_14B_TRANSFORMER, WAN_VAE,
     ZIMAGE_TRANSFORMER,
@@ -122,6 +123,10 @@ SIZES: dict[str, SizeSpec] = {
     # FLUX.2 [klein] 4B: prompts padded to the pipeline's 512 tokens, three Qwen3-4B layers stacked.
     "flux2_klein4b": SizeSpec(FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, CLIP_VIT_H14, resolution=512, text_tokens=512,
                               text_dim=7680, pooled_dim=0, family="flux2"),
+    # FLUX.2 [dev]: prompts padded to the pipeline's 512 tokens, three Mistral-Small-3 layers stacked (3 x 5120);
+    # guidance-distilled: one row per forward, the scale into the guidance embedding.
+    "flux2_dev": SizeSpec(FLUX2_DEV_TRANSFORMER, FLUX2_VAE, CLIP_VIT_H14, resolution=512, text_tokens=512,
+                          text_dim=15360, pooled_dim=0, family="flux2_dev"),
     # Z-Image: Qwen3-4B text width, ~64 real tokens (the padding is dropped before the transformer).
     "zimage": SizeSpec(ZIMAGE_TRANSFORMER, FLUX1_VAE, CLIP_VIT_H14, resolution=512, text_tokens=64, text_dim=2560,
                        pooled_dim=0, family="zimage"),
@@ -169,7 +174,7 @@ SIZES["wan22_ti2v_5b"] = SizeSpec(WAN22_TI2V_5B_TRANSFORMER, WAN22_VAE, CLIP_VIT
 for _name, _tiny, _px in (("wan_i2v_tiny", TINY["wan_i2v"], 32), ("wan22_ti2v_tiny", TINY["wan_ti2v"], 64)):
     SIZES[_name] = SizeSpec(**_tiny, reward=SIZES["tiny"].reward, resolution=_px, text_tokens=512, text_dim=32, pooled_dim=0,
                             family="wan_i2v", num_frames=5)
-for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
+for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("flux2_dev", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
     _tiny = TINY[_family]["transformer"]
     _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))
     SIZES[f"{_family}_tiny"] = SizeSpec(TINY[_family]["transformer"], TINY[_family]["vae"], SIZES["tiny"].reward,
@@ -264,7 +269,8 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
             )
         else:
             pipe = FAMILY_BUILDS[spec.family].build(spec.transformer, spec.vae)
-    family = "wan" if spec.family == "wan22" else spec.family  # Wan 2.2 is the wan adapter with two experts
+    # Wan 2.2 is the wan adapter with two experts; FLUX.2 [dev] the flux2 adapter around a Flux2Pipeline
+    family = {"wan22": "wan", "flux2_dev": "flux2"}.get(spec.family, spec.family)
     config = ModelConfig(
         path="random-weights", family=family, dtype=args.dtype, device=args.device, num_frames=spec.num_frames,
         max_sequence_length=spec.text_tokens,

@@ -57,6 +57,19 @@ def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:
     """The record's text with its ``image`` path resolved against the .jsonl's folder; must exist."""
     if not isinstance(image, str) or not image.strip():
         raise DataError(f"{file}:{number} has a non-string 'image' field; give the source image's path as a string")
+    return EditPrompt(text, _source_path(file, number, image))
+
+
+def _multi_image_prompt(file: Path, number: int, text: str, images: Any, key: str) -> EditPrompt:
+    """The record's text with its ``images`` (a non-empty list of paths, relative to the .jsonl) resolved; each must exist."""
+    if not isinstance(images, list) or not images or not all(isinstance(i, str) and i.strip() for i in images):
+        raise DataError(f"{file}:{number} has a {key!r} field that is not a non-empty list of image paths; "
+                        f"write it like \"{key}\": [\"a.png\", \"b.png\"]")
+    return EditPrompt(text, [_source_path(file, number, image) for image in images])
+
+
+def _source_path(file: Path, number: int, image: str) -> Path:
+    """A record's source image path resolved against the .jsonl's folder; it must exist and be readable."""
     path = (file.parent / image.strip()).resolve()
     if not path.is_file():
         raise DataError(f"{file}:{number} names source image {path}, which does not exist; fix the 'image' path "
@@ -65,14 +78,15 @@ def _edit_prompt(file: Path, number: int, text: str, image: Any) -> EditPrompt:
     if reason is not None:
         raise DataError(f"{file}:{number} names source image {path}, which cannot be read ({reason}); replace it "
                         "with a PNG or JPEG file")
-    return EditPrompt(text, path)
+    return path
 
 
 def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_field",
                image_field: Optional[str] = "image") -> list[str]:
     """The ``field`` of every JSON record (one per line) of a .jsonl file; errors name ``field_key`` as the fix.
 
-    A record with an ``image_field`` field (a path relative to the file) becomes an :class:`EditPrompt`;
+    A record with an ``image_field`` field (a path relative to the file), or its plural (``images``: a list of
+    paths, for multi-image editing), becomes an :class:`EditPrompt`;
     one with other fields a :class:`PromptRecord` carrying them as ``metadata`` (GenEval's ``tag``, ...).
     """
     prompts: list[str] = []
@@ -89,7 +103,12 @@ def load_jsonl(file: Path, field: str = "prompt", field_key: str = "data.prompt_
             )
         text = record[field].strip()
         others = {key: value for key, value in record.items() if key != field}
-        if text and image_field and image_field in record:
+        several = f"{image_field}s" if image_field else None
+        if text and several and several in record:  # several source images (Qwen-Image-Edit-2509/2511)
+            if image_field in record:
+                raise DataError(f"{file}:{number} has both {image_field!r} and {several!r}; give one of them")
+            prompts.append(_multi_image_prompt(file, number, text, record[several], several))
+        elif text and image_field and image_field in record:
             prompts.append(_edit_prompt(file, number, text, record[image_field]))
         elif text:
             prompts.append(PromptRecord(text, others) if others else text)

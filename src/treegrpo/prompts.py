@@ -21,7 +21,8 @@ class DataError(ConfigError):
 
 class EditPrompt(str):
     """An editing instruction (the string itself) with its source image, ``image``: a path, a PIL image or
-    the encoded file's bytes (a dataset's image column, decoded when used).
+    the encoded file's bytes (a dataset's image column, decoded when used); or a list of them, the
+    source images of a multi-image edit (Qwen-Image-Edit-2509/2511: a .jsonl record's ``images``).
 
     A ``str`` so everything that logs, captions, splits or samples prompts keeps working unchanged;
     editing backbones and rewards with ``takes_source`` read ``image``.
@@ -111,10 +112,22 @@ def _reason(error: BaseException) -> str:
 
 
 def source_image(prompt: str) -> Optional[Any]:
-    """The RGB PIL source image of an :class:`EditPrompt` (read from its path), ``None`` for a plain prompt."""
+    """The RGB PIL source image of an :class:`EditPrompt` (read from its path), ``None`` for a plain prompt;
+    the first one of a multi-image prompt (what rewards with ``takes_source`` see)."""
+    images = source_image_list(prompt)
+    return None if images is None else images[0]
+
+
+def source_image_list(prompt: str) -> Optional[list[Any]]:
+    """Every RGB PIL source image of an :class:`EditPrompt`, in order (one for a single-image prompt); ``None`` for a plain prompt."""
     image = getattr(prompt, "image", None)
     if image is None:
         return None
+    return [_read_source(item) for item in image] if isinstance(image, (list, tuple)) else [_read_source(image)]
+
+
+def _read_source(image: Any) -> Any:
+    """One source image (a path, encoded bytes or a PIL image) as an RGB PIL image."""
     if isinstance(image, (str, Path, bytes)):
         name = f"{len(image)} bytes of an image column" if isinstance(image, bytes) else str(image)
         try:
@@ -130,10 +143,23 @@ def source_images(prompts: Sequence[str]) -> list[Optional[Any]]:
 
 
 def source_images_or_error(prompts: Sequence[str], family: str) -> list[Any]:
-    """The prompts' PIL source images; a plain-text prompt is a one-line ConfigError (editing needs images)."""
-    images = [source_image(prompt) for prompt in prompts]
-    if any(image is None for image in images):
+    """The prompts' PIL source images; a plain-text prompt, or one with several source images, is a one-line ConfigError."""
+    lists = source_image_lists_or_error(prompts, family)
+    several = max(len(images) for images in lists) if lists else 1
+    if several > 1:
         raise ConfigError(
-            f"{family} edits images: every prompt needs a source image; use a .jsonl with 'prompt' and 'image' fields"
+            f"{family} takes one source image per prompt but a prompt has {several}; give each record one 'image', or "
+            "use a model whose pipeline takes several (QwenImageEditPlusPipeline: Qwen-Image-Edit-2509 / 2511)"
         )
-    return images
+    return [images[0] for images in lists]
+
+
+def source_image_lists_or_error(prompts: Sequence[str], family: str) -> list[list[Any]]:
+    """Each prompt's PIL source images (one or more); a plain-text prompt is a one-line ConfigError (editing needs images)."""
+    lists = [source_image_list(prompt) for prompt in prompts]
+    if any(not images for images in lists):
+        raise ConfigError(
+            f"{family} edits images: every prompt needs a source image; use a .jsonl with 'prompt' and 'image' "
+            "(or 'images': a list) fields"
+        )
+    return [images for images in lists if images]

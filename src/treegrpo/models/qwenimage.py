@@ -19,7 +19,7 @@ Flow-GRPO trains at 512 x 512 with 10 steps, true CFG 4 and noise level 1.2.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,17 +94,17 @@ class QwenImageBackbone(DiffusersBackbone):
 
     def _call_transformer(
         self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float,
-        extra_tokens: Optional[torch.Tensor] = None, extra_shape: Optional[tuple[int, int, int]] = None,
+        extra_tokens: Optional[torch.Tensor] = None, extra_shapes: Sequence[tuple[int, int, int]] = (),
     ) -> torch.Tensor:
-        """One Qwen-Image call; ``extra_tokens`` (Qwen-Image-Edit's packed source image, ``extra_shape`` its
-        ``img_shapes`` entry) follow the noisy tokens, and only the noisy tokens' output is returned."""
+        """One Qwen-Image call; ``extra_tokens`` (Qwen-Image-Edit's packed source images, ``extra_shapes`` their
+        ``img_shapes`` entries, one per image) follow the noisy tokens, and only the noisy tokens' output is returned."""
         x = inputs.latents
         height, width = self._latent_grid()
         shapes = [(1, height // 2, width // 2)]
         hidden = x
-        if extra_tokens is not None and extra_shape is not None:
+        if extra_tokens is not None:
             hidden = torch.cat([x, extra_tokens.to(x.dtype)], dim=1)
-            shapes.append(extra_shape)
+            shapes.extend(extra_shapes)
         mask = inputs.prompt_mask
         guidance = None
         if self._has_guidance_embedding():

@@ -27,24 +27,52 @@ ratio and ``max_area = height * width``; other sources are stretched, as in FLUX
 adapter.
 
 Published settings: Flow-GRPO trains Qwen-Image-Edit at 512 x 512, 10 steps, true CFG 4.
+
+Qwen-Image-Edit-2509 / 2511 (``QwenImageEditPlusPipeline``, one more pipeline of this family): a
+prompt carries one or more source images (``EditPrompt.image`` a list: a .jsonl record's
+``images``). The adapter branches on the pipeline it wrapped (:meth:`QwenImageEditBackbone._several_images`)
+in three places, as that pipeline's ``__call__`` differs:
+
+- the instruction (and the negative prompt) is encoded prompt by prompt, as the pipeline's
+  batch of one, with its images labelled ``Picture 1: ... Picture k:`` in the template; Qwen2.5-VL
+  sees each image resized to ``CONDITION_IMAGE_SIZE`` (384 x 384) in area at *its own* aspect
+  ratio, exactly as the pipeline, and the prompts' embeddings are zero-padded and masked to one batch;
+- each image is VAE-encoded at the output's area and aspect ratio (the single-image rule above;
+  the pipeline uses a 1024 x 1024 area at the image's ratio), and the prompt's images' tokens follow
+  one another, one ``img_shapes`` entry each;
+- prompts with different numbers of images share the conditioning: the source tokens are
+  zero-padded to the most images, with one more channel marking the real tokens, and a forward
+  groups its rows by image count (one transformer call per count present).
+
+Published settings (Flow-Factory ``examples/grpo/lora/qwen_image_edit_plus``): 384 x 384, 10 steps,
+true CFG 4, noise level 1.0, LoRA rank 64.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Optional, Sequence
 
 import torch
 
 from treegrpo.errors import ConfigError
-from treegrpo.models.common import DenoiserInputs, TextConditioning, diffusers_model
+from treegrpo.models.common import DenoiserInputs, TextConditioning, concat_padded, diffusers_model
 from treegrpo.models.qwenimage import QwenImageBackbone
-from treegrpo.prompts import source_images_or_error
+from treegrpo.prompts import source_image_lists_or_error, source_images_or_error
+
+SEVERAL_IMAGE_PIPELINES: tuple[str, ...] = ("QwenImageEditPlusPipeline",)
+"""Pipelines of this family that take several source images per prompt (Qwen-Image-Edit-2509 / 2511)."""
 
 
 class QwenImageEditBackbone(QwenImageBackbone):
-    """Qwen-Image-Edit transformer policy; see the module docstring."""
+    """Qwen-Image-Edit (-2509 / -2511) transformer policy; see the module docstring."""
 
     family = "qwenimage_edit"
+
+    def _several_images(self) -> bool:
+        """``QwenImageEditPlusPipeline``: one or more source images per prompt; ``QwenImageEditPipeline``: one."""
+        return type(self.pipe).__name__ in SEVERAL_IMAGE_PIPELINES
 
     def _image_size(self) -> tuple[int, int]:
         """Qwen-Image's size check, and a source size the pipeline's rounding (to multiples of 32) keeps non-zero."""
@@ -71,7 +99,9 @@ class QwenImageEditBackbone(QwenImageBackbone):
         return 1, height // factor, width // factor
 
     def encode_prompts(self, prompts: Sequence[str]) -> TextConditioning:
-        """VL embeddings of each instruction and of the negative prompt with the prompt's source image, and its packed latents."""
+        """VL embeddings of each instruction and of the negative prompt with the prompt's source image(s), and their packed latents."""
+        if self._several_images():
+            return self._encode_prompts_with_several_images(prompts)
         resized = self._resized_sources(source_images_or_error(prompts, self.family))
         texts = [str(prompt) for prompt in prompts]
         with torch.no_grad(), self._text_encoders_on_device():
@@ -81,6 +111,41 @@ class QwenImageEditBackbone(QwenImageBackbone):
         return TextConditioning(
             embeds, negative, None, None, mask, negative_mask, source_latents=source_latents, negative_per_prompt=True
         )
+
+    def _encode_prompts_with_several_images(self, prompts: Sequence[str]) -> TextConditioning:
+        """``QwenImageEditPlusPipeline``: each prompt (and the negative prompt) encoded with its own images, as a batch
+        of one; the source tokens in the padded, marked layout :meth:`_marked_sources` describes."""
+        sources = source_image_lists_or_error(prompts, self.family)
+        texts, negatives = [], []
+        with torch.no_grad(), self._text_encoders_on_device():
+            for prompt, images in zip(prompts, sources):
+                conditions = [self._condition_image(image) for image in images]
+                texts.append(self._encode_with_images([str(prompt)], conditions))
+                negatives.append(self._encode_with_images([self.cfg.negative_prompt], conditions))
+        embeds, mask = concat_padded(texts)
+        negative, negative_mask = concat_padded(negatives)
+        return TextConditioning(
+            embeds, negative, None, None, mask, negative_mask, source_latents=self._marked_sources(sources),
+            negative_per_prompt=True,
+        )
+
+    def _condition_image(self, image: Any) -> Any:
+        """What Qwen2.5-VL sees of one source image: the pipeline's resize to ``CONDITION_IMAGE_SIZE`` at the image's ratio."""
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
+
+        # the ignore: diffusers leaves calculate_dimensions unannotated
+        width, height = plus.calculate_dimensions(plus.CONDITION_IMAGE_SIZE, image.size[0] / image.size[1])  # type: ignore[no-untyped-call]
+        return self.pipe.image_processor.resize(image, int(height), int(width))
+
+    def _marked_sources(self, sources: list[list[Any]]) -> torch.Tensor:
+        """``[N, K * L, 4C + 1]``: each prompt's images' packed latents one after another (``L`` tokens each), zero-padded
+        to the most images ``K``; the last channel is 1 on real tokens, 0 on padding (read by :meth:`_forward`)."""
+        rows = [self._encode_sources(images)[0].flatten(0, 1) for images in sources]
+        marked = rows[0].new_zeros(len(rows), max(len(row) for row in rows), rows[0].shape[1] + 1)
+        for index, row in enumerate(rows):
+            marked[index, : len(row), :-1] = row
+            marked[index, : len(row), -1] = 1
+        return marked
 
     def _resized_sources(self, images: list[Any]) -> list[Any]:
         """The PIL source images resized to :meth:`_source_size` as the pipeline resizes them (both encoders see these)."""
@@ -128,4 +193,27 @@ class QwenImageEditBackbone(QwenImageBackbone):
         """Qwen-Image's call on ``[noisy tokens, source tokens]`` with both grids in ``img_shapes``; the noisy tokens' output."""
         if inputs.source_latents is None:
             raise ValueError("Qwen-Image-Edit conditioning has no source latents; build it with encode_prompts")
-        return self._call_transformer(denoiser, inputs, guidance_scale, inputs.source_latents, self._source_shape())
+        if self._several_images():
+            return self._forward_by_image_count(denoiser, inputs, guidance_scale, inputs.source_latents)
+        return self._call_transformer(denoiser, inputs, guidance_scale, inputs.source_latents, [self._source_shape()])
+
+    def _forward_by_image_count(
+        self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float, marked: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows grouped by their number of source images (the marked tokens of :meth:`_marked_sources`), one call per group."""
+        per_image = math.prod(self._source_shape())
+        counts = torch.div(marked[..., -1].sum(dim=1).round().long(), per_image, rounding_mode="floor")
+        outputs, order = [], []
+        for count in sorted(set(counts.tolist())):
+            rows = torch.nonzero(counts == count).squeeze(1)
+            group = dataclasses.replace(
+                inputs, latents=inputs.latents[rows], timesteps=inputs.timesteps[rows],
+                prompt_embeds=inputs.prompt_embeds[rows],
+                prompt_mask=None if inputs.prompt_mask is None else inputs.prompt_mask[rows], source_latents=None,
+            )
+            tokens = marked[rows, : count * per_image, :-1]
+            outputs.append(self._call_transformer(denoiser, group, guidance_scale, tokens, [self._source_shape()] * count))
+            order.append(rows)
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat(outputs)[torch.argsort(torch.cat(order))]

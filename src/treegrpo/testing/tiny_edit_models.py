@@ -1,4 +1,5 @@
-"""Tiny random-weight editing pipelines (Qwen-Image-Edit), built offline like :mod:`treegrpo.testing.tiny_models`.
+"""Tiny random-weight editing pipelines (Qwen-Image-Edit and -2509/2511's ``QwenImageEditPlusPipeline``), built offline
+like :mod:`treegrpo.testing.tiny_models`.
 
 The Qwen-Image-Edit pipeline encodes the prompt with Qwen2.5-VL *and* the source image, through a
 ``Qwen2VLProcessor``. transformers 5 builds that processor's video processor with torchvision,
@@ -75,10 +76,27 @@ def build_tiny_qwenimage_edit(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def build_tiny_qwenimage_edit_plus(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny QwenImageEditPlusPipeline (Qwen-Image-Edit-2509 / 2511: several source images per prompt): the
+    tiny Qwen-Image-Edit components, which that pipeline takes unchanged."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    path = Path(path)
+    edit = QwenImageEditPipeline.from_pretrained(build_tiny_qwenimage_edit(path.with_name(path.name + "-edit"), seed))
+    QwenImageEditPlusPipeline(**{name: getattr(edit, name) for name in (
+        "scheduler", "vae", "text_encoder", "tokenizer", "processor", "transformer"
+    )}).save_pretrained(path)
+    return path
+
+
+EDIT_BUILDERS = {"qwenimage_edit": build_tiny_qwenimage_edit, "qwenimage_edit_plus": build_tiny_qwenimage_edit_plus}
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_edit_pipeline(family: str = "qwenimage_edit") -> Path:
-    """A tiny editing pipeline folder built once per test process (see :func:`treegrpo.testing.tiny_models.tiny_pipeline`)."""
-    if family != "qwenimage_edit":
+    """A tiny editing pipeline folder built once per test process (see :func:`treegrpo.testing.tiny_models.tiny_pipeline`);
+    ``qwenimage_edit_plus`` is the ``QwenImageEditPlusPipeline`` of the ``qwenimage_edit`` family."""
+    if family not in EDIT_BUILDERS:
         return tiny_pipeline(family)
     import atexit
     import shutil
@@ -86,4 +104,4 @@ def tiny_edit_pipeline(family: str = "qwenimage_edit") -> Path:
 
     root = Path(tempfile.mkdtemp(prefix=f"tiny-{family}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return build_tiny_qwenimage_edit(root / "pipeline")
+    return EDIT_BUILDERS[family](root / "pipeline")

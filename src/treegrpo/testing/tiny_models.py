@@ -14,11 +14,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -527,25 +528,14 @@ def build_tiny_wan(path: str | Path, seed: int = 0, two_experts: bool = False, b
     return path
 
 
-def _build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
-    """:func:`treegrpo.testing.tiny_sana.build_tiny_sana` (a module of its own, imported when used)."""
-    from treegrpo.testing.tiny_sana import build_tiny_sana
 
-    return build_tiny_sana(path, seed)
+def _in_module(module: str) -> Callable[..., Path]:
+    """The builder ``build_tiny_<family>`` of ``treegrpo.testing.<module>`` (a module of its own), imported when called."""
+    def build(path: str | Path, seed: int = 0, **options: Any) -> Path:
+        builder: Callable[..., Path] = getattr(importlib.import_module(f"treegrpo.testing.{module}"), f"build_{module}")
+        return builder(path, seed, **options)
 
-
-def _build_tiny_ltx2(path: str | Path, seed: int = 0) -> Path:
-    """:func:`treegrpo.testing.tiny_ltx2.build_tiny_ltx2` (a module of its own, imported when used)."""
-    from treegrpo.testing.tiny_ltx2 import build_tiny_ltx2
-
-    return build_tiny_ltx2(path, seed)
-
-
-def _build_tiny_wan_i2v(path: str | Path, seed: int = 0, variant: str = "wan21") -> Path:
-    """:func:`treegrpo.testing.tiny_wan_i2v.build_tiny_wan_i2v` (Wan 2.1 I2V or 2.2 TI2V-5B layout)."""
-    from treegrpo.testing.tiny_wan_i2v import build_tiny_wan_i2v
-
-    return build_tiny_wan_i2v(path, seed, variant)
+    return build
 
 
 BUILDERS = {
@@ -555,11 +545,12 @@ BUILDERS = {
     "sd": build_tiny_sd,
     "qwenimage": build_tiny_qwenimage,
     "flux2": build_tiny_flux2,
+    "flux2_dev": _in_module("tiny_flux2_dev"),
     "zimage": build_tiny_zimage,
     "wan": build_tiny_wan,
-    "sana": _build_tiny_sana,
-    "ltx2": _build_tiny_ltx2,
-    "wan_i2v": _build_tiny_wan_i2v,
+    "sana": _in_module("tiny_sana"),
+    "ltx2": _in_module("tiny_ltx2"),
+    "wan_i2v": _in_module("tiny_wan_i2v"),
 }
 
 
