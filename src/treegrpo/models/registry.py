@@ -12,6 +12,7 @@ from treegrpo.models.common import DiffusersBackbone
 from treegrpo.models.flux import FluxBackbone
 from treegrpo.models.flux2 import Flux2Backbone
 from treegrpo.models.flux_kontext import FluxKontextBackbone
+from treegrpo.models.hunyuanvideo15 import HunyuanVideo15Backbone
 from treegrpo.models.qwenimage import QwenImageBackbone
 from treegrpo.models.qwenimage_edit import QwenImageEditBackbone
 from treegrpo.models.sana import SanaBackbone
@@ -42,6 +43,7 @@ FAMILIES: dict[str, Family] = {
         Family(ZImageBackbone, ("ZImagePipeline",)),
         Family(WanBackbone, ("WanPipeline",)),
         Family(SanaBackbone, ("SanaPipeline",)),
+        Family(HunyuanVideo15Backbone, ("HunyuanVideo15Pipeline",)),
     )
 }
 """``model.family`` -> its adapter (keyed by the adapter's own ``family``) and pipelines."""

@@ -534,6 +534,13 @@ def _build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
     return build_tiny_sana(path, seed)
 
 
+def _build_tiny_hunyuanvideo15(path: str | Path, seed: int = 0) -> Path:
+    """:func:`treegrpo.testing.tiny_hunyuanvideo15.build_tiny_hunyuanvideo15` (a module of its own, imported when used)."""
+    from treegrpo.testing.tiny_hunyuanvideo15 import build_tiny_hunyuanvideo15
+
+    return build_tiny_hunyuanvideo15(path, seed)
+
+
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
@@ -544,6 +551,7 @@ BUILDERS = {
     "zimage": build_tiny_zimage,
     "wan": build_tiny_wan,
     "sana": _build_tiny_sana,
+    "hunyuanvideo15": _build_tiny_hunyuanvideo15,
 }
 
 
