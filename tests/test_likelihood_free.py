@@ -197,6 +197,7 @@ FAMILY_MODELS: dict[str, dict[str, Any]] = {
     "zimage": {"height": 16, "width": 24, "max_sequence_length": 48},
     "wan": {"height": 16, "width": 32, "max_sequence_length": 16, "num_frames": 5},
     "sana": {"height": 32, "width": 64, "max_sequence_length": 48},
+    "hunyuanvideo15": {"height": 16, "width": 32, "max_sequence_length": 16, "num_frames": 5},
 }
 
 

@@ -177,3 +177,22 @@ def test_bad_hunyuanvideo15_settings_are_config_errors() -> None:
     pipe.guider = ClassifierFreeGuidance(guidance_scale=6.0, guidance_rescale=0.7)
     with pytest.raises(ConfigError, match="guidance_rescale"):
         type(backbone)(pipe, backbone.cfg, backbone.device, trainable=False)
+
+
+def test_the_model_card_sets_the_guider_and_loads_the_lora_into_the_transformer(tmp_path: Path) -> None:
+    """HunyuanVideo15Pipeline takes no guidance_scale and has no load_lora_weights: the snippet uses what it has."""
+    from diffusers import ClassifierFreeGuidance
+
+    from treegrpo.hub import model_card
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (run / "config.yaml").write_text("model: {path: hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v, height: 480, "
+                                     "width: 480, num_frames: 53}\nsampling: {steps: 16, guidance_scale: 6.0}\n")
+    card = model_card(run, "HunyuanVideo15Pipeline")
+    assert "pipe.guider = pipe.guider.new(guidance_scale=6.0)" in card and "load_lora_weights" not in card
+    assert 'frames = pipe("a prompt", height=480, width=480, num_frames=53, num_inference_steps=16).frames[0]' in card
+    assert f'pipe.transformer.load_lora_adapter("{(run / "final").resolve()}", use_safetensors=True)' in card
+    guider = ClassifierFreeGuidance(guidance_scale=1.0).new(guidance_scale=6.0)
+    assert isinstance(guider, ClassifierFreeGuidance) and guider.guidance_scale == 6.0
