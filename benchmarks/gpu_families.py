@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext, Sana and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B, Z-Image, FLUX.1-Kontext, Sana, Wan 2.1 / 2.2 and HunyuanVideo 1.5 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -79,6 +79,19 @@ DC_AE_F32C32: dict[str, Any] = dict(
 )
 """mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers: 32x downsampling, 32 channels (512 x 512 = 16 x 16 latent tokens)."""
 
+HUNYUANVIDEO15_480P_T2V_TRANSFORMER: dict[str, Any] = dict(
+    in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54, num_refiner_layers=2,
+    mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=3584, text_embed_2_dim=1472,
+    image_embed_dim=1152, rope_theta=256.0, rope_axes_dim=(16, 56, 56), use_meanflow=False, target_size=640, task_type="t2v",
+)
+"""hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v (diffusers' conversion script's ``480p_t2v`` config):
+54 double-stream blocks of 16 heads of 128, about 8.3B parameters; Qwen2.5-VL-7B width 3584, ByT5 (Glyph-SDXL) 1472."""
+HUNYUANVIDEO15_VAE: dict[str, Any] = dict(
+    latent_channels=32, block_out_channels=(128, 256, 512, 1024, 1024), layers_per_block=2, spatial_compression_ratio=16,
+    temporal_compression_ratio=4, scaling_factor=1.03682,
+)
+"""HunyuanVideo 1.5's VAE (the conversion script builds diffusers' defaults): 16x spatial, 4x temporal, 32 channels."""
+
 TINY: dict[str, dict[str, dict[str, Any]]] = {
     "qwenimage": dict(
         transformer=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -129,6 +142,13 @@ TINY["sana"] = dict(
              decoder_block_out_channels=[8, 32], encoder_layers_per_block=[1, 1], decoder_layers_per_block=[1, 1],
              encoder_qkv_multiscales=[[], [5]], decoder_qkv_multiscales=[[], [5]], decoder_norm_types=["batch_norm", "rms_norm"],
              decoder_act_fns=["relu", "silu"], scaling_factor=0.41407),
+)
+TINY["hunyuanvideo15"] = dict(
+    transformer=dict(in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                     num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=8,
+                     rope_axes_dim=(4, 2, 2), target_size=64, task_type="t2v"),
+    vae=dict(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, spatial_compression_ratio=8,
+             temporal_compression_ratio=4, scaling_factor=0.9),
 )
 TINY["qwenimage_edit"] = TINY["qwenimage"]
 """Qwen-Image-Edit has Qwen-Image's transformer and VAE (the released edit model: same architecture, other weights)."""
@@ -237,6 +257,28 @@ def _wan22(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     return _wan(transformer, vae, two_experts=True)
 
 
+def _hunyuanvideo15(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """HunyuanVideo 1.5 (480p text-to-video) with its released scheduler (flow Euler, shift 5) and CFG guider (scale 6)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+
+    return HunyuanVideo15Pipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        transformer=HunyuanVideo15Transformer3DModel(**transformer), vae=AutoencoderKLHunyuanVideo15(**vae),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+
+
+def _hunyuanvideo15_short(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """The same pipeline with 16 ByT5 and 8 image tokens instead of 256 and 729 (its own attributes): the tiny
+    variant's forwards would otherwise be all padding (the CPU test of the code path)."""
+    pipe = _hunyuanvideo15(transformer, vae)
+    pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 16, 8
+    return pipe
+
+
 FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "wan": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan),
     "wan22": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan22),
@@ -247,4 +289,6 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "flux_kontext": FamilyBuild("treegrpo.models.flux_kontext:FluxKontextBackbone", _flux_kontext),
     "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
     "sana": FamilyBuild("treegrpo.models.sana:SanaBackbone", _sana),
+    "hunyuanvideo15": FamilyBuild("treegrpo.models.hunyuanvideo15:HunyuanVideo15Backbone", _hunyuanvideo15),
+    "hunyuanvideo15_short": FamilyBuild("treegrpo.models.hunyuanvideo15:HunyuanVideo15Backbone", _hunyuanvideo15_short),
 }

@@ -20,7 +20,7 @@ The other families at their published sizes (``gpu_families.py``; random prompt 
 real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lora``), ``flux2_klein4b``
 ``zimage``, ``sana_1600m`` / ``sana_600m``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
 ``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``),
-with ``*_tiny`` variants of the same code path for CPU runs.
+``hunyuanvideo15_480p`` (HunyuanVideo 1.5 480p text-to-video, about 8.3B, 33 frames), with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
-    DC_AE_F32C32, FAMILY_BUILDS, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
+    DC_AE_F32C32, FAMILY_BUILDS, FLUX1_TRANSFORMER, HUNYUANVIDEO15_480P_T2V_TRANSFORMER, HUNYUANVIDEO15_VAE, FLUX1_VAE, FLUX2_KLEIN_4B_TRANSFORMER, FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY,
     SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER, WAN21_1_3B_TRANSFORMER, WAN_14B_TRANSFORMER, WAN_VAE, ZIMAGE_TRANSFORMER,
 )
 
@@ -153,6 +153,15 @@ SIZES["sana_1600m"] = SizeSpec(SANA_1600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H1
                                text_dim=2304, pooled_dim=0, family="sana")
 SIZES["sana_600m"] = SizeSpec(SANA_600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H14, resolution=1024, text_tokens=300,
                               text_dim=2304, pooled_dim=0, family="sana")
+# HunyuanVideo 1.5 (8.3B): Qwen2.5-VL-7B width, prompts padded to the pipeline's 1000 tokens (the random embeddings are
+# all unmasked; the pipeline also adds 256 ByT5 glyph tokens and 729 masked image tokens); 480 x 480, 33 frames = 9
+# latent frames of 30 x 30 tokens (the VAE compresses 16x; 8100 video tokens).
+SIZES["hunyuanvideo15_480p"] = SizeSpec(HUNYUANVIDEO15_480P_T2V_TRANSFORMER, HUNYUANVIDEO15_VAE, CLIP_VIT_H14, resolution=480,
+                                        text_tokens=1000, text_dim=3584, pooled_dim=0, family="hunyuanvideo15",
+                                        num_frames=33)
+SIZES["hunyuanvideo15_tiny"] = SizeSpec(TINY["hunyuanvideo15"]["transformer"], TINY["hunyuanvideo15"]["vae"],
+                                        SIZES["tiny"].reward, resolution=32, text_tokens=8, text_dim=16, pooled_dim=0,
+                                        family="hunyuanvideo15_short", num_frames=5)
 for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
     _tiny = TINY[_family]["transformer"]
     _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))
@@ -248,7 +257,8 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
             )
         else:
             pipe = FAMILY_BUILDS[spec.family].build(spec.transformer, spec.vae)
-    family = "wan" if spec.family == "wan22" else spec.family  # Wan 2.2 is the wan adapter with two experts
+    # Wan 2.2 is the wan adapter with two experts; the short HunyuanVideo 1.5 pipeline is the hunyuanvideo15 adapter's
+    family = {"wan22": "wan", "hunyuanvideo15_short": "hunyuanvideo15"}.get(spec.family, spec.family)
     config = ModelConfig(
         path="random-weights", family=family, dtype=args.dtype, device=args.device, num_frames=spec.num_frames,
         full_finetune=args.train == "full", lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)),
