@@ -227,9 +227,10 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        layers: dict[str, torch.nn.Module | torch.Tensor] = dict(self._lora_state_dict(weights))
         # HunyuanVideo 1.0's loader mixin: its save_lora_weights writes the generic transformer-only layout
         HunyuanVideoLoraLoaderMixin.save_lora_weights(
-            folder, safe_serialization=True, transformer_lora_layers=self._lora_state_dict(weights),
+            folder, safe_serialization=True, transformer_lora_layers=layers,
             transformer_lora_adapter_metadata=diffusers_model(self.denoiser).peft_config[ADAPTER_NAME].to_dict(),
         )
 
@@ -243,10 +244,10 @@ def _check_guider(guider: Any) -> None:
     if type(guider) is not ClassifierFreeGuidance:
         raise ConfigError(f"the HunyuanVideo-1.5 pipeline's guider is {type(guider).__name__}; only ClassifierFreeGuidance "
                           "is reproduced (set pipe.guider = ClassifierFreeGuidance() in the saved pipeline)")
-    unsupported = [name for name, value, plain in (
-        ("guidance_rescale", guider.guidance_rescale, 0.0), ("use_original_formulation", guider.use_original_formulation, False),
-        ("start", guider._start, 0.0), ("stop", guider._stop, 1.0),
-    ) if value != plain]
+    settings = {"guidance_rescale": (getattr(guider, "guidance_rescale"), 0.0),
+                "use_original_formulation": (getattr(guider, "use_original_formulation"), False),
+                "start": (getattr(guider, "_start"), 0.0), "stop": (getattr(guider, "_stop"), 1.0)}
+    unsupported = [name for name, (value, plain) in settings.items() if value != plain]
     if unsupported:
         raise ConfigError(f"the HunyuanVideo-1.5 pipeline's guider sets {', '.join(unsupported)}, which the engine's CFG "
                           "does not reproduce; save the pipeline with a default ClassifierFreeGuidance")
