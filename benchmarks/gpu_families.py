@@ -271,14 +271,6 @@ def _hunyuanvideo15(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     )
 
 
-def _hunyuanvideo15_short(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
-    """The same pipeline with 16 ByT5 and 8 image tokens instead of 256 and 729 (its own attributes): the tiny
-    variant's forwards would otherwise be all padding (the CPU test of the code path)."""
-    pipe = _hunyuanvideo15(transformer, vae)
-    pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 16, 8
-    return pipe
-
-
 FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "wan": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan),
     "wan22": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan22),
@@ -290,5 +282,4 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
     "sana": FamilyBuild("treegrpo.models.sana:SanaBackbone", _sana),
     "hunyuanvideo15": FamilyBuild("treegrpo.models.hunyuanvideo15:HunyuanVideo15Backbone", _hunyuanvideo15),
-    "hunyuanvideo15_short": FamilyBuild("treegrpo.models.hunyuanvideo15:HunyuanVideo15Backbone", _hunyuanvideo15_short),
 }

@@ -153,15 +153,16 @@ SIZES["sana_1600m"] = SizeSpec(SANA_1600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H1
                                text_dim=2304, pooled_dim=0, family="sana")
 SIZES["sana_600m"] = SizeSpec(SANA_600M_TRANSFORMER, DC_AE_F32C32, CLIP_VIT_H14, resolution=1024, text_tokens=300,
                               text_dim=2304, pooled_dim=0, family="sana")
-# HunyuanVideo 1.5 (8.3B): Qwen2.5-VL-7B width, prompts padded to the pipeline's 1000 tokens (the random embeddings are
-# all unmasked; the pipeline also adds 256 ByT5 glyph tokens and 729 masked image tokens); 480 x 480, 33 frames = 9
-# latent frames of 30 x 30 tokens (the VAE compresses 16x; 8100 video tokens).
+# HunyuanVideo 1.5 (8.3B): Qwen2.5-VL-7B width, ~128 prompt tokens after the cropped system template (the pipeline pads
+# to 1000, masked; the adapter drops the columns no row uses, the all-padding ByT5 glyph stream of prompts quoting no
+# text and the 729 masked text-to-video image tokens); 480 x 480, 33 frames = 9 latent frames of 30 x 30 tokens (the
+# VAE compresses 16x; 8100 video tokens).
 SIZES["hunyuanvideo15_480p"] = SizeSpec(HUNYUANVIDEO15_480P_T2V_TRANSFORMER, HUNYUANVIDEO15_VAE, CLIP_VIT_H14, resolution=480,
-                                        text_tokens=1000, text_dim=3584, pooled_dim=0, family="hunyuanvideo15",
+                                        text_tokens=128, text_dim=3584, pooled_dim=0, family="hunyuanvideo15",
                                         num_frames=33)
 SIZES["hunyuanvideo15_tiny"] = SizeSpec(TINY["hunyuanvideo15"]["transformer"], TINY["hunyuanvideo15"]["vae"],
                                         SIZES["tiny"].reward, resolution=32, text_tokens=8, text_dim=16, pooled_dim=0,
-                                        family="hunyuanvideo15_short", num_frames=5)
+                                        family="hunyuanvideo15", num_frames=5)
 for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
     _tiny = TINY[_family]["transformer"]
     _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))
@@ -257,8 +258,7 @@ def build_backbone(spec: SizeSpec, args: argparse.Namespace) -> DiffusersBackbon
             )
         else:
             pipe = FAMILY_BUILDS[spec.family].build(spec.transformer, spec.vae)
-    # Wan 2.2 is the wan adapter with two experts; the short HunyuanVideo 1.5 pipeline is the hunyuanvideo15 adapter's
-    family = {"wan22": "wan", "hunyuanvideo15_short": "hunyuanvideo15"}.get(spec.family, spec.family)
+    family = "wan" if spec.family == "wan22" else spec.family  # Wan 2.2 is the wan adapter with two experts
     config = ModelConfig(
         path="random-weights", family=family, dtype=args.dtype, device=args.device, num_frames=spec.num_frames,
         full_finetune=args.train == "full", lora=LoraConfig(rank=args.lora_rank, alpha=float(args.lora_rank)),

@@ -6,10 +6,18 @@ after the cropped template prefix, with their attention mask) and ByT5 embedding
 quoted glyph text (256 tokens, masked; zeros with an all-false mask when the prompt quotes nothing),
 both held by :class:`HunyuanConditioning`; latents ``[B, 32, F, H/16, W/16]`` (``F = (frames - 1) / 4
 + 1``) drawn by ``prepare_latents`` in the model dtype; the transformer called on the latents
-concatenated with the text-to-video zero condition latents and mask (``2C + 1`` channels) and zero
-image embeddings, at the raw timestep; the scheduler's sigmas from ``set_timesteps(sigmas=linspace(1,
+concatenated with the text-to-video zero condition latents and mask (``2C + 1`` channels), at the
+raw timestep; the scheduler's sigmas from ``set_timesteps(sigmas=linspace(1,
 0, T + 1)[:-1])`` (``FlowMatchEulerDiscreteScheduler``, shift 5 at 480p), which the engine's Euler ODE
 reproduces; decoding ``latents / scaling_factor`` to clips ``[B, F, 3, H, W]`` in [0, 1].
+``model.max_sequence_length`` is not used (the pipeline's own lengths are).
+
+Padding: the pipeline hands the transformer 1000 Qwen columns, 256 ByT5 columns and 729 zero image
+tokens (text-to-video masks them all), so at 480p most text tokens are padding. The transformer masks
+padding as attention keys in every block and pools the Qwen stream over its mask, so padding reaches
+no video token: the adapter drops the columns no row of a call uses (the image tokens always, the
+glyph stream when no prompt quotes text). The result is the pipeline's up to float rounding (the
+parity tests compare against the unshortened pipeline).
 
 Guidance: the pipeline's ``guider`` (``ClassifierFreeGuidance``) combines ``uncond + s * (cond -
 uncond)``; here ``s`` is the engine's ``sampling.guidance_scale`` (one batched forward of both rows),
@@ -179,25 +187,30 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         return HunyuanInputs(**values, glyph_embeds=embeds.to(dtype), glyph_mask=mask)
 
     def _forward(self, denoiser: torch.nn.Module, inputs: DenoiserInputs, guidance_scale: float) -> torch.Tensor:
-        """The transformer's velocity on ``[latents, zero condition latents, zero mask]`` with zero image embeddings."""
+        """The transformer's velocity on ``[latents, zero condition latents, zero mask]``, text padding dropped.
+
+        The transformer masks padding as attention keys everywhere (and pools the Qwen stream over its
+        mask), so padding reaches no video token: text columns no row uses are dropped, and so are the
+        glyph stream when no prompt quotes text and the 729 image tokens, which text-to-video zeroes and masks.
+        """
         x = inputs.latents
         n, channels, frames, height, width = x.shape
         condition = x.new_zeros(n, channels + 1, frames, height, width)
-        image_embeds = x.new_zeros(n, self.pipe.vision_num_semantic_tokens, self.pipe.vision_states_dim)
         mask = inputs.prompt_mask
         if mask is None:
             mask = torch.ones(inputs.prompt_embeds.shape[:2], dtype=torch.bool, device=x.device)
+        embeds, mask = _used_columns(inputs.prompt_embeds, mask, at_least=1)
         glyph = getattr(inputs, "glyph_embeds", None)
         glyph_mask = getattr(inputs, "glyph_mask", None)
         if glyph is None or glyph_mask is None:
-            length, width_2 = self.pipe.tokenizer_2_max_length, self.pipe.transformer.config.text_embed_2_dim
-            glyph = x.new_zeros(n, length, width_2)
-            glyph_mask = torch.zeros(n, length, dtype=torch.bool, device=x.device)
+            glyph = x.new_zeros(n, 0, self.pipe.transformer.config.text_embed_2_dim)
+            glyph_mask = torch.zeros(n, 0, dtype=torch.bool, device=x.device)
+        glyph, glyph_mask = _used_columns(glyph, glyph_mask)
         velocity: torch.Tensor = denoiser(
             hidden_states=torch.cat([x, condition], dim=1),
-            image_embeds=image_embeds,
+            image_embeds=x.new_zeros(n, 0, self.pipe.vision_states_dim),
             timestep=inputs.timesteps.to(x.dtype),
-            encoder_hidden_states=inputs.prompt_embeds,
+            encoder_hidden_states=embeds,
             encoder_attention_mask=mask,
             encoder_hidden_states_2=glyph,
             encoder_attention_mask_2=glyph_mask,
@@ -233,6 +246,13 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
             folder, safe_serialization=True, transformer_lora_layers=layers,
             transformer_lora_adapter_metadata=diffusers_model(self.denoiser).peft_config[ADAPTER_NAME].to_dict(),
         )
+
+
+def _used_columns(embeds: torch.Tensor, mask: torch.Tensor, at_least: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``embeds`` and ``mask`` up to the last column some row attends to (at least ``at_least`` columns)."""
+    used = mask.any(dim=0).nonzero()
+    end = max(int(used.max()) + 1 if used.numel() else 0, at_least)
+    return embeds[:, :end], mask[:, :end]
 
 
 def _check_guider(guider: Any) -> None:
