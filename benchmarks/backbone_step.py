@@ -27,21 +27,22 @@ from typing import Any, Optional
 import torch
 
 FAMILIES = ("sd3", "flux", "sd", "qwenimage", "flux2", "zimage", "wan", "flux_kontext", "qwenimage_edit", "sana", "ltx2",
-            "wan_i2v")
+            "wan_i2v", "hunyuanvideo15")
 EDITING = ("flux_kontext", "qwenimage_edit", "wan_i2v")
 """Families whose prompts carry a source image (the benchmark gives each prompt a random picture)."""
 GUIDANCE = {"sd3": 4.5, "flux": 3.5, "sd": 7.5, "qwenimage": 4.0, "flux2": 4.0, "zimage": 3.0, "wan": 5.0,
-            "flux_kontext": 2.5, "qwenimage_edit": 4.0, "sana": 4.5, "ltx2": 4.0, "wan_i2v": 5.0}
+            "flux_kontext": 2.5, "qwenimage_edit": 4.0, "sana": 4.5, "ltx2": 4.0, "wan_i2v": 5.0,
+            "hunyuanvideo15": 6.0}
 """Engine guidance with CFG (Qwen-Image: true CFG; Z-Image: the pipeline's ``cond + s * (cond - uncond)``)."""
 NO_GUIDANCE = {"zimage": 0.0}
 """Guidance meaning no CFG where it is not 1."""
 NOISE_LEVEL = {"sd3": 0.7, "flux": 0.7, "sd": 1.0, "qwenimage": 1.2, "flux2": 0.7, "zimage": 0.7, "wan": 0.3,
-               "flux_kontext": 0.7, "qwenimage_edit": 1.2, "sana": 0.7, "ltx2": 0.7, "wan_i2v": 0.9}
+               "flux_kontext": 0.7, "qwenimage_edit": 1.2, "sana": 0.7, "ltx2": 0.7, "wan_i2v": 0.9, "hunyuanvideo15": 0.7}
 TINY_SIZE = 32
 TINY_MAX_SEQUENCE_LENGTH = {"qwenimage": 256, "flux2": 48, "zimage": 48, "wan": 16, "qwenimage_edit": 512, "sana": 48, "ltx2": 16,
                             "wan_i2v": 512}
 """Text tokens of the tiny models (8 elsewhere): enough to keep the prompt after the chat templates."""
-TINY_NUM_FRAMES = {"wan": 5, "ltx2": 5, "wan_i2v": 5}
+TINY_NUM_FRAMES = {"wan": 5, "ltx2": 5, "wan_i2v": 5, "hunyuanvideo15": 5}
 """Frames of the tiny video models (2 latent frames)."""
 
 

@@ -1,4 +1,4 @@
-"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B and [dev], Z-Image, FLUX.1-Kontext, Sana and Wan 2.1 / 2.2 for ``gpu_iteration.py``.
+"""Published architectures of Qwen-Image(-Edit), FLUX.2 [klein] 4B and [dev], Z-Image, FLUX.1-Kontext, Sana, Wan 2.1 / 2.2 and HunyuanVideo 1.5 for ``gpu_iteration.py``.
 
 Random weights of the real sizes: the cost of a step does not depend on the values. Each entry
 builds the family's diffusers pipeline without text encoders (prompt embeddings are random, of the
@@ -132,6 +132,19 @@ LTX2_AUDIO_VAE: dict[str, Any] = dict(
 )
 """LTX-2's audio VAE (only its shapes are used: 8 channels x 16 latent mel bins = 128 per audio token, 25 tokens a second)."""
 
+HUNYUANVIDEO15_480P_T2V_TRANSFORMER: dict[str, Any] = dict(
+    in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54, num_refiner_layers=2,
+    mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=3584, text_embed_2_dim=1472,
+    image_embed_dim=1152, rope_theta=256.0, rope_axes_dim=(16, 56, 56), use_meanflow=False, target_size=640, task_type="t2v",
+)
+"""hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v (diffusers' conversion script's ``480p_t2v`` config):
+54 double-stream blocks of 16 heads of 128, about 8.3B parameters; Qwen2.5-VL-7B width 3584, ByT5 (Glyph-SDXL) 1472."""
+HUNYUANVIDEO15_VAE: dict[str, Any] = dict(
+    latent_channels=32, block_out_channels=(128, 256, 512, 1024, 1024), layers_per_block=2, spatial_compression_ratio=16,
+    temporal_compression_ratio=4, scaling_factor=1.03682,
+)
+"""HunyuanVideo 1.5's VAE (the conversion script builds diffusers' defaults): 16x spatial, 4x temporal, 32 channels."""
+
 TINY: dict[str, dict[str, dict[str, Any]]] = {
     "qwenimage": dict(
         transformer=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -201,6 +214,13 @@ TINY["ltx2"] = dict(
              decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False),
              downsample_type=("spatiotemporal",), upsample_residual=(False,), upsample_factor=(1,),
              timestep_conditioning=False, patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False),
+)
+TINY["hunyuanvideo15"] = dict(
+    transformer=dict(in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                     num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=8,
+                     rope_axes_dim=(4, 2, 2), target_size=64, task_type="t2v"),
+    vae=dict(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, spatial_compression_ratio=8,
+             temporal_compression_ratio=4, scaling_factor=0.9),
 )
 TINY["qwenimage_edit"] = TINY["qwenimage"]
 TINY["wan_i2v"] = dict(transformer={**TINY["wan"]["transformer"], "in_channels": 36, "image_dim": 8, "added_kv_proj_dim": 24},
@@ -369,6 +389,20 @@ def _wan_i2v(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
     )
 
 
+def _hunyuanvideo15(transformer: dict[str, Any], vae: dict[str, Any]) -> Any:
+    """HunyuanVideo 1.5 (480p text-to-video) with its released scheduler (flow Euler, shift 5) and CFG guider (scale 6)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+
+    return HunyuanVideo15Pipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        transformer=HunyuanVideo15Transformer3DModel(**transformer), vae=AutoencoderKLHunyuanVideo15(**vae),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+
+
 FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "wan": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan),
     "wan22": FamilyBuild("treegrpo.models.wan:WanBackbone", _wan22),
@@ -382,4 +416,5 @@ FAMILY_BUILDS: dict[str, FamilyBuild] = {
     "qwenimage_edit": FamilyBuild("treegrpo.models.qwenimage_edit:QwenImageEditBackbone", _qwenimage_edit),
     "sana": FamilyBuild("treegrpo.models.sana:SanaBackbone", _sana),
     "ltx2": FamilyBuild("treegrpo.models.ltx2:LTX2Backbone", _ltx2),
+    "hunyuanvideo15": FamilyBuild("treegrpo.models.hunyuanvideo15:HunyuanVideo15Backbone", _hunyuanvideo15),
 }

@@ -22,7 +22,8 @@ real width, no pooled embedding): ``--size qwenimage`` (about 20B: ``--train lor
 ``zimage``, ``sana_1600m`` / ``sana_600m``, ``flux_kontext`` (FLUX.1-Kontext-dev, about 12B, with random source images: ``--train lora``) and
 ``qwenimage_edit`` (Qwen-Image-Edit, about 20B, random source images: ``--train lora``), ``ltx2_19b`` (LTX-2, 19B,
 GPU only: ``--train lora``), ``wan21_i2v_14b`` and ``wan22_ti2v_5b`` (Wan I2V at 480 x 480 x 33 frames, random
-source images), with ``*_tiny`` variants of the same code path for CPU runs.
+source images), ``hunyuanvideo15_480p`` (HunyuanVideo 1.5 480p text-to-video, about 8.3B,
+33 frames), with ``*_tiny`` variants of the same code path for CPU runs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 
 from benchmarks.common import markdown_table, portable_args, write_json
 from benchmarks.gpu_families import (
-    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, FLUX1_VAE, FLUX2_DEV_TRANSFORMER, FLUX2_KLEIN_4B_TRANSFORMER,
+    DC_AE_F32C32, FAMILY_BUILDS, LTX2_19B_TRANSFORMER, LTX2_VAE, FLUX1_TRANSFORMER, HUNYUANVIDEO15_480P_T2V_TRANSFORMER, HUNYUANVIDEO15_VAE, FLUX1_VAE, FLUX2_DEV_TRANSFORMER, FLUX2_KLEIN_4B_TRANSFORMER,
     FLUX2_VAE, QWENIMAGE_TRANSFORMER, QWENIMAGE_VAE, TINY, SANA_1600M_TRANSFORMER, SANA_600M_TRANSFORMER,
     WAN21_1_3B_TRANSFORMER, WAN21_I2V_14B_TRANSFORMER, WAN22_TI2V_5B_TRANSFORMER, WAN22_VAE, WAN_14B_TRANSFORMER, WAN_VAE,
     ZIMAGE_TRANSFORMER,
@@ -174,6 +175,16 @@ SIZES["wan22_ti2v_5b"] = SizeSpec(WAN22_TI2V_5B_TRANSFORMER, WAN22_VAE, CLIP_VIT
 for _name, _tiny, _px in (("wan_i2v_tiny", TINY["wan_i2v"], 32), ("wan22_ti2v_tiny", TINY["wan_ti2v"], 64)):
     SIZES[_name] = SizeSpec(**_tiny, reward=SIZES["tiny"].reward, resolution=_px, text_tokens=512, text_dim=32, pooled_dim=0,
                             family="wan_i2v", num_frames=5)
+# HunyuanVideo 1.5 (8.3B): Qwen2.5-VL-7B width, ~128 prompt tokens after the cropped system template (the pipeline pads
+# to 1000, masked; the adapter drops the columns no row uses, the all-padding ByT5 glyph stream of prompts quoting no
+# text and the 729 masked text-to-video image tokens); 480 x 480, 33 frames = 9 latent frames of 30 x 30 tokens (the
+# VAE compresses 16x; 8100 video tokens).
+SIZES["hunyuanvideo15_480p"] = SizeSpec(HUNYUANVIDEO15_480P_T2V_TRANSFORMER, HUNYUANVIDEO15_VAE, CLIP_VIT_H14, resolution=480,
+                                        text_tokens=128, text_dim=3584, pooled_dim=0, family="hunyuanvideo15",
+                                        num_frames=33)
+SIZES["hunyuanvideo15_tiny"] = SizeSpec(TINY["hunyuanvideo15"]["transformer"], TINY["hunyuanvideo15"]["vae"],
+                                        SIZES["tiny"].reward, resolution=32, text_tokens=8, text_dim=16, pooled_dim=0,
+                                        family="hunyuanvideo15", num_frames=5)
 for _family, _tiny_resolution in (("qwenimage", 32), ("flux2", 32), ("flux2_dev", 32), ("zimage", 32), ("qwenimage_edit", 32), ("sana", 32)):
     _tiny = TINY[_family]["transformer"]
     _text_dim = _tiny.get("joint_attention_dim", _tiny.get("cap_feat_dim", _tiny.get("caption_channels")))

@@ -34,7 +34,7 @@ def test_sample_draws_a_grid_for_every_family(family: str, tmp_path: Path, capsy
                  "--steps", "2", "--dtype", "fp32", "--out", str(out), *_flags(family)])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file() and (tmp_path / "grid-captioned.png").is_file()
-    if family in ("wan", "ltx2"):
+    if family in ("wan", "ltx2", "hunyuanvideo15"):
         videos = [p for p in tmp_path.iterdir() if p.suffix in (".mp4", ".gif")]
         assert len(videos) == 1 and videos[0].stat().st_size > 0 and "(2 clips)" in printed
     else:

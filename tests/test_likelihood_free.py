@@ -198,6 +198,7 @@ FAMILY_MODELS: dict[str, dict[str, Any]] = {
     "wan": {"height": 16, "width": 32, "max_sequence_length": 16, "num_frames": 5},
     "sana": {"height": 32, "width": 64, "max_sequence_length": 48},
     "ltx2": {"height": 32, "width": 64, "max_sequence_length": 16, "num_frames": 5},
+    "hunyuanvideo15": {"height": 16, "width": 32, "max_sequence_length": 16, "num_frames": 5},
 }
 
 

@@ -24,7 +24,8 @@ def test_backbone_benchmark_runs_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("family", "guidance"), [("qwenimage", None), ("flux2", None), ("zimage", None),
                                                ("flux_kontext", 2.5), ("qwenimage_edit", 4.0), ("sana", None),
                                                ("ltx2", None),
-                                               ("wan_i2v", 5.0)])
+                                               ("wan_i2v", 5.0),
+                                               ("hunyuanvideo15", 6.0)])
 def test_backbone_benchmark_and_gpu_iteration_run_for_the_new_families(family: str, guidance: Optional[float],
                                                                        tmp_path: Path) -> None:
     """The node benchmark and the GPU-iteration script (tiny variant of the published architecture) run on CPU;

@@ -45,17 +45,21 @@ def _yaml_block(values: dict[str, Any]) -> str:
     return OmegaConf.to_yaml(values).rstrip()
 
 
-VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline", "LTX2Pipeline", "WanImageToVideoPipeline")
+VIDEO_PIPELINES: tuple[str, ...] = ("WanPipeline", "LTX2Pipeline", "WanImageToVideoPipeline",
+                                     "HunyuanVideo15Pipeline")
 """Pipelines whose output is ``.frames`` (clips), not ``.images``."""
+GUIDER_PIPELINES: tuple[str, ...] = ("HunyuanVideo15Pipeline",)
+"""Pipelines that take the CFG scale from ``pipe.guider`` (no ``guidance_scale`` argument) and have no
+``load_lora_weights`` (diffusers 0.42): the snippet sets the guider and loads a LoRA into the transformer."""
 
 
-def _call_arguments(cfg: dict[str, Any]) -> str:
+def _call_arguments(cfg: dict[str, Any], guider: bool = False) -> str:
     """The pipeline-call arguments the run sampled with: size, steps, guidance (what the card's snippet passes)."""
     model, sampling = cfg.get("model", {}), cfg.get("sampling", {})
     arguments = [f"{key}={model[key]}" for key in ("height", "width", "num_frames") if model.get(key)]
     if sampling.get("steps"):
         arguments.append(f"num_inference_steps={sampling['steps']}")
-    if sampling.get("guidance_scale") is not None:
+    if sampling.get("guidance_scale") is not None and not guider:
         arguments.append(f"guidance_scale={sampling['guidance_scale']}")
     return ", ".join(['"a prompt"', *arguments])
 
@@ -68,7 +72,8 @@ def model_card(run: Path, pipeline_class: Optional[str] = None, location: Option
     cfg = _read_config(run)
     where = location or str((run / "final").resolve())
     video = (pipeline_class or "") in VIDEO_PIPELINES
-    call = _call_arguments(cfg)
+    guider = (pipeline_class or "") in GUIDER_PIPELINES
+    call = _call_arguments(cfg, guider)
     base = str(cfg.get("model", {}).get("path", ""))
     full = bool(cfg.get("model", {}).get("full_finetune", False)) or not (run / "final" / LORA_FILE).is_file()
     pipeline = pipeline_class or "DiffusionPipeline"
@@ -86,6 +91,9 @@ def model_card(run: Path, pipeline_class: Optional[str] = None, location: Option
         call += f", max_sequence_length={cfg.get('model', {}).get('max_sequence_length', 1)}"
     output = ([f"frames = pipe({call}).frames[0]", 'export_to_video(frames, "sample.mp4", fps=16)'] if video
               else [f"image = pipe({call}).images[0]"])
+    scale = cfg.get("sampling", {}).get("guidance_scale")
+    if guider and scale is not None:
+        output.insert(0, f"pipe.guider = pipe.guider.new(guidance_scale={scale})")
     lines = [
         *meta, "", f"# {run.name}", "",
         f"{'Full fine-tune' if full else 'LoRA'} of **{base_text}** trained with **{method}** "
@@ -119,7 +127,8 @@ def model_card(run: Path, pipeline_class: Optional[str] = None, location: Option
     else:
         lines += [
             f'pipe = {pipeline}.from_pretrained({load_path})',
-            f'pipe.load_lora_weights("{where}")',
+            f'pipe.transformer.load_lora_adapter("{where}", use_safetensors=True)' if guider
+            else f'pipe.load_lora_weights("{where}")',
             *output,
         ]
     lines += ["```", ""]

@@ -13,6 +13,7 @@ from treegrpo.models.flux import FluxBackbone
 from treegrpo.models.flux2 import Flux2Backbone
 from treegrpo.models.flux_kontext import FluxKontextBackbone
 from treegrpo.models.ltx2 import LTX2Backbone
+from treegrpo.models.hunyuanvideo15 import HunyuanVideo15Backbone
 from treegrpo.models.qwenimage import QwenImageBackbone
 from treegrpo.models.qwenimage_edit import QwenImageEditBackbone
 from treegrpo.models.sana import SanaBackbone
@@ -49,6 +50,7 @@ FAMILIES: dict[str, Family] = {
         Family(WanI2VBackbone, ("WanImageToVideoPipeline",), also_loads=("WanPipeline",)),
         Family(SanaBackbone, ("SanaPipeline",)),
         Family(LTX2Backbone, ("LTX2Pipeline",)),
+        Family(HunyuanVideo15Backbone, ("HunyuanVideo15Pipeline",)),
     )
 }
 """``model.family`` -> its adapter (keyed by the adapter's own ``family``) and pipelines."""

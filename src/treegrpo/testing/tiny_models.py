@@ -551,6 +551,7 @@ BUILDERS = {
     "sana": _in_module("tiny_sana"),
     "ltx2": _in_module("tiny_ltx2"),
     "wan_i2v": _in_module("tiny_wan_i2v"),
+    "hunyuanvideo15": _in_module("tiny_hunyuanvideo15"),
 }
 
 
