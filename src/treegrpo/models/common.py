@@ -124,6 +124,14 @@ def checked_image_size(size: tuple[int, int], multiple: int, family: str) -> tup
     return height, width
 
 
+
+def checked_num_frames(frames: int, factor: int, family: str, examples: str) -> int:
+    """``frames`` unchanged if it is 1 + a multiple of the VAE's temporal ``factor`` (a video pipeline's rule),
+    else a ConfigError naming ``examples`` of valid counts."""
+    if frames < 1 or (frames - 1) % factor:
+        raise ConfigError(f"model.num_frames must be 1 + a multiple of {factor} for {family} (got {frames}), e.g. {examples}")
+    return frames
+
 @dataclass
 class DenoiserInputs:
     """One batched denoiser call: latents, per-row timesteps and text conditioning (mask: see TextConditioning)."""

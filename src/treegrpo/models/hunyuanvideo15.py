@@ -42,7 +42,7 @@ import torch
 from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.common import (
-    ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, TextConditioning, checked_image_size, diffusers_model,
+    ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, TextConditioning, checked_image_size, checked_num_frames, diffusers_model,
 )
 
 HUNYUANVIDEO15_LORA_TARGETS: tuple[str, ...] = (
@@ -125,11 +125,7 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
     def num_frames(self) -> int:
         """Frames per clip (``model.num_frames``, default 121); ``frames - 1`` a multiple of the temporal factor."""
         frames = self.cfg.num_frames or DEFAULT_FRAMES
-        factor = self.pipe.vae_scale_factor_temporal
-        if frames < 1 or (frames - 1) % factor:
-            raise ConfigError(f"model.num_frames must be 1 + a multiple of {factor} for hunyuanvideo15 (got {frames}), "
-                              "e.g. 33, 53 or 121")
-        return frames
+        return checked_num_frames(frames, self.pipe.vae_scale_factor_temporal, self.family, "33, 53 or 121")
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, ...]:
         """(Qwen embeds, mask, ByT5 embeds, mask) through the pipeline's ``encode_prompt``; masks as bool."""

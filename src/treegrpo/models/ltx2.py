@@ -36,9 +36,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import FlowMatchStepper, FlowSchedule, SdeType, StepOutput, flow_step
-from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size
+from treegrpo.models.common import DenoiserInputs, DiffusersBackbone, checked_image_size, checked_num_frames
 
 LTX2_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 """Every attention projection of the blocks: video and audio self- and text cross-attention, and the
@@ -134,11 +133,7 @@ class LTX2Backbone(DiffusersBackbone):
         """Frames per clip (``model.num_frames``, default 121); ``frames - 1`` a multiple of the VAE's temporal factor."""
         frames = self.cfg.num_frames or DEFAULT_FRAMES
         factor = self.pipe.vae_temporal_compression_ratio * self.pipe.transformer_temporal_patch_size
-        if frames < 1 or (frames - 1) % factor:
-            raise ConfigError(
-                f"model.num_frames must be 1 + a multiple of {factor} for ltx2 (got {frames}), e.g. {1 + 4 * factor} or 121"
-            )
-        return frames
+        return checked_num_frames(frames, factor, self.family, f"{1 + 4 * factor} or 121")
 
     def _layout(self) -> Layout:
         """The packed token grid of a ``height x width x num_frames`` clip, as ``LTX2Pipeline.__call__`` computes it."""

@@ -29,7 +29,7 @@ import torch
 from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import FlowSchedule
 from treegrpo.models.common import (
-    ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, DiffusersModel, checked_image_size, diffusers_model,
+    ADAPTER_NAME, DenoiserInputs, DiffusersBackbone, DiffusersModel, checked_image_size, checked_num_frames, diffusers_model,
     flow_sigma_schedule,
 )
 from treegrpo.models.config import WAN_EXPERTS
@@ -179,10 +179,7 @@ class WanBackbone(DiffusersBackbone):
     def num_frames(self) -> int:
         """Frames per clip (``model.num_frames``, default 81); ``frames - 1`` a multiple of the temporal factor."""
         frames = self.cfg.num_frames or DEFAULT_FRAMES
-        factor = self.pipe.vae_scale_factor_temporal
-        if frames < 1 or (frames - 1) % factor:
-            raise ConfigError(f"model.num_frames must be 1 + a multiple of {factor} for wan (got {frames}), e.g. 33 or 81")
-        return frames
+        return checked_num_frames(frames, self.pipe.vae_scale_factor_temporal, "wan", "33 or 81")
 
     def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """UMT5 embeddings zero-padded to ``max_sequence_length`` via the pipeline (no pooled embedding)."""
