@@ -17,10 +17,8 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from tests.test_models_tree import check_tree_iteration
-from treegrpo.engine.rollout import rollout_trees
+from tests.test_models_tree import check_tree_iteration, ode_latents
 from treegrpo.errors import ConfigError
-from treegrpo.math.plans import ODE
 from treegrpo.math.sampling import SdeType
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.ltx2 import LTX2Backbone
@@ -59,13 +57,7 @@ def _config(**overrides: Any) -> ModelConfig:
 def _engine_latents(backbone: LTX2Backbone, guidance: float, seed: int = 7, denoiser: Any = None,
                     noise: Any = None) -> torch.Tensor:
     """Final rows (video then audio) of the engine's ODE plan from the pipeline's initial noise."""
-    conditioning = backbone.encode_prompts(PROMPTS)
-    schedule = backbone.schedule(STEPS)
-    if noise is None:
-        noise = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(seed))
-    model_fn = backbone.model_fn(conditioning, guidance, schedule, denoiser=denoiser)
-    with torch.no_grad():
-        return rollout_trees(model_fn, schedule.stepper(0.0), (ODE,) * STEPS, noise, torch.arange(len(PROMPTS))).leaf_latents
+    return ode_latents(backbone, PROMPTS, STEPS, guidance, seed, denoiser, noise)
 
 
 def _pipeline(pipe: Any, guidance: float, output_type: str, seed: int = 7) -> Any:

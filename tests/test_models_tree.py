@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from treegrpo.math.loss import LossConfig
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone
 from treegrpo.engine.rollout import rollout_trees
-from treegrpo.math.plans import tree_plan
+from treegrpo.math.plans import ODE, tree_plan
 from treegrpo.engine.minibatches import make_minibatches, minibatch_loss, rescore_edges
 
 SIZE = 16
@@ -97,3 +97,16 @@ def check_tree_iteration(
     assert any(not torch.equal(p, b) for p, b in zip(parameters, before))
     assert abs(output.stats["ratio_mean"] - 1) < 1e-5
     return ratio_error
+
+
+def ode_latents(backbone: DiffusersBackbone, prompts: Sequence[str], steps: int, guidance: float, seed: int = 7,
+                denoiser: Any = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Final latents of the engine's ODE plan from the pipeline's initial noise (drawn with ``seed`` unless
+    ``noise`` is given; ``denoiser``: the module called, default the trained one)."""
+    conditioning = backbone.encode_prompts(list(prompts))
+    schedule = backbone.schedule(steps)
+    if noise is None:
+        noise = backbone.initial_noise(len(prompts), torch.Generator().manual_seed(seed))
+    model_fn = backbone.model_fn(conditioning, guidance, schedule, denoiser=denoiser)
+    with torch.no_grad():
+        return rollout_trees(model_fn, schedule.stepper(0.0), (ODE,) * steps, noise, torch.arange(len(prompts))).leaf_latents

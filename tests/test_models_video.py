@@ -16,14 +16,12 @@ from typing import Any, Iterator, Optional
 import pytest
 import torch
 
-from tests.test_models_tree import check_tree_iteration
+from tests.test_models_tree import check_tree_iteration, ode_latents
 from treegrpo.testing.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
 from treegrpo.models.common import DiffusersBackbone, TrainingWindow
 from treegrpo.models.wan import TwoExperts, resolve_expert
-from treegrpo.engine.rollout import rollout_trees
-from treegrpo.math.plans import ODE
 
 PROMPTS = ["a red cube", "two cats"]
 STEPS = 3
@@ -55,12 +53,7 @@ def _config(two_experts: bool = False, **overrides: Any) -> ModelConfig:
 
 def _engine_latents(backbone: DiffusersBackbone, guidance: float, seed: int = 7, denoiser: Any = None) -> torch.Tensor:
     """Final latents of the engine's ODE plan from the pipeline's initial noise."""
-    conditioning = backbone.encode_prompts(PROMPTS)
-    schedule = backbone.schedule(STEPS)
-    noise = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(seed))
-    model_fn = backbone.model_fn(conditioning, guidance, schedule, denoiser=denoiser)
-    with torch.no_grad():
-        return rollout_trees(model_fn, schedule.stepper(0.0), (ODE,) * STEPS, noise, torch.arange(len(PROMPTS))).leaf_latents
+    return ode_latents(backbone, PROMPTS, STEPS, guidance, seed, denoiser)
 
 
 def _pipeline(pipe: Any, guidance: float, output_type: str, seed: int = 7) -> torch.Tensor:
