@@ -45,7 +45,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -77,6 +77,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also train each likelihood-free method on the leaves of treegrpo's trees (its tree section, "
                              "--set included): labels '<method> tree-fed'")
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2], help="shared learning-rate grid")
+    parser.add_argument("--method-lr", nargs="*", default=[], metavar="LABEL=LR", dest="method_lrs",
+                        help="train LABEL (a method, or an ablation variant's label) at LR only, instead of every rate "
+                             "of --lrs: a rerun at each method's chosen rate, e.g. treegrpo=3e-4 dance_grpo=1e-3")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, help="rollout + training NFE per run (default: toy 400000, shapes 40000)")
     parser.add_argument("--flat-trees", type=int, default=27, help="trajectories per prompt of the flat methods")
@@ -97,6 +100,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=1500, help="toy base pretraining steps per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--stem", help="output file names' stem (default: efficiency_TASK, or ablation_NAME_TASK)")
     parser.add_argument("--reuse", nargs="*", type=Path, default=[],
                         help="earlier result .json or .runs.jsonl files whose runs with the same spec are reused")
     parser.add_argument("--quiet", action="store_true")
@@ -110,6 +114,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for file in args.reuse:
         if not file.is_file():
             parser.error(f"--reuse {file}: no such file; pass a result .json or a .runs.jsonl an earlier run wrote")
+    args.lr_by_label = {}
+    for item in args.method_lrs:
+        label, _, rate = item.partition("=")
+        try:
+            args.lr_by_label[label] = [float(rate)]
+        except ValueError:
+            parser.error(f"--method-lr {item!r}: expected LABEL=LR with a number, e.g. treegrpo=3e-4")
     defaults = TASK_DEFAULTS[args.task]
     args.budget = args.budget if args.budget is not None else defaults["budget"]
     args.eval_points = args.eval_points if args.eval_points is not None else defaults["eval_points"]
@@ -227,15 +238,15 @@ def load_runs(files: Sequence[Path]) -> dict[str, RunHistory]:
     return found
 
 
-def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float], seeds: Sequence[int],
+def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Mapping[str, Sequence[float]], seeds: Sequence[int],
             budget: int, log: Callable[[str], None], reuse: Optional[dict[str, RunHistory]] = None,
             run_log: Optional[Path] = None,
             submit: Optional[Callable[[RunSpec], Future[dict[str, Any]]]] = None) -> dict[tuple[str, float], list[RunHistory]]:
-    """Every (variant, lr, seed), from ``reuse`` or trained (by ``submit``, a worker pool's future of the
+    """Every (variant, lr of ``lrs[label]``, seed), from ``reuse`` or trained (by ``submit``, a worker pool's future of the
     history's JSON, when given; else one after the other here); each new run is logged as it finishes;
     histories grouped by (label, lr) in grid order."""
     specs = [RunSpec(label, method, lr, seed, budget, overrides)
-             for seed in seeds for label, method, overrides in variants for lr in lrs]
+             for seed in seeds for label, method, overrides in variants for lr in lrs[label]]
     done: dict[str, RunHistory] = dict(reuse or {})
     start = time.perf_counter()
 
@@ -269,12 +280,12 @@ def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Sequence[float
 
 
 def choose_learning_rates(runs: dict[tuple[str, float], list[RunHistory]], variants: Sequence[Variant],
-                          lrs: Sequence[float], keep_ratio: float) -> tuple[dict[str, tuple[GroupStats, bool]], list[GroupStats]]:
+                          lrs: Mapping[str, Sequence[float]], keep_ratio: float) -> tuple[dict[str, tuple[GroupStats, bool]], list[GroupStats]]:
     """Per label: the chosen group and whether it is stable; also every group's stats."""
     every: list[GroupStats] = []
     best: dict[str, tuple[GroupStats, bool]] = {}
     for label, _, _ in variants:
-        groups = [group_stats(runs[(label, lr)], keep_ratio) for lr in lrs]
+        groups = [group_stats(runs[(label, lr)], keep_ratio) for lr in lrs[label]]
         every.extend(groups)
         best[label] = pick_best(groups, min_keep_fraction=0.5)
     return best, every
@@ -340,6 +351,9 @@ def grid_table(groups: Sequence[GroupStats]) -> str:
 
 
 def output_stem(args: argparse.Namespace) -> str:
+    """Output files' stem: ``--stem``, else named after the task and ablation."""
+    if args.stem:
+        return str(args.stem)
     return f"efficiency_{args.task}" if args.ablation == "none" else f"ablation_{args.ablation}_{args.task}"
 
 
@@ -349,19 +363,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     log: Callable[[str], None] = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
     variants, reference = variants_for(args)
+    unknown = sorted(set(args.lr_by_label) - {label for label, _, _ in variants})
+    if unknown:
+        raise SystemExit(f"--method-lr names {unknown}, which this run does not train; use labels of "
+                         f"{[label for label, _, _ in variants]}")
+    lrs = {label: args.lr_by_label.get(label, args.lrs) for label, _, _ in variants}
     runner = TASKS[args.task](args)
     started = time.time()
     stem = output_stem(args)
     pool = (ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
             if args.jobs > 1 else None)
     try:
-        runs = run_all(runner, variants, args.lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
+        runs = run_all(runner, variants, lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
                        run_log=args.out / f"{stem}.runs.jsonl",
                        submit=None if pool is None else functools.partial(pool.submit, train_one, args))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    best, every = choose_learning_rates(runs, variants, args.lrs, args.keep_ratio)
+    best, every = choose_learning_rates(runs, variants, lrs, args.keep_ratio)
     rows = reach_rows(best, runs, reference, args.gain_fraction)
     intervals = interval_rows(best, runs, args.bootstrap) if args.ablation == "none" else []
     tables = {"reach": reach_table(rows, best, reference), "grid": grid_table(every)}

@@ -82,6 +82,25 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
     assert len((tmp_path / "jobs" / "efficiency_toy.runs.jsonl").read_text().splitlines()) == 3
 
 
+def test_method_lr_trains_one_label_at_its_own_rate_and_stem_names_the_files(tmp_path: Path) -> None:
+    """A dense rerun at each method's chosen rate: --method-lr replaces --lrs for that label only."""
+    from benchmarks import efficiency
+    settings = [*TINY_TOY[:2], *TINY_TOY[4:], "--methods", "treegrpo", "flow_grpo", "--lrs", "3e-3", "1e-2",
+                "--method-lr", "treegrpo=1e-2", "--stem", "dense", "--out", str(tmp_path)]
+    payload = efficiency.main(settings)
+    assert sorted((run["spec"]["label"], run["spec"]["lr"]) for run in payload["runs"]) == [
+        ("flow_grpo", 3e-3), ("flow_grpo", 1e-2), ("treegrpo", 1e-2)]
+    assert payload["chosen"]["treegrpo"]["lr"] == 1e-2
+    assert (tmp_path / "dense.json").is_file() and (tmp_path / "dense.runs.jsonl").is_file()
+    assert not (tmp_path / "efficiency_toy.json").exists()
+    with pytest.raises(SystemExit) as bad_rate:
+        efficiency.main([*settings[:-2], "--method-lr", "treegrpo=fast", "--out", str(tmp_path / "bad")])
+    assert bad_rate.value.code == 2
+    with pytest.raises(SystemExit, match="dance_grpo"):
+        efficiency.main([*settings[:-2], "--method-lr", "dance_grpo=1e-3", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_reach_is_read_at_the_evaluations_not_on_the_budget_grid() -> None:
     """Hand-worked: evaluations land just past the 5k grid points (5088, 10176); the tree's seed mean
     reaches flat's final mean (0.61) at its first evaluation, so 5088 NFE, not the next grid point."""
