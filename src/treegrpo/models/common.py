@@ -347,8 +347,12 @@ class DiffusersBackbone:
         return uncond + scale * (text - uncond)
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Engine latents -> latents the VAE decodes (unpacking and scaling/shift)."""
-        raise NotImplementedError
+        """Engine latents -> latents the VAE decodes: ``latents / scaling_factor``, ``+ shift_factor`` when the VAE
+        has one (SD, SD3, Sana, HunyuanVideo 1.5); packed or per-channel-normalised families override it."""
+        config = self.pipe.vae.config
+        vae_latents: torch.Tensor = latents / config.scaling_factor
+        shift = getattr(config, "shift_factor", None)
+        return vae_latents if shift is None else vae_latents + shift
 
     def _vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] ``[B, 3, H, W]`` from VAE latents (video VAEs override it to drop the frame axis)."""

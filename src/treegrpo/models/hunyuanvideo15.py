@@ -214,11 +214,6 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         )[0]
         return velocity
 
-    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """``latents / scaling_factor`` (no shift), as the pipeline does before decoding."""
-        vae_latents: torch.Tensor = latents / self.pipe.vae.config.scaling_factor
-        return vae_latents
-
     def _vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
         """Clips in [-1, 1] as ``[B, F, 3, H, W]``, one clip per VAE call: the diffusers 0.42 VAE's causal attention
         mask does not broadcast over a batch of more than one clip."""

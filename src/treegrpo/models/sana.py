@@ -111,8 +111,3 @@ class SanaBackbone(DiffusersBackbone):
             return_dict=False,
         )[0]
         return velocity
-
-    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Undo the latent normalisation: ``latents / scaling_factor`` (DC-AE has no shift)."""
-        vae_latents: torch.Tensor = latents / self.pipe.vae.config.scaling_factor
-        return vae_latents

@@ -94,11 +94,6 @@ class SDBackbone(DiffusersBackbone):
         )[0]
         return prediction
 
-    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Undo the latent scaling: ``latents / scaling_factor``."""
-        vae_latents: torch.Tensor = latents / self.pipe.vae.config.scaling_factor
-        return vae_latents
-
     def _lora_state_dict(self, weights: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """UNet adapter weights converted to the diffusers layout (as diffusers' SD LoRA script does)."""
         from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers

@@ -85,9 +85,3 @@ class SD3Backbone(DiffusersBackbone):
             return_dict=False,
         )[0]
         return velocity
-
-    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Undo the latent normalisation: ``latents / scaling_factor + shift_factor``."""
-        config = self.pipe.vae.config
-        vae_latents: torch.Tensor = latents / config.scaling_factor + config.shift_factor
-        return vae_latents
