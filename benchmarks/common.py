@@ -66,6 +66,8 @@ class RunHistory:
     spec: RunSpec
     points: list[EvalPoint]
     leaves_per_prompt: int
+    evaluation: dict[str, int] = field(default_factory=dict)
+    """``{"points": evaluations over the budget, "size": samples or prompts each}``; empty in older logs."""
 
     @property
     def final(self) -> EvalPoint:
@@ -82,7 +84,8 @@ class RunHistory:
     def to_json(self) -> dict[str, Any]:
         """Spec and evaluation points as columns (one list per field), to keep result files small."""
         columns = {name: [getattr(point, name) for point in self.points] for name in asdict(self.points[0])}
-        return {"spec": asdict(self.spec), "leaves_per_prompt": self.leaves_per_prompt, "points": columns}
+        return {"spec": asdict(self.spec), "leaves_per_prompt": self.leaves_per_prompt, "points": columns,
+                "evaluation": dict(self.evaluation)}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "RunHistory":
@@ -90,7 +93,7 @@ class RunHistory:
         columns = value["points"]
         count = len(columns["reward"])
         points = [EvalPoint(**{name: columns[name][i] for name in columns}) for i in range(count)]
-        return cls(RunSpec(**value["spec"]), points, int(value["leaves_per_prompt"]))
+        return cls(RunSpec(**value["spec"]), points, int(value["leaves_per_prompt"]), dict(value.get("evaluation", {})))
 
 
 TaskRunner = Callable[[RunSpec], RunHistory]
@@ -140,12 +143,13 @@ class IterationSpend:
 
 def train_under_budget(
     spec: RunSpec, *, cost: Callable[[int], int], step: Callable[[int], IterationSpend], evaluate: Callable[[], float],
-    eval_points: int, max_iterations: int, kl_on: bool, leaves: int,
+    eval_points: int, eval_size: int, max_iterations: int, kl_on: bool, leaves: int,
 ) -> RunHistory:
     """Run iterations while the next one's closed-form ``cost`` fits the budget; evaluate (untimed)
     before training, whenever the spent NFE crosses a multiple of ``budget / eval_points``, and at the end.
 
     Every task runner (toy, shapes) shares this loop, so budgets and evaluation points mean the same.
+    ``eval_size``: the samples or prompts of one evaluation, recorded with the grid in the history.
     """
     spacing = spec.budget_nfe / eval_points
     rollout_nfe = training_nfe = reference_nfe = 0
@@ -174,7 +178,7 @@ def train_under_budget(
             guards = []
     if points[-1].iteration != iteration:
         points.append(point(iteration))
-    return RunHistory(spec, points, leaves)
+    return RunHistory(spec, points, leaves, {"points": eval_points, "size": eval_size})
 
 
 class ToyRunner:
@@ -209,7 +213,8 @@ def run_toy(spec: RunSpec, protocol: ToyProtocol, task: ToyTask, base: ToyVeloci
 
     return train_under_budget(
         spec, cost=lambda i: iteration_cost(method.tree, run.plan(i), p.prompts_per_iteration, method.loss), step=step,
-        evaluate=lambda: run.evaluate(p.eval_samples), eval_points=p.eval_points, max_iterations=p.max_iterations,
+        evaluate=lambda: run.evaluate(p.eval_samples), eval_points=p.eval_points, eval_size=p.eval_samples,
+        max_iterations=p.max_iterations,
         kl_on=run.kl_on, leaves=leaves_per_prompt(method.tree, p.num_steps),
     )
 

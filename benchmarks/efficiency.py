@@ -240,14 +240,24 @@ def load_runs(files: Sequence[Path]) -> dict[str, RunHistory]:
 
 def run_all(runner: TaskRunner, variants: Sequence[Variant], lrs: Mapping[str, Sequence[float]], seeds: Sequence[int],
             budget: int, log: Callable[[str], None], reuse: Optional[dict[str, RunHistory]] = None,
+            evaluation: Optional[dict[str, int]] = None,
             run_log: Optional[Path] = None,
             submit: Optional[Callable[[RunSpec], Future[dict[str, Any]]]] = None) -> dict[tuple[str, float], list[RunHistory]]:
     """Every (variant, lr of ``lrs[label]``, seed), from ``reuse`` or trained (by ``submit``, a worker pool's future of the
     history's JSON, when given; else one after the other here); each new run is logged as it finishes;
-    histories grouped by (label, lr) in grid order."""
+    histories grouped by (label, lr) in grid order.
+
+    A run is reused only if it was evaluated as ``evaluation`` asks (same grid and size) or its log predates that
+    record: the grid never changes training (tested), but the reach ratios are read at the evaluations.
+    """
     specs = [RunSpec(label, method, lr, seed, budget, overrides)
              for seed in seeds for label, method, overrides in variants for lr in lrs[label]]
-    done: dict[str, RunHistory] = dict(reuse or {})
+    done: dict[str, RunHistory] = {}
+    for key, history in (reuse or {}).items():
+        if evaluation and history.evaluation and history.evaluation != evaluation:
+            log(f"not reused (evaluated {history.evaluation}, this protocol evaluates {evaluation}): {key}")
+        else:
+            done[key] = history
     start = time.perf_counter()
 
     def finished(spec: RunSpec, history: RunHistory, source: str) -> None:
@@ -374,7 +384,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     pool = (ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
             if args.jobs > 1 else None)
     try:
-        runs = run_all(runner, variants, lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse),
+        evaluation = {"points": args.eval_points, "size": args.eval_prompts if args.task == "shapes" else args.eval_samples}
+        runs = run_all(runner, variants, lrs, args.seeds, args.budget, log, reuse=load_runs(args.reuse), evaluation=evaluation,
                        run_log=args.out / f"{stem}.runs.jsonl",
                        submit=None if pool is None else functools.partial(pool.submit, train_one, args))
     finally:

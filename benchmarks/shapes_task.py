@@ -129,7 +129,7 @@ def run_shapes(spec: RunSpec, protocol: ShapesProtocol, run_dir: Path) -> RunHis
         return iteration_cost(cfg.tree, plan, protocol.prompts_per_iteration, cfg.loss)
 
     return train_under_budget(
-        spec, cost=cost, step=step, evaluate=held_out_reward, eval_points=protocol.eval_points,
+        spec, cost=cost, step=step, evaluate=held_out_reward, eval_points=protocol.eval_points, eval_size=protocol.eval_prompts,
         max_iterations=protocol.max_iterations, kl_on=cfg.loss.kl_beta > 0,
         leaves=leaves_per_prompt(cfg.tree, cfg.sampling.steps),
     )

@@ -74,6 +74,19 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
         assert again["target_reward"] == pytest.approx(payload["target_reward"], rel=1e-5)
         assert [r["label"] for r in again["reach"]] == [r["label"] for r in payload["reach"]]
 
+    # a run evaluated on another grid is trained again, not reused (the reach ratios are read at the evaluations)
+    assert {tuple(run["evaluation"].items()) for run in saved["runs"]} == {(("points", 4), ("size", 32))}
+    lines: list[str] = []
+    flat = [("flow_grpo", "flow_grpo", next(r["spec"]["overrides"] for r in saved["runs"] if r["spec"]["label"] == "flow_grpo"))]
+    assert efficiency.run_all(lambda spec: pytest.fail("trained"), flat, {"flow_grpo": [3e-3]}, [0], 6000, lines.append,
+                              reuse=efficiency.load_runs([tmp_path / "efficiency_toy.json"]),
+                              evaluation={"points": 4, "size": 32})
+    with pytest.raises(RuntimeError, match="trained again"):
+        efficiency.run_all(lambda spec: (_ for _ in ()).throw(RuntimeError("trained again")), flat,
+                           {"flow_grpo": [3e-3]}, [0], 6000, lines.append,
+                           reuse=efficiency.load_runs([tmp_path / "efficiency_toy.json"]), evaluation={"points": 2, "size": 32})
+    assert any(line.startswith("not reused (evaluated {'points': 4, 'size': 32}") for line in lines)
+
     # --jobs 2 trains the runs in worker processes: each history lands at its own spec, identical to the serial run
     parallel = efficiency.main([*TINY_TOY, "--methods", "treegrpo", "flow_grpo", "branch_grpo", "--out",
                                 str(tmp_path / "jobs"), "--jobs", "2"])
@@ -160,6 +173,23 @@ def test_efficiency_ablations_json(tmp_path: Path, ablation: str, labels: set[st
     leaves = {run["spec"]["label"]: run["leaves_per_prompt"] for run in saved["runs"]}
     if ablation == "shape":
         assert leaves == {"k3w3": 27, "k2w3": 8, "k2w4": 16, "k4w3": 64, "k3w3 x2 trees": 54}
+
+
+def test_the_evaluation_grid_does_not_change_a_shapes_run(tmp_path: Path) -> None:
+    """--reuse keys runs by spec without the grid: evaluating more often must leave training bit for bit the same
+    (flat GRPO's SDE rollouts are the most sensitive: a 1e-7 change moves its final reward by tenths)."""
+    from benchmarks.common import RunSpec
+    from benchmarks.shapes_task import ShapesProtocol, run_shapes
+
+    spec = RunSpec("flow_grpo", "flow_grpo", 1e-3, 0, 128, {"tree": {"trees": 2}})
+    finals = []
+    for points in (1, 4):
+        history = run_shapes(spec, ShapesProtocol(prompts_per_iteration=2, eval_prompts=4, eval_points=points, steps=4),
+                             tmp_path / str(points))
+        assert len(history.points) == points + 1 and history.evaluation == {"points": points, "size": 4}
+        finals.append((history.final.iteration, history.final.reward))
+    assert finals[0] == finals[1] and finals[0][0] == 4
+    assert finals[0][1] != history.points[0].reward  # training moved the policy
 
 
 def test_efficiency_on_the_shapes_task(tmp_path: Path) -> None:
