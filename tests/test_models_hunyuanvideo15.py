@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+from tests.test_models_training import train_toward_zero
 from tests.test_models_tree import check_tree_iteration, ode_latents
 from treegrpo.errors import ConfigError
 from treegrpo.models import LoraConfig, ModelConfig, load_backbone
@@ -91,18 +92,6 @@ def _pipeline(pipe: Any, guidance: float, output_type: str = "latent", prompts: 
         ).frames.float()
 
 
-def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> None:
-    """A few steps pushing the guided outputs of steps 0 and 1 towards zero."""
-    model_fn = backbone.model_fn(backbone.encode_prompts(PROMPTS), GUIDANCE, backbone.schedule(STEPS))
-    optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
-    latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
-    for _ in range(steps):
-        loss = model_fn(latents, torch.tensor([0, 1]), torch.arange(len(PROMPTS))).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 @pytest.mark.parametrize(("guidance", "short"), [(1.0, True), (GUIDANCE, False)])
 def test_ode_plan_reproduces_the_hunyuanvideo15_pipeline(guidance: float, short: bool) -> None:
     """With CFG both sides keep the pipeline's own lengths (1000 Qwen, 256 ByT5, 729 image tokens, most of them
@@ -133,7 +122,7 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates() -> None:
 def test_lora_round_trip_through_load_lora_adapter(tmp_path: Path) -> None:
     backbone = _backbone()
     base = _engine_latents(backbone, GUIDANCE)
-    _train(backbone)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, row_steps=[0, 1])
     trained = _engine_latents(backbone, GUIDANCE)
     assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
     assert torch.equal(_engine_latents(backbone, GUIDANCE, denoiser=backbone.reference_denoiser()), base)
@@ -150,7 +139,7 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
     backbone = _backbone(full_finetune=True, with_reference=True)
     assert len(backbone.trainable_parameters()) == len(list(backbone.denoiser.parameters()))
     before = _engine_latents(backbone, GUIDANCE)
-    _train(backbone, steps=1, lr=1e-2)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, steps=1, lr=1e-2, row_steps=[0, 1])
     after = _engine_latents(backbone, GUIDANCE)
     assert (after - before).abs().max().item() > 1e-4
     assert torch.equal(_engine_latents(backbone, GUIDANCE, denoiser=backbone.reference_denoiser()), before)

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+from tests.test_models_training import train_toward_zero
 from tests.test_models_tree import check_tree_iteration, ode_latents
 from treegrpo.errors import ConfigError
 from treegrpo.math.sampling import SdeType
@@ -81,18 +82,6 @@ def _audio(backbone: LTX2Backbone, rows: torch.Tensor) -> torch.Tensor:
     return unpacked
 
 
-def _train(backbone: LTX2Backbone, steps: int = 3, lr: float = 5e-2) -> None:
-    """A few steps pushing the outputs at steps 0 and 2 towards zero."""
-    model_fn = backbone.model_fn(backbone.encode_prompts(PROMPTS), GUIDANCE, backbone.schedule(STEPS))
-    optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
-    latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
-    for _ in range(steps):
-        loss = model_fn(latents, torch.tensor([0, 2]), torch.arange(len(PROMPTS))).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 @pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
 def test_ode_plan_reproduces_ltx2_pipeline(guidance: float, pipe: Any) -> None:
     backbone = load_backbone(_config())
@@ -143,7 +132,7 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates() -> None:
 def test_lora_round_trip_through_load_lora_weights(tmp_path: Path) -> None:
     backbone = load_backbone(_config())
     base = _engine_latents(backbone, GUIDANCE)
-    _train(backbone)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, row_steps=[0, 2])
     trained = _engine_latents(backbone, GUIDANCE)
     assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
     assert torch.equal(_engine_latents(backbone, GUIDANCE, denoiser=backbone.reference_denoiser()), base)
@@ -162,7 +151,7 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
     backbone = load_backbone(_config(full_finetune=True), with_reference=True)
     assert len(backbone.trainable_parameters()) == len(list(backbone.denoiser.parameters()))
     before = _engine_latents(backbone, GUIDANCE)
-    _train(backbone, steps=1, lr=1e-2)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, steps=1, lr=1e-2, row_steps=[0, 2])
     after = _engine_latents(backbone, GUIDANCE)
     assert (after - before).abs().max().item() > 1e-4
     # Not bit-equal: the same fp32 weights give outputs about 1e-6 apart on CPU when they require grad (the

@@ -16,7 +16,6 @@ tests call the pipeline with that area patched in (see :func:`_pipeline_source_a
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_models_training import train_toward_zero
 from tests import test_models_tree
 from tests.test_models_editing import SourceBrightness, _write_jsonl
 from treegrpo.testing.tiny_edit_models import tiny_edit_pipeline
@@ -168,16 +168,7 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(monkeypatch: pytest.Mo
 def test_lora_round_trip_through_load_lora_weights(tmp_path: Path) -> None:
     backbone = load_backbone(_config())
     base = _engine_latents(backbone, seed=5)
-    optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=5e-2)
-    model_fn = backbone.model_fn(backbone.encode_prompts(edit_prompts()), 1.0, backbone.schedule(STEPS))
-    latents = backbone.initial_noise(2, torch.Generator().manual_seed(3))
-    for step in range(3):
-        started = time.perf_counter()
-        loss = model_fn(latents, torch.full((2,), step % STEPS), torch.arange(2)).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        print(f"qwenimage_edit: forward + backward + step of 2 nodes = {time.perf_counter() - started:.3f} s")
+    train_toward_zero(backbone, edit_prompts(), 1.0, STEPS, label="qwenimage_edit")
     trained = _engine_latents(backbone, seed=5)
     assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
     assert torch.equal(_engine_latents(backbone, seed=5, denoiser=backbone.reference_denoiser()), base)

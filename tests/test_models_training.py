@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+import time
+from typing import Any, Iterator, Optional, Sequence
 
 import pytest
 import torch
@@ -39,22 +40,33 @@ def _config(family: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**settings, **overrides})
 
 
-def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2, guidance: float | None = None) -> None:
-    """A few steps of a simple loss through model_fn (pushes the outputs towards zero).
+def train_toward_zero(backbone: DiffusersBackbone, prompts: Sequence[Any], guidance: float, num_steps: int, *,
+                      steps: int = 3, lr: float = 5e-2, row_steps: Optional[Sequence[int]] = None,
+                      label: Optional[str] = None) -> None:
+    """A few Adam steps pushing ``model_fn``'s outputs towards zero, enough to move a LoRA or a full fine-tune.
 
-    ``guidance``: the engine's guidance scale (default: the family's in ``GUIDANCE``).
+    ``row_steps``: each prompt's denoising step, the same every time (default: all at ``step % num_steps``);
+    ``label``: print each step's seconds under that name.
     """
-    conditioning = backbone.encode_prompts(PROMPTS)
-    guidance = GUIDANCE[backbone.family] if guidance is None else guidance
-    model_fn = backbone.model_fn(conditioning, guidance, backbone.schedule(STEPS))
+    model_fn = backbone.model_fn(backbone.encode_prompts(list(prompts)), guidance, backbone.schedule(num_steps))
     optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
-    latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
+    latents = backbone.initial_noise(len(prompts), torch.Generator().manual_seed(3))
     for step in range(steps):
-        index = torch.full((len(PROMPTS),), step % STEPS, dtype=torch.long)
-        loss = model_fn(latents, index, torch.arange(len(PROMPTS))).square().mean()
+        started = time.perf_counter()
+        index = (torch.tensor(list(row_steps)) if row_steps is not None
+                 else torch.full((len(prompts),), step % num_steps, dtype=torch.long))
+        loss = model_fn(latents, index, torch.arange(len(prompts))).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if label is not None:
+            print(f"{label}: forward + backward + step of {len(prompts)} nodes = {time.perf_counter() - started:.3f} s")
+
+
+def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2, guidance: float | None = None) -> None:
+    """:func:`train_toward_zero` on this file's prompts at the family's guidance (or ``guidance``)."""
+    train_toward_zero(backbone, PROMPTS, GUIDANCE[backbone.family] if guidance is None else guidance, STEPS,
+                      steps=steps, lr=lr)
 
 
 def _engine_latents(

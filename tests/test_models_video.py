@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import pytest
 import torch
 
+from tests.test_models_training import train_toward_zero
 from tests.test_models_tree import check_tree_iteration, ode_latents
 from treegrpo.testing.tiny_models import load_pipeline_like_a_user, tiny_pipeline, torch_threads
 from treegrpo.errors import ConfigError
@@ -66,19 +67,6 @@ def _pipeline(pipe: Any, guidance: float, output_type: str, seed: int = 7) -> to
         ).frames.float()
 
 
-def _train(backbone: DiffusersBackbone, steps: int = 3, lr: float = 5e-2) -> None:
-    """A few steps pushing the outputs of every step (both experts) towards zero."""
-    model_fn = backbone.model_fn(backbone.encode_prompts(PROMPTS), GUIDANCE, backbone.schedule(STEPS))
-    optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
-    latents = backbone.initial_noise(len(PROMPTS), torch.Generator().manual_seed(3))
-    for _ in range(steps):
-        index = torch.arange(len(PROMPTS)) % STEPS + torch.tensor([0, 1])  # steps 0 and 2: both experts in one call
-        loss = model_fn(latents, index, torch.arange(len(PROMPTS))).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 @pytest.mark.parametrize("two_experts", [False, True])
 @pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
 def test_ode_plan_reproduces_wan_pipeline(two_experts: bool, guidance: float) -> None:
@@ -123,7 +111,7 @@ def test_tree_iteration_rescores_to_ratio_one_and_updates(two_experts: bool) -> 
 def test_lora_round_trip_through_load_lora_weights(two_experts: bool, tmp_path: Path) -> None:
     backbone = load_backbone(_config(two_experts))
     base = _engine_latents(backbone, GUIDANCE)
-    _train(backbone)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, row_steps=[0, 2])  # both experts in one call
     trained = _engine_latents(backbone, GUIDANCE)
     assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
     assert torch.equal(_engine_latents(backbone, GUIDANCE, denoiser=backbone.reference_denoiser()), base)
@@ -144,7 +132,7 @@ def test_low_expert_lora_loads_into_transformer_2(tmp_path: Path) -> None:
     assert backbone.denoiser is backbone.pipe.transformer_2 and not any(
         p.requires_grad for p in backbone.pipe.transformer.parameters()
     )
-    _train(backbone)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, row_steps=[0, 2])  # both experts in one call
     trained = _engine_latents(backbone, GUIDANCE)
     backbone.save_trained(tmp_path / "lora")
     pipe = load_pipeline_like_a_user(tiny_pipeline("wan", two_experts=True))
@@ -158,7 +146,7 @@ def test_full_finetune_moves_weights_but_not_the_reference(two_experts: bool, tm
     parameters = backbone.trainable_parameters()
     assert len(parameters) == len(list(backbone.denoiser.parameters()))
     before = _engine_latents(backbone, GUIDANCE)
-    _train(backbone, steps=1, lr=1e-2)
+    train_toward_zero(backbone, PROMPTS, GUIDANCE, STEPS, steps=1, lr=1e-2, row_steps=[0, 2])
     assert (_engine_latents(backbone, GUIDANCE) - before).abs().max().item() > 1e-4
     assert torch.equal(_engine_latents(backbone, GUIDANCE, denoiser=backbone.reference_denoiser()), before)
 

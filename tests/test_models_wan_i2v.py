@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_models_training import train_toward_zero
 from tests import test_models_tree
 from treegrpo.engine.rollout import rollout_trees
 from treegrpo.errors import ConfigError
@@ -93,17 +94,6 @@ def _pipeline(pipe: Any, variant: str, prompts: list[str], guidance: float, outp
     return torch.cat(frames)
 
 
-def _train(backbone: DiffusersBackbone, prompts: list[str], steps: int = 3, lr: float = 5e-2) -> None:
-    model_fn = backbone.model_fn(backbone.encode_prompts(prompts), GUIDANCE, backbone.schedule(STEPS))
-    optimizer = torch.optim.Adam(backbone.trainable_parameters(), lr=lr)
-    latents = backbone.initial_noise(len(prompts), torch.Generator().manual_seed(3))
-    for step in range(steps):
-        loss = model_fn(latents, torch.full((len(prompts),), step % STEPS), torch.arange(len(prompts))).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 @pytest.mark.parametrize("variant", tuple(SIZES))
 @pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
 def test_ode_plan_reproduces_the_pipeline(variant: str, guidance: float) -> None:
@@ -155,7 +145,7 @@ def test_lora_round_trip_through_load_lora_weights(variant: str, tmp_path: Path)
     backbone = load_backbone(_config(variant))
     prompts = _prompts(variant)
     base = _engine(backbone, prompts, GUIDANCE)
-    _train(backbone, prompts)
+    train_toward_zero(backbone, prompts, GUIDANCE, STEPS)
     trained = _engine(backbone, prompts, GUIDANCE)
     assert (trained - base).abs().max().item() > 1e-3, "training did not move the policy"
     assert torch.equal(_engine(backbone, prompts, GUIDANCE, denoiser=backbone.reference_denoiser()), base)
@@ -175,7 +165,7 @@ def test_full_finetune_moves_weights_but_not_the_reference(tmp_path: Path) -> No
     prompts = _prompts("ti2v")
     assert len(backbone.trainable_parameters()) == len(list(backbone.denoiser.parameters()))
     before = _engine(backbone, prompts, GUIDANCE)
-    _train(backbone, prompts, steps=1, lr=1e-2)
+    train_toward_zero(backbone, prompts, GUIDANCE, STEPS, steps=1, lr=1e-2)
     after = _engine(backbone, prompts, GUIDANCE)
     assert (after - before).abs().max().item() > 1e-4
     assert torch.equal(_engine(backbone, prompts, GUIDANCE, denoiser=backbone.reference_denoiser()), before)
