@@ -104,18 +104,37 @@ def _launch(config: Path, tmp_path: Path, name: str, overrides: list[str]) -> tu
     return process, out, _folder(out)
 
 
+SUBPROCESS_CASES = ("typo-key", "missing-prompts", "not-a-pipeline", "missing-reward-weights", "another-run", "bomb-image")
+"""One case per layer through a real ``python -m treegrpo`` process (exit status, stderr, nothing written);
+the rest through ``cli.main`` in this process, the same code path without a torch import per case."""
+
+
 def test_bad_inputs_through_the_cli_exit_2_with_one_line_and_touch_nothing(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from treegrpo.cli import main
+
     config = _prepare(tmp_path)
-    names = list(CASES)
     failures = []
-    for batch in (names[i : i + 4] for i in range(0, len(names), 4)):  # 4 at a time on 2 shared cores
-        running = {name: _launch(config, tmp_path, name, CASES[name][0]) for name in batch}
-        for name, (process, out, before) in running.items():
-            _, err = process.communicate(timeout=180)
-            lines = [line for line in err.splitlines() if line.strip()]
-            ok = process.returncode == 2 and len(lines) == 1 and CASES[name][1] in lines[0] and _folder(out) == before
-            if not ok:
-                failures.append(f"{name}: rc={process.returncode} stderr={err[-600:]!r}")
+    running = {name: _launch(config, tmp_path, name, CASES[name][0]) for name in SUBPROCESS_CASES}
+    for name in CASES:
+        if name in SUBPROCESS_CASES:
+            continue
+        out = tmp_path / f"out-{name}"
+        before = _folder(out)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["train", str(config), *[item.replace("{tmp}", str(tmp_path)) for item in CASES[name][0]],
+                         "--output-dir", str(out)])
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        if not (code == 2 and len(lines) == 1 and CASES[name][1] in lines[0] and _folder(out) == before):
+            failures.append(f"{name} (in process): rc={code} stderr={err.getvalue()[-600:]!r}")
+    for name, (process, out, before) in running.items():
+        _, err_text = process.communicate(timeout=180)
+        lines = [line for line in err_text.splitlines() if line.strip()]
+        if not (process.returncode == 2 and len(lines) == 1 and CASES[name][1] in lines[0] and _folder(out) == before):
+            failures.append(f"{name}: rc={process.returncode} stderr={err_text[-600:]!r}")
     assert not failures, "\n".join(failures)
 
 
