@@ -81,8 +81,11 @@ def test_efficiency_main_protocol_json(tmp_path: Path) -> None:
     assert efficiency.run_all(lambda spec: pytest.fail("trained"), flat, {"flow_grpo": [3e-3]}, [0], 6000, lines.append,
                               reuse=efficiency.load_runs([tmp_path / "efficiency_toy.json"]),
                               evaluation={"points": 4, "size": 32})
+    def train(spec: object) -> object:
+        raise RuntimeError("trained again")
+
     with pytest.raises(RuntimeError, match="trained again"):
-        efficiency.run_all(lambda spec: (_ for _ in ()).throw(RuntimeError("trained again")), flat,
+        efficiency.run_all(train, flat,
                            {"flow_grpo": [3e-3]}, [0], 6000, lines.append,
                            reuse=efficiency.load_runs([tmp_path / "efficiency_toy.json"]), evaluation={"points": 2, "size": 32})
     assert any(line.startswith("not reused (evaluated {'points': 4, 'size': 32}") for line in lines)

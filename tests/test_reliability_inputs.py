@@ -109,6 +109,12 @@ SUBPROCESS_CASES = ("typo-key", "missing-prompts", "not-a-pipeline", "missing-re
 the rest through ``cli.main`` in this process, the same code path without a torch import per case."""
 
 
+def _one_line_exit_2(name: str, code: int, stderr: str, out: Path, before: Any) -> bool:
+    """Exit status 2, one stderr line holding the case's expected text, and the output folder untouched."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return code == 2 and len(lines) == 1 and CASES[name][1] in lines[0] and _folder(out) == before
+
+
 def test_bad_inputs_through_the_cli_exit_2_with_one_line_and_touch_nothing(tmp_path: Path) -> None:
     import contextlib
     import io
@@ -127,13 +133,11 @@ def test_bad_inputs_through_the_cli_exit_2_with_one_line_and_touch_nothing(tmp_p
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main(["train", str(config), *[item.replace("{tmp}", str(tmp_path)) for item in CASES[name][0]],
                          "--output-dir", str(out)])
-        lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        if not (code == 2 and len(lines) == 1 and CASES[name][1] in lines[0] and _folder(out) == before):
+        if not _one_line_exit_2(name, code, err.getvalue(), out, before):
             failures.append(f"{name} (in process): rc={code} stderr={err.getvalue()[-600:]!r}")
     for name, (process, out, before) in running.items():
         _, err_text = process.communicate(timeout=180)
-        lines = [line for line in err_text.splitlines() if line.strip()]
-        if not (process.returncode == 2 and len(lines) == 1 and CASES[name][1] in lines[0] and _folder(out) == before):
+        if not _one_line_exit_2(name, process.returncode, err_text, out, before):
             failures.append(f"{name}: rc={process.returncode} stderr={err_text[-600:]!r}")
     assert not failures, "\n".join(failures)
 
